@@ -1,0 +1,109 @@
+"""Engine and model settings. No torch: the server and CLI build these."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    """Architecture hyper-parameters, read from GGUF metadata or a Hugging Face config.json."""
+
+    architecture: str  # "llama" | "mistral" | "qwen2"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # HF format, e.g. {"rope_type": "llama3", ...}
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # q/k/v projections carry biases (Qwen2)
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+    name: str = "model"
+    source_path: str | None = None
+    source_format: str | None = None  # "gguf" | "safetensors"
+
+    def num_parameters(self) -> int:
+        """Parameter count of the module layout (tied embeddings counted once)."""
+        h, i, L = self.hidden_size, self.intermediate_size, self.num_hidden_layers
+        q = self.num_attention_heads * self.head_dim
+        kv = self.num_key_value_heads * self.head_dim
+        attn = h * q + 2 * h * kv + q * h + ((q + 2 * kv) if self.attention_bias else 0)
+        mlp = 3 * h * i
+        per_layer = attn + mlp + 2 * h
+        embed = self.vocab_size * h
+        head = 0 if self.tie_word_embeddings else self.vocab_size * h
+        return L * per_layer + embed + head + h
+
+
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
+          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
+          "tib": 2**40}
+
+
+def parse_memory_size(value: int | float | str) -> int | float:
+    """'2GiB' / '512MB' / 1073741824 -> bytes (int); a float in (0, 1] is a fraction of memory."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid memory size: {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"memory size must be positive, got {value}")
+        return value
+    if isinstance(value, float):
+        if 0.0 < value <= 1.0:
+            return value
+        if value > 1.0:
+            return int(value)
+        raise ValueError(f"memory size must be positive, got {value}")
+    match = _SIZE_RE.match(value)
+    if match is None:
+        raise ValueError(f"invalid memory size {value!r}: use bytes, e.g. '2GiB', '512MB', or a fraction like 0.5")
+    number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    if unit == "" and number <= 1.0 and "." in match.group(1):
+        return number
+    if unit not in _UNITS:
+        raise ValueError(f"invalid memory unit in {value!r}")
+    return int(number * _UNITS[unit])
+
+
+@dataclass
+class EngineConfig:
+    model: str = "default"  # "default" (SmolLM2 GGUF), a .gguf file, or a Hugging Face folder
+    served_model_name: str | None = None
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    dtype: str = "auto"  # "auto" (float32 on CPU, bfloat16 on CUDA) | "float32" | "float16" | "bfloat16"
+    attention_backend: str = "auto"  # "auto" | "torch" | "xformers"
+    block_size: int = 16
+    # KV cache size: bytes (int or "2GiB") or a fraction of device memory (float in (0, 1]).
+    kv_cache_memory: int | float | str | None = None
+    num_kv_blocks: int | None = None  # exact block count; wins over kv_cache_memory (tests)
+    max_model_len: int | None = None  # None: the model's context window
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    enable_chunked_prefill: bool = True
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    num_threads: int | None = None  # torch CPU threads; None: torch's default
+
+    def validate(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
+        if self.kv_cache_memory is not None:
+            parse_memory_size(self.kv_cache_memory)
+        if self.attention_backend not in ("auto", "torch", "xformers"):
+            raise ValueError(f"attention_backend must be auto, torch or xformers, got {self.attention_backend!r}")

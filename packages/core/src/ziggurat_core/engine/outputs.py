@@ -1,0 +1,70 @@
+"""What the engine hands back to users. No torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Logprob:
+    """Log probability of one token, with the top alternatives at that position."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top_logprobs: dict[int, float] = field(default_factory=dict)  # token id -> logprob
+    top_tokens: dict[int, str] = field(default_factory=dict)  # token id -> decoded text
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    stop_reason: str | int | None = None  # the stop string or token id that ended it
+    logprobs: list[Logprob] | None = None
+    cumulative_logprob: float | None = None
+
+
+@dataclass
+class RequestMetrics:
+    arrival_time: float
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finished_time: float | None = None
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        if self.first_token_time is None:
+            return None
+        return self.first_token_time - self.arrival_time
+
+    def tokens_per_second(self, num_output_tokens: int) -> float | None:
+        """Decode speed after the first token."""
+        if self.first_token_time is None or num_output_tokens < 2:
+            return None
+        end = self.finished_time if self.finished_time is not None else self.first_token_time
+        elapsed = end - self.first_token_time
+        return (num_output_tokens - 1) / elapsed if elapsed > 0 else None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool
+    metrics: RequestMetrics | None = None
+    num_cached_tokens: int = 0
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        return self.metrics.time_to_first_token if self.metrics else None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        if self.metrics is None or not self.outputs:
+            return None
+        return self.metrics.tokens_per_second(max(len(o.token_ids) for o in self.outputs))
