@@ -25,6 +25,14 @@ class CompletionOutput:
     stop_reason: str | int | None = None  # the stop string or token id that ended it
     logprobs: list[Logprob] | None = None
     cumulative_logprob: float | None = None
+    # What changed since the previous RequestOutput of this request (for streaming).
+    delta_text: str = ""
+    delta_token_ids: list[int] = field(default_factory=list)
+    delta_logprobs: list[Logprob] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
 
 
 @dataclass

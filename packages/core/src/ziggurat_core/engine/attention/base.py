@@ -1,0 +1,62 @@
+"""The interface every attention backend implements.
+
+A step runs a flat batch of `num_tokens` new tokens from several sequences (prefill chunks and
+single decode tokens mixed). Each backend builds its own per-step metadata once (`prepare`), and
+every layer calls `forward` with it.
+
+KV cache layout (one tensor per layer, the same for every backend):
+    kv_cache[layer]: [2, num_blocks, block_size, num_kv_heads, head_dim]  (0 = keys, 1 = values)
+Token `t` of a sequence lives in slot `block_table[t // block_size] * block_size + t % block_size`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class StepLayout:
+    """Where the new tokens of one step sit, in the order they appear in the flat batch."""
+
+    query_lens: list[int]  # new tokens per sequence this step
+    context_lens: list[int]  # tokens in the cache per sequence after this step (cached + new)
+    block_tables: list[list[int]]  # physical block ids per sequence
+    block_size: int
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.query_lens)
+
+    def slot_mapping(self) -> list[int]:
+        """Cache slot of each new token, in batch order."""
+        slots: list[int] = []
+        bs = self.block_size
+        for q_len, ctx_len, table in zip(self.query_lens, self.context_lens, self.block_tables, strict=True):
+            for pos in range(ctx_len - q_len, ctx_len):
+                slots.append(table[pos // bs] * bs + pos % bs)
+        return slots
+
+
+class AttentionBackend(ABC):
+    name: str = "base"
+
+    @abstractmethod
+    def prepare(self, layout: StepLayout, device: torch.device) -> Any:
+        """Build the per-step metadata (tensors on `device`) that every layer reuses."""
+
+    @abstractmethod
+    def forward(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+        metadata: Any,
+        scale: float,
+    ) -> torch.Tensor:
+        """Write the new keys/values into the cache, then attend causally over each sequence's
+        whole context (cached prefix + new tokens). Returns [num_tokens, num_heads, head_dim]."""
