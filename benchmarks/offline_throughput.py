@@ -1,0 +1,173 @@
+"""Offline throughput of the engine on the default model, against Hugging Face transformers.
+
+Prints one JSON object. Everything is measured in one run so the ratios are fair:
+  - Ziggurat: 64 chat prompts of mixed length, each with its own output length (ignore_eos, so the
+    token counts are exact), submitted at once and run to completion with continuous batching.
+  - transformers: `generate` on the same weights in float32, as a user would run it: static batches
+    in arrival order, each left-padded and run to its longest request; only the tokens each request
+    asked for count as useful.
+  - MFU: useful tokens/s x 2 x parameters / the float32 matmul FLOP/s torch reaches in this run.
+
+Usage: python benchmarks/offline_throughput.py [--requests 64] [--hf-batch-size 32] [--skip-hf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from typing import Any
+
+import torch
+
+TOPICS = [
+    "the history of the printing press", "how photosynthesis works", "why the sky is blue",
+    "the rules of chess", "how to bake sourdough bread", "the water cycle", "black holes",
+    "the French revolution", "how vaccines train the immune system", "the life of honey bees",
+    "plate tectonics", "how a compiler works", "the causes of inflation", "the Roman empire",
+    "how airplanes fly", "the basics of music theory",
+]
+
+
+def make_workload(num_requests: int, seed: int) -> list[tuple[list[dict[str, str]], int]]:
+    rng = random.Random(seed)
+    workload = []
+    for i in range(num_requests):
+        topic = TOPICS[i % len(TOPICS)]
+        # Mixed prompt lengths: 1 to 12 extra sentences of context.
+        context = " ".join(
+            f"Point {k + 1}: consider {rng.choice(TOPICS)} and how it relates to {topic}."
+            for k in range(rng.randint(1, 12))
+        )
+        messages = [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": f"{context}\nNow write a detailed essay about {topic}."},
+        ]
+        workload.append((messages, rng.randint(16, 256)))
+    return workload
+
+
+def matmul_peak_flops(seconds: float = 3.0) -> float:
+    """Sustained float32 matmul FLOP/s of torch on this machine (large square GEMM)."""
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def run_ziggurat(workload: list[tuple[list[dict[str, str]], int]], max_num_seqs: int) -> dict[str, Any]:
+    from ziggurat_core.engine import InferenceEngine, SamplingParams
+    from ziggurat_core.engine.config import EngineConfig
+
+    load_start = time.perf_counter()
+    engine = InferenceEngine(EngineConfig(model="default", max_num_seqs=max_num_seqs))
+    load_s = time.perf_counter() - load_start
+    # Warm-up (first-call allocations), not counted.
+    engine.add_request("warmup", messages=workload[0][0], sampling_params=SamplingParams(max_tokens=4))
+    list(engine.get_outputs())
+
+    for i, (messages, out_len) in enumerate(workload):
+        params = SamplingParams(temperature=0.0, max_tokens=out_len, ignore_eos=True)
+        engine.add_request(f"r{i}", messages=messages, sampling_params=params)
+    prompt_tokens = sum(len(s.prompt_token_ids) for s in engine._requests.values())
+    decode_tokens, decode_time = 0, 0.0
+    useful = 0
+    start = time.perf_counter()
+    while engine.has_unfinished_requests():
+        sched_running = engine.scheduler.num_running
+        t0 = time.perf_counter()
+        outputs = engine.step()
+        dt = time.perf_counter() - t0
+        produced = sum(len(o.delta_token_ids) for out in outputs for o in out.outputs)
+        useful += produced
+        # Steady decode: every running sequence decodes one token, at least 32 of them.
+        if produced >= 32 and produced == sched_running:
+            decode_tokens += produced
+            decode_time += dt
+    elapsed = time.perf_counter() - start
+    return {
+        "load_s": round(load_s, 2),
+        "elapsed_s": round(elapsed, 2),
+        "prompt_tokens": prompt_tokens,
+        "useful_output_tokens": useful,
+        "output_tokens_per_s": useful / elapsed,
+        "decode_tokens_per_s_at_32plus": decode_tokens / decode_time if decode_time else None,
+        "peak_kv_usage": engine.peak_kv_usage,
+        "kv_waste_at_peak": engine.peak_kv_waste,
+        "params": engine.model_config.num_parameters(),
+        "prompts_chat_formatted": [
+            engine.tokenizer.apply_chat_template(m, add_generation_prompt=True) for m, _ in workload
+        ],
+    }
+
+
+def run_transformers(prompts: list[str], out_lens: list[int], batch_size: int) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ziggurat_core.engine.default_model import default_model_path
+
+    path = default_model_path()
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, torch_dtype=torch.float32)
+    model.eval()
+    useful = sum(out_lens)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for b in range(0, len(prompts), batch_size):
+            batch = prompts[b : b + batch_size]
+            longest = max(out_lens[b : b + batch_size])
+            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            model.generate(**enc, max_new_tokens=longest, min_new_tokens=longest, do_sample=False,
+                           pad_token_id=tok.pad_token_id)
+    elapsed = time.perf_counter() - start
+    return {"elapsed_s": round(elapsed, 2), "useful_output_tokens": useful, "output_tokens_per_s": useful / elapsed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--hf-batch-size", type=int, default=32)
+    parser.add_argument("--hf-requests", type=int, default=None,
+                        help="run transformers on the first N requests only (its rate is per token)")
+    parser.add_argument("--skip-hf", action="store_true")
+    args = parser.parse_args()
+
+    workload = make_workload(args.requests, args.seed)
+    peak = matmul_peak_flops()
+    zig = run_ziggurat(workload, args.max_num_seqs)
+    prompts = zig.pop("prompts_chat_formatted")
+    result: dict[str, Any] = {
+        "benchmark": "offline_throughput",
+        "model": "SmolLM2-135M-Instruct Q4_1 (dequantised to float32)",
+        "requests": args.requests,
+        "output_len_range": [16, 256],
+        "torch_threads": torch.get_num_threads(),
+        "matmul_peak_gflops": round(peak / 1e9, 1),
+        "ziggurat": zig,
+    }
+    params = zig["params"]
+    zig["mfu"] = zig["output_tokens_per_s"] * 2 * params / peak
+    if zig["decode_tokens_per_s_at_32plus"]:
+        zig["mfu_decode_32plus"] = zig["decode_tokens_per_s_at_32plus"] * 2 * params / peak
+    if not args.skip_hf:
+        n = args.hf_requests or args.requests
+        out_lens = [length for _, length in workload][:n]
+        hf = run_transformers(prompts[:n], out_lens, args.hf_batch_size)
+        result["transformers"] = hf
+        result["speedup_vs_transformers"] = zig["output_tokens_per_s"] / hf["output_tokens_per_s"]
+    print(json.dumps(result, indent=2, default=lambda x: round(x, 4) if isinstance(x, float) else str(x)))
+
+
+if __name__ == "__main__":
+    main()

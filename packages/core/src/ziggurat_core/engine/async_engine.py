@@ -1,0 +1,224 @@
+"""AsyncEngine: the engine stepping in a background thread, served as async iterators.
+
+Only the loop thread touches the InferenceEngine: callers hand it commands through a queue and
+get outputs back on their own event loop, so no lock is held across a model step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .config import EngineConfig, ModelConfig
+from .errors import EngineDeadError
+from .llm_engine import InferenceEngine
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+from .tokenizer import Tokenizer
+
+logger = logging.getLogger("ziggurat.engine")
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[RequestOutput | BaseException]
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:
+            pass  # the consumer's loop is closed: nobody is listening any more
+
+
+class AsyncEngine:
+    def __init__(self, engine: InferenceEngine) -> None:
+        self.engine = engine
+        self._commands: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = (
+            queue.SimpleQueue()
+        )
+        self._wakeup = threading.Event()
+        self._streams: dict[str, _Stream] = {}
+        self._stopping = False
+        self.errored = False
+        self.error: BaseException | None = None
+        self.started_at = time.time()
+        self._snapshot: dict[str, Any] = engine.stats()
+        self._thread = threading.Thread(target=self._run, name="ziggurat-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_config(cls, config: EngineConfig | None = None, **overrides: Any) -> AsyncEngine:
+        """Load the model (blocking: call it from a worker thread) and start stepping."""
+        return cls(InferenceEngine(config, **overrides))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.engine.tokenizer
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.engine.model_config
+
+    @property
+    def engine_config(self) -> EngineConfig:
+        return self.engine.config
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive() and not self.errored
+
+    # ------------------------------------------------------------------ public API
+    async def generate(
+        self,
+        request_id: str,
+        *,
+        prompt: str | None = None,
+        prompt_token_ids: list[int] | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        sampling_params: SamplingParams | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield the request's outputs (with deltas) until it finishes; leaving early aborts it."""
+        self._check_alive()
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+
+        def add() -> None:
+            self.engine.add_request(
+                request_id, prompt, sampling_params,
+                prompt_token_ids=prompt_token_ids, messages=messages, tools=tools,
+            )
+            self._streams[request_id] = stream
+
+        await asyncio.wrap_future(self._submit(add))
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Abort from any thread; returns at once, the loop frees the blocks before its next step."""
+        if self.errored or self._stopping:
+            return
+
+        def do_abort() -> None:
+            self._streams.pop(request_id, None)
+            self.engine.abort_request(request_id)
+
+        self._submit(do_abort)
+
+    async def run_in_engine(self, fn: Callable[[InferenceEngine], Any]) -> Any:
+        """Run `fn(engine)` on the loop thread between steps (consistent reads of engine state)."""
+        self._check_alive()
+        return await asyncio.wrap_future(self._submit(lambda: fn(self.engine)))
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of scheduler and cache counters (read without stopping the loop)."""
+        stats = dict(self._snapshot)
+        stats["uptime_s"] = time.time() - self.started_at
+        stats["errored"] = self.errored
+        return stats
+
+    def device_info(self) -> dict[str, Any]:
+        from .device import device_info
+
+        info = device_info()
+        info["engine_device"] = str(self.engine.runner.device)
+        info["dtype"] = str(self.engine.runner.dtype).replace("torch.", "")
+        info["attention_backend"] = self.engine.runner.attention.name
+        return info
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        self._thread.join(timeout)
+        for stream in list(self._streams.values()):
+            stream.put(EngineDeadError("the engine was shut down"))
+        self._streams.clear()
+
+    # ------------------------------------------------------------------ loop thread
+    def _check_alive(self) -> None:
+        if self.errored:
+            raise EngineDeadError(f"the engine stopped after an internal error: {self.error!r}")
+        if self._stopping:
+            raise EngineDeadError("the engine is shutting down")
+
+    def _submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._commands.put((fn, future))
+        self._wakeup.set()
+        return future
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                fn, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller, the loop lives on
+                future.set_exception(exc)
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._wakeup.clear()
+                self._drain_commands()
+                if not self.engine.has_unfinished_requests():
+                    self._snapshot = self.engine.stats()
+                    self._wakeup.wait(0.5)
+                    continue
+                outputs = self.engine.step()
+                self._snapshot = self.engine.stats()
+                for output in outputs:
+                    stream = self._streams.get(output.request_id)
+                    if stream is not None:
+                        stream.put(output)
+                        if output.finished:
+                            del self._streams[output.request_id]
+        except BaseException as exc:
+            logger.exception("engine loop died")
+            self.error = exc
+            self.errored = True
+            dead = EngineDeadError(f"the engine stopped after an internal error: {exc!r}")
+            for stream in list(self._streams.values()):
+                stream.put(dead)
+            self._streams.clear()
+            self._fail_pending(dead)
+
+    def _fail_pending(self, error: BaseException) -> None:
+        while True:
+            try:
+                _, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)

@@ -1,0 +1,101 @@
+"""LLM: offline batch generation on top of InferenceEngine."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence as SequenceABC
+from typing import Any
+
+from .config import EngineConfig
+from .llm_engine import InferenceEngine
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+
+Messages = list[dict[str, Any]]
+# Show a progress bar once a batch is long enough for a user to wonder whether it is moving.
+_PROGRESS_MIN_REQUESTS = 8
+
+
+class LLM:
+    """`LLM(model="default").generate(prompts, params)` runs a whole batch and returns it in order."""
+
+    def __init__(self, model: str = "default", config: EngineConfig | None = None, **engine_kwargs: Any) -> None:
+        config = config if config is not None else EngineConfig()
+        config.model = model
+        self.engine = InferenceEngine(config, **engine_kwargs)
+        self._ids = itertools.count()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: str | list[str] | list[list[int]],
+        sampling_params: SamplingParams | list[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        requests: list[dict[str, Any]] = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                requests.append({"prompt": prompt})
+            else:
+                requests.append({"prompt_token_ids": list(prompt)})
+        return self._run(requests, sampling_params, use_tqdm)
+
+    def chat(
+        self,
+        messages: Messages | list[Messages],
+        sampling_params: SamplingParams | list[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> list[RequestOutput]:
+        """One conversation (a list of messages) or a batch of them."""
+        batch: list[Messages] = [messages] if messages and isinstance(messages[0], dict) else messages  # type: ignore[list-item]
+        return self._run([{"messages": conv, "tools": tools} for conv in batch], sampling_params, use_tqdm)
+
+    def _run(
+        self,
+        requests: list[dict[str, Any]],
+        sampling_params: SamplingParams | list[SamplingParams] | None,
+        use_tqdm: bool,
+    ) -> list[RequestOutput]:
+        if isinstance(sampling_params, SequenceABC):
+            if len(sampling_params) != len(requests):
+                raise ValueError(
+                    f"got {len(sampling_params)} sampling params for {len(requests)} prompts"
+                )
+            params_list = list(sampling_params)
+        else:
+            params_list = [sampling_params or SamplingParams()] * len(requests)
+        order: dict[str, int] = {}
+        added: list[str] = []
+        try:
+            for position, (request, params) in enumerate(zip(requests, params_list, strict=True)):
+                request_id = f"llm-{next(self._ids)}"
+                self.engine.add_request(request_id, sampling_params=params, **request)
+                order[request_id] = position
+                added.append(request_id)
+        except Exception:
+            for request_id in added:  # a bad prompt refuses the whole batch, leaving nothing behind
+                self.engine.abort_request(request_id)
+            raise
+        results: list[RequestOutput | None] = [None] * len(requests)
+        bar = None
+        if use_tqdm and len(requests) >= _PROGRESS_MIN_REQUESTS:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(requests), desc="Generating", unit="req")
+        try:
+            while any(r is None for r in results):
+                for output in self.engine.step():
+                    if output.finished and output.request_id in order:
+                        results[order[output.request_id]] = output
+                        if bar is not None:
+                            bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return [r for r in results if r is not None]

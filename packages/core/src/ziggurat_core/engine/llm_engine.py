@@ -1,0 +1,229 @@
+"""InferenceEngine: the synchronous, step-driven engine that users embed."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from .config import EngineConfig, ModelConfig
+from .default_model import default_served_name, resolve_model_path
+from .errors import DuplicateRequestError, PromptTooLongError, RequestValidationError
+from .outputs import RequestMetrics, RequestOutput
+from .output_processor import OutputProcessor, RequestState
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler
+from .sequence import Sequence, SequenceStatus
+from .tokenizer import Tokenizer
+
+logger = logging.getLogger("ziggurat.engine")
+
+
+def load_tokenizer(checkpoint: Any) -> Tokenizer:
+    if checkpoint.format == "gguf":
+        return Tokenizer.from_gguf_metadata(checkpoint.gguf_metadata())
+    return Tokenizer.from_hf_dir(checkpoint.path)
+
+
+class InferenceEngine:
+    """Continuous-batching engine. Drive it with `step()` or iterate `get_outputs()`."""
+
+    def __init__(self, config: EngineConfig | None = None, **overrides: Any) -> None:
+        from .loader import load_checkpoint
+        from .model_runner import ModelRunner
+        from .device import resolve_device, resolve_dtype
+
+        config = config if config is not None else EngineConfig()
+        for key, value in overrides.items():
+            if not hasattr(config, key):
+                raise TypeError(f"unknown engine setting {key!r}")
+            setattr(config, key, value)
+        config.validate()
+        self.config = config
+        started = time.perf_counter()
+        path = resolve_model_path(config.model)
+        device = resolve_device(config.device)
+        checkpoint = load_checkpoint(path, dtype=resolve_dtype(config.dtype, device))
+        self.model_config: ModelConfig = checkpoint.model_config
+        self.model_name = config.served_model_name or default_served_name(config.model)
+        self.tokenizer = load_tokenizer(checkpoint)
+        model_len = self.model_config.max_position_embeddings
+        self.max_model_len = min(config.max_model_len or model_len, model_len)
+        self.runner = ModelRunner(config, checkpoint, self.max_model_len)
+        self.scheduler = Scheduler(config, self.runner.kv_spec.num_blocks, self.max_model_len)
+        eos = list(dict.fromkeys([*self.model_config.eos_token_ids, *self.tokenizer.eos_token_ids]))
+        self.eos_token_ids = eos
+        self.output_processor = OutputProcessor(self.tokenizer, eos, self.max_model_len)
+        self.load_seconds = time.perf_counter() - started
+        self._requests: dict[str, RequestState] = {}
+        self._samples: dict[int, Any] = {}  # seq_id -> SampleState
+        self._pending_outputs: deque[RequestOutput] = deque()
+        self.counters = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0, "preemptions": 0}
+        self.peak_kv_waste = 0.0
+        self.peak_kv_usage = 0.0
+        logger.info("engine ready in %.2fs: %s", self.load_seconds, self.model_name)
+
+    # ------------------------------------------------------------------ requests
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | None = None,
+        sampling_params: SamplingParams | None = None,
+        *,
+        prompt_token_ids: list[int] | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        arrival_time: float | None = None,
+    ) -> None:
+        """Queue a request. Raises RequestValidationError (nothing is queued) if it cannot run."""
+        if request_id in self._requests:
+            raise DuplicateRequestError(f"request id {request_id!r} is already in flight", "request_id")
+        params = sampling_params if sampling_params is not None else SamplingParams()
+        params.validate()
+        given = sum(x is not None for x in (prompt, prompt_token_ids, messages))
+        if given != 1:
+            raise RequestValidationError("give exactly one of prompt, prompt_token_ids or messages", "prompt")
+        if messages is not None:
+            try:
+                prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
+            except ValueError as exc:
+                raise RequestValidationError(f"chat template failed: {exc}", "messages") from exc
+            # The template already wrote any BOS it wants.
+            token_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        elif prompt is not None:
+            token_ids = self.tokenizer.encode(prompt)
+        else:
+            assert prompt_token_ids is not None
+            token_ids = list(prompt_token_ids)
+        self._validate_tokens(token_ids, params)
+        self.scheduler.check_request(len(token_ids), params.max_tokens)
+
+        now = time.monotonic() if arrival_time is None else arrival_time
+        seqs = [Sequence(request_id, token_ids, params, index=i, arrival_time=now) for i in range(params.n)]
+        state = RequestState(
+            request_id=request_id,
+            prompt=prompt,
+            prompt_token_ids=token_ids,
+            samples=[self.output_processor.new_sample(seq) for seq in seqs],
+            metrics=RequestMetrics(arrival_time=now),
+        )
+        self.scheduler.add_request(request_id, seqs)
+        self._requests[request_id] = state
+        for sample in state.samples:
+            self._samples[sample.seq.seq_id] = sample
+        self.counters["prompt_tokens"] += len(token_ids)
+
+    def _validate_tokens(self, token_ids: list[int], params: SamplingParams) -> None:
+        vocab = self.model_config.vocab_size
+        if not token_ids:
+            raise RequestValidationError("the prompt is empty: it must hold at least one token", "prompt")
+        bad = next((t for t in token_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise RequestValidationError(f"prompt token id {bad} is outside the vocabulary [0, {vocab})", "prompt")
+        for name, ids in (("logit_bias", list((params.logit_bias or {}).keys())), ("stop_token_ids", params.stop_token_ids)):
+            bad = next((t for t in ids if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise RequestValidationError(f"{name} token id {bad} is outside the vocabulary [0, {vocab})", name)
+        prompt_len = len(token_ids)
+        if prompt_len >= self.max_model_len:
+            raise PromptTooLongError(
+                f"the prompt has {prompt_len} tokens but the context window is {self.max_model_len} "
+                "tokens (and at least one must be generated)", "prompt")
+        if params.max_tokens is not None and prompt_len + params.max_tokens > self.max_model_len:
+            raise PromptTooLongError(
+                f"this model's context window is {self.max_model_len} tokens, but {prompt_len} prompt "
+                f"tokens plus max_tokens={params.max_tokens} ask for {prompt_len + params.max_tokens}; "
+                "shorten the prompt or lower max_tokens", "max_tokens")
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request at any time; its KV blocks are freed. Returns its final output."""
+        state = self._requests.pop(request_id, None)
+        self.scheduler.abort_request(request_id)
+        if state is None:
+            return None
+        for sample in state.samples:
+            self._samples.pop(sample.seq.seq_id, None)
+            if sample.seq.status != SequenceStatus.FINISHED_ABORTED and not sample.seq.is_finished:
+                sample.seq.status = SequenceStatus.FINISHED_ABORTED
+        return self.output_processor.make_output(state)
+
+    # ------------------------------------------------------------------ stepping
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduling step; return the outputs of requests that progressed."""
+        sched = self.scheduler.schedule()
+        touched: dict[str, RequestState] = {}
+        self.counters["preemptions"] += len(sched.preempted)
+        for seq in getattr(sched, "finished_by_scheduler", []) or []:
+            sample = self._samples.get(seq.seq_id)
+            if sample is not None:
+                self.output_processor.finish_without_token(sample)
+                touched[seq.request_id] = self._requests[seq.request_id]
+        if sched.scheduled:
+            self.counters["steps"] += 1
+            self._track_kv_stats()
+            results = self.runner.execute(sched.scheduled, self.eos_token_ids)
+            self.scheduler.on_step_done(sched)
+            now = time.monotonic()
+            for item in sched.scheduled:
+                seq = item.seq
+                result = results.get(seq.seq_id)
+                if result is None:
+                    continue
+                sample = self._samples[seq.seq_id]
+                state = self._requests[seq.request_id]
+                if state.metrics.first_token_time is None:
+                    state.metrics.first_token_time = now
+                self.counters["generation_tokens"] += 1
+                status = self.output_processor.process_token(sample, result)
+                if status is not None:
+                    self.scheduler.finish_sequence(seq, status)
+                touched[seq.request_id] = state
+        outputs = [OutputProcessor.make_output(state) for state in touched.values()]
+        for output in outputs:
+            if output.finished:
+                state = self._requests.pop(output.request_id)
+                for sample in state.samples:
+                    self._samples.pop(sample.seq.seq_id, None)
+        return outputs
+
+    def _track_kv_stats(self) -> None:
+        stats = self.scheduler.block_manager.stats()
+        self.peak_kv_usage = max(self.peak_kv_usage, stats.usage)
+        if stats.usage >= self.peak_kv_usage:
+            self.peak_kv_waste = stats.waste
+
+    def get_outputs(self) -> Iterator[RequestOutput]:
+        """Step until every request is finished, yielding outputs as they are produced."""
+        while self._pending_outputs:
+            yield self._pending_outputs.popleft()
+        while self.has_unfinished_requests():
+            yield from self.step()
+
+    # ------------------------------------------------------------------ introspection
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self._requests)
+
+    def get_model_config(self) -> ModelConfig:
+        return self.model_config
+
+    def stats(self) -> dict[str, Any]:
+        kv = self.scheduler.block_manager.stats()
+        return {
+            "running": self.scheduler.num_running,
+            "waiting": self.scheduler.num_waiting,
+            "kv_blocks_total": kv.num_blocks,
+            "kv_blocks_used": kv.num_used_blocks,
+            "kv_usage": kv.usage,
+            "kv_waste": kv.waste,
+            "kv_cache_bytes": self.runner.kv_spec.total_bytes,
+            "block_size": self.config.block_size,
+            "prefix_cache_hit_rate": kv.hit_rate,
+            "peak_kv_usage": self.peak_kv_usage,
+            "peak_kv_waste": self.peak_kv_waste,
+            **self.counters,
+        }

@@ -1,0 +1,137 @@
+"""Owns the model, the KV-cache tensors and the sampler; turns a scheduled step into tokens."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .attention.base import StepLayout
+from .attention.selector import select_attention_backend
+from .config import EngineConfig, ModelConfig, parse_memory_size
+from .device import device_memory, resolve_device, resolve_dtype
+from .models.llama import build_model
+from .sampler import SampleResult, Sampler
+
+if TYPE_CHECKING:
+    from .loader import Checkpoint
+    from .scheduler import ScheduledSequence
+
+logger = logging.getLogger("ziggurat.engine")
+
+# Without a setting, the CPU KV cache takes this much (or a fifth of free memory if less).
+_DEFAULT_CPU_KV_BYTES = 2 * 2**30
+_DEFAULT_CUDA_KV_FRACTION = 0.85
+
+
+@dataclass
+class KVCacheSpec:
+    num_blocks: int
+    block_size: int
+    bytes_per_block: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.num_blocks * self.bytes_per_block
+
+    @property
+    def num_slots(self) -> int:
+        return self.num_blocks * self.block_size
+
+
+def kv_bytes_per_block(model: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    element = torch.tensor([], dtype=dtype).element_size()
+    return 2 * model.num_hidden_layers * block_size * model.num_key_value_heads * model.head_dim * element
+
+
+def plan_kv_cache(
+    config: EngineConfig, model: ModelConfig, device: torch.device, dtype: torch.dtype, max_model_len: int
+) -> KVCacheSpec:
+    """How many blocks to allocate: an explicit count, a byte size, a fraction, or a default."""
+    per_block = kv_bytes_per_block(model, config.block_size, dtype)
+    if config.num_kv_blocks is not None:
+        return KVCacheSpec(config.num_kv_blocks, config.block_size, per_block)
+    free, total = device_memory(device)
+    if config.kv_cache_memory is not None:
+        size = parse_memory_size(config.kv_cache_memory)
+        budget = int(size * (free if device.type == "cuda" else total)) if isinstance(size, float) else size
+    elif device.type == "cuda":
+        budget = int(free * _DEFAULT_CUDA_KV_FRACTION)
+    else:
+        budget = min(_DEFAULT_CPU_KV_BYTES, free // 5)
+        # No point holding more than every seat filled to the context window.
+        useful = config.max_num_seqs * math.ceil(max_model_len / config.block_size) + 1
+        budget = min(budget, useful * per_block)
+    num_blocks = budget // per_block
+    if num_blocks < 1:
+        raise ValueError(
+            f"KV cache budget of {budget} bytes holds no block of {per_block} bytes; "
+            "raise kv_cache_memory"
+        )
+    return KVCacheSpec(int(num_blocks), config.block_size, per_block)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, checkpoint: Checkpoint, max_model_len: int) -> None:
+        self.config = config
+        self.model_config = checkpoint.model_config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        if config.num_threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(config.num_threads)
+        torch.manual_seed(config.seed)
+        started = time.perf_counter()
+        self.model = build_model(checkpoint, self.device, self.dtype)
+        self.load_seconds = time.perf_counter() - started
+        self.attention = select_attention_backend(config.attention_backend, self.device, self.dtype)
+        self.kv_spec = plan_kv_cache(config, self.model_config, self.device, self.dtype, max_model_len)
+        mc = self.model_config
+        shape = (2, self.kv_spec.num_blocks, config.block_size, mc.num_key_value_heads, mc.head_dim)
+        self.kv_caches = [
+            torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_hidden_layers)
+        ]
+        self.sampler = Sampler(mc.vocab_size, self.device)
+        logger.info(
+            "model loaded in %.2fs on %s (%s), attention=%s, kv cache %d blocks (%.1f MiB)",
+            self.load_seconds, self.device, self.dtype, self.attention.name,
+            self.kv_spec.num_blocks, self.kv_spec.total_bytes / 2**20,
+        )
+
+    @torch.inference_mode()
+    def execute(self, scheduled: list[ScheduledSequence], eos_token_ids: list[int]) -> dict[int, SampleResult]:
+        """Run one forward pass over the scheduled chunks; sample where a chunk ends a sequence."""
+        input_ids: list[int] = []
+        positions: list[int] = []
+        query_lens: list[int] = []
+        context_lens: list[int] = []
+        block_tables: list[list[int]] = []
+        sample_rows: list[int] = []
+        sample_seqs = []
+        offset = 0
+        for item in scheduled:
+            seq, start = item.seq, item.seq.num_computed_tokens
+            end = start + item.num_new_tokens
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            query_lens.append(item.num_new_tokens)
+            context_lens.append(end)
+            block_tables.append(seq.block_table)
+            offset += item.num_new_tokens
+            if end == len(seq.token_ids):
+                sample_rows.append(offset - 1)
+                sample_seqs.append(seq)
+        layout = StepLayout(query_lens, context_lens, block_tables, self.config.block_size)
+        metadata = self.attention.prepare(layout, self.device)
+        ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        hidden = self.model(ids, pos, self.kv_caches, self.attention, metadata)
+        if not sample_seqs:
+            return {}
+        rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
+        logits = self.model.compute_logits(hidden.index_select(0, rows))
+        results = self.sampler(logits, sample_seqs, eos_token_ids)
+        return {seq.seq_id: result for seq, result in zip(sample_seqs, results, strict=True)}

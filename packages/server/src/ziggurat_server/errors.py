@@ -1,0 +1,148 @@
+"""OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}` for every failure."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError as FastAPIValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from ziggurat_core.engine.errors import EngineDeadError, RequestValidationError
+from ziggurat_core.engine.sampling_params import SamplingParamsError
+
+logger = logging.getLogger("ziggurat_server")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+class APIError(Exception):
+    """An error a client should see, with its HTTP status and OpenAI error fields."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        error_type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.error_type = error_type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, self.param, self.code)
+
+
+def error_body(message: str, error_type: str, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(404, f"The model '{model}' does not exist", param="model",
+                    code="model_not_found")
+
+
+def engine_unavailable(message: str, code: str) -> APIError:
+    return APIError(503, message, error_type="service_unavailable_error", code=code)
+
+
+def internal_error() -> APIError:
+    return APIError(500, "The server had an error while processing your request.",
+                    error_type="server_error", code="internal_error")
+
+
+def from_engine_error(exc: Exception) -> APIError:
+    """Map what the engine raises to what a client sees; anything unknown is a generic 500."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return bad_request(str(exc), param=exc.param)
+    if isinstance(exc, SamplingParamsError):
+        return bad_request(str(exc))
+    if isinstance(exc, EngineDeadError):
+        return engine_unavailable("The engine stopped after an internal error; the server must be "
+                                  "restarted.", code="engine_dead")
+    return internal_error()
+
+
+def error_response(error: APIError, request_id: str | None = None) -> JSONResponse:
+    headers = dict(error.headers)
+    if request_id is not None:
+        headers[REQUEST_ID_HEADER] = request_id
+    return JSONResponse(error.body(), status_code=error.status_code, headers=headers)
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """One readable sentence per pydantic error, naming the field: 'temperature: must be <= 2'."""
+    parts: list[str] = []
+    first_param: str | None = None
+    for error in errors:
+        location = [str(item) for item in error.get("loc", ()) if item != "body"]
+        if error.get("type") == "json_invalid":
+            return f"The request body is not valid JSON: {error.get('msg', '')}".rstrip(": "), None
+        if error.get("type") == "model_attributes_type" or not location:
+            parts.append(f"The request body must be a JSON object ({error.get('msg', 'invalid')})")
+            continue
+        # Union members add their type name to the location; it reads as noise to a user.
+        field = ".".join(item for item in location if not _is_type_tag(item))
+        first_param = first_param or field
+        parts.append(f"{field}: {error.get('msg', 'invalid value')}")
+    unique = list(dict.fromkeys(parts))
+    return "; ".join(unique[:5]) or "Invalid request", first_param
+
+
+def _is_type_tag(item: str) -> bool:
+    return item in ("str", "int", "float", "bool", "list[str]", "list[int]", "list[list[int]]") or (
+        item.startswith(("list[", "function-", "constrained-"))
+    )
+
+
+async def _handle_api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, APIError)
+    return error_response(exc, _request_id(request))
+
+
+async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FastAPIValidationError)
+    message, param = _validation_message(list(exc.errors()))
+    return error_response(bad_request(message, param=param), _request_id(request))
+
+
+async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        error = APIError(404, f"Unknown route: {request.method} {request.url.path}",
+                         code="not_found")
+    elif exc.status_code == 405:
+        error = APIError(405, f"Method {request.method} is not allowed on {request.url.path}",
+                         code="method_not_allowed")
+    else:
+        error = APIError(exc.status_code, str(exc.detail))
+    headers = dict(exc.headers or {})
+    headers.update(error.headers)
+    error.headers = headers
+    return error_response(error, _request_id(request))
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _handle_api_error)
+    app.add_exception_handler(FastAPIValidationError, _handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
