@@ -9,12 +9,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from ziggurat_core.engine.attention.base import StepLayout
-from ziggurat_core.engine.attention.torch_backend import (
-    AttentionLayoutError,
-    TorchAttentionBackend,
-    reference_mask,
-)
+from ziggurat_core.engine.attention.base import AttentionLayoutError, StepLayout
+from ziggurat_core.engine.attention.torch_backend import TorchAttentionBackend, reference_mask
 
 CPU = torch.device("cpu")
 
@@ -97,8 +93,8 @@ def naive_attention(sc: Scenario, scale: float) -> torch.Tensor:
     return torch.cat(outputs)
 
 
-def run_backend(sc: Scenario, scale: float) -> torch.Tensor:
-    backend = TorchAttentionBackend()
+def run_backend(sc: Scenario, scale: float, decode_chunk_tokens: int = 1024) -> torch.Tensor:
+    backend = TorchAttentionBackend(decode_chunk_tokens)
     metadata = backend.prepare(sc.layout, CPU)
     return backend.forward(sc.query, sc.key, sc.value, sc.kv_cache, metadata, scale)
 
@@ -114,10 +110,13 @@ MIXES = {
 @pytest.mark.parametrize("mix", sorted(MIXES))
 @pytest.mark.parametrize("block_size", [16, 4])
 @pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(4, 4), (9, 3), (4, 1)])
-def test_matches_naive_reference(mix: str, block_size: int, num_heads: int, num_kv_heads: int) -> None:
+@pytest.mark.parametrize("decode_chunk_tokens", [1024, 20])  # one chunk / many small ones
+def test_matches_naive_reference(
+    mix: str, block_size: int, num_heads: int, num_kv_heads: int, decode_chunk_tokens: int
+) -> None:
     sc = make_scenario(MIXES[mix], block_size=block_size, num_heads=num_heads, num_kv_heads=num_kv_heads)
     scale = 1.0 / math.sqrt(sc.query.shape[-1])
-    out = run_backend(sc, scale)
+    out = run_backend(sc, scale, decode_chunk_tokens)
     assert out.shape == sc.query.shape
     torch.testing.assert_close(out, naive_attention(sc, scale), rtol=1e-9, atol=1e-9)
 

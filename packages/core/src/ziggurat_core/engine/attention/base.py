@@ -7,6 +7,8 @@ every layer calls `forward` with it.
 KV cache layout (one tensor per layer, the same for every backend):
     kv_cache[layer]: [2, num_blocks, block_size, num_kv_heads, head_dim]  (0 = keys, 1 = values)
 Token `t` of a sequence lives in slot `block_table[t // block_size] * block_size + t % block_size`.
+Backends may read whole blocks, including slots past a sequence's context, and mask them out;
+a NaN there would still poison the weighted sum, so allocate the cache with `torch.zeros`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+class AttentionLayoutError(ValueError):
+    """A StepLayout that cannot describe a valid step."""
 
 
 @dataclass
@@ -30,6 +36,32 @@ class StepLayout:
     @property
     def num_tokens(self) -> int:
         return sum(self.query_lens)
+
+    def validate(self) -> None:
+        """Raise AttentionLayoutError unless every sequence is consistent."""
+        n = len(self.query_lens)
+        if len(self.context_lens) != n or len(self.block_tables) != n:
+            raise AttentionLayoutError(
+                "query_lens, context_lens and block_tables must have the same length, got "
+                f"{n}, {len(self.context_lens)}, {len(self.block_tables)}"
+            )
+        if self.block_size < 1:
+            raise AttentionLayoutError(f"block_size must be >= 1, got {self.block_size}")
+        for i, (q_len, ctx_len, table) in enumerate(
+            zip(self.query_lens, self.context_lens, self.block_tables, strict=True)
+        ):
+            if q_len < 1:
+                raise AttentionLayoutError(f"sequence {i}: query_len must be >= 1, got {q_len}")
+            if ctx_len < q_len:
+                raise AttentionLayoutError(
+                    f"sequence {i}: context_len {ctx_len} is smaller than query_len {q_len}"
+                )
+            needed = -(-ctx_len // self.block_size)
+            if len(table) < needed:
+                raise AttentionLayoutError(
+                    f"sequence {i}: {ctx_len} tokens need {needed} blocks, the block table has "
+                    f"{len(table)}"
+                )
 
     def slot_mapping(self) -> list[int]:
         """Cache slot of each new token, in batch order."""

@@ -1,14 +1,17 @@
 """Attention in plain torch: works on every device and dtype; the backend used on CPU.
 
 A step is split in two parts:
-- decodes (one new token per sequence): one batched computation for all of them. Their whole
-  contexts are gathered from the paged cache into a padded [B, max_ctx, kvh, d] buffer, and the
-  scores/softmax/weighted sum run as batched matmuls with the query heads grouped under their
-  kv head (so GQA needs no copy of the kv heads).
-- prefill chunks: one scaled_dot_product_attention per sequence. Without a cached prefix the new
-  keys/values are used as they are (plain causal mask); with one, the whole context is gathered
-  and the causal mask is shifted by the prefix length.
-Every index and mask tensor is built once per step in `prepare`, not per layer.
+- decodes (one new token per sequence) are batched. Their KV blocks are gathered from the paged
+  cache, whole blocks at a time (one large copy per block rather than one small one per token),
+  into a reused workspace, and one scaled_dot_product_attention call covers a chunk of
+  sequences. Chunks are kept small (`decode_chunk_tokens`) so the gathered copy is still in the
+  CPU cache when attention reads it; sequences are sorted by context length first so a chunk
+  pads little.
+- prefill chunks run one scaled_dot_product_attention per sequence. Without a cached prefix the
+  new keys/values are used as they are (plain causal mask); with one, the whole context is
+  gathered and the causal mask is shifted by the prefix length.
+Index tensors and masks are built once per step in `prepare` (masks per dtype on first use) and
+reused by every layer.
 """
 
 from __future__ import annotations
@@ -18,35 +21,56 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .base import AttentionBackend, StepLayout
+from .base import AttentionBackend, AttentionLayoutError, StepLayout
+
+__all__ = [
+    "AttentionLayoutError",
+    "DecodeBatch",
+    "DecodeChunk",
+    "PrefillChunk",
+    "TorchAttentionBackend",
+    "TorchAttentionMetadata",
+    "reference_mask",
+]
 
 
-class AttentionLayoutError(ValueError):
-    """A StepLayout that cannot describe a valid step."""
+@dataclass
+class _MaskCache:
+    """A boolean "may attend" mask and its additive form per dtype, made on first use
+    (prepare does not know the dtype the layers run in)."""
+
+    allowed: torch.Tensor
+    additive: dict[torch.dtype, torch.Tensor] = field(default_factory=dict)
+
+    def for_dtype(self, dtype: torch.dtype) -> torch.Tensor:
+        mask = self.additive.get(dtype)
+        if mask is None:
+            mask = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
+            mask.masked_fill_(~self.allowed, float("-inf"))
+            self.additive[dtype] = mask
+        return mask
+
+
+@dataclass
+class DecodeChunk:
+    """Decode sequences attended in one call: rows [start, end) of the sorted decode batch."""
+
+    start: int
+    end: int
+    block_ids: torch.Tensor  # [num_seqs * blocks_per_seq] int64, short tables padded
+    blocks_per_seq: int
+    mask: _MaskCache | None  # [num_seqs, 1, 1, blocks_per_seq * block_size]; None: no padding
+
+    @property
+    def num_seqs(self) -> int:
+        return self.end - self.start
 
 
 @dataclass
 class DecodeBatch:
-    """The decode sequences of a step, attended in one batched computation."""
-
-    token_index: torch.Tensor  # [B] int64: where the decode tokens sit in the flat batch
-    token_range: tuple[int, int] | None  # the same as a slice when they are contiguous
-    gather_slots: torch.Tensor  # [B * max_ctx] int64 cache slots; padding points at slot 0
-    key_padding: torch.Tensor | None  # [B, 1, 1, max_ctx] bool, True = padding; None if none
-    batch_size: int
-    max_context_len: int
-    # Additive masks per dtype, made on first use (prepare does not know the dtype).
-    additive_masks: dict[torch.dtype, torch.Tensor] = field(default_factory=dict)
-
-    def additive_mask(self, dtype: torch.dtype) -> torch.Tensor | None:
-        if self.key_padding is None:
-            return None
-        mask = self.additive_masks.get(dtype)
-        if mask is None:
-            mask = torch.zeros(self.key_padding.shape, dtype=dtype, device=self.key_padding.device)
-            mask.masked_fill_(self.key_padding, float("-inf"))
-            self.additive_masks[dtype] = mask
-        return mask
+    token_index: torch.Tensor  # [B] int64: flat-batch row of each decode token, in chunk order
+    chunks: list[DecodeChunk]
+    max_chunk_blocks: int  # most blocks any chunk gathers: the workspace size
 
 
 @dataclass
@@ -55,44 +79,17 @@ class PrefillChunk:
 
     start: int  # first token of the chunk in the flat batch
     end: int  # one past its last token
-    prefix_len: int  # tokens already in the cache before this step
-    gather_slots: torch.Tensor | None  # [context_len] slots of the whole context; None if no prefix
-    allowed: torch.Tensor | None  # [q_len, context_len] bool, True = may attend; None if no prefix
+    context_slots: torch.Tensor | None  # [context_len] int64; None when nothing is cached before
+    mask: _MaskCache | None  # [q_len, context_len]; None when nothing is cached before
 
 
 @dataclass
 class TorchAttentionMetadata:
     num_tokens: int
+    block_size: int
     slot_mapping: torch.Tensor  # [num_tokens] int64
     decode: DecodeBatch | None
     prefills: list[PrefillChunk]
-
-
-def validate_layout(layout: StepLayout) -> None:
-    """Raise AttentionLayoutError when the layout is inconsistent."""
-    n = len(layout.query_lens)
-    if len(layout.context_lens) != n or len(layout.block_tables) != n:
-        raise AttentionLayoutError(
-            f"query_lens, context_lens and block_tables must have the same length, got "
-            f"{n}, {len(layout.context_lens)}, {len(layout.block_tables)}"
-        )
-    if layout.block_size < 1:
-        raise AttentionLayoutError(f"block_size must be >= 1, got {layout.block_size}")
-    for i, (q_len, ctx_len, table) in enumerate(
-        zip(layout.query_lens, layout.context_lens, layout.block_tables, strict=True)
-    ):
-        if q_len < 1:
-            raise AttentionLayoutError(f"sequence {i}: query_len must be >= 1, got {q_len}")
-        if ctx_len < q_len:
-            raise AttentionLayoutError(
-                f"sequence {i}: context_len {ctx_len} is smaller than query_len {q_len}"
-            )
-        needed_blocks = -(-ctx_len // layout.block_size)
-        if len(table) < needed_blocks:
-            raise AttentionLayoutError(
-                f"sequence {i}: {ctx_len} tokens need {needed_blocks} blocks, block table has "
-                f"{len(table)}"
-            )
 
 
 def _context_slots(table: list[int], context_len: int, block_size: int) -> list[int]:
@@ -111,7 +108,7 @@ def reference_mask(layout: StepLayout) -> torch.Tensor:
     token at absolute position p of sequence i attends to positions <= p of sequence i only.
     This is the semantics every backend implements; tests compare against it.
     """
-    validate_layout(layout)
+    layout.validate()
     mask = torch.full((layout.num_tokens, sum(layout.context_lens)), float("-inf"))
     row = 0
     col = 0
@@ -125,69 +122,70 @@ def reference_mask(layout: StepLayout) -> torch.Tensor:
 
 
 class TorchAttentionBackend(AttentionBackend):
+    """Paged attention from torch ops only.
+
+    `decode_chunk_tokens` bounds the context tokens (padding included) gathered per decode
+    attention call; the default keeps a chunk's K/V for a small model within a core's L2 cache.
+    """
+
     name = "torch"
 
+    def __init__(self, decode_chunk_tokens: int = 1024) -> None:
+        if decode_chunk_tokens < 1:
+            raise ValueError(f"decode_chunk_tokens must be >= 1, got {decode_chunk_tokens}")
+        self.decode_chunk_tokens = decode_chunk_tokens
+        # Reused across layers and steps: a fresh multi-MB tensor per layer costs page faults.
+        self._workspace: torch.Tensor | None = None
+
+    # ---- per step ----
+
     def prepare(self, layout: StepLayout, device: torch.device) -> TorchAttentionMetadata:
-        validate_layout(layout)
+        layout.validate()
         bs = layout.block_size
         slot_mapping = torch.tensor(layout.slot_mapping(), dtype=torch.int64, device=device)
 
-        decode_tokens: list[int] = []
-        decode_slots: list[list[int]] = []
+        decode_rows: list[int] = []
+        decode_seqs: list[int] = []
         prefills: list[PrefillChunk] = []
         start = 0
-        for q_len, ctx_len, table in zip(
-            layout.query_lens, layout.context_lens, layout.block_tables, strict=True
+        for seq, (q_len, ctx_len, table) in enumerate(
+            zip(layout.query_lens, layout.context_lens, layout.block_tables, strict=True)
         ):
             if q_len == 1:
-                decode_tokens.append(start)
-                decode_slots.append(_context_slots(table, ctx_len, bs))
+                decode_rows.append(start)
+                decode_seqs.append(seq)
             else:
-                prefills.append(self._prepare_prefill(start, q_len, ctx_len, table, bs, device))
+                prefills.append(_prepare_prefill(start, q_len, ctx_len, table, bs, device))
             start += q_len
 
-        decode = self._prepare_decode(decode_tokens, decode_slots, device) if decode_tokens else None
-        return TorchAttentionMetadata(layout.num_tokens, slot_mapping, decode, prefills)
+        decode = None
+        if decode_seqs:
+            decode = self._prepare_decode(layout, decode_rows, decode_seqs, device)
+        return TorchAttentionMetadata(layout.num_tokens, bs, slot_mapping, decode, prefills)
 
-    @staticmethod
-    def _prepare_prefill(
-        start: int, q_len: int, ctx_len: int, table: list[int], bs: int, device: torch.device
-    ) -> PrefillChunk:
-        prefix_len = ctx_len - q_len
-        if prefix_len == 0:
-            return PrefillChunk(start, start + q_len, 0, None, None)
-        slots = torch.tensor(_context_slots(table, ctx_len, bs), dtype=torch.int64, device=device)
-        # Query i sits at absolute position prefix_len + i and sees keys 0..prefix_len + i.
-        query_pos = torch.arange(prefix_len, ctx_len, device=device).unsqueeze(1)
-        key_pos = torch.arange(ctx_len, device=device).unsqueeze(0)
-        return PrefillChunk(start, start + q_len, prefix_len, slots, key_pos <= query_pos)
-
-    @staticmethod
     def _prepare_decode(
-        token_positions: list[int], slots_per_seq: list[list[int]], device: torch.device
+        self, layout: StepLayout, rows: list[int], seqs: list[int], device: torch.device
     ) -> DecodeBatch:
-        batch = len(token_positions)
-        context_lens = [len(s) for s in slots_per_seq]
-        max_ctx = max(context_lens)
-        flat: list[int] = []
-        for slots in slots_per_seq:
-            flat.extend(slots)
-            flat.extend([0] * (max_ctx - len(slots)))
-        key_padding = None
-        if min(context_lens) != max_ctx:
-            lens = torch.tensor(context_lens, device=device)
-            key_padding = (torch.arange(max_ctx, device=device).unsqueeze(0) >= lens.unsqueeze(1))
-            key_padding = key_padding.view(batch, 1, 1, max_ctx)
-        first = token_positions[0]
-        contiguous = token_positions == list(range(first, first + batch))
-        return DecodeBatch(
-            token_index=torch.tensor(token_positions, dtype=torch.int64, device=device),
-            token_range=(first, first + batch) if contiguous else None,
-            gather_slots=torch.tensor(flat, dtype=torch.int64, device=device),
-            key_padding=key_padding,
-            batch_size=batch,
-            max_context_len=max_ctx,
-        )
+        bs = layout.block_size
+        # Longest contexts first: each chunk then pads only up to its first sequence.
+        order = sorted(range(len(seqs)), key=lambda i: -layout.context_lens[seqs[i]])
+        context_lens = [layout.context_lens[seqs[i]] for i in order]
+        tables = [layout.block_tables[seqs[i]] for i in order]
+
+        chunks: list[DecodeChunk] = []
+        first = 0
+        while first < len(order):
+            blocks_per_seq = -(-context_lens[first] // bs)
+            per_chunk = max(1, self.decode_chunk_tokens // (blocks_per_seq * bs))
+            end = min(len(order), first + per_chunk)
+            chunks.append(_decode_chunk(first, end, blocks_per_seq, context_lens, tables, bs, device))
+            first = end
+
+        token_index = torch.tensor([rows[i] for i in order], dtype=torch.int64, device=device)
+        max_blocks = max(c.num_seqs * c.blocks_per_seq for c in chunks)
+        return DecodeBatch(token_index, chunks, max_blocks)
+
+    # ---- per layer ----
 
     def forward(
         self,
@@ -204,74 +202,111 @@ class TorchAttentionBackend(AttentionBackend):
             raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
         if num_tokens != metadata.num_tokens:
             raise ValueError(f"query has {num_tokens} tokens, the step layout {metadata.num_tokens}")
+        expected_cache = (2, kv_cache.shape[1], metadata.block_size, num_kv_heads, head_dim)
+        if tuple(kv_cache.shape) != expected_cache:
+            raise ValueError(f"kv_cache shape {tuple(kv_cache.shape)}, expected {expected_cache}")
 
-        # [2, num_slots, kvh, d] view of the cache: slot-indexed writes and gathers.
-        flat_cache = kv_cache.view(2, -1, num_kv_heads, head_dim)
-        flat_cache[0].index_copy_(0, metadata.slot_mapping, key)
-        flat_cache[1].index_copy_(0, metadata.slot_mapping, value)
+        slots = kv_cache.view(2, -1, num_kv_heads, head_dim)  # [2, num_slots, kvh, d]
+        slots[0].index_copy_(0, metadata.slot_mapping, key)
+        slots[1].index_copy_(0, metadata.slot_mapping, value)
 
         out = torch.empty_like(query)
         if metadata.decode is not None:
-            self._decode(query, flat_cache, metadata.decode, scale, out)
+            decoded = self._decode(query, kv_cache, metadata.decode, scale)
+            out.index_copy_(0, metadata.decode.token_index, decoded)
         for chunk in metadata.prefills:
-            out[chunk.start : chunk.end] = self._prefill(query, key, value, flat_cache, chunk, scale)
+            out[chunk.start : chunk.end] = _prefill(query, key, value, slots, chunk, scale)
         return out
 
-    @staticmethod
     def _decode(
-        query: torch.Tensor,
-        flat_cache: torch.Tensor,
-        decode: DecodeBatch,
-        scale: float,
-        out: torch.Tensor,
-    ) -> None:
-        _, num_heads, head_dim = query.shape
-        num_kv_heads = flat_cache.shape[2]
-        group = num_heads // num_kv_heads
-        batch, max_ctx = decode.batch_size, decode.max_context_len
-
-        if decode.token_range is not None:
-            q = query[decode.token_range[0] : decode.token_range[1]]
-        else:
-            q = query.index_select(0, decode.token_index)
-        # [B, kvh, group, d]: the query heads that share a kv head sit together.
-        q = q.view(batch, num_kv_heads, group, head_dim)
-
-        kv = flat_cache.index_select(1, decode.gather_slots)  # [2, B*max_ctx, kvh, d]
-        kv = kv.view(2, batch, max_ctx, num_kv_heads, head_dim).permute(0, 1, 3, 2, 4)
-        k, v = kv[0], kv[1]  # [B, kvh, max_ctx, d]
-
-        scores = torch.matmul(q, k.transpose(-1, -2))  # [B, kvh, group, max_ctx]
-        scores.mul_(scale)
-        mask = decode.additive_mask(scores.dtype)
-        if mask is not None:
-            scores.add_(mask)
-        probs = torch.softmax(scores, dim=-1)
-        result = torch.matmul(probs, v).view(batch, num_heads, head_dim)
-
-        if decode.token_range is not None:
-            out[decode.token_range[0] : decode.token_range[1]] = result
-        else:
-            out.index_copy_(0, decode.token_index, result)
-
-    @staticmethod
-    def _prefill(
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        flat_cache: torch.Tensor,
-        chunk: PrefillChunk,
-        scale: float,
+        self, query: torch.Tensor, kv_cache: torch.Tensor, decode: DecodeBatch, scale: float
     ) -> torch.Tensor:
-        q = query[chunk.start : chunk.end].transpose(0, 1)  # [H, q_len, d]
-        if chunk.gather_slots is None:
-            k = key[chunk.start : chunk.end].transpose(0, 1)
-            v = value[chunk.start : chunk.end].transpose(0, 1)
-            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
-        else:
-            k = flat_cache[0].index_select(0, chunk.gather_slots).transpose(0, 1)
-            v = flat_cache[1].index_select(0, chunk.gather_slots).transpose(0, 1)
-            attn = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=chunk.allowed, scale=scale, enable_gqa=True
+        _, num_heads, head_dim = query.shape
+        _, num_blocks, block_size, num_kv_heads, _ = kv_cache.shape
+        block_numel = block_size * num_kv_heads * head_dim
+        blocks = kv_cache.view(2, num_blocks, block_numel)
+        workspace = self._get_workspace(2 * decode.max_chunk_blocks * block_numel, kv_cache)
+
+        q = query.index_select(0, decode.token_index).unsqueeze(2)  # [B, H, 1, d]
+        out = torch.empty_like(q)
+        for chunk in decode.chunks:
+            n = chunk.num_seqs
+            gathered = workspace[: 2 * n * chunk.blocks_per_seq * block_numel]
+            gathered = gathered.view(2, n * chunk.blocks_per_seq, block_numel)
+            torch.index_select(blocks, 1, chunk.block_ids, out=gathered)
+            kv = gathered.view(2, n, chunk.blocks_per_seq * block_size, num_kv_heads, head_dim)
+            kv = kv.transpose(2, 3)  # [2, n, kvh, ctx, d]
+            mask = None if chunk.mask is None else chunk.mask.for_dtype(q.dtype)
+            out[chunk.start : chunk.end] = F.scaled_dot_product_attention(
+                q[chunk.start : chunk.end], kv[0], kv[1], attn_mask=mask, scale=scale,
+                enable_gqa=num_heads != num_kv_heads,
             )
-        return attn.transpose(0, 1)
+        return out.view(-1, num_heads, head_dim)
+
+    def _get_workspace(self, numel: int, like: torch.Tensor) -> torch.Tensor:
+        ws = self._workspace
+        if ws is None or ws.numel() < numel or ws.dtype != like.dtype or ws.device != like.device:
+            ws = torch.empty(numel, dtype=like.dtype, device=like.device)
+            self._workspace = ws
+        return ws
+
+
+def _decode_chunk(
+    first: int,
+    end: int,
+    blocks_per_seq: int,
+    context_lens: list[int],
+    tables: list[list[int]],
+    block_size: int,
+    device: torch.device,
+) -> DecodeChunk:
+    block_ids: list[int] = []
+    lens = context_lens[first:end]
+    for ctx_len, table in zip(lens, tables[first:end], strict=True):
+        used = table[: -(-ctx_len // block_size)]
+        # Pad with the sequence's own first block: its data is finite and masked anyway.
+        block_ids.extend(used + [used[0]] * (blocks_per_seq - len(used)))
+    padded_len = blocks_per_seq * block_size
+    mask = None
+    if min(lens) < padded_len:
+        positions = torch.arange(padded_len, device=device)
+        allowed = positions.unsqueeze(0) < torch.tensor(lens, device=device).unsqueeze(1)
+        mask = _MaskCache(allowed.view(len(lens), 1, 1, padded_len))
+    ids = torch.tensor(block_ids, dtype=torch.int64, device=device)
+    return DecodeChunk(first, end, ids, blocks_per_seq, mask)
+
+
+def _prepare_prefill(
+    start: int, q_len: int, ctx_len: int, table: list[int], bs: int, device: torch.device
+) -> PrefillChunk:
+    prefix_len = ctx_len - q_len
+    if prefix_len == 0:
+        return PrefillChunk(start, start + q_len, None, None)
+    slots = torch.tensor(_context_slots(table, ctx_len, bs), dtype=torch.int64, device=device)
+    # New token i sits at absolute position prefix_len + i and sees keys 0..prefix_len + i.
+    query_pos = torch.arange(prefix_len, ctx_len, device=device).unsqueeze(1)
+    key_pos = torch.arange(ctx_len, device=device).unsqueeze(0)
+    return PrefillChunk(start, start + q_len, slots, _MaskCache(key_pos <= query_pos))
+
+
+def _prefill(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    slots: torch.Tensor,
+    chunk: PrefillChunk,
+    scale: float,
+) -> torch.Tensor:
+    q = query[chunk.start : chunk.end].transpose(0, 1)  # [H, q_len, d]
+    gqa = query.shape[1] != key.shape[1]
+    if chunk.context_slots is None or chunk.mask is None:
+        k = key[chunk.start : chunk.end].transpose(0, 1)
+        v = value[chunk.start : chunk.end].transpose(0, 1)
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    else:
+        k = slots[0].index_select(0, chunk.context_slots).transpose(0, 1)  # [kvh, ctx, d]
+        v = slots[1].index_select(0, chunk.context_slots).transpose(0, 1)
+        attn = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=chunk.mask.for_dtype(q.dtype), scale=scale, enable_gqa=gqa
+        )
+    return attn.transpose(0, 1)

@@ -1,0 +1,74 @@
+"""Typed keyword arguments of the create methods (checked by type checkers and at run time).
+
+Every sampling parameter the Ziggurat server accepts has a key here; `None` means "not given" and
+is left out of the request body, so the server's default applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
+
+import httpx
+from ziggurat_core.protocol import ChatMessage, StreamOptions
+
+MessageParam = ChatMessage | Mapping[str, Any]
+PromptParam = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
+
+
+class RequestOptionParams(TypedDict, total=False):
+    """Per-call options that are not part of the endpoint's parameters."""
+
+    extra_headers: Mapping[str, str | None] | None  # a None value removes that header
+    extra_body: Mapping[str, Any] | None  # merged into the JSON body last
+    timeout: float | httpx.Timeout | None  # overrides the client's timeout for this call
+
+
+class SamplingParams(TypedDict, total=False):
+    """Parameters both completion endpoints accept."""
+
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    min_p: float | None
+    frequency_penalty: float | None
+    presence_penalty: float | None
+    repetition_penalty: float | None
+    stop: str | Sequence[str] | None
+    seed: int | None
+    n: int | None
+    logit_bias: Mapping[str, float] | None
+    user: str | None
+    stream_options: StreamOptions | Mapping[str, Any] | None
+    ignore_eos: bool | None
+    min_tokens: int | None
+    stop_token_ids: Sequence[int] | None
+
+
+class ChatCompletionParams(SamplingParams, total=False):
+    max_completion_tokens: int | None
+    logprobs: bool | None
+    top_logprobs: int | None
+    tools: Sequence[Mapping[str, Any]] | None
+    tool_choice: str | Mapping[str, Any] | None
+    add_generation_prompt: bool | None
+
+
+class CompletionParams(SamplingParams, total=False):
+    echo: bool | None
+    logprobs: int | None  # the legacy endpoint's "how many top log-probabilities"
+    suffix: str | None
+    best_of: int | None
+
+
+class ChatCompletionCreateKwargs(ChatCompletionParams, RequestOptionParams, total=False):
+    """Everything `chat.completions.create` accepts besides model, messages and stream."""
+
+
+class CompletionCreateKwargs(CompletionParams, RequestOptionParams, total=False):
+    """Everything `completions.create` accepts besides model, prompt and stream."""
+
+
+CHAT_COMPLETION_PARAM_NAMES = frozenset(ChatCompletionParams.__optional_keys__)
+COMPLETION_PARAM_NAMES = frozenset(CompletionParams.__optional_keys__)

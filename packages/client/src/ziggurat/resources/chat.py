@@ -1,0 +1,148 @@
+"""`client.chat.completions`: POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
+
+from ziggurat_core.protocol import ChatCompletion, ChatCompletionChunk
+
+from .._params import CHAT_COMPLETION_PARAM_NAMES, ChatCompletionCreateKwargs, MessageParam
+from .._request import RequestOptions, build_body, check_known_params, split_request_options
+from .._streaming import AsyncStream, Stream
+
+if TYPE_CHECKING:
+    from .._async_client import AsyncClient
+    from .._client import Client
+
+
+def build_chat_request(
+    model: str,
+    messages: Iterable[MessageParam],
+    stream: bool,
+    kwargs: ChatCompletionCreateKwargs,
+) -> RequestOptions:
+    """The request for one create call (shared by the sync and async resources)."""
+    if isinstance(messages, str | bytes):
+        raise TypeError("messages must be a list of messages, not a string")
+    params, options = split_request_options(kwargs)
+    check_known_params(params, CHAT_COMPLETION_PARAM_NAMES, "chat.completions.create")
+    required: dict[str, Any] = {"model": model, "messages": list(messages)}
+    if stream:
+        required["stream"] = True
+    return RequestOptions(
+        "POST",
+        "/chat/completions",
+        json_body=build_body(required, params, options.get("extra_body")),
+        extra_headers=options.get("extra_headers"),
+        timeout=options.get("timeout"),
+        stream=stream,
+    )
+
+
+class ChatCompletions:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @overload
+    def create(
+        self,
+        model: str,
+        messages: Iterable[MessageParam],
+        *,
+        stream: Literal[False] = False,
+        **kwargs: Unpack[ChatCompletionCreateKwargs],
+    ) -> ChatCompletion: ...
+
+    @overload
+    def create(
+        self,
+        model: str,
+        messages: Iterable[MessageParam],
+        *,
+        stream: Literal[True],
+        **kwargs: Unpack[ChatCompletionCreateKwargs],
+    ) -> Stream[ChatCompletionChunk]: ...
+
+    @overload
+    def create(
+        self,
+        model: str,
+        messages: Iterable[MessageParam],
+        *,
+        stream: bool,
+        **kwargs: Unpack[ChatCompletionCreateKwargs],
+    ) -> ChatCompletion | Stream[ChatCompletionChunk]: ...
+
+    def create(
+        self,
+        model: str,
+        messages: Iterable[MessageParam],
+        *,
+        stream: bool = False,
+        **kwargs: Unpack[ChatCompletionCreateKwargs],
+    ) -> ChatCompletion | Stream[ChatCompletionChunk]:
+        """Create a chat completion; with `stream=True`, iterate the returned chunks."""
+        options = build_chat_request(model, messages, stream, kwargs)
+        if stream:
+            return self._client._request_stream(options, ChatCompletionChunk)
+        return self._client._request(options, ChatCompletion)
+
+
+class AsyncChatCompletions:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    @overload
+    async def create(
+        self,
+        model: str,
+        messages: Iterable[MessageParam],
+        *,
+        stream: Literal[False] = False,
+        **kwargs: Unpack[ChatCompletionCreateKwargs],
+    ) -> ChatCompletion: ...
+
+    @overload
+    async def create(
+        self,
+        model: str,
+        messages: Iterable[MessageParam],
+        *,
+        stream: Literal[True],
+        **kwargs: Unpack[ChatCompletionCreateKwargs],
+    ) -> AsyncStream[ChatCompletionChunk]: ...
+
+    @overload
+    async def create(
+        self,
+        model: str,
+        messages: Iterable[MessageParam],
+        *,
+        stream: bool,
+        **kwargs: Unpack[ChatCompletionCreateKwargs],
+    ) -> ChatCompletion | AsyncStream[ChatCompletionChunk]: ...
+
+    async def create(
+        self,
+        model: str,
+        messages: Iterable[MessageParam],
+        *,
+        stream: bool = False,
+        **kwargs: Unpack[ChatCompletionCreateKwargs],
+    ) -> ChatCompletion | AsyncStream[ChatCompletionChunk]:
+        """Create a chat completion; with `stream=True`, `async for` over the returned chunks."""
+        options = build_chat_request(model, messages, stream, kwargs)
+        if stream:
+            return await self._client._request_stream(options, ChatCompletionChunk)
+        return await self._client._request(options, ChatCompletion)
+
+
+class Chat:
+    def __init__(self, client: Client) -> None:
+        self.completions = ChatCompletions(client)
+
+
+class AsyncChat:
+    def __init__(self, client: AsyncClient) -> None:
+        self.completions = AsyncChatCompletions(client)

@@ -1,0 +1,178 @@
+"""Attention with xformers' memory-efficient kernels: CUDA only, float16/bfloat16.
+
+xformers is imported when the backend is built, never at module import, so the engine runs
+without it. The new tokens of a step are one flat batch; an `attn_bias` describes how it splits
+into sequences:
+- no sequence has a cached prefix (pure prefill): `BlockDiagonalCausalMask` over the new
+  keys/values, the cache is only written;
+- otherwise, when the block size allows it, the kernel reads keys/values straight from the paged
+  cache through `PagedBlockDiagonalCausalWithOffsetPaddedKeysMask` (bottom-right causal, so new
+  token i of a sequence sees its prefix plus new tokens 0..i);
+- otherwise each sequence's context is gathered into a padded buffer and
+  `BlockDiagonalCausalWithOffsetPaddedKeysMask` describes it.
+
+Paged kernels constrain the page (block) size: flash-attention 2 needs a multiple of 256 and the
+triton split-k kernel a multiple of its key block (up to 128), so the paged path is used by
+default only when `block_size % 256 == 0` (the engine's default of 16 gathers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from .base import AttentionBackend, StepLayout
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+PAGED_BLOCK_MULTIPLE = 256
+
+BiasKind = Literal["new_tokens", "paged", "gathered"]
+
+
+def xformers_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the xformers backend cannot run for this device/dtype, or None when it can."""
+    if device.type != "cuda":
+        return f"it needs a CUDA device, got {device}"
+    if not torch.cuda.is_available():
+        return "CUDA is not available in this torch build or machine"
+    if dtype not in SUPPORTED_DTYPES:
+        return f"it supports float16 and bfloat16 only, got {dtype}"
+    try:
+        import xformers.ops  # noqa: F401
+    except ImportError as exc:
+        return f"xformers is not installed ({exc})"
+    return None
+
+
+@dataclass
+class XFormersAttentionMetadata:
+    num_tokens: int
+    block_size: int
+    slot_mapping: torch.Tensor  # [num_tokens] int64
+    kind: BiasKind
+    attn_bias: Any  # an xformers AttentionBias
+    # "gathered" only: cache slot of each position of each sequence's padded context,
+    # [num_seqs * padded_context_len] int64 (padding repeats the sequence's first slot).
+    gather_slots: torch.Tensor | None
+    padded_context_len: int | None
+
+
+class XFormersAttentionBackend(AttentionBackend):
+    """`paged`: read K/V from the paged cache (True), gather them first (False), or decide
+    from the block size (None: paged when block_size is a multiple of 256)."""
+
+    name = "xformers"
+
+    def __init__(self, paged: bool | None = None) -> None:
+        try:
+            from xformers.ops import fmha
+        except ImportError as exc:
+            raise ImportError(
+                "the xformers attention backend needs the xformers package "
+                "(pip install 'ziggurat-core[cuda]'), or use attention_backend='torch'"
+            ) from exc
+        self._fmha = fmha
+        self.paged = paged
+
+    def uses_paged_kernel(self, block_size: int) -> bool:
+        if self.paged is not None:
+            return self.paged
+        return block_size % PAGED_BLOCK_MULTIPLE == 0
+
+    def prepare(self, layout: StepLayout, device: torch.device) -> XFormersAttentionMetadata:
+        layout.validate()
+        attn_bias_mod = self._fmha.attn_bias
+        bs = layout.block_size
+        slot_mapping = torch.tensor(layout.slot_mapping(), dtype=torch.int64, device=device)
+        has_prefix = any(c > q for q, c in zip(layout.query_lens, layout.context_lens, strict=True))
+
+        if not has_prefix:
+            bias = attn_bias_mod.BlockDiagonalCausalMask.from_seqlens(layout.query_lens, device=device)
+            return XFormersAttentionMetadata(
+                layout.num_tokens, bs, slot_mapping, "new_tokens", bias, None, None
+            )
+
+        if self.uses_paged_kernel(bs):
+            max_blocks = max(-(-c // bs) for c in layout.context_lens)
+            rows = [t[: -(-c // bs)] for t, c in zip(layout.block_tables, layout.context_lens, strict=True)]
+            table = torch.tensor(
+                [r + [0] * (max_blocks - len(r)) for r in rows], dtype=torch.int32, device=device
+            )
+            bias = attn_bias_mod.PagedBlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
+                q_seqlen=layout.query_lens,
+                kv_seqlen=layout.context_lens,
+                block_tables=table,
+                page_size=bs,
+                device=device,
+            )
+            return XFormersAttentionMetadata(
+                layout.num_tokens, bs, slot_mapping, "paged", bias, None, None
+            )
+
+        padded = max(layout.context_lens)
+        slots: list[int] = []
+        for table, ctx_len in zip(layout.block_tables, layout.context_lens, strict=True):
+            seq_slots = [table[p // bs] * bs + p % bs for p in range(ctx_len)]
+            slots.extend(seq_slots + [seq_slots[0]] * (padded - ctx_len))
+        bias = attn_bias_mod.BlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
+            q_seqlen=layout.query_lens,
+            kv_padding=padded,
+            kv_seqlen=layout.context_lens,
+            device=device,
+        )
+        gather = torch.tensor(slots, dtype=torch.int64, device=device)
+        return XFormersAttentionMetadata(
+            layout.num_tokens, bs, slot_mapping, "gathered", bias, gather, padded
+        )
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: XFormersAttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        # Checked before the cache write so a refused call changes nothing.
+        if not query.is_cuda:
+            raise ValueError(
+                f"the xformers attention backend runs on CUDA tensors only, got {query.device}; "
+                "use attention_backend='torch'"
+            )
+        if query.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"the xformers attention backend needs float16/bfloat16, got {query.dtype}")
+        num_tokens, num_heads, head_dim = query.shape
+        num_kv_heads = key.shape[1]
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+        if num_tokens != metadata.num_tokens:
+            raise ValueError(f"query has {num_tokens} tokens, the step layout {metadata.num_tokens}")
+
+        slots = kv_cache.view(2, -1, num_kv_heads, head_dim)
+        slots[0].index_copy_(0, metadata.slot_mapping, key)
+        slots[1].index_copy_(0, metadata.slot_mapping, value)
+
+        if metadata.kind == "new_tokens":
+            k, v = key, value
+        elif metadata.kind == "paged":
+            k, v = slots[0], slots[1]  # every slot of the cache; the block tables pick
+        else:
+            assert metadata.gather_slots is not None
+            k = slots[0].index_select(0, metadata.gather_slots)
+            v = slots[1].index_select(0, metadata.gather_slots)
+
+        group = num_heads // num_kv_heads
+        if group == 1:
+            q5, k5, v5 = query.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
+        else:
+            # xformers takes GQA as [batch, tokens, kv_heads, group, head_dim] with K/V broadcast.
+            q5 = query.reshape(1, num_tokens, num_kv_heads, group, head_dim)
+            k5 = k.unsqueeze(0).unsqueeze(3).expand(1, k.shape[0], num_kv_heads, group, head_dim)
+            v5 = v.unsqueeze(0).unsqueeze(3).expand(1, v.shape[0], num_kv_heads, group, head_dim)
+        out = self._fmha.memory_efficient_attention_forward(
+            q5, k5, v5, attn_bias=metadata.attn_bias, scale=scale
+        )
+        return out.reshape(num_tokens, num_heads, head_dim)

@@ -1,0 +1,17 @@
+"""Building blocks of the decoder models."""
+
+from .activation import SiluAndMul
+from .linear import Embedding, Linear
+from .rmsnorm import RMSNorm
+from .rotary import RopeScalingError, RotaryEmbedding, apply_rotary, rope_inv_freq
+
+__all__ = [
+    "Embedding",
+    "Linear",
+    "RMSNorm",
+    "RopeScalingError",
+    "RotaryEmbedding",
+    "SiluAndMul",
+    "apply_rotary",
+    "rope_inv_freq",
+]

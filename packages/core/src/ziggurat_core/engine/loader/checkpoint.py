@@ -1,0 +1,48 @@
+"""`Checkpoint`: what a loaded checkpoint offers the engine, whatever its file format."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ModelConfig
+from .errors import CheckpointError
+
+
+class Checkpoint(ABC):
+    """A model on disk: its hyper-parameters, tokenizer source, chat template and weights.
+
+    `weights()` yields Hugging Face parameter names and layouts (e.g.
+    `model.layers.0.self_attn.q_proj.weight` as [out, in]) in `dtype`, whatever the file format,
+    so the model never sees format details. It reads the file again on every call.
+    """
+
+    format: str  # "gguf" | "safetensors"
+
+    def __init__(
+        self, path: Path, model_config: ModelConfig, chat_template: str | None, dtype: torch.dtype
+    ) -> None:
+        self.path = path
+        self.model_config = model_config
+        self.chat_template = chat_template
+        self.dtype = dtype
+
+    @property
+    @abstractmethod
+    def tokenizer_source(self) -> dict[str, Any] | Path:
+        """GGUF: the metadata dict (holds the tokenizer.ggml.* keys). HF: the model folder."""
+
+    @abstractmethod
+    def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(Hugging Face name, tensor in `dtype`) for every weight in the checkpoint."""
+
+    def gguf_metadata(self) -> dict[str, Any]:
+        """Every GGUF key/value as plain Python values; only GGUF checkpoints have them."""
+        raise CheckpointError(f"{self.path}: a {self.format} checkpoint has no GGUF metadata")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(path={str(self.path)!r}, architecture={self.model_config.architecture!r})"

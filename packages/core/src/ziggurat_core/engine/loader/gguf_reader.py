@@ -1,0 +1,153 @@
+"""GGUF checkpoints (llama.cpp's format), read with the `gguf` package and dequantised to torch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint
+from .errors import CheckpointError
+from .gguf_config import gguf_architecture, model_config_from_gguf
+from .gguf_names import NON_WEIGHT_TENSORS, hf_tensor_name, unpermute_qk_rows
+
+GGUF_MAGIC = b"GGUF"
+_ROPE_FREQS = "rope_freqs.weight"
+
+
+def is_gguf_file(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            return file.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+class GGUFCheckpoint(Checkpoint):
+    format = "gguf"
+
+    def __init__(self, path: Path, dtype: torch.dtype = torch.float32) -> None:
+        self.path = path  # error messages below need it before the base class sets the rest
+        self._reader = _open_reader(path)
+        self._metadata = read_metadata(self._reader)
+        self._tensors = {tensor.name: tensor for tensor in self._reader.tensors}
+        gguf_architecture(path, self._metadata)  # fail on the architecture before tensor checks
+        embedding = self._tensors.get("token_embd.weight")
+        if embedding is None:
+            raise CheckpointError(f"{path}: tensor token_embd.weight is missing")
+        rope_freqs = self._tensors.get(_ROPE_FREQS)
+        config = model_config_from_gguf(
+            path,
+            self._metadata,
+            vocab_size=int(embedding.data.shape[0]),
+            has_output_weight="output.weight" in self._tensors,
+            has_qkv_bias="blk.0.attn_q.bias" in self._tensors,
+            rope_freq_factors=None if rope_freqs is None else self._dequantize(rope_freqs).tolist(),
+        )
+        chat_template = self._metadata.get("tokenizer.chat_template")
+        super().__init__(path, config, None if chat_template is None else str(chat_template), dtype)
+
+    @property
+    def tokenizer_source(self) -> dict[str, Any]:
+        return self._metadata
+
+    def gguf_metadata(self) -> dict[str, Any]:
+        return self._metadata
+
+    def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for tensor in self._reader.tensors:
+            if tensor.name in NON_WEIGHT_TENSORS:
+                continue
+            hf_name = hf_tensor_name(tensor.name)
+            if hf_name is None:
+                raise CheckpointError(f"{self.path}: unknown GGUF tensor {tensor.name!r}")
+            array = self._dequantize(tensor)
+            array = self._undo_qk_permutation(hf_name, array)
+            if not array.flags.writeable:  # a view of the read-only file mapping
+                array = array.copy()
+            yield hf_name, torch.from_numpy(array).to(self.dtype)
+
+    def _dequantize(self, tensor: gguf.ReaderTensor) -> np.ndarray:
+        try:
+            array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        except NotImplementedError as exc:
+            raise CheckpointError(
+                f"{self.path}: tensor {tensor.name!r} has unsupported type {tensor.tensor_type.name}"
+            ) from exc
+        expected_shape = tuple(int(d) for d in reversed(tensor.shape))  # ggml lists dims innermost first
+        if array.shape != expected_shape:
+            raise CheckpointError(
+                f"{self.path}: tensor {tensor.name!r} decodes to shape {array.shape}, header says {expected_shape}"
+            )
+        return array
+
+    def _undo_qk_permutation(self, hf_name: str, array: np.ndarray) -> np.ndarray:
+        config = self.model_config
+        if config.architecture != "llama":  # qwen2 GGUFs keep the Hugging Face row order
+            return array
+        if ".self_attn.q_proj." in hf_name:
+            return unpermute_qk_rows(array, config.num_attention_heads)
+        if ".self_attn.k_proj." in hf_name:
+            return unpermute_qk_rows(array, config.num_key_value_heads)
+        return array
+
+
+class _PlainArrayReader(gguf.GGUFReader):
+    """GGUFReader over a plain ndarray view of the file mapping instead of the np.memmap itself.
+
+    The reader slices its `data` once per metadata item (~300k times for a 50k-token
+    vocabulary), and every np.memmap slice runs a Python-level __array_finalize__; a plain view
+    of the same read-only mapping parses about three times faster.
+    """
+
+    @property  # type: ignore[override]
+    def data(self) -> np.ndarray:
+        return self._plain_data
+
+    @data.setter
+    def data(self, mapping: np.ndarray) -> None:
+        self._plain_data = np.asarray(mapping)  # drops the subclass, keeps the mapping alive
+
+
+def _open_reader(path: Path) -> gguf.GGUFReader:
+    try:
+        return _PlainArrayReader(path)
+    except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as exc:
+        # A truncated file makes the reader index past the end of the mapping or fail to reshape.
+        raise CheckpointError(f"{path}: not a readable GGUF file (truncated or corrupt): {exc}") from exc
+
+
+def read_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
+    """All key/values of the file as plain Python values (strings decoded, arrays as lists)."""
+    return {
+        name: _field_value(field)
+        for name, field in reader.fields.items()
+        if not name.startswith("GGUF.")  # header counters the reader exposes as fields
+    }
+
+
+def _decode(part: np.ndarray) -> str:
+    return part.tobytes().decode("utf-8", errors="replace")
+
+
+def _field_value(field: gguf.ReaderField) -> Any:
+    value_type = field.types[0]
+    if value_type == gguf.GGUFValueType.STRING:
+        return _decode(field.parts[field.data[0]])
+    if value_type == gguf.GGUFValueType.ARRAY:
+        if len(field.types) == 1:  # an empty array carries no element type
+            return []
+        if len(field.types) > 2:  # nested arrays: rare, let the reader flatten them
+            return field.contents()
+        if field.types[1] == gguf.GGUFValueType.STRING:
+            return [_decode(field.parts[i]) for i in field.data]
+        return np.concatenate([field.parts[i] for i in field.data]).tolist()
+    scalar = field.parts[field.data[0]][0]
+    if value_type == gguf.GGUFValueType.FLOAT32:
+        # The shortest decimal that round-trips the float32: 1e-05 rather than 9.99999974e-06.
+        return float(str(scalar))
+    return scalar.item()

@@ -1,0 +1,306 @@
+"""Turns a step's last-position logits into the next token of each sequence.
+
+Per row, in this order: repetition / frequency / presence penalties, logit bias and the
+min_tokens EOS mask change the logits; greedy rows (temperature 0 or top_k 1) take the argmax;
+other rows divide by the temperature, apply min_p, then top-k, then top-p (each on the
+distribution left by the previous filter) and draw by inverse CDF with one uniform number.
+
+Reproducibility: a seeded sequence draws its uniform from its own generator (kept in
+`seq.sampler_state`, seeded from (seed, sample index)), and what it draws depends only on its own
+row, so sample k of a request comes out the same whatever else is in the batch and whatever n is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from .sampling_metadata import (
+    PenaltyInputs,
+    RandomRows,
+    SamplingMetadata,
+    TokenEdits,
+    build_sampling_metadata,
+)
+from .sequence import Sequence
+
+# Top-p first looks at this many most likely tokens and sorts the whole vocabulary only for rows
+# whose nucleus is larger: a full sort costs ~10x a top-256 on a 49k vocabulary on CPU.
+CANDIDATE_WIDTH = 256
+
+
+@dataclass
+class SampleResult:
+    token_id: int
+    # Log-probability of the chosen token under the raw (unmodified) logits; None when the
+    # sequence did not ask for logprobs (it is only computed on request).
+    logprob: float | None
+    # Token id -> raw log-probability: the k most likely tokens when logprobs = k > 0, only the
+    # chosen token when logprobs = 0, None when logprobs is None.
+    top_logprobs: dict[int, float] | None
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """Generator seed of sample `index` of a request seeded with `seed` (stable across runs)."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class Sampler:
+    def __init__(self, vocab_size: int, device: torch.device, seed: int | None = None) -> None:
+        """`seed` seeds the generator shared by unseeded sequences (None: nondeterministic)."""
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+        self.vocab_size = vocab_size
+        self.device = torch.device(device)
+        self._generator = torch.Generator(device=self.device)
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(seed)
+
+    def __call__(
+        self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]
+    ) -> list[SampleResult]:
+        """Sample one token per row; row i of `logits` ([B, vocab_size]) belongs to seqs[i]."""
+        if logits.dim() != 2 or logits.shape[0] != len(seqs) or logits.shape[1] != self.vocab_size:
+            raise ValueError(
+                f"logits must have shape [{len(seqs)}, {self.vocab_size}] (one row per sequence), "
+                f"got {list(logits.shape)}"
+            )
+        if not seqs:
+            return []
+        logits = logits.float()
+        meta = build_sampling_metadata(
+            seqs, eos_token_ids, self.vocab_size, logits.device, self._generator_for
+        )
+        processed = apply_logit_processors(logits, meta)
+        token_ids = self._choose_tokens(processed, meta)
+        token_list: list[int] = token_ids.tolist()
+        top_logprobs = _gather_logprobs(logits, token_ids, meta)
+        return [
+            SampleResult(
+                token_id=token,
+                logprob=top_logprobs[row][0] if row in top_logprobs else None,
+                top_logprobs=top_logprobs[row][1] if row in top_logprobs else None,
+            )
+            for row, token in enumerate(token_list)
+        ]
+
+    def _generator_for(self, seq: Sequence) -> torch.Generator | None:
+        seed = seq.sampling_params.seed
+        if seed is None:
+            return None
+        if not isinstance(seq.sampler_state, torch.Generator):
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(derive_seed(seed, seq.index))
+            seq.sampler_state = generator
+        return seq.sampler_state
+
+    def _choose_tokens(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+        if meta.random is None:
+            return logits.argmax(dim=-1)
+        if not meta.greedy_rows:
+            return self._sample_random(logits, meta.random)
+        token_ids = torch.empty(meta.num_rows, dtype=torch.int64, device=logits.device)
+        greedy = _row_index(meta.greedy_rows, meta.num_rows, logits.device)
+        token_ids[greedy] = logits[greedy].argmax(dim=-1)
+        random = _row_index(meta.random.rows, meta.num_rows, logits.device)
+        token_ids[random] = self._sample_random(logits[random], meta.random)
+        return token_ids
+
+    def _sample_random(self, logits: torch.Tensor, rows: RandomRows) -> torch.Tensor:
+        """Token ids for the rows of `rows` (`logits` holds exactly those rows, in order)."""
+        probs = torch.softmax(logits / rows.temperature, dim=-1)
+        if rows.min_p is not None:
+            # min_p = 0 gives a threshold of 0, which removes nothing.
+            threshold = probs.amax(dim=-1, keepdim=True) * rows.min_p
+            probs = probs.masked_fill(probs < threshold, 0.0)
+        uniforms = self._uniforms(rows.generators, probs.device)
+
+        num_rows = len(rows.rows)
+        token_ids = torch.empty(num_rows, dtype=torch.int64, device=probs.device)
+        if rows.truncated:
+            truncated = _row_index(rows.truncated, num_rows, probs.device)
+            token_ids[truncated] = _sample_top_k_top_p(
+                probs[truncated], rows.top_k[truncated], rows.top_p[truncated], uniforms[truncated]
+            )
+        if rows.untruncated:
+            untruncated = _row_index(rows.untruncated, num_rows, probs.device)
+            # float32 is enough: CPU and CUDA cumsum accumulate in a wider type, so each prefix
+            # is rounded once (error ~6e-8), and a float64 copy of [R, V] costs several times more.
+            cdf = torch.cumsum(probs[untruncated], dim=-1)
+            token_ids[untruncated] = _inverse_cdf(cdf, uniforms[untruncated], None)
+        return token_ids
+
+    def _uniforms(
+        self, generators: list[torch.Generator | None], device: torch.device
+    ) -> torch.Tensor:
+        """One U[0, 1) float64 per row: from the row's own generator, or the shared one."""
+        uniforms = torch.empty(len(generators), dtype=torch.float64, device=device)
+        shared_rows = [i for i, g in enumerate(generators) if g is None]
+        if shared_rows:
+            uniforms[shared_rows] = torch.rand(
+                len(shared_rows), dtype=torch.float64, device=device, generator=self._generator
+            )
+        for i, generator in enumerate(generators):
+            if generator is not None:
+                uniforms[i] = torch.rand(1, dtype=torch.float64, device=device, generator=generator)[0]
+        return uniforms
+
+
+def _row_index(positions: list[int], num_rows: int, device: torch.device) -> torch.Tensor | slice:
+    """Index selecting `positions`; a plain slice when that is every row, to avoid a copy."""
+    if len(positions) == num_rows:
+        return slice(None)
+    return torch.tensor(positions, dtype=torch.int64, device=device)
+
+
+def apply_logit_processors(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+    """Penalties, logit bias and the min_tokens mask; returns a new tensor if anything changes."""
+    if not meta.modifies_logits:
+        return logits
+    logits = logits.clone()
+    if meta.penalties is not None:
+        _apply_penalties(logits, meta.penalties)
+    if meta.logit_bias is not None:
+        bias = meta.logit_bias
+        assert bias.values is not None
+        logits.index_put_((bias.rows, bias.token_ids), bias.values, accumulate=True)
+    if meta.banned_tokens is not None:
+        _mask_tokens(logits, meta.banned_tokens)
+    return logits
+
+
+def _apply_penalties(logits: torch.Tensor, penalties: PenaltyInputs) -> None:
+    """In place. Repetition (HF): seen positive logits / r, negative * r, over prompt + output.
+    Frequency / presence (OpenAI): logit -= f * count + p * (count > 0), over output tokens.
+
+    Works on the [R, L] gathered logits of the seen ids rather than on [R, V] masks; pad ids
+    (= vocab_size) read and write a spare last column. Repeated ids scatter equal values."""
+    vocab_size = logits.shape[1]
+    num_rows = penalties.rows.shape[0]
+    work = torch.zeros(num_rows, vocab_size + 1, dtype=logits.dtype, device=logits.device)
+    work[:, :vocab_size] = logits[penalties.rows]
+    if penalties.context_ids is not None:
+        seen = work.gather(1, penalties.context_ids)
+        penalized = torch.where(seen > 0, seen / penalties.repetition, seen * penalties.repetition)
+        work.scatter_(1, penalties.context_ids, penalized)
+    if penalties.output_ids is not None:
+        output_ids = penalties.output_ids
+        counts = torch.zeros_like(work)
+        counts.scatter_add_(1, output_ids, torch.ones_like(output_ids, dtype=work.dtype))
+        # Every non-pad id here occurred at least once, so the presence penalty applies to all.
+        penalty = penalties.frequency * counts.gather(1, output_ids) + penalties.presence
+        work.scatter_(1, output_ids, work.gather(1, output_ids) - penalty)
+    logits[penalties.rows] = work[:, :vocab_size]
+
+
+def _mask_tokens(logits: torch.Tensor, edits: TokenEdits) -> None:
+    minus_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+    logits.index_put_((edits.rows, edits.token_ids), minus_inf)
+
+
+def _inverse_cdf(
+    cdf: torch.Tensor, uniforms: torch.Tensor, num_kept: torch.Tensor | None
+) -> torch.Tensor:
+    """Column of each row where `cdf` first exceeds uniform * (mass of the kept prefix).
+    `num_kept` [R] limits each row to its first columns (None: all of them)."""
+    if num_kept is None:
+        mass = cdf[:, -1]
+        last = torch.full_like(uniforms, cdf.shape[1] - 1, dtype=torch.int64)
+    else:
+        last = num_kept - 1
+        mass = cdf.gather(1, last.unsqueeze(1)).squeeze(1)
+    # Stay strictly below the mass, so the chosen column always has a non-zero probability.
+    scaled = (uniforms * mass).to(cdf.dtype)
+    target = torch.minimum(scaled, torch.nextafter(mass, torch.zeros_like(mass)))
+    column = torch.searchsorted(cdf, target.unsqueeze(1), right=True).squeeze(1)
+    return torch.minimum(column, last)
+
+
+def _sample_top_k_top_p(
+    probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, uniforms: torch.Tensor
+) -> torch.Tensor:
+    """Sample each row from its top-k tokens, then from the smallest prefix of those whose
+    (renormalised) mass reaches top_p. `top_k` is vocab_size where disabled.
+
+    Which path a row takes depends only on that row (its settings and probabilities), so its
+    token does not depend on the rest of the batch, even where probabilities tie."""
+    vocab_size = probs.shape[1]
+    width = min(vocab_size, CANDIDATE_WIDTH)
+    token_ids = torch.empty(probs.shape[0], dtype=torch.int64, device=probs.device)
+    needs_full_sort = (top_k > width) & (top_k < vocab_size)
+    if width < vocab_size and not bool(needs_full_sort.all()):
+        fast = (~needs_full_sort).nonzero().squeeze(1)
+        token_ids[fast], complete = _sample_sorted_prefix(
+            probs[fast], top_k[fast], top_p[fast], uniforms[fast], width
+        )
+        # Rows whose nucleus did not fit in the candidates take the full sort below.
+        needs_full_sort[fast[~complete]] = True
+    else:
+        needs_full_sort[:] = True
+    if bool(needs_full_sort.any()):
+        slow = needs_full_sort.nonzero().squeeze(1)
+        token_ids[slow], _ = _sample_sorted_prefix(
+            probs[slow], top_k[slow], top_p[slow], uniforms[slow], vocab_size
+        )
+    return token_ids
+
+
+def _sample_sorted_prefix(
+    probs: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    uniforms: torch.Tensor,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample among each row's `width` most likely tokens. Also returns, per row, whether those
+    candidates held everything top-k/top-p keeps (if not, that row's token is meaningless)."""
+    if width == probs.shape[1]:
+        candidate_probs, candidate_ids = torch.sort(probs, dim=-1, descending=True, stable=True)
+    else:
+        candidate_probs, candidate_ids = torch.topk(probs, width, dim=-1, sorted=True)
+    cdf = torch.cumsum(candidate_probs, dim=-1, dtype=torch.float64)
+    k_in_candidates = top_k <= width
+    k_kept = top_k.clamp(max=width)
+    # Mass that top_p is a fraction of: what top-k kept (or the whole row without top-k).
+    k_mass = cdf.gather(1, (k_kept - 1).unsqueeze(1)).squeeze(1)
+    row_mass = probs.sum(dim=-1).to(torch.float64)  # float32 sum avoids a float64 copy of probs
+    p_mass = top_p * torch.where(k_in_candidates, k_mass, row_mass)
+    # Keep a token while the mass of the more likely tokens is still below top_p (always >= 1).
+    mass_before = cdf - candidate_probs.to(torch.float64)
+    p_kept = (mass_before < p_mass.unsqueeze(1)).sum(dim=-1).clamp(min=1)
+    num_kept = torch.minimum(k_kept, p_kept)
+    complete = k_in_candidates | (cdf[:, -1] >= p_mass)
+    columns = _inverse_cdf(cdf, uniforms, num_kept)
+    return candidate_ids.gather(1, columns.unsqueeze(1)).squeeze(1), complete
+
+
+def _gather_logprobs(
+    logits: torch.Tensor, token_ids: torch.Tensor, meta: SamplingMetadata
+) -> dict[int, tuple[float, dict[int, float]]]:
+    """Row -> (chosen token's raw logprob, top logprobs) for the rows that asked for logprobs."""
+    if not meta.logprob_rows:
+        return {}
+    rows = torch.tensor(meta.logprob_rows, device=logits.device)
+    logprobs = torch.log_softmax(logits[rows], dim=-1)
+    chosen_ids = token_ids[rows]
+    chosen: list[float] = logprobs.gather(1, chosen_ids.unsqueeze(1)).squeeze(1).tolist()
+    chosen_id_list: list[int] = chosen_ids.tolist()
+    max_k = max(meta.logprob_counts)
+    top_values: list[list[float]] = []
+    top_ids: list[list[int]] = []
+    if max_k > 0:
+        values, ids = torch.topk(logprobs, min(max_k, logits.shape[1]), dim=-1)
+        top_values, top_ids = values.tolist(), ids.tolist()
+    result: dict[int, tuple[float, dict[int, float]]] = {}
+    for i, (row, k) in enumerate(zip(meta.logprob_rows, meta.logprob_counts, strict=True)):
+        if k == 0:
+            top = {chosen_id_list[i]: chosen[i]}
+        else:
+            top = dict(zip(top_ids[i][:k], top_values[i][:k], strict=True))
+        result[row] = (chosen[i], top)
+    return result

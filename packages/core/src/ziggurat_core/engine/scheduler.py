@@ -1,0 +1,337 @@
+"""Continuous-batching scheduler. No torch.
+
+Every step it picks, per sequence, how many new tokens to compute under a token budget
+(`max_num_batched_tokens`) and a seat limit (`max_num_seqs`):
+1. running decodes (1 token each), oldest first; when the KV cache is full the most recently
+   arrived running sequence is preempted (its blocks freed, recomputed later from the front of
+   the waiting queue);
+2. running prefills that were chunked, oldest first;
+3. waiting sequences in FCFS order, while budget, seats and blocks allow (skipped in a step that
+   had to preempt, since blocks are short).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+from .block_manager import BlockManager, BlockManagerStats
+from .config import EngineConfig
+from .errors import DuplicateRequestError, PromptTooLongError, RequestValidationError
+from .sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True)
+class ScheduledSequence:
+    """`num_new_tokens` of `seq` to compute this step, starting at `start_position`."""
+
+    seq: Sequence
+    num_new_tokens: int
+    # Captured when scheduled, so `samples` stays right after on_step_done advances the sequence.
+    start_position: int = field(init=False)
+    samples: bool = field(init=False)  # the chunk reaches the end of token_ids: sample a token
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start_position", self.seq.num_computed_tokens)
+        object.__setattr__(
+            self, "samples", self.seq.num_computed_tokens + self.num_new_tokens == len(self.seq)
+        )
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledSequence] = field(default_factory=list)
+    num_batched_tokens: int = 0
+    preempted: list[Sequence] = field(default_factory=list)
+    # Finished with FINISHED_LENGTH by the scheduler: the sequence outgrew the whole KV cache or
+    # the context window. The engine must emit their final outputs.
+    finished_by_scheduler: list[Sequence] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    kv: BlockManagerStats
+    num_running: int
+    num_waiting: int
+    num_preemptions: int  # since start
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, num_blocks: int, max_model_len: int) -> None:
+        if max_model_len < 1:
+            raise ValueError(f"max_model_len must be >= 1, got {max_model_len}")
+        self.config = config
+        self.max_model_len = max_model_len
+        self.block_manager = BlockManager(
+            num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching
+        )
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []  # sorted by _order_key (arrival order)
+        # Samples 1..n-1 of a request wait here until sample 0's prompt is computed, so that
+        # they find its prompt blocks in the prefix cache instead of computing them again.
+        self._held_siblings: dict[str, list[Sequence]] = {}
+        self._num_held = 0
+        self._requests: dict[str, list[Sequence]] = {}
+        self._arrival: dict[int, int] = {}  # seq_id -> arrival number of its request
+        self._arrival_counter = itertools.count()
+        self._num_preemptions = 0
+
+    # ----- admission control -----
+
+    def check_request(self, num_prompt_tokens: int, max_tokens: int | None = None) -> None:
+        """Raise if a prompt of this length can never be scheduled. Call before creating state.
+
+        `max_tokens` is not checked against the context window: generation stops at
+        `max_model_len` with finish reason "length"."""
+        if num_prompt_tokens < 1:
+            raise RequestValidationError("the prompt must contain at least one token", param="prompt")
+        if num_prompt_tokens > self.max_model_len:
+            raise PromptTooLongError(
+                f"the prompt has {num_prompt_tokens} tokens, more than the model's context "
+                f"length of {self.max_model_len} tokens",
+                param="prompt",
+            )
+        bm = self.block_manager
+        # The prompt plus the first generated token must fit in the cache at the same time.
+        needed_blocks = bm.blocks_for_tokens(num_prompt_tokens + 1)
+        if needed_blocks > bm.num_blocks:
+            raise PromptTooLongError(
+                f"the prompt has {num_prompt_tokens} tokens; with the first generated token it "
+                f"needs {needed_blocks} KV-cache blocks but the cache holds only {bm.num_blocks} "
+                f"({bm.num_blocks * bm.block_size} tokens)",
+                param="prompt",
+            )
+        budget = self.config.max_num_batched_tokens
+        if not self.config.enable_chunked_prefill and num_prompt_tokens > budget:
+            raise PromptTooLongError(
+                f"the prompt has {num_prompt_tokens} tokens, more than max_num_batched_tokens "
+                f"({budget}) and chunked prefill is disabled",
+                param="prompt",
+            )
+
+    def add_request(self, request_id: str, seqs: list[Sequence]) -> None:
+        """Queue the n samples of one request (FCFS)."""
+        if request_id in self._requests:
+            raise DuplicateRequestError(f"request {request_id!r} is already in flight", param="request_id")
+        if not seqs:
+            raise ValueError(f"request {request_id!r} has no sequences")
+        for seq in seqs:
+            if seq.request_id != request_id:
+                raise ValueError(f"sequence {seq.seq_id} belongs to {seq.request_id!r}, not {request_id!r}")
+            if seq.status is not SequenceStatus.WAITING or seq.block_table or not seq.token_ids:
+                raise ValueError(f"sequence {seq.seq_id} is not a fresh waiting sequence")
+        if len({seq.seq_id for seq in seqs}) != len(seqs):
+            raise ValueError(f"request {request_id!r} lists a sequence twice")
+        arrival = next(self._arrival_counter)
+        for seq in seqs:
+            self._arrival[seq.seq_id] = arrival
+        self._requests[request_id] = list(seqs)
+        leader, siblings = seqs[0], seqs[1:]
+        self._waiting.append(leader)
+        bs = self.block_manager.block_size
+        shares_blocks = (leader.num_prompt_tokens - 1) // bs > 0  # at least one full block to hit
+        if siblings and self.config.enable_prefix_caching and shares_blocks:
+            self._held_siblings[request_id] = list(siblings)
+            self._num_held += len(siblings)
+        else:
+            self._waiting.extend(siblings)
+
+    # ----- the step -----
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        budget = self._schedule_running_decodes(budget, out)
+        budget = self._schedule_running_prefills(budget, out)
+        if not out.preempted:
+            budget = self._admit_waiting(budget, out)
+        out.num_batched_tokens = self.config.max_num_batched_tokens - budget
+        return out
+
+    def on_step_done(self, output: SchedulerOutput) -> None:
+        """Advance the scheduled sequences past the tokens the step computed."""
+        released: list[Sequence] = []
+        for item in output.scheduled:
+            seq = item.seq
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # finished or aborted since it was scheduled; its blocks are gone
+            seq.num_computed_tokens += item.num_new_tokens
+            self.block_manager.mark_computed(seq)
+            if seq.num_computed_tokens >= seq.num_prompt_tokens:
+                released.extend(self._held_siblings.pop(seq.request_id, []))
+        self._release_siblings(released)
+
+    def finish_sequence(self, seq: Sequence, status: SequenceStatus) -> None:
+        """Finish `seq` (stop / length / abort): frees its blocks. Already finished: no-op."""
+        if not status.finished:
+            raise ValueError(f"finish_sequence needs a finished status, got {status}")
+        if seq.is_finished:
+            return
+        self._finish(seq, status)
+
+    def abort_request(self, request_id: str) -> list[Sequence]:
+        """Abort every unfinished sample of the request and return them. Unknown id: []."""
+        seqs = self._requests.get(request_id)
+        if seqs is None:
+            return []
+        aborted = [seq for seq in seqs if not seq.is_finished]
+        held = self._held_siblings.pop(request_id, [])
+        self._num_held -= len(held)
+        held_ids = {seq.seq_id for seq in held}
+        if any(seq.status is SequenceStatus.WAITING and seq.seq_id not in held_ids for seq in aborted):
+            self._waiting = deque(seq for seq in self._waiting if seq.request_id != request_id)
+        for seq in aborted:
+            if seq.status is SequenceStatus.RUNNING:
+                self._remove_running(seq)
+            self.block_manager.free(seq)
+            seq.status = SequenceStatus.FINISHED_ABORTED
+            self._arrival.pop(seq.seq_id, None)
+        del self._requests[request_id]
+        return aborted
+
+    # ----- queries -----
+
+    def has_unfinished(self) -> bool:
+        return bool(self._running or self._waiting or self._num_held)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        """Waiting sequences, including samples held back until their prompt is cached."""
+        return len(self._waiting) + self._num_held
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(
+            kv=self.block_manager.stats(),
+            num_running=self.num_running,
+            num_waiting=self.num_waiting,
+            num_preemptions=self._num_preemptions,
+        )
+
+    # ----- scheduling phases -----
+
+    def _schedule_running_decodes(self, budget: int, out: SchedulerOutput) -> int:
+        bm = self.block_manager
+        index = 0
+        while index < len(self._running) and budget > 0:
+            seq = self._running[index]
+            if seq.num_uncomputed_tokens != 1:
+                index += 1  # a prefill (phase 2), or nothing new to compute yet
+                continue
+            if self._outgrown(seq, len(seq)):
+                self._finish(seq, SequenceStatus.FINISHED_LENGTH)
+                out.finished_by_scheduler.append(seq)
+                continue  # the list shifted left: same index is the next sequence
+            while not bm.can_append(seq, 1):
+                # Newest arrival goes first; victims always sit at or after `index`, so nothing
+                # already scheduled in this step is taken back.
+                victim = self._running[-1]
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                bm.append(seq, 1)
+                out.scheduled.append(ScheduledSequence(seq, 1))
+                budget -= 1
+                index += 1
+        return budget
+
+    def _schedule_running_prefills(self, budget: int, out: SchedulerOutput) -> int:
+        # Prompt blocks were all allocated at admission, so chunks never need new blocks.
+        for seq in self._running:
+            if budget == 0:
+                break
+            if seq.num_uncomputed_tokens > 1:
+                num_new = min(seq.num_uncomputed_tokens, budget)
+                self.block_manager.append(seq, num_new)
+                out.scheduled.append(ScheduledSequence(seq, num_new))
+                budget -= num_new
+        return budget
+
+    def _admit_waiting(self, budget: int, out: SchedulerOutput) -> int:
+        bm = self.block_manager
+        max_batched = self.config.max_num_batched_tokens
+        while self._waiting and budget > 0 and len(self._running) < self.config.max_num_seqs:
+            seq = self._waiting[0]
+            if self._outgrown(seq, len(seq)):
+                self._finish(seq, SequenceStatus.FINISHED_LENGTH)
+                out.finished_by_scheduler.append(seq)
+                continue
+            remaining = len(seq) - bm.cached_prefix_len(seq)
+            if remaining <= budget:
+                num_new = remaining
+            elif self.config.enable_chunked_prefill:
+                # Without chunked prefill only a preempted sequence that grew past the budget
+                # gets here; chunking it is the only way it can ever run again.
+                num_new = budget
+            else:
+                break  # FCFS: later prompts do not overtake this one
+            if not bm.can_allocate(seq):
+                break
+            self._waiting.popleft()
+            bm.allocate(seq)
+            seq.status = SequenceStatus.RUNNING
+            bisect.insort(self._running, seq, key=self._order_key)
+            out.scheduled.append(ScheduledSequence(seq, num_new))
+            budget -= num_new
+        return budget
+
+    # ----- helpers -----
+
+    def _order_key(self, seq: Sequence) -> tuple[int, int]:
+        return (self._arrival[seq.seq_id], seq.index)
+
+    def _outgrown(self, seq: Sequence, num_tokens: int) -> bool:
+        """Computing `num_tokens` tokens of `seq` would pass the context window or the cache."""
+        too_long = len(seq) > self.max_model_len
+        return too_long or self.block_manager.blocks_for_tokens(num_tokens) > self.block_manager.num_blocks
+
+    def _preempt(self, seq: Sequence) -> None:
+        self._remove_running(seq)
+        self.block_manager.free(seq)
+        seq.reset_for_recompute()
+        self._waiting.appendleft(seq)
+        self._num_preemptions += 1
+
+    def _finish(self, seq: Sequence, status: SequenceStatus) -> None:
+        if seq.status is SequenceStatus.RUNNING:
+            self._remove_running(seq)
+        elif seq in self._waiting:
+            self._waiting.remove(seq)
+        else:
+            held = self._held_siblings.get(seq.request_id, [])
+            if seq in held:
+                held.remove(seq)
+                self._num_held -= 1
+                if not held:
+                    del self._held_siblings[seq.request_id]
+        self.block_manager.free(seq)
+        seq.status = status
+        self._arrival.pop(seq.seq_id, None)
+        seqs = self._requests.get(seq.request_id, [])
+        if seqs and seqs[0] is seq:
+            # A leader that ends before its prompt was cached must not strand its siblings.
+            self._release_siblings(self._held_siblings.pop(seq.request_id, []))
+        if all(s.is_finished for s in seqs):
+            self._requests.pop(seq.request_id, None)
+
+    def _release_siblings(self, siblings: list[Sequence]) -> None:
+        # They belong to an older request than most of the queue: serve them next.
+        self._num_held -= len(siblings)
+        self._waiting.extendleft(reversed(siblings))
+
+    def _remove_running(self, seq: Sequence) -> None:
+        index = bisect.bisect_left(self._running, self._order_key(seq), key=self._order_key)
+        if index >= len(self._running) or self._running[index] is not seq:
+            raise RuntimeError(f"sequence {seq.seq_id} is not running")
+        del self._running[index]

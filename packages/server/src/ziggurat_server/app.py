@@ -1,0 +1,63 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from . import __version__
+from .disconnect import ClientDisconnected
+from .engine_client import EngineClient, load_async_engine
+from .errors import install_error_handlers
+from .middleware import RequestContextMiddleware
+from .routes import chat, completions, health, info, metrics, models, tokenize
+from .settings import ServerSettings
+from .state import EngineFactory, ServerState
+
+# nginx's code for "client closed the request": only ever seen in logs and metrics.
+CLIENT_CLOSED_REQUEST = 499
+
+
+def create_app(
+    settings: ServerSettings,
+    engine: EngineClient | None = None,
+    *,
+    engine_factory: EngineFactory | None = None,
+    on_ready: Callable[[EngineClient], None] | None = None,
+    on_load_error: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """Build the app. With no `engine`, `engine_factory` (default: load `settings.model`) runs in
+    a background thread at start-up; /health answers 503 "loading" until it returns."""
+    state = ServerState(settings)
+    if engine is not None:
+        state.engine = engine
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if state.engine is None:
+            factory = engine_factory or (lambda: load_async_engine(settings.engine_config()))
+            state.start_loading(factory, on_ready, on_load_error)
+        elif on_ready is not None:
+            on_ready(state.engine)
+        try:
+            yield
+        finally:
+            # Joining threads blocks: do it off the event loop.
+            await anyio.to_thread.run_sync(state.shutdown)
+
+    app = FastAPI(title="Ziggurat", version=__version__, lifespan=lifespan)
+    app.state.server = state
+    install_error_handlers(app)
+
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+    app.add_exception_handler(ClientDisconnected, client_gone)
+    app.add_middleware(RequestContextMiddleware, metrics=state.metrics, api_key=settings.api_key)
+    for module in (health, models, completions, chat, info, tokenize, metrics):
+        app.include_router(module.router)
+    return app

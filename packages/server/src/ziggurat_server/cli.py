@@ -1,0 +1,120 @@
+"""`ziggurat-server serve`: check the options, bind the port, load the model, serve."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from ziggurat_core.engine.default_model import resolve_model_path
+from ziggurat_core.engine.errors import ModelNotFoundError
+
+from . import __version__
+from .engine_client import EngineClient
+from .settings import (
+    ServerSettings,
+    SettingsError,
+    build_serve_parser,
+    new_parser,
+    resolve_settings,
+)
+
+PROG = "ziggurat-server"
+EXIT_USAGE = 2  # bad options or a missing model, like argparse
+EXIT_FAILURE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser(PROG, "Ziggurat: an OpenAI-compatible LLM inference server.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="serve a model over HTTP (OpenAI API)",
+        description="Serve a model over an OpenAI-compatible HTTP API. Every option can also be "
+                    "set in a YAML file (--config) or a ZIGGURAT_<OPTION> environment variable; "
+                    "flags win over the environment, which wins over the file.")
+    build_serve_parser(serve)
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    # One line, no traceback: the message already says what to fix.
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        settings = resolve_settings(args)
+        resolve_model_path(settings.model)  # before binding a port: a typo fails in a second
+    except (SettingsError, ModelNotFoundError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    return serve(settings)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family)
+
+
+def _url(host: str, port: int) -> str:
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+
+
+def _configure_logging(level: str) -> None:
+    numeric = logging.DEBUG if level == "trace" else getattr(logging, level.upper())
+    logging.basicConfig(level=numeric, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve(settings: ServerSettings) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    _configure_logging(settings.log_level)
+    try:
+        sock = _bind(settings.host, settings.port)
+    except OSError as exc:
+        return _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
+                     EXIT_FAILURE)
+    url = _url(settings.host, sock.getsockname()[1])
+
+    def announce(engine: EngineClient) -> None:
+        print(f"Serving {engine.model_name} at {url}/v1", flush=True)
+
+    load_failed = False
+
+    def give_up(message: str) -> None:
+        nonlocal load_failed
+        load_failed = True
+        _fail(f"the model failed to load: {message}", EXIT_FAILURE)
+        server.should_exit = True  # uvicorn polls this flag; no point serving 503s forever
+
+    app = create_app(settings, on_ready=announce, on_load_error=give_up)
+    verbose = settings.log_level in ("debug", "trace")
+    config = uvicorn.Config(
+        app,
+        # uvicorn's own start-up chatter is noise next to the progress bar and the URL line.
+        log_level=settings.log_level if verbose else "warning",
+        access_log=verbose,
+        timeout_graceful_shutdown=settings.shutdown_timeout,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to its previous handler;
+    # a no-op handler there turns a clean drain into exit code 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run(sockets=[sock])
+    return EXIT_FAILURE if load_failed or not server.started else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

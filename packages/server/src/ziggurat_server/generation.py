@@ -1,0 +1,200 @@
+"""One HTTP request's work in the engine: one engine request per prompt, all with the same
+sampling parameters. Owns the admission slots, the metrics and the abort-on-exit guarantee."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ziggurat_core.engine.outputs import RequestOutput
+from ziggurat_core.engine.sampling_params import SamplingParams
+
+from .disconnect import ClientDisconnected, run_unless_disconnected
+from .engine_client import EngineClient
+from .errors import APIError, from_engine_error
+from .state import ServerState
+
+logger = logging.getLogger("ziggurat_server")
+
+
+@dataclass
+class _Progress:
+    """Per-prompt bookkeeping for metrics: which samples finished, when the last token came."""
+
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    finished: set[int] = field(default_factory=set)
+    done: bool = False
+
+
+class Generation:
+    def __init__(self, state: ServerState, engine: EngineClient, prompts: list[dict[str, Any]],
+                 params: SamplingParams, id_prefix: str) -> None:
+        self.state = state
+        self.engine = engine
+        self.prompts = prompts  # keyword arguments for engine.generate, one dict per prompt
+        self.params = params
+        base = uuid.uuid4().hex
+        self.request_ids = [f"{id_prefix}-{base}-{i}" for i in range(len(prompts))]
+        self.arrival = time.monotonic()
+        self._iterators: list[AsyncIterator[RequestOutput]] = []
+        self._progress = [_Progress() for _ in prompts]
+        self._admitted = 0
+        self._closed = False
+
+    @property
+    def num_sequences(self) -> int:
+        return self.params.n * len(self.prompts)
+
+    # ------------------------------------------------------------------ life cycle
+    async def start(self, receive: Any) -> list[RequestOutput]:
+        """Admit, submit every prompt and wait for each one's first output.
+
+        Engine validation errors surface here (before any response byte is sent), as APIError.
+        A client that disconnects meanwhile gets its requests aborted (ClientDisconnected).
+        """
+        self.state.admission.admit(self.num_sequences)
+        self._admitted = self.num_sequences
+        self._iterators = [
+            self.engine.generate(request_id, sampling_params=self.params, **prompt)
+            for request_id, prompt in zip(self.request_ids, self.prompts, strict=True)
+        ]
+        try:
+            firsts = await run_unless_disconnected(receive, self._first_outputs())
+        except (ClientDisconnected, APIError, asyncio.CancelledError):
+            await self.close()
+            raise
+        except Exception as exc:
+            await self.close()
+            raise engine_error_to_api(exc) from None
+        for index, output in enumerate(firsts):
+            self.observe(index, output)
+        return firsts
+
+    async def _first_outputs(self) -> list[RequestOutput]:
+        if len(self._iterators) == 1:
+            return [await anext(self._iterators[0])]
+        results = await asyncio.gather(*(anext(it) for it in self._iterators),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [r for r in results if isinstance(r, RequestOutput)]
+
+    async def rest(self) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """Outputs after the first ones, tagged with their prompt index, as they arrive."""
+        pending = [i for i, progress in enumerate(self._progress) if not progress.done]
+        if len(pending) == 1:
+            index = pending[0]
+            async for output in self._iterators[index]:
+                self.observe(index, output)
+                yield index, output
+            return
+        async for index, output in _merge({i: self._iterators[i] for i in pending}):
+            self.observe(index, output)
+            yield index, output
+
+    async def finals(self, firsts: list[RequestOutput], receive: Any) -> list[RequestOutput]:
+        """Wait for every prompt's last output (non-streaming), aborting if the client leaves."""
+
+        async def collect() -> list[RequestOutput]:
+            latest = list(firsts)
+            async for index, output in self.rest():
+                latest[index] = output
+            return latest
+
+        try:
+            return await run_unless_disconnected(receive, collect())
+        except (ClientDisconnected, APIError):
+            raise
+        except Exception as exc:
+            raise engine_error_to_api(exc) from None
+
+    async def close(self) -> None:
+        """Abort whatever has not finished, free the admission slots. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for iterator in self._iterators:
+            with contextlib.suppress(Exception):
+                await iterator.aclose()  # type: ignore[attr-defined]
+        for request_id, progress in zip(self.request_ids, self._progress, strict=True):
+            if not progress.done:
+                self.engine.abort(request_id)  # the engine ignores ids it no longer knows
+                self.state.metrics.finished_sequences.inc(
+                    self.params.n - len(progress.finished), labels=("abort",))
+        self.state.admission.release(self._admitted)
+        self._admitted = 0
+
+    # ------------------------------------------------------------------ metrics
+    def observe(self, index: int, output: RequestOutput) -> None:
+        progress = self._progress[index]
+        metrics = self.state.metrics
+        now = time.monotonic()
+        new_tokens = sum(len(c.delta_token_ids) for c in output.outputs)
+        if new_tokens:
+            if progress.first_token_at is None:
+                progress.first_token_at = now
+                metrics.time_to_first_token.observe(now - self.arrival)
+                new_tokens_after_first = new_tokens - 1
+            else:
+                new_tokens_after_first = new_tokens
+            if progress.last_token_at is not None and new_tokens_after_first > 0:
+                gap = (now - progress.last_token_at) / new_tokens_after_first
+                for _ in range(new_tokens_after_first):
+                    metrics.inter_token_latency.observe(gap)
+            progress.last_token_at = now
+            metrics.generation_tokens.inc(new_tokens)
+        for completion in output.outputs:
+            if completion.finish_reason is not None and completion.index not in progress.finished:
+                progress.finished.add(completion.index)
+                metrics.finished_sequences.inc(labels=(completion.finish_reason,))
+        if output.finished and not progress.done:
+            progress.done = True
+            metrics.prompt_tokens.inc(len(output.prompt_token_ids))
+            metrics.request_latency.observe(now - self.arrival)
+
+
+async def _merge(iterators: dict[int, AsyncIterator[RequestOutput]],
+                 ) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Interleave several engine streams in arrival order."""
+    queue: asyncio.Queue[tuple[int, RequestOutput | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, iterator: AsyncIterator[RequestOutput]) -> None:
+        try:
+            async for output in iterator:
+                await queue.put((index, output))
+        except Exception as exc:
+            await queue.put((index, exc))
+        finally:
+            await queue.put((index, None))
+
+    tasks = [asyncio.ensure_future(pump(i, it)) for i, it in iterators.items()]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            index, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def engine_error_to_api(exc: Exception) -> APIError:
+    """Engine errors become APIErrors; unexpected ones are logged here and shown as a bare 500."""
+    mapped = from_engine_error(exc)
+    if mapped.status_code == 500:
+        logger.error("request failed: %r", exc, exc_info=exc)
+    return mapped

@@ -1,0 +1,81 @@
+"""POST /v1/completions (legacy text completions)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from ziggurat_core.engine.outputs import RequestOutput
+from ziggurat_core.protocol import CompletionRequest
+
+from ..completion_format import CompletionChunker, completion_body
+from ..engine_client import EngineClient
+from ..errors import bad_request
+from ..generation import Generation, engine_error_to_api
+from ..response_meta import ResponseMeta, usage_of
+from ..sampling import check_model_name, completion_sampling_params
+from ..sse import DONE_EVENT, SSEResponse, sse_event
+from . import server_state
+
+router = APIRouter()
+
+
+def _engine_prompt(prompt: str | list[int]) -> dict[str, Any]:
+    return {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": prompt}
+
+
+def _prompt_text(engine: EngineClient, output: RequestOutput) -> str:
+    if output.prompt is not None:
+        return output.prompt
+    return str(engine.tokenizer.decode(output.prompt_token_ids))
+
+
+@router.post("/v1/completions")
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    state = server_state(request)
+    engine = state.require_engine()
+    check_model_name(body.model, engine.model_name)
+    params = completion_sampling_params(body, engine.model_config.vocab_size)
+    if body.echo and body.logprobs is not None:
+        raise bad_request("echo together with logprobs is not supported (the engine does not "
+                          "compute prompt logprobs)", param="echo")
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    meta = ResponseMeta("cmpl", engine.model_name, params.n, include_usage=include_usage)
+    prompts = [_engine_prompt(prompt) for prompt in body.prompts()]
+    generation = Generation(state, engine, prompts, params, "cmpl")
+    firsts = await generation.start(request.receive)
+    if body.stream:
+        events = _completion_events(engine, generation, firsts, meta, body.echo)
+        return SSEResponse(events, on_close=generation.close)
+    try:
+        finals = await generation.finals(firsts, request.receive)
+    finally:
+        await generation.close()
+    echo_texts = [_prompt_text(engine, output) for output in finals] if body.echo else None
+    return JSONResponse(completion_body(meta, finals, echo_texts))
+
+
+async def _completion_events(engine: EngineClient, generation: Generation,
+                             firsts: list[RequestOutput], meta: ResponseMeta,
+                             echo: bool) -> AsyncIterator[str]:
+    chunker = CompletionChunker(meta)
+    latest = list(firsts)
+    try:
+        for prompt_index, output in enumerate(firsts):
+            if echo:
+                for chunk in chunker.echo_chunks(prompt_index, _prompt_text(engine, output)):
+                    yield sse_event(chunk)
+            for chunk in chunker.output_chunks(prompt_index, output):
+                yield sse_event(chunk)
+        async for prompt_index, output in generation.rest():
+            latest[prompt_index] = output
+            for chunk in chunker.output_chunks(prompt_index, output):
+                yield sse_event(chunk)
+        if meta.include_usage:
+            yield sse_event(chunker.usage_chunk(usage_of(latest)))
+        yield DONE_EVENT
+    except Exception as exc:
+        # Headers are gone already: the error travels as an event, then the stream ends.
+        yield sse_event(engine_error_to_api(exc).body())

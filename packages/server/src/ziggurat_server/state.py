@@ -1,0 +1,127 @@
+"""Server-wide state: the engine (once loaded), the loading status, metrics and admission control."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .admission import AdmissionControl
+from .engine_client import EngineClient
+from .errors import engine_unavailable
+from .metrics import ServerMetrics
+from .settings import ServerSettings
+
+logger = logging.getLogger("ziggurat_server")
+
+EngineFactory = Callable[[], EngineClient]
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    started_at: float = field(default_factory=time.time)
+    engine: EngineClient | None = None
+    load_error: str | None = None
+    admission: AdmissionControl = field(init=False)
+    _loader: threading.Thread | None = field(default=None, init=False, repr=False)
+    _device_info: dict[str, Any] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.admission = AdmissionControl(
+            max_running=self.settings.max_num_seqs, max_waiting=self.settings.max_queue)
+
+    # ------------------------------------------------------------------ status
+    @property
+    def status(self) -> str:
+        """'ok', 'loading' or 'error' (load failed, or the engine loop died)."""
+        if self.load_error is not None:
+            return "error"
+        if self.engine is None:
+            return "loading"
+        return "error" if self.engine.errored else "ok"
+
+    def require_engine(self) -> EngineClient:
+        """The engine, or a 503 that says why there is none."""
+        if self.load_error is not None:
+            raise engine_unavailable(f"The model failed to load: {self.load_error}",
+                                     code="model_load_failed")
+        if self.engine is None:
+            raise engine_unavailable("The model is still loading; retry shortly.",
+                                     code="model_loading")
+        if self.engine.errored:
+            raise engine_unavailable("The engine stopped after an internal error; the server "
+                                     "must be restarted.", code="engine_dead")
+        return self.engine
+
+    # ------------------------------------------------------------------ loading
+    def start_loading(self, factory: EngineFactory,
+                      on_ready: Callable[[EngineClient], None] | None = None,
+                      on_error: Callable[[str], None] | None = None) -> None:
+        """Load the engine in a worker thread so the server answers /health meanwhile."""
+        self._loader = threading.Thread(target=self._load, args=(factory, on_ready, on_error),
+                                        name="ziggurat-model-loader", daemon=True)
+        self._loader.start()
+
+    def _load(self, factory: EngineFactory, on_ready: Callable[[EngineClient], None] | None,
+              on_error: Callable[[str], None] | None) -> None:
+        progress = LoadingProgress(self.settings.model)
+        try:
+            engine = factory()
+        except Exception as exc:  # reported by /health (and on_error); never crashes the server
+            progress.close()
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            logger.error("model load failed: %s", self.load_error, exc_info=exc)
+            if on_error is not None:
+                on_error(self.load_error)
+            return
+        progress.close()
+        self.engine = engine
+        if on_ready is not None:
+            on_ready(engine)
+
+    def shutdown(self) -> None:
+        if self._loader is not None and self._loader.is_alive():
+            self._loader.join()  # a half-loaded engine would keep its stepping thread alive
+        if self.engine is not None:
+            self.engine.shutdown()
+
+    def device_info(self, fresh: bool = False) -> dict[str, Any]:
+        """The engine's hardware report; cached for /health, which only needs the names."""
+        if self.engine is None:
+            return {}
+        if fresh or self._device_info is None:
+            self._device_info = self.engine.device_info()
+        return self._device_info
+
+
+class LoadingProgress:
+    """A tqdm bar on stderr that ticks while the model loads (the engine gives no fractions).
+
+    Only on a terminal: in a log file every refresh would become a line of its own."""
+
+    def __init__(self, model: str) -> None:
+        from tqdm import tqdm
+
+        interactive = sys.stderr is not None and sys.stderr.isatty()
+        if not interactive:
+            logger.info("loading %s", model)
+        self._done = threading.Event()
+        self._bar = tqdm(desc=f"Loading {model}", total=None, file=sys.stderr, leave=False,
+                         bar_format="{desc} [{elapsed}]", disable=not interactive)
+        self._ticker = threading.Thread(target=self._tick, daemon=True, name="ziggurat-progress")
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        while not self._done.wait(0.2):
+            self._bar.refresh()
+
+    def close(self) -> None:
+        self._done.set()
+        self._ticker.join()
+        self._bar.close()

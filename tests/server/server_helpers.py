@@ -1,0 +1,46 @@
+"""Helpers for the server tests: strict SSE parsing, the tiny model's chat template, metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+DONE = "[DONE]"
+TINY_NUM_KV_BLOCKS = 256  # the session server's cache: 16 tokens a block, room for 64 requests
+
+
+def parse_sse(body: str) -> list[Any]:
+    """Each event must be exactly `data: <payload>` followed by a blank line."""
+    assert body.endswith("\n\n"), f"stream does not end with a blank line: {body[-80:]!r}"
+    events: list[Any] = []
+    for block in body[:-2].split("\n\n"):
+        assert block.startswith("data: "), f"not a data event: {block!r}"
+        assert "\n" not in block, f"multi-line event: {block!r}"
+        payload = block[len("data: "):]
+        events.append(DONE if payload == DONE else json.loads(payload))
+    return events
+
+
+def chat_text(events: list[Any], index: int = 0) -> str:
+    return "".join(
+        choice["delta"].get("content") or ""
+        for event in events if event != DONE
+        for choice in event["choices"] if choice["index"] == index
+    )
+
+
+def render_chatml(messages: list[dict[str, str]]) -> str:
+    """The tiny model's ChatML template, written out by hand."""
+    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return turns + "<|im_start|>assistant\n"
+
+
+def metric_value(exposition: str, name: str) -> float:
+    """The sample `name` (with its labels written exactly as in the text) from Prometheus text."""
+    for line in exposition.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        sample, _, value = line.rpartition(" ")
+        if sample == name:
+            return float(value)
+    return 0.0
