@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import httpx
 import pytest
@@ -132,6 +133,27 @@ def test_user_headers_and_extra_headers_layering() -> None:
     assert headers["X-Env"] == "staging"  # per-call wins over client headers
     assert headers["X-Trace"] == "t-1"
     assert "Authorization" not in headers  # a None value removes the header
+
+
+def test_header_overrides_ignore_case() -> None:
+    with respx.mock(base_url=API) as router:
+        route = router.get("/models").respond(200, json={"data": []})
+        client = Client(base_url=BASE, api_key="sk-1", headers={"user-agent": "my-app/2"})
+        client.models.list(timeout=None)
+        client.with_options(headers={"AUTHORIZATION": "Basic abc"}).models.list()
+    first, second = (call.request.headers for call in route.calls)
+    assert first.get_list("User-Agent") == ["my-app/2"]
+    assert second.get_list("Authorization") == ["Basic abc"]
+
+
+def test_credentials_in_the_url_stay_out_of_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="ziggurat")
+    with respx.mock() as router:
+        router.get(url__regex=r"/v1/models$").respond(200, json={"data": []})
+        Client(base_url="http://alice:pw-secret@testserver").models.list()
+    logged = " ".join(r.getMessage() for r in caplog.records if r.name.startswith("ziggurat"))
+    assert "testserver/v1/models" in logged
+    assert "pw-secret" not in logged
 
 
 def test_callers_cannot_forge_the_attempt_counter() -> None:
@@ -323,11 +345,12 @@ def test_unknown_model_raises_not_found() -> None:
 
 def test_with_options_copies_settings_and_shares_the_pool() -> None:
     client = Client(base_url=BASE, api_key="k1", timeout=5.0, headers={"X-A": "1"})
-    copy = client.with_options(api_key="k2", headers={"X-B": "2"})
+    copy = client.with_options(api_key="k2", headers={"X-B": "2", "x-a": "3"})
     assert copy.api_key == "k2" and client.api_key == "k1"
     assert copy.timeout == 5.0
     assert copy.base_url == client.base_url
-    assert copy.custom_headers == {"X-A": "1", "X-B": "2"}
+    assert copy.custom_headers == {"X-B": "2", "x-a": "3"}  # merged, ignoring case
+    assert client.custom_headers == {"X-A": "1"}
     assert copy._http_client is client._http_client
     copy.close()
     assert not client.is_closed  # the copy does not own the shared pool

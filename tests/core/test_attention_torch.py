@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-
 from ziggurat_core.engine.attention.base import AttentionLayoutError, StepLayout
 from ziggurat_core.engine.attention.torch_backend import TorchAttentionBackend, reference_mask
 
@@ -72,29 +71,29 @@ def make_scenario(
 
 
 def naive_attention(sc: Scenario, scale: float) -> torch.Tensor:
-    """Per sequence, per head: explicit scores, causal mask by absolute position, softmax."""
+    """Per sequence and head: explicit scores, causal mask by absolute position, softmax."""
     num_heads = sc.query.shape[1]
     group = num_heads // sc.key.shape[1]
     outputs = []
     row = 0
     for q_len, ctx, k, v in zip(sc.layout.query_lens, sc.layout.context_lens, sc.full_keys, sc.full_values, strict=True):
         q = sc.query[row : row + q_len].double()
+        query_pos = torch.arange(ctx - q_len, ctx).unsqueeze(1)
+        visible = torch.arange(ctx).unsqueeze(0) <= query_pos  # [q_len, ctx]
         out = torch.empty(q_len, num_heads, q.shape[-1], dtype=torch.float64)
         for h in range(num_heads):
             kh, vh = k[:, h // group].double(), v[:, h // group].double()
-            for i in range(q_len):
-                pos = ctx - q_len + i
-                scores = (kh[: pos + 1] @ q[i, h]) * scale
-                weights = torch.exp(scores - scores.max())
-                weights = weights / weights.sum()
-                out[i, h] = weights @ vh[: pos + 1]
+            scores = (q[:, h] @ kh.T) * scale
+            scores = scores.masked_fill(~visible, float("-inf"))
+            weights = torch.exp(scores - scores.max(dim=1, keepdim=True).values)
+            out[:, h] = (weights / weights.sum(dim=1, keepdim=True)) @ vh
         outputs.append(out)
         row += q_len
     return torch.cat(outputs)
 
 
-def run_backend(sc: Scenario, scale: float, decode_chunk_tokens: int = 1024) -> torch.Tensor:
-    backend = TorchAttentionBackend(decode_chunk_tokens)
+def run_backend(sc: Scenario, scale: float, decode_chunk_bytes: int | None = None) -> torch.Tensor:
+    backend = TorchAttentionBackend(decode_chunk_bytes)
     metadata = backend.prepare(sc.layout, CPU)
     return backend.forward(sc.query, sc.key, sc.value, sc.kv_cache, metadata, scale)
 
@@ -110,13 +109,14 @@ MIXES = {
 @pytest.mark.parametrize("mix", sorted(MIXES))
 @pytest.mark.parametrize("block_size", [16, 4])
 @pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(4, 4), (9, 3), (4, 1)])
-@pytest.mark.parametrize("decode_chunk_tokens", [1024, 20])  # one chunk / many small ones
+# Decodes in one call / a few sequences per call / one sequence per call.
+@pytest.mark.parametrize("decode_chunk_bytes", [None, 4096, 1])
 def test_matches_naive_reference(
-    mix: str, block_size: int, num_heads: int, num_kv_heads: int, decode_chunk_tokens: int
+    mix: str, block_size: int, num_heads: int, num_kv_heads: int, decode_chunk_bytes: int | None
 ) -> None:
     sc = make_scenario(MIXES[mix], block_size=block_size, num_heads=num_heads, num_kv_heads=num_kv_heads)
     scale = 1.0 / math.sqrt(sc.query.shape[-1])
-    out = run_backend(sc, scale, decode_chunk_tokens)
+    out = run_backend(sc, scale, decode_chunk_bytes)
     assert out.shape == sc.query.shape
     torch.testing.assert_close(out, naive_attention(sc, scale), rtol=1e-9, atol=1e-9)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from ziggurat_core.engine import block_manager as block_manager_module
 from ziggurat_core.engine.block_manager import BlockAccountingError, BlockManager
 from ziggurat_core.engine.sampling_params import SamplingParams
@@ -242,6 +241,15 @@ def test_double_free_of_a_block_raises() -> None:
     with pytest.raises(BlockAccountingError):
         bm.free(seq)
     assert all(bm.ref_count(b) == 0 for b in range(4))
+
+    # A stale table whose first blocks are live again: nothing may be decremented.
+    other = make_seq([4, 5, 6])
+    bm.allocate(other)
+    seq.block_table = [*other.block_table, *(b for b in range(4) if b not in other.block_table)]
+    before = snapshot(bm, other)
+    with pytest.raises(BlockAccountingError):
+        bm.free(seq)
+    assert snapshot(bm, other) == before
 
 
 def test_prefix_caching_disabled_never_hits() -> None:

@@ -39,7 +39,8 @@ class PagedSession:
         config = model.config
         shape = (2, num_blocks, BLOCK_SIZE, config.num_key_value_heads, config.head_dim)
         self.model = model
-        self.kv_caches = [torch.zeros(shape) for _ in range(config.num_hidden_layers)]
+        dtype = model.lm_head.weight.dtype
+        self.kv_caches = [torch.zeros(shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.free_blocks = list(range(num_blocks))
         random.Random(seed).shuffle(self.free_blocks)
         self.block_tables: dict[str, list[int]] = {}
@@ -172,6 +173,23 @@ def test_quantised_gguf_matches_transformers_on_dequantised_weights(tiny_model_f
     expected = reference_logits(reference, prompt + extra)
     assert_matches(prefill, expected[:9])
     assert_matches(torch.stack(decodes), expected[9:])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_bfloat16_model_tracks_the_float32_reference(tiny_model_factory, arch: str) -> None:
+    tiny: TinyModel = tiny_model_factory(arch)
+    ours = build_model(load_checkpoint(tiny.gguf_path, dtype=torch.bfloat16), CPU, torch.bfloat16)
+    reference = AutoModelForCausalLM.from_pretrained(tiny.hf_dir, dtype=torch.float32).eval()
+    prompt = random_tokens(ours.config.vocab_size, 10, seed=10)
+    session = PagedSession(ours)
+    assert all(cache.dtype == torch.bfloat16 for cache in session.kv_caches)
+
+    logits = session.step([("a", prompt)])[0]
+
+    expected = reference_logits(reference, prompt)
+    assert logits.dtype == torch.float32
+    # bfloat16 keeps ~3 significant digits; measured error is ~1% of the largest logit.
+    assert (logits - expected).abs().max() < 0.03 * expected.abs().max()
 
 
 @pytest.mark.parametrize(

@@ -229,32 +229,38 @@ def test_top_p_applies_to_the_distribution_left_by_top_k(sampler: Sampler) -> No
     assert set(counts) == {0, 1}
 
 
-def test_top_p_with_a_nucleus_wider_than_the_fast_path() -> None:
-    # 1000 nearly equal tokens and 1000 negligible ones: the 0.5 nucleus holds ~500 tokens.
-    vocab_size = 2000
+# (vocab size, near-equal tokens, top_p, a rank some sample must pass): nuclei of ~380, ~380 and
+# ~8000 tokens, so the 256- and 4096-token candidate sets do not hold them.
+WIDE_NUCLEI = [(2000, 1000, 0.5, 256), (10000, 1000, 0.5, 256), (10000, 9000, 0.9, 4096)]
+
+
+@pytest.mark.parametrize(("vocab_size", "num_flat", "top_p", "must_pass"), WIDE_NUCLEI)
+def test_top_p_with_a_nucleus_wider_than_the_candidates(
+    vocab_size: int, num_flat: int, top_p: float, must_pass: int
+) -> None:
     logits = torch.full((vocab_size,), -30.0)
-    logits[:1000] = -1e-3 * torch.arange(1000, dtype=torch.float32)
+    logits[:num_flat] = -(0.38 / num_flat) * torch.arange(num_flat, dtype=torch.float32)
     probs = torch.softmax(logits.double(), dim=0).tolist()
     nucleus, mass_before = set(), 0.0
     for token, p in enumerate(probs):  # tokens are already in descending order
-        if mass_before >= 0.5:
+        if mass_before >= top_p:
             break
         nucleus.add(token)
         mass_before += p
     sampler = Sampler(vocab_size, CPU, seed=5)
-    counts = sample_many(sampler, logits, SamplingParams(temperature=1.0, top_p=0.5), 4000)
+    counts = sample_many(sampler, logits, SamplingParams(temperature=1.0, top_p=top_p), 1000)
     assert set(counts) <= nucleus
-    assert len(nucleus) > 350
-    assert max(counts) > 300  # past the 256 candidates the fast path looks at first
+    assert max(counts) > must_pass
 
 
-def test_top_k_larger_than_the_fast_path() -> None:
-    vocab_size = 1000
-    logits = -1e-3 * torch.arange(vocab_size, dtype=torch.float32)  # token i is the i-th likeliest
+@pytest.mark.parametrize(("vocab_size", "top_k"), [(1000, 300), (5000, 300), (6000, 4500)])
+def test_top_k_larger_than_the_first_candidates(vocab_size: int, top_k: int) -> None:
+    # Nearly flat and in descending order: token i is the i-th likeliest.
+    logits = -(0.2 / vocab_size) * torch.arange(vocab_size, dtype=torch.float32)
     sampler = Sampler(vocab_size, CPU, seed=8)
-    counts = sample_many(sampler, logits, SamplingParams(temperature=1.0, top_k=300), 4000)
-    assert max(counts) < 300
-    assert max(counts) > 280  # past the 256 candidates the fast path looks at first
+    counts = sample_many(sampler, logits, SamplingParams(temperature=1.0, top_k=top_k), 1000)
+    assert max(counts) < top_k
+    assert max(counts) > top_k * 0.9
 
 
 def test_min_p_drops_tokens_below_the_scaled_threshold(sampler: Sampler) -> None:

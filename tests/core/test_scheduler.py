@@ -7,7 +7,6 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from ziggurat_core.engine.config import EngineConfig
 from ziggurat_core.engine.errors import (
     DuplicateRequestError,
@@ -56,6 +55,16 @@ def run_step(scheduler: Scheduler) -> SchedulerOutput:
             if max_tokens is not None and item.seq.num_output_tokens >= max_tokens:
                 scheduler.finish_sequence(item.seq, SequenceStatus.FINISHED_LENGTH)
     return out
+
+
+def run_until_done(scheduler: Scheduler, max_steps: int = 200) -> list[SchedulerOutput]:
+    """Step until nothing is left; a bounded loop, so a livelock fails instead of hanging."""
+    outputs: list[SchedulerOutput] = []
+    for _ in range(max_steps):
+        if not scheduler.has_unfinished():
+            return outputs
+        outputs.append(run_step(scheduler))
+    raise AssertionError(f"still unfinished after {max_steps} steps")
 
 
 def new_tokens(out: SchedulerOutput) -> dict[int, int]:
@@ -123,8 +132,7 @@ def test_n_samples_share_the_prompt_blocks_of_sample_zero() -> None:
     assert all(seq.block_table[:2] == shared for seq in seqs)
     assert all(scheduler.block_manager.ref_count(b) == 3 for b in shared)
     assert len({seq.block_table[2] for seq in seqs}) == 3
-    while scheduler.has_unfinished():
-        run_step(scheduler)
+    run_until_done(scheduler)
     assert all(seq.num_output_tokens == 4 for seq in seqs)
 
 
@@ -207,11 +215,11 @@ def test_preemption_frees_the_newest_and_it_completes_later() -> None:
     assert new.block_table == [] and new.num_computed_tokens == 0
     generated_before = list(new.output_token_ids)
     assert len(generated_before) == 2
-    while scheduler.has_unfinished():
-        out = run_step(scheduler)
-        if new.seq_id in new_tokens(out) and new.num_output_tokens == 2:
-            # Re-admitted: the prompt and its generated tokens are recomputed as one prefill.
-            assert new_tokens(out)[new.seq_id] == 5
+    readmitted = next(
+        item for out in run_until_done(scheduler) for item in out.scheduled if item.seq is new
+    )
+    # Re-admitted: the prompt and its two generated tokens are recomputed as one prefill.
+    assert (readmitted.start_position, readmitted.num_new_tokens) == (0, 5)
     assert old.num_output_tokens == 4
     assert new.num_output_tokens == 4
     assert new.output_token_ids[:2] == generated_before
@@ -251,8 +259,7 @@ def test_without_chunked_prefill_a_recompute_longer_than_the_budget_is_chunked()
     assert out.preempted == [new]
     assert len(new) == 5  # its recompute is longer than the 4-token budget
     chunks = []
-    while scheduler.has_unfinished():
-        out = run_step(scheduler)
+    for out in run_until_done(scheduler):
         assert out.num_batched_tokens <= 4
         if new.seq_id in new_tokens(out):
             chunks.append(new_tokens(out)[new.seq_id])
@@ -376,6 +383,10 @@ def test_add_request_rejects_duplicates_and_bad_sequences() -> None:
         scheduler.add_request("b", make_request("other", [1, 2]))
     with pytest.raises(ValueError):
         scheduler.add_request("c", [])
+    twins = make_request("d", [1, 2], n=2)
+    twins[1].index = 0
+    with pytest.raises(ValueError):
+        scheduler.add_request("d", twins)
     assert scheduler.num_waiting == 1
 
 
@@ -507,7 +518,14 @@ class SimulatedEngine:
         assert running <= self.config.max_num_seqs
         stats = bm.stats()
         assert stats.num_used_blocks == sum(1 for count in refs if count > 0)
-        assert 0 <= stats.used_slots <= stats.allocated_slots
+        assert stats.allocated_slots == stats.num_used_blocks * self.config.block_size
+        used_slots = {
+            self.slot(seq, position)
+            for seq in seqs
+            if seq.status is SequenceStatus.RUNNING
+            for position in range(min(len(seq), len(seq.block_table) * self.config.block_size))
+        }
+        assert stats.used_slots == len(used_slots)
         assert stats.prefix_cache_hits <= stats.prefix_cache_queries
 
     def check_finished(self) -> None:

@@ -28,7 +28,7 @@ def tiny_server(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
                            "--model", str(tiny_model.gguf_path),
                            "--served-model-name", "tiny",
                            "--num-kv-blocks", str(TINY_NUM_KV_BLOCKS),
-                           "--max-num-seqs", "64", "--attention-backend", "torch")
+                           "--max-num-seqs", "64")
     server.wait_ready()
     yield server
     server.stop()

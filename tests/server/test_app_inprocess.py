@@ -24,7 +24,7 @@ Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
 @pytest.fixture()
 def settings(tiny_model: TinyModel) -> ServerSettings:
     return ServerSettings(model=str(tiny_model.gguf_path), served_model_name="tiny",
-                          num_kv_blocks=64, attention_backend="torch")
+                          num_kv_blocks=64)
 
 
 def run_with_app(app: FastAPI, scenario: Scenario) -> None:

@@ -143,7 +143,6 @@ def test_stop_token_ids_and_min_tokens(client: httpx.Client, reference_tokenizer
                      stop_token_ids=[token_a], min_tokens=3)
     assert later["usage"]["completion_tokens"] == 4
     assert later["choices"][0]["finish_reason"] == "stop"
-    assert "a" not in later["choices"][0]["text"]
 
 
 @pytest.mark.parametrize("stop", ["aaa", ["zzz", "aaa"]])

@@ -99,12 +99,19 @@ class BaseClient:
         headers: Mapping[str, str] | None,
     ) -> dict[str, Any]:
         """Constructor arguments for `with_options`: overrides win, headers are merged."""
+        overridden = {name.lower() for name in headers or {}}
+        merged_headers = {
+            name: value
+            for name, value in self.custom_headers.items()
+            if name.lower() not in overridden
+        }
+        merged_headers.update(headers or {})
         return {
             "base_url": base_url if base_url is not None else self._root_url,
             "api_key": api_key if api_key is not None else self.api_key,
             "timeout": timeout if timeout is not None else self.timeout,
             "max_retries": max_retries if max_retries is not None else self.max_retries,
-            "headers": {**self.custom_headers, **(headers or {})},
+            "headers": merged_headers,
         }
 
     # -- requests -----------------------------------------------------------------------------
@@ -162,10 +169,11 @@ class BaseClient:
         )
 
     def _log_attempt(self, request: httpx.Request, request_id: str, attempt: int) -> None:
+        url = request.url.copy_with(userinfo=b"")  # credentials in a URL stay out of logs
         logger.debug(
             "request %s %s request_id=%s attempt=%d",
             request.method,
-            request.url,
+            url,
             request_id,
             attempt,
         )

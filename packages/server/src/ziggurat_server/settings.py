@@ -211,7 +211,8 @@ def build_serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                              f"also {ENV_PREFIX}CONFIG")
     for option in OPTIONS:
         default = getattr(defaults, option.name)
-        help_text = f"{option.help} [env {option.env_var}; default: {default}]"
+        shown_default = "" if default is None else f"; default: {default}"
+        help_text = f"{option.help} [env {option.env_var}{shown_default}]"
         if option.parse is _bool:
             parser.add_argument(option.flag, dest=option.name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)

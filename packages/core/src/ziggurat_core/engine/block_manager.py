@@ -9,7 +9,7 @@ and stays findable until the block is needed for something else (least recently 
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
 from .sequence import Sequence
@@ -72,6 +72,7 @@ class BlockManager:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self._ref_counts = [0] * num_blocks
+        self._num_refs = 0  # sum of ref counts = block-table entries over live sequences
         # Free blocks live in one of two queues: never-registered ones are handed out first so
         # that cached content survives as long as possible; cached ones leave oldest-freed first.
         self._free_uncached: deque[int] = deque(range(num_blocks))
@@ -128,6 +129,7 @@ class BlockManager:
             if self._ref_counts[block] == 0:
                 del self._free_cached[block]  # a hit revives the block before anything evicts it
             self._ref_counts[block] += 1
+            self._num_refs += 1
             table.append(block)
         num_fresh = self.blocks_for_tokens(len(seq)) - len(hits)
         table.extend(self._take_free_block() for _ in range(num_fresh))
@@ -150,7 +152,8 @@ class BlockManager:
                 f"cannot append {num_new} blocks to sequence {seq.seq_id}: "
                 f"{self.num_free_blocks} free (call can_append first)"
             )
-        seq.block_table.extend(self._take_free_block() for _ in range(num_new))
+        if num_new:
+            seq.block_table.extend(self._take_free_block() for _ in range(num_new))
 
     def mark_computed(self, seq: Sequence) -> None:
         """Register every block of `seq` that is now full and computed in the prefix cache."""
@@ -178,11 +181,14 @@ class BlockManager:
     def free(self, seq: Sequence) -> None:
         """Drop `seq`'s references (tail first, so the tail is evicted first) and clear its table.
         Freeing a sequence that holds no blocks does nothing."""
+        # Validate first so that a double free raises before any count has moved.
+        for block, times in Counter(seq.block_table).items():
+            if self._ref_counts[block] < times:
+                raise BlockAccountingError(f"double free of block {block} (sequence {seq.seq_id})")
         for block in reversed(seq.block_table):
             count = self._ref_counts[block]
-            if count <= 0:
-                raise BlockAccountingError(f"double free of block {block} (sequence {seq.seq_id})")
             self._ref_counts[block] = count - 1
+            self._num_refs -= 1
             if count == 1:
                 if self._block_hash[block] is None:
                     self._free_uncached.append(block)
@@ -256,15 +262,13 @@ class BlockManager:
                 del self._cache[evicted_hash]
                 self._block_hash[block] = None
         self._ref_counts[block] = 1
+        self._num_refs += 1
         return block
 
     def _count_used_slots(self) -> int:
-        bs = self.block_size
-        filled: dict[int, int] = {}
-        for seq in self._live.values():
-            length = len(seq.token_ids)
-            for index, block in enumerate(seq.block_table):
-                in_block = min(bs, max(0, length - index * bs))
-                if in_block > filled.get(block, 0):
-                    filled[block] = in_block
-        return sum(filled.values())
+        # O(live sequences), since the engine reads stats every step. A block is shared only
+        # through a prefix hit, and hits are full blocks inside every sharer's tokens, so each
+        # extra reference to a block adds exactly one full block to the per-sequence sum.
+        per_seq = sum(min(len(seq), len(seq.block_table) * self.block_size) for seq in self._live.values())
+        num_used = self.num_blocks - self.num_free_blocks
+        return per_seq - (self._num_refs - num_used) * self.block_size

@@ -94,7 +94,7 @@ class ModelRunner:
         self.kv_caches = [
             torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_hidden_layers)
         ]
-        self.sampler = Sampler(mc.vocab_size, self.device)
+        self.sampler = Sampler(mc.vocab_size, self.device, seed=config.seed)
         logger.info(
             "model loaded in %.2fs on %s (%s), attention=%s, kv cache %d blocks (%.1f MiB)",
             self.load_seconds, self.device, self.dtype, self.attention.name,

@@ -26,9 +26,10 @@ from .sampling_metadata import (
 )
 from .sequence import Sequence
 
-# Top-p first looks at this many most likely tokens and sorts the whole vocabulary only for rows
-# whose nucleus is larger: a full sort costs ~10x a top-256 on a 49k vocabulary on CPU.
-CANDIDATE_WIDTH = 256
+# Top-k / top-p first look at the 256 most likely tokens, then the 4096 most likely, and sort the
+# whole vocabulary only for rows whose nucleus is larger still. On CPU with a 49k vocabulary a
+# top-256 costs ~0.2 ms a row, a top-4096 ~0.7 ms and a full sort ~3.8 ms.
+CANDIDATE_WIDTHS = (256, 4096)
 
 
 @dataclass
@@ -113,25 +114,28 @@ class Sampler:
 
     def _sample_random(self, logits: torch.Tensor, rows: RandomRows) -> torch.Tensor:
         """Token ids for the rows of `rows` (`logits` holds exactly those rows, in order)."""
-        probs = torch.softmax(logits / rows.temperature, dim=-1)
+        # Unnormalised probabilities (the row maximum becomes exactly 1), computed in one buffer:
+        # every later step only needs ratios, and fewer [R, V] temporaries is measurably faster.
+        weights = logits / rows.temperature
+        weights -= weights.amax(dim=-1, keepdim=True)
+        weights.exp_()
         if rows.min_p is not None:
-            # min_p = 0 gives a threshold of 0, which removes nothing.
-            threshold = probs.amax(dim=-1, keepdim=True) * rows.min_p
-            probs = probs.masked_fill(probs < threshold, 0.0)
-        uniforms = self._uniforms(rows.generators, probs.device)
+            # The threshold is min_p * (max probability) = min_p here; min_p = 0 removes nothing.
+            weights.masked_fill_(weights < rows.min_p, 0.0)
+        uniforms = self._uniforms(rows.generators, weights.device)
 
         num_rows = len(rows.rows)
-        token_ids = torch.empty(num_rows, dtype=torch.int64, device=probs.device)
+        token_ids = torch.empty(num_rows, dtype=torch.int64, device=weights.device)
         if rows.truncated:
-            truncated = _row_index(rows.truncated, num_rows, probs.device)
+            truncated = _row_index(rows.truncated, num_rows, weights.device)
             token_ids[truncated] = _sample_top_k_top_p(
-                probs[truncated], rows.top_k[truncated], rows.top_p[truncated], uniforms[truncated]
+                weights[truncated], rows.top_k[truncated], rows.top_p[truncated], uniforms[truncated]
             )
         if rows.untruncated:
-            untruncated = _row_index(rows.untruncated, num_rows, probs.device)
-            # float32 is enough: CPU and CUDA cumsum accumulate in a wider type, so each prefix
-            # is rounded once (error ~6e-8), and a float64 copy of [R, V] costs several times more.
-            cdf = torch.cumsum(probs[untruncated], dim=-1)
+            untruncated = _row_index(rows.untruncated, num_rows, weights.device)
+            # In place: the weights of these rows are not needed afterwards. float32 is enough:
+            # cumsum accumulates in a wider type, so each prefix is rounded once (error ~6e-8).
+            cdf = weights[untruncated].cumsum_(dim=-1)
             token_ids[untruncated] = _inverse_cdf(cdf, uniforms[untruncated], None)
         return token_ids
 
@@ -225,28 +229,29 @@ def _sample_top_k_top_p(
     probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, uniforms: torch.Tensor
 ) -> torch.Tensor:
     """Sample each row from its top-k tokens, then from the smallest prefix of those whose
-    (renormalised) mass reaches top_p. `top_k` is vocab_size where disabled.
+    (renormalised) mass reaches top_p. `probs` may be unnormalised; `top_k` is vocab_size where
+    disabled.
 
-    Which path a row takes depends only on that row (its settings and probabilities), so its
-    token does not depend on the rest of the batch, even where probabilities tie."""
+    Rows first try the narrowest candidate width that can hold their top-k and move to the next
+    width while their nucleus does not fit. Which widths a row goes through depends only on that
+    row, so its token does not depend on the rest of the batch, even where probabilities tie."""
     vocab_size = probs.shape[1]
-    width = min(vocab_size, CANDIDATE_WIDTH)
     token_ids = torch.empty(probs.shape[0], dtype=torch.int64, device=probs.device)
-    needs_full_sort = (top_k > width) & (top_k < vocab_size)
-    if width < vocab_size and not bool(needs_full_sort.all()):
-        fast = (~needs_full_sort).nonzero().squeeze(1)
-        token_ids[fast], complete = _sample_sorted_prefix(
-            probs[fast], top_k[fast], top_p[fast], uniforms[fast], width
-        )
-        # Rows whose nucleus did not fit in the candidates take the full sort below.
-        needs_full_sort[fast[~complete]] = True
-    else:
-        needs_full_sort[:] = True
-    if bool(needs_full_sort.any()):
-        slow = needs_full_sort.nonzero().squeeze(1)
-        token_ids[slow], _ = _sample_sorted_prefix(
-            probs[slow], top_k[slow], top_p[slow], uniforms[slow], vocab_size
-        )
+    pending = torch.ones(probs.shape[0], dtype=torch.bool, device=probs.device)
+    widths = [w for w in CANDIDATE_WIDTHS if w < vocab_size] + [vocab_size]
+    for width in widths:
+        tier = pending if width == vocab_size else pending & ((top_k <= width) | (top_k >= vocab_size))
+        if bool(tier.all()):
+            token_ids, complete = _sample_sorted_prefix(probs, top_k, top_p, uniforms, width)
+            pending = ~complete
+        elif bool(tier.any()):
+            rows = tier.nonzero().squeeze(1)
+            token_ids[rows], complete = _sample_sorted_prefix(
+                probs[rows], top_k[rows], top_p[rows], uniforms[rows], width
+            )
+            pending[rows] = ~complete
+        if not bool(pending.any()):
+            break
     return token_ids
 
 
@@ -285,7 +290,7 @@ def _gather_logprobs(
     """Row -> (chosen token's raw logprob, top logprobs) for the rows that asked for logprobs."""
     if not meta.logprob_rows:
         return {}
-    rows = torch.tensor(meta.logprob_rows, device=logits.device)
+    rows = _row_index(meta.logprob_rows, meta.num_rows, logits.device)
     logprobs = torch.log_softmax(logits[rows], dim=-1)
     chosen_ids = token_ids[rows]
     chosen: list[float] = logprobs.gather(1, chosen_ids.unsqueeze(1)).squeeze(1).tolist()

@@ -126,8 +126,8 @@ class Scheduler:
                 raise ValueError(f"sequence {seq.seq_id} belongs to {seq.request_id!r}, not {request_id!r}")
             if seq.status is not SequenceStatus.WAITING or seq.block_table or not seq.token_ids:
                 raise ValueError(f"sequence {seq.seq_id} is not a fresh waiting sequence")
-        if len({seq.seq_id for seq in seqs}) != len(seqs):
-            raise ValueError(f"request {request_id!r} lists a sequence twice")
+        if len({seq.index for seq in seqs}) != len(seqs):  # (arrival, index) orders `_running`
+            raise ValueError(f"the sequences of request {request_id!r} need distinct indices")
         arrival = next(self._arrival_counter)
         for seq in seqs:
             self._arrival[seq.seq_id] = arrival
@@ -227,7 +227,7 @@ class Scheduler:
             if seq.num_uncomputed_tokens != 1:
                 index += 1  # a prefill (phase 2), or nothing new to compute yet
                 continue
-            if self._outgrown(seq, len(seq)):
+            if self._outgrown(seq):
                 self._finish(seq, SequenceStatus.FINISHED_LENGTH)
                 out.finished_by_scheduler.append(seq)
                 continue  # the list shifted left: same index is the next sequence
@@ -263,14 +263,14 @@ class Scheduler:
         max_batched = self.config.max_num_batched_tokens
         while self._waiting and budget > 0 and len(self._running) < self.config.max_num_seqs:
             seq = self._waiting[0]
-            if self._outgrown(seq, len(seq)):
+            if self._outgrown(seq):
                 self._finish(seq, SequenceStatus.FINISHED_LENGTH)
                 out.finished_by_scheduler.append(seq)
                 continue
             remaining = len(seq) - bm.cached_prefix_len(seq)
             if remaining <= budget:
                 num_new = remaining
-            elif self.config.enable_chunked_prefill:
+            elif self.config.enable_chunked_prefill or remaining > max_batched:
                 # Without chunked prefill only a preempted sequence that grew past the budget
                 # gets here; chunking it is the only way it can ever run again.
                 num_new = budget
@@ -291,10 +291,10 @@ class Scheduler:
     def _order_key(self, seq: Sequence) -> tuple[int, int]:
         return (self._arrival[seq.seq_id], seq.index)
 
-    def _outgrown(self, seq: Sequence, num_tokens: int) -> bool:
-        """Computing `num_tokens` tokens of `seq` would pass the context window or the cache."""
-        too_long = len(seq) > self.max_model_len
-        return too_long or self.block_manager.blocks_for_tokens(num_tokens) > self.block_manager.num_blocks
+    def _outgrown(self, seq: Sequence) -> bool:
+        """Computing all of `seq`'s tokens would pass the context window or the whole cache."""
+        bm = self.block_manager
+        return len(seq) > self.max_model_len or bm.blocks_for_tokens(len(seq)) > bm.num_blocks
 
     def _preempt(self, seq: Sequence) -> None:
         self._remove_running(seq)

@@ -4,14 +4,16 @@ A step is split in two parts:
 - decodes (one new token per sequence) are batched. Their KV blocks are gathered from the paged
   cache, whole blocks at a time (one large copy per block rather than one small one per token),
   into a reused workspace, and one scaled_dot_product_attention call covers a chunk of
-  sequences. Chunks are kept small (`decode_chunk_tokens`) so the gathered copy is still in the
-  CPU cache when attention reads it; sequences are sorted by context length first so a chunk
-  pads little.
+  sequences, with the query heads that share a kv head folded into the query-length axis (GQA
+  without copying kv heads). On CPU a chunk is kept small (`decode_chunk_bytes`) so the gathered
+  copy is still in the core's cache when attention reads it; sequences are sorted by context
+  length first so a chunk pads little. On other devices one chunk holds every decode.
 - prefill chunks run one scaled_dot_product_attention per sequence. Without a cached prefix the
   new keys/values are used as they are (plain causal mask); with one, the whole context is
   gathered and the causal mask is shifted by the prefix length.
-Index tensors and masks are built once per step in `prepare` (masks per dtype on first use) and
-reused by every layer.
+Index tensors are built once per step: in `prepare`, except the decode chunks, whose size depends
+on the cache's bytes per token and which the first layer builds for the others. Masks are made
+per dtype on first use.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ import torch.nn.functional as F
 
 from .base import AttentionBackend, AttentionLayoutError, StepLayout
 
+# Gathered K+V per decode attention call on CPU: fits a core's L2 cache (measured best on a
+# 2 MiB-L2 CPU for a 135M model; 1 MiB and 4 MiB were slower).
+DEFAULT_DECODE_CHUNK_BYTES = 3 * 2**19
+
 __all__ = [
+    "DEFAULT_DECODE_CHUNK_BYTES",
     "AttentionLayoutError",
     "DecodeBatch",
     "DecodeChunk",
@@ -68,9 +75,55 @@ class DecodeChunk:
 
 @dataclass
 class DecodeBatch:
-    token_index: torch.Tensor  # [B] int64: flat-batch row of each decode token, in chunk order
-    chunks: list[DecodeChunk]
-    max_chunk_blocks: int  # most blocks any chunk gathers: the workspace size
+    """The decode sequences of a step, longest context first."""
+
+    token_index: torch.Tensor  # [B] int64: flat-batch row of each decode token, in this order
+    context_lens: list[int]
+    block_tables: list[list[int]]
+    block_size: int
+    chunk_bytes: int | None  # gathered K+V bytes per chunk; None: one chunk
+    device: torch.device
+    _chunks: dict[int, list[DecodeChunk]] = field(default_factory=dict)  # by bytes per token
+
+    def chunks(self, kv_bytes_per_token: int) -> list[DecodeChunk]:
+        """The chunks for a cache with this many K+V bytes per token (built once per step)."""
+        chunks = self._chunks.get(kv_bytes_per_token)
+        if chunks is None:
+            chunks = self._make_chunks(kv_bytes_per_token)
+            self._chunks[kv_bytes_per_token] = chunks
+        return chunks
+
+    def _make_chunks(self, kv_bytes_per_token: int) -> list[DecodeChunk]:
+        bs = self.block_size
+        chunks: list[DecodeChunk] = []
+        first = 0
+        while first < len(self.context_lens):
+            blocks_per_seq = -(-self.context_lens[first] // bs)  # the chunk's longest
+            if self.chunk_bytes is None:
+                end = len(self.context_lens)
+            else:
+                seq_bytes = blocks_per_seq * bs * kv_bytes_per_token
+                end = min(len(self.context_lens), first + max(1, self.chunk_bytes // seq_bytes))
+            chunks.append(self._make_chunk(first, end, blocks_per_seq))
+            first = end
+        return chunks
+
+    def _make_chunk(self, first: int, end: int, blocks_per_seq: int) -> DecodeChunk:
+        bs = self.block_size
+        lens = self.context_lens[first:end]
+        block_ids: list[int] = []
+        for ctx_len, table in zip(lens, self.block_tables[first:end], strict=True):
+            used = table[: -(-ctx_len // bs)]
+            # Pad with the sequence's own first block: finite data, masked out anyway.
+            block_ids.extend(used + [used[0]] * (blocks_per_seq - len(used)))
+        padded_len = blocks_per_seq * bs
+        mask = None
+        if min(lens) < padded_len:
+            positions = torch.arange(padded_len, device=self.device)
+            allowed = positions.unsqueeze(0) < torch.tensor(lens, device=self.device).unsqueeze(1)
+            mask = _MaskCache(allowed.view(len(lens), 1, 1, padded_len))
+        ids = torch.tensor(block_ids, dtype=torch.int64, device=self.device)
+        return DecodeChunk(first, end, ids, blocks_per_seq, mask)
 
 
 @dataclass
@@ -124,16 +177,17 @@ def reference_mask(layout: StepLayout) -> torch.Tensor:
 class TorchAttentionBackend(AttentionBackend):
     """Paged attention from torch ops only.
 
-    `decode_chunk_tokens` bounds the context tokens (padding included) gathered per decode
-    attention call; the default keeps a chunk's K/V for a small model within a core's L2 cache.
+    `decode_chunk_bytes` bounds the K+V bytes (padding included) gathered per decode attention
+    call on CPU; the default keeps a chunk within a core's L2 cache. None: one call for all
+    decodes (the default on other devices).
     """
 
     name = "torch"
 
-    def __init__(self, decode_chunk_tokens: int = 1024) -> None:
-        if decode_chunk_tokens < 1:
-            raise ValueError(f"decode_chunk_tokens must be >= 1, got {decode_chunk_tokens}")
-        self.decode_chunk_tokens = decode_chunk_tokens
+    def __init__(self, decode_chunk_bytes: int | None = DEFAULT_DECODE_CHUNK_BYTES) -> None:
+        if decode_chunk_bytes is not None and decode_chunk_bytes < 1:
+            raise ValueError(f"decode_chunk_bytes must be >= 1 or None, got {decode_chunk_bytes}")
+        self.decode_chunk_bytes = decode_chunk_bytes
         # Reused across layers and steps: a fresh multi-MB tensor per layer costs page faults.
         self._workspace: torch.Tensor | None = None
 
@@ -160,30 +214,17 @@ class TorchAttentionBackend(AttentionBackend):
 
         decode = None
         if decode_seqs:
-            decode = self._prepare_decode(layout, decode_rows, decode_seqs, device)
+            # Longest contexts first: each chunk then pads only up to its first sequence.
+            order = sorted(range(len(decode_seqs)), key=lambda i: -layout.context_lens[decode_seqs[i]])
+            decode = DecodeBatch(
+                token_index=torch.tensor([decode_rows[i] for i in order], dtype=torch.int64, device=device),
+                context_lens=[layout.context_lens[decode_seqs[i]] for i in order],
+                block_tables=[layout.block_tables[decode_seqs[i]] for i in order],
+                block_size=bs,
+                chunk_bytes=self.decode_chunk_bytes if device.type == "cpu" else None,
+                device=device,
+            )
         return TorchAttentionMetadata(layout.num_tokens, bs, slot_mapping, decode, prefills)
-
-    def _prepare_decode(
-        self, layout: StepLayout, rows: list[int], seqs: list[int], device: torch.device
-    ) -> DecodeBatch:
-        bs = layout.block_size
-        # Longest contexts first: each chunk then pads only up to its first sequence.
-        order = sorted(range(len(seqs)), key=lambda i: -layout.context_lens[seqs[i]])
-        context_lens = [layout.context_lens[seqs[i]] for i in order]
-        tables = [layout.block_tables[seqs[i]] for i in order]
-
-        chunks: list[DecodeChunk] = []
-        first = 0
-        while first < len(order):
-            blocks_per_seq = -(-context_lens[first] // bs)
-            per_chunk = max(1, self.decode_chunk_tokens // (blocks_per_seq * bs))
-            end = min(len(order), first + per_chunk)
-            chunks.append(_decode_chunk(first, end, blocks_per_seq, context_lens, tables, bs, device))
-            first = end
-
-        token_index = torch.tensor([rows[i] for i in order], dtype=torch.int64, device=device)
-        max_blocks = max(c.num_seqs * c.blocks_per_seq for c in chunks)
-        return DecodeBatch(token_index, chunks, max_blocks)
 
     # ---- per layer ----
 
@@ -223,13 +264,18 @@ class TorchAttentionBackend(AttentionBackend):
     ) -> torch.Tensor:
         _, num_heads, head_dim = query.shape
         _, num_blocks, block_size, num_kv_heads, _ = kv_cache.shape
+        group = num_heads // num_kv_heads
         block_numel = block_size * num_kv_heads * head_dim
+        chunks = decode.chunks(2 * num_kv_heads * head_dim * kv_cache.element_size())
         blocks = kv_cache.view(2, num_blocks, block_numel)
-        workspace = self._get_workspace(2 * decode.max_chunk_blocks * block_numel, kv_cache)
+        max_blocks = max(c.num_seqs * c.blocks_per_seq for c in chunks)
+        workspace = self._get_workspace(2 * max_blocks * block_numel, kv_cache)
 
-        q = query.index_select(0, decode.token_index).unsqueeze(2)  # [B, H, 1, d]
+        # [B, kvh, group, d]: one decode token's heads that share a kv head act as `group`
+        # query rows against it, so SDPA needs no GQA expansion.
+        q = query.index_select(0, decode.token_index).view(-1, num_kv_heads, group, head_dim)
         out = torch.empty_like(q)
-        for chunk in decode.chunks:
+        for chunk in chunks:
             n = chunk.num_seqs
             gathered = workspace[: 2 * n * chunk.blocks_per_seq * block_numel]
             gathered = gathered.view(2, n * chunk.blocks_per_seq, block_numel)
@@ -238,8 +284,7 @@ class TorchAttentionBackend(AttentionBackend):
             kv = kv.transpose(2, 3)  # [2, n, kvh, ctx, d]
             mask = None if chunk.mask is None else chunk.mask.for_dtype(q.dtype)
             out[chunk.start : chunk.end] = F.scaled_dot_product_attention(
-                q[chunk.start : chunk.end], kv[0], kv[1], attn_mask=mask, scale=scale,
-                enable_gqa=num_heads != num_kv_heads,
+                q[chunk.start : chunk.end], kv[0], kv[1], attn_mask=mask, scale=scale
             )
         return out.view(-1, num_heads, head_dim)
 
@@ -249,31 +294,6 @@ class TorchAttentionBackend(AttentionBackend):
             ws = torch.empty(numel, dtype=like.dtype, device=like.device)
             self._workspace = ws
         return ws
-
-
-def _decode_chunk(
-    first: int,
-    end: int,
-    blocks_per_seq: int,
-    context_lens: list[int],
-    tables: list[list[int]],
-    block_size: int,
-    device: torch.device,
-) -> DecodeChunk:
-    block_ids: list[int] = []
-    lens = context_lens[first:end]
-    for ctx_len, table in zip(lens, tables[first:end], strict=True):
-        used = table[: -(-ctx_len // block_size)]
-        # Pad with the sequence's own first block: its data is finite and masked anyway.
-        block_ids.extend(used + [used[0]] * (blocks_per_seq - len(used)))
-    padded_len = blocks_per_seq * block_size
-    mask = None
-    if min(lens) < padded_len:
-        positions = torch.arange(padded_len, device=device)
-        allowed = positions.unsqueeze(0) < torch.tensor(lens, device=device).unsqueeze(1)
-        mask = _MaskCache(allowed.view(len(lens), 1, 1, padded_len))
-    ids = torch.tensor(block_ids, dtype=torch.int64, device=device)
-    return DecodeChunk(first, end, ids, blocks_per_seq, mask)
 
 
 def _prepare_prefill(

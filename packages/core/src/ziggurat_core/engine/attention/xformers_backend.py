@@ -83,46 +83,35 @@ class XFormersAttentionBackend(AttentionBackend):
 
     def prepare(self, layout: StepLayout, device: torch.device) -> XFormersAttentionMetadata:
         layout.validate()
-        attn_bias_mod = self._fmha.attn_bias
+        biases = self._fmha.attn_bias
         bs = layout.block_size
         slot_mapping = torch.tensor(layout.slot_mapping(), dtype=torch.int64, device=device)
         has_prefix = any(c > q for q, c in zip(layout.query_lens, layout.context_lens, strict=True))
 
         if not has_prefix:
-            bias = attn_bias_mod.BlockDiagonalCausalMask.from_seqlens(layout.query_lens, device=device)
+            bias = biases.BlockDiagonalCausalMask.from_seqlens(layout.query_lens, device=device)
             return XFormersAttentionMetadata(
                 layout.num_tokens, bs, slot_mapping, "new_tokens", bias, None, None
             )
-
         if self.uses_paged_kernel(bs):
-            max_blocks = max(-(-c // bs) for c in layout.context_lens)
-            rows = [t[: -(-c // bs)] for t, c in zip(layout.block_tables, layout.context_lens, strict=True)]
-            table = torch.tensor(
-                [r + [0] * (max_blocks - len(r)) for r in rows], dtype=torch.int32, device=device
-            )
-            bias = attn_bias_mod.PagedBlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
+            bias = biases.PagedBlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
                 q_seqlen=layout.query_lens,
                 kv_seqlen=layout.context_lens,
-                block_tables=table,
+                block_tables=_block_table_tensor(layout, device),
                 page_size=bs,
                 device=device,
             )
             return XFormersAttentionMetadata(
                 layout.num_tokens, bs, slot_mapping, "paged", bias, None, None
             )
-
         padded = max(layout.context_lens)
-        slots: list[int] = []
-        for table, ctx_len in zip(layout.block_tables, layout.context_lens, strict=True):
-            seq_slots = [table[p // bs] * bs + p % bs for p in range(ctx_len)]
-            slots.extend(seq_slots + [seq_slots[0]] * (padded - ctx_len))
-        bias = attn_bias_mod.BlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
+        bias = biases.BlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
             q_seqlen=layout.query_lens,
             kv_padding=padded,
             kv_seqlen=layout.context_lens,
             device=device,
         )
-        gather = torch.tensor(slots, dtype=torch.int64, device=device)
+        gather = _padded_context_slots(layout, padded, device)
         return XFormersAttentionMetadata(
             layout.num_tokens, bs, slot_mapping, "gathered", bias, gather, padded
         )
@@ -176,3 +165,22 @@ class XFormersAttentionBackend(AttentionBackend):
             q5, k5, v5, attn_bias=metadata.attn_bias, scale=scale
         )
         return out.reshape(num_tokens, num_heads, head_dim)
+
+
+def _block_table_tensor(layout: StepLayout, device: torch.device) -> torch.Tensor:
+    """[num_seqs, max_blocks] int32 block tables; pages past a context are never read."""
+    bs = layout.block_size
+    used = [t[: -(-c // bs)] for t, c in zip(layout.block_tables, layout.context_lens, strict=True)]
+    width = max(len(u) for u in used)
+    return torch.tensor([u + [0] * (width - len(u)) for u in used], dtype=torch.int32, device=device)
+
+
+def _padded_context_slots(layout: StepLayout, padded: int, device: torch.device) -> torch.Tensor:
+    """Cache slot of every position of every context, each padded to `padded` entries with the
+    sequence's first slot (the kernel skips padding keys)."""
+    bs = layout.block_size
+    slots: list[int] = []
+    for block_table, ctx_len in zip(layout.block_tables, layout.context_lens, strict=True):
+        seq_slots = [block_table[p // bs] * bs + p % bs for p in range(ctx_len)]
+        slots.extend(seq_slots + [seq_slots[0]] * (padded - ctx_len))
+    return torch.tensor(slots, dtype=torch.int64, device=device)

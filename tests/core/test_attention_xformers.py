@@ -1,0 +1,205 @@
+"""XFormersAttentionBackend and the backend selector.
+
+xformers kernels need CUDA; on CPU the attention biases it builds are materialised and compared
+with the torch backend's dense reference mask for the same step layout.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import sys
+
+import pytest
+import torch
+from ziggurat_core.engine.attention import select_attention_backend
+from ziggurat_core.engine.attention.base import StepLayout
+from ziggurat_core.engine.attention.torch_backend import TorchAttentionBackend, reference_mask
+
+xformers_backend = pytest.importorskip("ziggurat_core.engine.attention.xformers_backend")
+pytest.importorskip("xformers.ops")
+XFormersAttentionBackend = xformers_backend.XFormersAttentionBackend
+
+CPU = torch.device("cpu")
+
+
+def make_layout(seqs: list[tuple[int, int]], block_size: int, seed: int = 0) -> StepLayout:
+    """(cached prefix, new tokens) per sequence; blocks are shuffled and never shared."""
+    rng = random.Random(seed)
+    counts = [-(-(p + n) // block_size) for p, n in seqs]
+    ids = list(range(sum(counts) + 2))
+    rng.shuffle(ids)
+    tables = []
+    for count in counts:
+        tables.append(ids[:count])
+        ids = ids[count:]
+    return StepLayout([n for _, n in seqs], [p + n for p, n in seqs], tables, block_size)
+
+
+def bias_as_reference_columns(metadata, layout: StepLayout) -> torch.Tensor:
+    """Materialise the xformers bias and pick its key columns in reference_mask's order
+    (sequence after sequence, each context in position order)."""
+    bias = metadata.attn_bias
+    bs = layout.block_size
+    rows = layout.num_tokens
+    if metadata.kind == "new_tokens":
+        return bias.materialize((rows, rows), dtype=torch.float32, device="cpu")
+    if metadata.kind == "gathered":
+        padded = metadata.padded_context_len
+        dense = bias.materialize((rows, padded * len(layout.query_lens)), dtype=torch.float32, device="cpu")
+        cols = [i * padded + p for i, ctx in enumerate(layout.context_lens) for p in range(ctx)]
+        return dense[:, cols]
+    assert metadata.kind == "paged"
+    # The kernel reads page j of sequence i from physical block block_tables[i, j]; check the
+    # table, then materialise the same bias with logical (unpaged) keys. (Paged `materialize`
+    # scatters padding pages of the table too, which the kernel never reads.)
+    max_blocks = bias.block_tables.shape[1]
+    for i, (table, ctx) in enumerate(zip(layout.block_tables, layout.context_lens, strict=True)):
+        needed = -(-ctx // bs)
+        assert bias.block_tables[i, :needed].tolist() == table[:needed]
+    assert bias.page_size == bs
+    row_len = max_blocks * bs
+    starts = bias.q_seqinfo.seqstart_py
+    unpaged = type(bias)._UNPAGED_TYPE.from_seqlens(
+        q_seqlen=[end - start for start, end in itertools.pairwise(starts)],
+        kv_padding=row_len,
+        kv_seqlen=bias.k_seqinfo.seqlen_py,
+        device=CPU,
+    )
+    dense = unpaged.materialize((rows, row_len * len(layout.query_lens)), dtype=torch.float32, device="cpu")
+    cols = [i * row_len + p for i, ctx in enumerate(layout.context_lens) for p in range(ctx)]
+    return dense[:, cols]
+
+
+MIXES = {
+    "prefills": [(0, 5), (0, 17), (0, 1), (0, 9)],
+    "decodes": [(4, 1), (31, 1), (16, 1), (0, 1)],
+    "chunked_prefill": [(16, 9), (5, 20), (0, 7)],
+    "mixed": [(7, 1), (0, 12), (20, 1), (16, 5), (3, 1)],
+}
+
+
+@pytest.mark.parametrize("mix", sorted(MIXES))
+@pytest.mark.parametrize("block_size", [16, 4])
+@pytest.mark.parametrize("paged", [True, False])
+def test_bias_matches_reference_mask(mix: str, block_size: int, paged: bool) -> None:
+    layout = make_layout(MIXES[mix], block_size)
+    metadata = XFormersAttentionBackend(paged=paged).prepare(layout, CPU)
+    has_prefix = any(p > 0 for p, _ in MIXES[mix])
+    expected_kind = ("paged" if paged else "gathered") if has_prefix else "new_tokens"
+    assert metadata.kind == expected_kind
+    assert torch.equal(bias_as_reference_columns(metadata, layout), reference_mask(layout))
+
+
+def test_slot_mapping_matches_layout() -> None:
+    layout = make_layout(MIXES["mixed"], 4)
+    metadata = XFormersAttentionBackend().prepare(layout, CPU)
+    assert metadata.slot_mapping.tolist() == layout.slot_mapping()
+
+
+@pytest.mark.parametrize(("block_size", "paged"), [(16, False), (256, True), (512, True)])
+def test_paged_kernel_only_for_block_sizes_it_supports(block_size: int, paged: bool) -> None:
+    assert XFormersAttentionBackend().uses_paged_kernel(block_size) is paged
+
+
+def test_forward_on_cpu_is_refused_and_changes_nothing() -> None:
+    layout = make_layout([(3, 1), (0, 4)], 4)
+    backend = XFormersAttentionBackend()
+    metadata = backend.prepare(layout, CPU)
+    cache = torch.zeros(2, 6, 4, 2, 8, dtype=torch.float16)
+    q = torch.randn(5, 4, 8, dtype=torch.float16)
+    kv = torch.randn(5, 2, 8, dtype=torch.float16)
+    with pytest.raises(ValueError, match="CUDA"):
+        backend.forward(q, kv, kv, cache, metadata, 0.35)
+    assert not cache.any()
+
+
+def test_missing_xformers_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "xformers.ops", None)  # makes `import xformers.ops` fail
+    with pytest.raises(ImportError, match="xformers"):
+        XFormersAttentionBackend()
+
+
+# ---- selector ----
+
+
+def test_auto_on_cpu_selects_torch() -> None:
+    assert isinstance(select_attention_backend("auto", CPU, torch.float32), TorchAttentionBackend)
+    assert isinstance(select_attention_backend("auto", CPU, torch.bfloat16), TorchAttentionBackend)
+
+
+def test_torch_is_always_available() -> None:
+    backend = select_attention_backend("torch", torch.device("cuda"), torch.float16)
+    assert isinstance(backend, TorchAttentionBackend)
+
+
+def test_unknown_backend_name() -> None:
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        select_attention_backend("flash", CPU, torch.float32)
+
+
+def test_xformers_on_cpu_says_why() -> None:
+    with pytest.raises(ValueError, match="CUDA device"):
+        select_attention_backend("xformers", CPU, torch.float16)
+
+
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def test_xformers_with_float32_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cuda(monkeypatch)
+    with pytest.raises(ValueError, match="float16 and bfloat16"):
+        select_attention_backend("xformers", torch.device("cuda"), torch.float32)
+    # auto falls back instead of failing
+    backend = select_attention_backend("auto", torch.device("cuda"), torch.float32)
+    assert isinstance(backend, TorchAttentionBackend)
+
+
+def test_xformers_not_installed_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cuda(monkeypatch)
+    monkeypatch.setitem(sys.modules, "xformers.ops", None)
+    with pytest.raises(ValueError, match="not installed"):
+        select_attention_backend("xformers", torch.device("cuda"), torch.float16)
+    backend = select_attention_backend("auto", torch.device("cuda"), torch.float16)
+    assert isinstance(backend, TorchAttentionBackend)
+
+
+@pytest.mark.parametrize("name", ["auto", "xformers"])
+def test_xformers_selected_on_cuda_half(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    fake_cuda(monkeypatch)
+    backend = select_attention_backend(name, torch.device("cuda"), torch.bfloat16)
+    assert isinstance(backend, XFormersAttentionBackend)
+
+
+# ---- real kernels ----
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="xformers kernels need a CUDA GPU")
+@pytest.mark.parametrize("mix", sorted(MIXES))
+@pytest.mark.parametrize(("block_size", "paged"), [(16, False), (256, True), (256, False)])
+@pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(8, 8), (9, 3)])
+def test_forward_matches_torch_backend_on_gpu(
+    mix: str, block_size: int, paged: bool, num_heads: int, num_kv_heads: int
+) -> None:
+    device = torch.device("cuda")
+    dtype = torch.float16
+    head_dim = 64
+    layout = make_layout(MIXES[mix], block_size)
+    num_blocks = max(max(t) for t in layout.block_tables) + 1
+    gen = torch.Generator(device=device).manual_seed(0)
+    cache = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, device=device, dtype=dtype, generator=gen)
+    q = torch.randn(layout.num_tokens, num_heads, head_dim, device=device, dtype=dtype, generator=gen)
+    k = torch.randn(layout.num_tokens, num_kv_heads, head_dim, device=device, dtype=dtype, generator=gen)
+    v = torch.randn(layout.num_tokens, num_kv_heads, head_dim, device=device, dtype=dtype, generator=gen)
+    scale = 1.0 / math.sqrt(head_dim)
+
+    torch_cache = cache.clone()
+    torch_backend = TorchAttentionBackend()
+    expected = torch_backend.forward(q, k, v, torch_cache, torch_backend.prepare(layout, device), scale)
+
+    xf = XFormersAttentionBackend(paged=paged)
+    out = xf.forward(q, k, v, cache, xf.prepare(layout, device), scale)
+    torch.testing.assert_close(out, expected, rtol=2e-3, atol=2e-3)
+    assert torch.equal(cache, torch_cache)
