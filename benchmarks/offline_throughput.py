@@ -109,7 +109,6 @@ def run_ziggurat(workload: list[tuple[list[dict[str, str]], int]], max_num_seqs:
 
 def run_transformers(prompts: list[str], out_lens: list[int], batch_size: int) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from ziggurat_core.engine.default_model import default_model_path
 
     path = default_model_path()

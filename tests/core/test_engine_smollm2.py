@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from ziggurat_core.engine import (
+    LLM,
     DuplicateRequestError,
     InferenceEngine,
-    LLM,
     PromptTooLongError,
     RequestValidationError,
     SamplingParams,

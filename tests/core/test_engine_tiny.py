@@ -8,7 +8,6 @@ import pytest
 import torch
 from fixtures_models import TinyModel
 from transformers import AutoModelForCausalLM
-
 from ziggurat_core.engine import InferenceEngine, SamplingParams
 from ziggurat_core.engine.config import EngineConfig
 

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 from pydantic import ValidationError
-
 from ziggurat_core.protocol import (
     ChatCompletion,
     ChatCompletionChunk,

@@ -129,6 +129,10 @@ def test_metrics_count_a_request(client: httpx.Client) -> None:
 
 def test_metrics_count_errors_by_status(client: httpx.Client) -> None:
     name = 'ziggurat_http_requests_total{route="/v1/completions",status="400"}'
-    before = metric_value(client.get("/metrics").text, name)
+    aborted = 'ziggurat_request_finished_total{finish_reason="abort"}'
+    before = client.get("/metrics").text
     client.post("/v1/completions", json={"prompt": "x", "suffix": "y"})
-    assert metric_value(client.get("/metrics").text, name) == before + 1
+    client.post("/v1/completions", json={"prompt": [3] * 300})  # refused by the engine
+    after = client.get("/metrics").text
+    assert metric_value(after, name) == metric_value(before, name) + 2
+    assert metric_value(after, aborted) == metric_value(before, aborted)  # refused, not aborted

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from server_process import clean_environment, server_command
 from ziggurat_server.cli import build_parser
+from ziggurat_server.options import OPTIONS
 from ziggurat_server.settings import (
-    OPTIONS,
     ServerSettings,
     SettingsError,
     read_config_file,

@@ -169,6 +169,8 @@ class BaseClient:
         )
 
     def _log_attempt(self, request: httpx.Request, request_id: str, attempt: int) -> None:
+        if not logger.isEnabledFor(logging.DEBUG):
+            return  # skip building the redacted URL on every request
         url = request.url.copy_with(userinfo=b"")  # credentials in a URL stay out of logs
         logger.debug(
             "request %s %s request_id=%s attempt=%d",

@@ -51,9 +51,9 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
-def model_not_found(model: str) -> APIError:
-    return APIError(404, f"The model '{model}' does not exist", param="model",
-                    code="model_not_found")
+def model_not_found(model: str, served_name: str) -> APIError:
+    return APIError(404, f"The model '{model}' does not exist; this server serves "
+                         f"'{served_name}'", param="model", code="model_not_found")
 
 
 def engine_unavailable(message: str, code: str) -> APIError:

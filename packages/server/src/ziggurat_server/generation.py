@@ -46,6 +46,7 @@ class Generation:
         self._iterators: list[AsyncIterator[RequestOutput]] = []
         self._progress = [_Progress() for _ in prompts]
         self._admitted = 0
+        self._refused = False
         self._closed = False
 
     @property
@@ -71,6 +72,7 @@ class Generation:
             await self.close()
             raise
         except Exception as exc:
+            self._refused = True  # the engine turned it down: nothing ran, nothing aborted
             await self.close()
             raise engine_error_to_api(exc) from None
         for index, output in enumerate(firsts):
@@ -125,8 +127,10 @@ class Generation:
             with contextlib.suppress(Exception):
                 await iterator.aclose()  # type: ignore[attr-defined]
         for request_id, progress in zip(self.request_ids, self._progress, strict=True):
-            if not progress.done:
-                self.engine.abort(request_id)  # the engine ignores ids it no longer knows
+            if progress.done:
+                continue
+            self.engine.abort(request_id)  # the engine ignores ids it no longer knows
+            if not self._refused:
                 self.state.metrics.finished_sequences.inc(
                     self.params.n - len(progress.finished), labels=("abort",))
         self.state.admission.release(self._admitted)

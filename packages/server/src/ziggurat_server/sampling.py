@@ -6,7 +6,7 @@ from ziggurat_core.engine.sampling_params import SamplingParams, SamplingParamsE
 from ziggurat_core.protocol import ChatCompletionRequest, CompletionRequest
 from ziggurat_core.protocol.common import SamplingFields
 
-from .errors import APIError, bad_request
+from .errors import bad_request, model_not_found
 
 # OpenAI's legacy completions endpoint stops after 16 tokens when max_tokens is not given.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -68,6 +68,7 @@ def _build(fields: SamplingFields, *, max_tokens: int | None, logprobs: int | No
 
 
 def _param_named_in(message: str) -> str | None:
+    # SamplingParamsError messages start with the parameter's name ("min_tokens (3) must ...").
     first_word = message.split(" ", 1)[0]
     return first_word if first_word.isidentifier() else None
 
@@ -94,5 +95,4 @@ def check_model_name(requested: str | None, served_name: str) -> None:
     """The model field may be omitted, or name the served model (or 'default')."""
     if requested is None or requested in (served_name, "default"):
         return
-    raise APIError(404, f"The model '{requested}' does not exist; this server serves "
-                        f"'{served_name}'", param="model", code="model_not_found")
+    raise model_not_found(requested, served_name)

@@ -53,7 +53,8 @@ class LLM:
         tools: list[dict[str, Any]] | None = None,
     ) -> list[RequestOutput]:
         """One conversation (a list of messages) or a batch of them."""
-        batch: list[Messages] = [messages] if messages and isinstance(messages[0], dict) else messages  # type: ignore[list-item]
+        single = bool(messages) and isinstance(messages[0], dict)
+        batch: list[Messages] = [messages] if single else messages  # type: ignore[assignment,list-item]
         return self._run([{"messages": conv, "tools": tools} for conv in batch], sampling_params, use_tqdm)
 
     def _run(

@@ -11,8 +11,8 @@ from typing import Any
 from .config import EngineConfig, ModelConfig
 from .default_model import default_served_name, resolve_model_path
 from .errors import DuplicateRequestError, PromptTooLongError, RequestValidationError
-from .outputs import RequestMetrics, RequestOutput
 from .output_processor import OutputProcessor, RequestState
+from .outputs import RequestMetrics, RequestOutput
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import Sequence, SequenceStatus
@@ -31,9 +31,9 @@ class InferenceEngine:
     """Continuous-batching engine. Drive it with `step()` or iterate `get_outputs()`."""
 
     def __init__(self, config: EngineConfig | None = None, **overrides: Any) -> None:
+        from .device import resolve_device, resolve_dtype
         from .loader import load_checkpoint
         from .model_runner import ModelRunner
-        from .device import resolve_device, resolve_dtype
 
         config = config if config is not None else EngineConfig()
         for key, value in overrides.items():

@@ -15,7 +15,7 @@ from .attention.selector import select_attention_backend
 from .config import EngineConfig, ModelConfig, parse_memory_size
 from .device import device_memory, resolve_device, resolve_dtype
 from .models.llama import build_model
-from .sampler import SampleResult, Sampler
+from .sampler import Sampler, SampleResult
 
 if TYPE_CHECKING:
     from .loader import Checkpoint

@@ -130,7 +130,7 @@ class OutputProcessor:
         return Logprob(
             token_id=result.token_id,
             token=self.tokenizer.token_to_text(result.token_id),
-            logprob=result.logprob,
+            logprob=result.logprob if result.logprob is not None else float("nan"),
             top_logprobs=dict(top),
             top_tokens={tid: self.tokenizer.token_to_text(tid) for tid in top},
         )

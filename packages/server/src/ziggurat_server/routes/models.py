@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from ..engine_client import EngineClient
-from ..errors import APIError
+from ..errors import model_not_found
 from . import server_state
 
 router = APIRouter()
@@ -39,6 +39,5 @@ async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     state = server_state(request)
     engine = state.require_engine()
     if model_id != engine.model_name:
-        raise APIError(404, f"The model '{model_id}' does not exist", param="model",
-                       code="model_not_found")
+        raise model_not_found(model_id, engine.model_name)
     return _model_card(engine, int(state.started_at))
