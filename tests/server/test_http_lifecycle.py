@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import pytest
@@ -31,45 +32,52 @@ def test_health_answers_during_a_long_generation(client: httpx.Client,
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(
         tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> None:
+    # One decode slot: of three streams one runs and two wait, so draining takes a while.
     server = ServerProcess(tmp_path_factory.mktemp("sigterm-logs"),
                            "--model", str(tiny_model.gguf_path), "--served-model-name", "tiny",
-                           "--shutdown-timeout", "60")
+                           "--max-num-seqs", "1", "--shutdown-timeout", "120")
+    streams: list[list[str]] = [[], [], []]
     try:
         server.wait_ready()
-        stream_text: list[str] = []
         first_event = threading.Event()
 
-        def consume() -> None:
-            with httpx.Client(base_url=server.base_url, timeout=120.0) as http, \
+        def consume(index: int) -> None:
+            with httpx.Client(base_url=server.base_url, timeout=180.0) as http, \
                     http.stream("POST", "/v1/completions", json=LONG_STREAM) as response:
                 for chunk in response.iter_text():
-                    stream_text.append(chunk)
+                    streams[index].append(chunk)
                     first_event.set()
 
-        reader = threading.Thread(target=consume)
-        reader.start()
+        readers = [threading.Thread(target=consume, args=(i,)) for i in range(3)]
+        for reader in readers:
+            reader.start()
         assert first_event.wait(60), server.logs()
+        with httpx.Client(base_url=server.base_url, timeout=10.0) as probe:
+            deadline = time.monotonic() + 60
+            while probe.get("/v1/info").json()["engine"]["stats"]["waiting"] != 2:
+                assert time.monotonic() < deadline, server.logs()
+                time.sleep(0.01)
         server.terminate()
-        # New connections are refused while the stream drains.
+        # New connections are refused while the streams drain.
         refused = False
-        for _ in range(500):
+        while any(reader.is_alive() for reader in readers):
             try:
                 httpx.get(f"{server.base_url}/health", timeout=1.0)
             except httpx.ConnectError:
                 refused = True
                 break
-            if not reader.is_alive():
-                break
-            threading.Event().wait(0.01)
-        reader.join(120)
+            time.sleep(0.01)
+        for reader in readers:
+            reader.join(180)
         assert server.process.wait(60) == 0, server.logs()
     finally:
         server.stop()
     assert refused, "the server kept accepting connections after SIGTERM"
-    events = parse_sse("".join(stream_text))
-    assert events[-1] == DONE
-    assert events[-2]["usage"]["completion_tokens"] == LONG_STREAM["max_tokens"]
-    assert events[-3]["choices"][0]["finish_reason"] == "length"
+    for chunks in streams:
+        events = parse_sse("".join(chunks))
+        assert events[-1] == DONE
+        assert events[-2]["usage"]["completion_tokens"] == LONG_STREAM["max_tokens"]
+        assert events[-3]["choices"][0]["finish_reason"] == "length"
     # Start-up printed one line with the URL.
     assert f"Serving tiny at {server.base_url}/v1" in server.stdout_path.read_text()
 

@@ -53,7 +53,11 @@ class AsyncClient(BaseClient):
             headers=headers,
         )
         self._owns_http_client = http_client is None
-        self._http_client = http_client or httpx.AsyncClient(limits=DEFAULT_CONNECTION_LIMITS)
+        self._http_client = (
+            http_client
+            if http_client is not None
+            else httpx.AsyncClient(limits=DEFAULT_CONNECTION_LIMITS)
+        )
         self.chat = AsyncChat(self)
         self.completions = AsyncCompletions(self)
         self.models = AsyncModels(self)

@@ -53,7 +53,11 @@ class Client(BaseClient):
             headers=headers,
         )
         self._owns_http_client = http_client is None
-        self._http_client = http_client or httpx.Client(limits=DEFAULT_CONNECTION_LIMITS)
+        self._http_client = (
+            http_client
+            if http_client is not None
+            else httpx.Client(limits=DEFAULT_CONNECTION_LIMITS)
+        )
         self.chat = Chat(self)
         self.completions = Completions(self)
         self.models = Models(self)
