@@ -39,8 +39,13 @@ class _Stream:
 
 
 class AsyncEngine:
-    def __init__(self, engine: InferenceEngine) -> None:
-        self.engine = engine
+    def __init__(self, engine_factory: Callable[[], InferenceEngine]) -> None:
+        """Build the engine with `engine_factory` on the loop thread and start stepping.
+
+        Building and stepping on one thread matters on CPU: torch's OpenMP worker team belongs
+        to the thread that first ran a parallel region, and a second team spinning on the same
+        cores slows every step many times over.
+        """
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = (
             queue.SimpleQueue()
         )
@@ -50,14 +55,18 @@ class AsyncEngine:
         self.errored = False
         self.error: BaseException | None = None
         self.started_at = time.time()
-        self._snapshot: dict[str, Any] = engine.stats()
-        self._thread = threading.Thread(target=self._run, name="ziggurat-engine", daemon=True)
+        self._snapshot: dict[str, Any] = {}
+        self._ready: concurrent.futures.Future[InferenceEngine] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._run, args=(engine_factory,), name="ziggurat-engine", daemon=True
+        )
         self._thread.start()
+        self.engine: InferenceEngine = self._ready.result()  # re-raises a load failure
 
     @classmethod
     def from_config(cls, config: EngineConfig | None = None, **overrides: Any) -> AsyncEngine:
         """Load the model (blocking: call it from a worker thread) and start stepping."""
-        return cls(InferenceEngine(config, **overrides))
+        return cls(lambda: InferenceEngine(config, **overrides))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -106,7 +115,11 @@ class AsyncEngine:
             )
             self._streams[request_id] = stream
 
-        await asyncio.wrap_future(self._submit(add))
+        try:
+            await asyncio.wrap_future(self._submit(add))
+        except asyncio.CancelledError:
+            self.abort(request_id)  # it may have been added before the cancellation landed
+            raise
         finished = False
         try:
             while True:
@@ -187,7 +200,15 @@ class AsyncEngine:
             except BaseException as exc:  # handed to the caller, the loop lives on
                 future.set_exception(exc)
 
-    def _run(self) -> None:
+    def _run(self, engine_factory: Callable[[], InferenceEngine]) -> None:
+        try:
+            engine = engine_factory()
+        except BaseException as exc:
+            self._ready.set_exception(exc)
+            return
+        self.engine = engine
+        self._snapshot = engine.stats()
+        self._ready.set_result(engine)
         try:
             while not self._stopping:
                 self._wakeup.clear()
