@@ -92,8 +92,10 @@ def naive_attention(sc: Scenario, scale: float) -> torch.Tensor:
     return torch.cat(outputs)
 
 
-def run_backend(sc: Scenario, scale: float, decode_chunk_bytes: int | None = None) -> torch.Tensor:
-    backend = TorchAttentionBackend(decode_chunk_bytes)
+def run_backend(
+    sc: Scenario, scale: float, decode_chunk_bytes: int | None = None, prefill_block_rows: int | None = 64
+) -> torch.Tensor:
+    backend = TorchAttentionBackend(decode_chunk_bytes, prefill_block_rows)
     metadata = backend.prepare(sc.layout, CPU)
     return backend.forward(sc.query, sc.key, sc.value, sc.kv_cache, metadata, scale)
 
@@ -109,14 +111,15 @@ MIXES = {
 @pytest.mark.parametrize("mix", sorted(MIXES))
 @pytest.mark.parametrize("block_size", [16, 4])
 @pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(4, 4), (9, 3), (4, 1)])
-# Decodes in one call / a few sequences per call / one sequence per call.
-@pytest.mark.parametrize("decode_chunk_bytes", [None, 4096, 1])
+# (decode_chunk_bytes, prefill_block_rows): decodes in one call / a few sequences per call / one
+# sequence per call; prefills by SDPA / matmuls in one block / in blocks of 3 query rows.
+@pytest.mark.parametrize("tuning", [(2**40, None), (4096, 64), (1, 3)])
 def test_matches_naive_reference(
-    mix: str, block_size: int, num_heads: int, num_kv_heads: int, decode_chunk_bytes: int | None
+    mix: str, block_size: int, num_heads: int, num_kv_heads: int, tuning: tuple[int | None, int | None]
 ) -> None:
     sc = make_scenario(MIXES[mix], block_size=block_size, num_heads=num_heads, num_kv_heads=num_kv_heads)
     scale = 1.0 / math.sqrt(sc.query.shape[-1])
-    out = run_backend(sc, scale, decode_chunk_bytes)
+    out = run_backend(sc, scale, *tuning)
     assert out.shape == sc.query.shape
     torch.testing.assert_close(out, naive_attention(sc, scale), rtol=1e-9, atol=1e-9)
 
@@ -174,21 +177,23 @@ def test_decode_steps_continue_a_prefill() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_low_precision_dtypes(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("prefill_block_rows", [None, 4])
+def test_low_precision_dtypes(dtype: torch.dtype, prefill_block_rows: int | None) -> None:
     sc = make_scenario(MIXES["mixed"], block_size=16, num_heads=9, num_kv_heads=3, head_dim=16, dtype=dtype)
-    out = run_backend(sc, 0.25)
+    out = run_backend(sc, 0.25, prefill_block_rows=prefill_block_rows)
     assert out.dtype == dtype
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
     torch.testing.assert_close(out.double(), naive_attention(sc, 0.25), rtol=tol, atol=tol)
 
 
-def test_non_contiguous_projections() -> None:
+@pytest.mark.parametrize("prefill_block_rows", [None, 4])
+def test_non_contiguous_projections(prefill_block_rows: int | None) -> None:
     """q/k/v may be views into one fused projection output."""
     sc = make_scenario(MIXES["mixed"], block_size=4, num_heads=4, num_kv_heads=2)
     fused = torch.cat([sc.query.flatten(1), sc.key.flatten(1), sc.value.flatten(1)], dim=1)
     d = sc.query.shape[-1]
     q, k, v = fused.split([4 * d, 2 * d, 2 * d], dim=1)
-    backend = TorchAttentionBackend()
+    backend = TorchAttentionBackend(prefill_block_rows=prefill_block_rows)
     metadata = backend.prepare(sc.layout, CPU)
     out = backend.forward(q.view(-1, 4, d), k.view(-1, 2, d), v.view(-1, 2, d), sc.kv_cache, metadata, 0.5)
     torch.testing.assert_close(out, naive_attention(sc, 0.5), rtol=1e-9, atol=1e-9)
@@ -228,3 +233,9 @@ def test_gqa_head_mismatch_is_refused() -> None:
     cache = torch.zeros(2, sc.kv_cache.shape[1], 4, 3, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match="multiple"):
         backend.forward(sc.query, sc.key[:, :3], sc.value[:, :3], cache, metadata, 1.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"decode_chunk_bytes": 0}, {"prefill_block_rows": 0}])
+def test_invalid_tuning_is_refused(kwargs: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        TorchAttentionBackend(**kwargs)

@@ -6,20 +6,22 @@ with the torch backend's dense reference mask for the same step layout.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 import random
+import subprocess
 import sys
 
 import pytest
 import torch
-from ziggurat_core.engine.attention import select_attention_backend
+from ziggurat_core.engine.attention import select_attention_backend, xformers_backend
 from ziggurat_core.engine.attention.base import StepLayout
 from ziggurat_core.engine.attention.torch_backend import TorchAttentionBackend, reference_mask
+from ziggurat_core.engine.attention.xformers_backend import XFormersAttentionBackend
 
-xformers_backend = pytest.importorskip("ziggurat_core.engine.attention.xformers_backend")
-pytest.importorskip("xformers.ops")
-XFormersAttentionBackend = xformers_backend.XFormersAttentionBackend
+HAS_XFORMERS = importlib.util.find_spec("xformers") is not None
+needs_xformers = pytest.mark.skipif(not HAS_XFORMERS, reason="xformers is not installed")
 
 CPU = torch.device("cpu")
 
@@ -80,6 +82,7 @@ MIXES = {
 }
 
 
+@needs_xformers
 @pytest.mark.parametrize("mix", sorted(MIXES))
 @pytest.mark.parametrize("block_size", [16, 4])
 @pytest.mark.parametrize("paged", [True, False])
@@ -92,17 +95,20 @@ def test_bias_matches_reference_mask(mix: str, block_size: int, paged: bool) -> 
     assert torch.equal(bias_as_reference_columns(metadata, layout), reference_mask(layout))
 
 
+@needs_xformers
 def test_slot_mapping_matches_layout() -> None:
     layout = make_layout(MIXES["mixed"], 4)
     metadata = XFormersAttentionBackend().prepare(layout, CPU)
     assert metadata.slot_mapping.tolist() == layout.slot_mapping()
 
 
+@needs_xformers
 @pytest.mark.parametrize(("block_size", "paged"), [(16, False), (256, True), (512, True)])
 def test_paged_kernel_only_for_block_sizes_it_supports(block_size: int, paged: bool) -> None:
     assert XFormersAttentionBackend().uses_paged_kernel(block_size) is paged
 
 
+@needs_xformers
 def test_forward_on_cpu_is_refused_and_changes_nothing() -> None:
     layout = make_layout([(3, 1), (0, 4)], 4)
     backend = XFormersAttentionBackend()
@@ -119,6 +125,17 @@ def test_missing_xformers_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "xformers.ops", None)  # makes `import xformers.ops` fail
     with pytest.raises(ImportError, match="xformers"):
         XFormersAttentionBackend()
+
+
+def test_engine_imports_without_xformers() -> None:
+    """Importing the attention package and selecting on CPU never imports xformers."""
+    code = (
+        "import sys, torch\n"
+        "from ziggurat_core.engine.attention import select_attention_backend\n"
+        "select_attention_backend('auto', torch.device('cpu'), torch.float32)\n"
+        "assert not any(m.split('.')[0] == 'xformers' for m in sys.modules), 'xformers imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 # ---- selector ----
@@ -145,7 +162,20 @@ def test_xformers_on_cpu_says_why() -> None:
 
 
 def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend CUDA exists and xformers' kernels run on it."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(xformers_backend, "probe_kernels", lambda device, dtype: None)
+
+
+@needs_xformers
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where CUDA kernels fail")
+def test_xformers_with_broken_kernels_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # Here the probe really runs: CPU-only torch cannot make CUDA tensors.
+    with pytest.raises(ValueError, match="kernels do not run"):
+        select_attention_backend("xformers", torch.device("cuda"), torch.float16)
+    backend = select_attention_backend("auto", torch.device("cuda"), torch.float16)
+    assert isinstance(backend, TorchAttentionBackend)
 
 
 def test_xformers_with_float32_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,6 +196,7 @@ def test_xformers_not_installed_says_why(monkeypatch: pytest.MonkeyPatch) -> Non
     assert isinstance(backend, TorchAttentionBackend)
 
 
+@needs_xformers
 @pytest.mark.parametrize("name", ["auto", "xformers"])
 def test_xformers_selected_on_cuda_half(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     fake_cuda(monkeypatch)
@@ -176,6 +207,7 @@ def test_xformers_selected_on_cuda_half(monkeypatch: pytest.MonkeyPatch, name: s
 # ---- real kernels ----
 
 
+@needs_xformers
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="xformers kernels need a CUDA GPU")
 @pytest.mark.parametrize("mix", sorted(MIXES))
 @pytest.mark.parametrize(("block_size", "paged"), [(16, False), (256, True), (256, False)])
@@ -201,5 +233,5 @@ def test_forward_matches_torch_backend_on_gpu(
 
     xf = XFormersAttentionBackend(paged=paged)
     out = xf.forward(q, k, v, cache, xf.prepare(layout, device), scale)
-    torch.testing.assert_close(out, expected, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(out, expected, rtol=1e-2, atol=1e-2)
     assert torch.equal(cache, torch_cache)

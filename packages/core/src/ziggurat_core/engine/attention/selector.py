@@ -6,12 +6,13 @@ import torch
 
 from .base import AttentionBackend
 from .torch_backend import TorchAttentionBackend
+from .xformers_backend import XFormersAttentionBackend, xformers_unavailable_reason
 
 BACKEND_NAMES = ("auto", "torch", "xformers")
 
 
 def select_attention_backend(name: str, device: torch.device, dtype: torch.dtype) -> AttentionBackend:
-    """'auto': xformers on CUDA with fp16/bf16 when it imports, else torch.
+    """'auto': xformers on CUDA with fp16/bf16 when its kernels run there, else torch.
 
     'torch': always the torch backend. 'xformers': the xformers backend, or ValueError saying
     why it cannot run here.
@@ -20,8 +21,7 @@ def select_attention_backend(name: str, device: torch.device, dtype: torch.dtype
         raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
     if name == "torch":
         return TorchAttentionBackend()
-    from .xformers_backend import XFormersAttentionBackend, xformers_unavailable_reason
-
+    device = torch.device(device)
     reason = xformers_unavailable_reason(device, dtype)
     if reason is None:
         return XFormersAttentionBackend()

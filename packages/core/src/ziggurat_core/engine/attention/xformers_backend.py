@@ -43,6 +43,20 @@ def xformers_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str
         import xformers.ops  # noqa: F401
     except ImportError as exc:
         return f"xformers is not installed ({exc})"
+    return probe_kernels(device, dtype)
+
+
+def probe_kernels(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Run a tiny attention: an xformers build that does not match this torch/CUDA imports
+    fine but has no working kernels."""
+    from xformers.ops import fmha
+
+    try:
+        x = torch.zeros(1, 2, 1, 64, device=device, dtype=dtype)
+        bias = fmha.attn_bias.BlockDiagonalCausalMask.from_seqlens([2], device=device)
+        fmha.memory_efficient_attention_forward(x, x, x, attn_bias=bias)
+    except Exception as exc:  # any failure means: do not use it
+        return f"its kernels do not run here ({type(exc).__name__}: {exc})"
     return None
 
 
