@@ -93,6 +93,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     seed: int = 0
     num_threads: int | None = None  # torch CPU threads; None: torch's default
+    cpu_weight_prepack: bool = True  # oneDNN-blocked copies of wide weights on CPU (faster GEMM)
 
     def validate(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -14,6 +14,7 @@ from .attention.base import StepLayout
 from .attention.selector import select_attention_backend
 from .config import EngineConfig, ModelConfig, parse_memory_size
 from .device import device_memory, resolve_device, resolve_dtype
+from .layers import prepack_cpu_linears
 from .models.llama import build_model
 from .sampler import Sampler, SampleResult
 
@@ -86,6 +87,8 @@ class ModelRunner:
         torch.manual_seed(config.seed)
         started = time.perf_counter()
         self.model = build_model(checkpoint, self.device, self.dtype)
+        if self.device.type == "cpu" and config.cpu_weight_prepack:
+            prepack_cpu_linears(self.model)
         self.load_seconds = time.perf_counter() - started
         self.attention = select_attention_backend(config.attention_backend, self.device, self.dtype)
         self.kv_spec = plan_kv_cache(config, self.model_config, self.device, self.dtype, max_model_len)

@@ -1,7 +1,7 @@
 """Building blocks of the decoder models."""
 
 from .activation import SiluAndMul
-from .linear import Embedding, Linear
+from .linear import Embedding, Linear, prepack_cpu_linears
 from .rmsnorm import RMSNorm
 from .rotary import RopeScalingError, RotaryEmbedding, apply_rotary, rope_inv_freq
 
@@ -13,5 +13,6 @@ __all__ = [
     "RotaryEmbedding",
     "SiluAndMul",
     "apply_rotary",
+    "prepack_cpu_linears",
     "rope_inv_freq",
 ]

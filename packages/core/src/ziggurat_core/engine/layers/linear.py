@@ -21,8 +21,20 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
 
+        # A oneDNN-blocked copy of the weight, set by `prepack_cpu_linears` for CPU float32.
+        self._mkldnn_weight: torch.Tensor | None = None
+        self._mkldnn_bias: torch.Tensor | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._mkldnn_weight is not None and x.dim() == 2 and x.dtype == torch.float32:
+            out = torch._C._nn.mkldnn_linear(x.contiguous().to_mkldnn(), self._mkldnn_weight, self._mkldnn_bias)
+            return out.to_dense()
         return F.linear(x, self.weight, self.bias)
+
+    def prepack_mkldnn(self) -> None:
+        """Keep a oneDNN-blocked copy of the weight (the dense one stays for state_dict)."""
+        self._mkldnn_weight = self.weight.detach().to_mkldnn()
+        self._mkldnn_bias = self.bias.detach().to_mkldnn() if self.bias is not None else None
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -35,3 +47,26 @@ class Embedding(nn.Module):
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(token_ids, self.weight)
+
+
+# On CPU, oneDNN's blocked-weight GEMM beats MKL's sgemm 1.2-3x for wide projections
+# (gate/up and the vocabulary head) at the batch sizes decoding runs at; narrower ones gain
+# nothing, so they keep the plain path and their single weight copy.
+MKLDNN_MIN_OUT_FEATURES = 2048
+
+
+def prepack_cpu_linears(model: nn.Module, min_out_features: int = MKLDNN_MIN_OUT_FEATURES) -> int:
+    """Give every wide float32 CPU Linear a oneDNN weight copy; returns how many were packed."""
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    packed = 0
+    for module in model.modules():
+        if (
+            isinstance(module, Linear)
+            and module.out_features >= min_out_features
+            and module.weight.device.type == "cpu"
+            and module.weight.dtype == torch.float32
+        ):
+            module.prepack_mkldnn()
+            packed += 1
+    return packed
