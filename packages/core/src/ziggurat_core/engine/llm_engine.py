@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,7 +58,6 @@ class InferenceEngine:
         self.load_seconds = time.perf_counter() - started
         self._requests: dict[str, RequestState] = {}
         self._samples: dict[int, Any] = {}  # seq_id -> SampleState
-        self._pending_outputs: deque[RequestOutput] = deque()
         self.counters = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0, "preemptions": 0}
         self.peak_kv_waste = 0.0
         self.peak_kv_usage = 0.0
@@ -196,8 +194,6 @@ class InferenceEngine:
 
     def get_outputs(self) -> Iterator[RequestOutput]:
         """Step until every request is finished, yielding outputs as they are produced."""
-        while self._pending_outputs:
-            yield self._pending_outputs.popleft()
         while self.has_unfinished_requests():
             yield from self.step()
 
