@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,10 +11,11 @@ from ziggurat_core.protocol import ChatCompletionRequest
 from ..chat_format import ChatChunker, chat_completion_body
 from ..engine_client import EngineClient
 from ..errors import bad_request
-from ..generation import Generation, engine_error_to_api
-from ..response_meta import ResponseMeta, usage_of
+from ..generation import Generation
+from ..response_meta import ResponseMeta
 from ..sampling import chat_sampling_params, check_model_name
-from ..sse import DONE_EVENT, SSEResponse, sse_event
+from ..sse import SSEResponse
+from ..streaming import stream_events
 from . import server_state
 
 router = APIRouter()
@@ -48,31 +48,11 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     token_bytes = getattr(engine.tokenizer, "token_bytes", None)
     if body.stream:
         chunker = ChatChunker(meta, token_bytes)
-        return SSEResponse(_chat_events(generation, firsts, chunker), on_close=generation.close)
+        events = stream_events(generation, firsts, chunker, meta.include_usage,
+                               head=chunker.role_chunks(generation.num_sequences))
+        return SSEResponse(events, on_close=generation.close)
     try:
         finals = await generation.finals(firsts, request.receive)
     finally:
         await generation.close()
     return JSONResponse(chat_completion_body(meta, finals, token_bytes))
-
-
-async def _chat_events(generation: Generation, firsts: list[Any],
-                       chunker: ChatChunker) -> AsyncIterator[str]:
-    meta = chunker.meta
-    latest = list(firsts)
-    try:
-        for chunk in chunker.role_chunks(generation.num_sequences):
-            yield sse_event(chunk)
-        for prompt_index, output in enumerate(firsts):
-            for chunk in chunker.output_chunks(prompt_index, output):
-                yield sse_event(chunk)
-        async for prompt_index, output in generation.rest():
-            latest[prompt_index] = output
-            for chunk in chunker.output_chunks(prompt_index, output):
-                yield sse_event(chunk)
-        if meta.include_usage:
-            yield sse_event(chunker.usage_chunk(usage_of(latest)))
-        yield DONE_EVENT
-    except Exception as exc:
-        # Headers are gone already: the error travels as an event, then the stream ends.
-        yield sse_event(engine_error_to_api(exc).body())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,10 +12,11 @@ from ziggurat_core.protocol import CompletionRequest
 from ..completion_format import CompletionChunker, completion_body
 from ..engine_client import EngineClient
 from ..errors import bad_request
-from ..generation import Generation, engine_error_to_api
-from ..response_meta import ResponseMeta, usage_of
+from ..generation import Generation
+from ..response_meta import ResponseMeta
 from ..sampling import check_model_name, completion_sampling_params
-from ..sse import DONE_EVENT, SSEResponse, sse_event
+from ..sse import SSEResponse
+from ..streaming import stream_events
 from . import server_state
 
 router = APIRouter()
@@ -47,7 +47,13 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     generation = Generation(state, engine, prompts, params, "cmpl")
     firsts = await generation.start(request.receive)
     if body.stream:
-        events = _completion_events(engine, generation, firsts, meta, body.echo)
+        chunker = CompletionChunker(meta)
+        opening = None
+        if body.echo:
+            def opening(index: int, output: RequestOutput) -> list[Any]:
+                return chunker.echo_chunks(index, _prompt_text(engine, output))
+        events = stream_events(generation, firsts, chunker, meta.include_usage,
+                               prompt_opening=opening)
         return SSEResponse(events, on_close=generation.close)
     try:
         finals = await generation.finals(firsts, request.receive)
@@ -55,27 +61,3 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         await generation.close()
     echo_texts = [_prompt_text(engine, output) for output in finals] if body.echo else None
     return JSONResponse(completion_body(meta, finals, echo_texts))
-
-
-async def _completion_events(engine: EngineClient, generation: Generation,
-                             firsts: list[RequestOutput], meta: ResponseMeta,
-                             echo: bool) -> AsyncIterator[str]:
-    chunker = CompletionChunker(meta)
-    latest = list(firsts)
-    try:
-        for prompt_index, output in enumerate(firsts):
-            if echo:
-                for chunk in chunker.echo_chunks(prompt_index, _prompt_text(engine, output)):
-                    yield sse_event(chunk)
-            for chunk in chunker.output_chunks(prompt_index, output):
-                yield sse_event(chunk)
-        async for prompt_index, output in generation.rest():
-            latest[prompt_index] = output
-            for chunk in chunker.output_chunks(prompt_index, output):
-                yield sse_event(chunk)
-        if meta.include_usage:
-            yield sse_event(chunker.usage_chunk(usage_of(latest)))
-        yield DONE_EVENT
-    except Exception as exc:
-        # Headers are gone already: the error travels as an event, then the stream ends.
-        yield sse_event(engine_error_to_api(exc).body())
