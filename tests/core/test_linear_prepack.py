@@ -27,11 +27,12 @@ def test_prepacked_linear_matches_plain(rows: int, bias: bool) -> None:
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)
 
 
-def test_only_wide_float32_layers_are_packed() -> None:
+def test_only_float32_layers_at_least_as_wide_as_asked_are_packed() -> None:
     model = nn.Sequential(Linear(8, 4096), Linear(4096, 16), Linear(8, 2048))
     for layer in model:
         nn.init.normal_(layer.weight)
-    assert prepack_cpu_linears(model) == 2
+    assert prepack_cpu_linears(model, min_out_features=2048) == 2
     assert model[0]._mkldnn_weight is not None and model[1]._mkldnn_weight is None
+    assert prepack_cpu_linears(model) == 3  # by default every float32 CPU Linear
     half = nn.Sequential(Linear(8, 4096)).to(torch.bfloat16)
     assert prepack_cpu_linears(half) == 0
