@@ -11,6 +11,7 @@ response headers arrived.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -79,6 +80,31 @@ class _StreamBase(Generic[ItemT]):
             raise RuntimeError("a stream can be iterated only once")
         self._started = True
 
+    def _parse(self, events: list[ServerSentEvent]) -> tuple[list[ItemT], bool, Exception | None]:
+        """The items in `events` up to `[DONE]`, whether `[DONE]` came, and the error an event
+        raised (the items before it are still delivered first)."""
+        items: list[ItemT] = []
+        for event in events:
+            if is_done(event):
+                return items, True, None
+            try:
+                items.append(parse_event(event, self._cast_to, self.request_id))
+            except Exception as exc:
+                return items, False, exc
+        return items, False, None
+
+    @contextlib.contextmanager
+    def _transport_errors(self) -> Iterator[None]:
+        """httpx's transport failures as the SDK's typed errors."""
+        try:
+            yield
+        except httpx.TimeoutException as exc:
+            raise APITimeoutError(request_id=self.request_id) from exc
+        except httpx.TransportError as exc:
+            raise APIConnectionError(
+                f"Connection error while streaming: {exc}", request_id=self.request_id
+            ) from exc
+
 
 class Stream(_StreamBase[ItemT]):
     """Iterate with `for item in stream`; use `with stream:` to close it without iterating."""
@@ -90,21 +116,18 @@ class Stream(_StreamBase[ItemT]):
     def _items(self) -> Iterator[ItemT]:
         decoder = SSEDecoder()
         try:
-            for chunk in self.response.iter_bytes():
-                for event in decoder.feed(chunk):
-                    if is_done(event):
+            with self._transport_errors():
+                for chunk in self.response.iter_bytes():
+                    items, done, error = self._parse(decoder.feed(chunk))
+                    yield from items
+                    if error is not None:
+                        raise error
+                    if done:
                         return
-                    yield parse_event(event, self._cast_to, self.request_id)
-            for event in decoder.flush():
-                if is_done(event):
-                    return
-                yield parse_event(event, self._cast_to, self.request_id)
-        except httpx.TimeoutException as exc:
-            raise APITimeoutError(request_id=self.request_id) from exc
-        except httpx.TransportError as exc:
-            raise APIConnectionError(
-                f"Connection error while streaming: {exc}", request_id=self.request_id
-            ) from exc
+                items, _, error = self._parse(decoder.flush())
+                yield from items
+                if error is not None:
+                    raise error
         finally:
             self.close()
 
@@ -135,21 +158,20 @@ class AsyncStream(_StreamBase[ItemT]):
     async def _items(self) -> AsyncIterator[ItemT]:
         decoder = SSEDecoder()
         try:
-            async for chunk in self.response.aiter_bytes():
-                for event in decoder.feed(chunk):
-                    if is_done(event):
+            with self._transport_errors():
+                async for chunk in self.response.aiter_bytes():
+                    items, done, error = self._parse(decoder.feed(chunk))
+                    for item in items:
+                        yield item
+                    if error is not None:
+                        raise error
+                    if done:
                         return
-                    yield parse_event(event, self._cast_to, self.request_id)
-            for event in decoder.flush():
-                if is_done(event):
-                    return
-                yield parse_event(event, self._cast_to, self.request_id)
-        except httpx.TimeoutException as exc:
-            raise APITimeoutError(request_id=self.request_id) from exc
-        except httpx.TransportError as exc:
-            raise APIConnectionError(
-                f"Connection error while streaming: {exc}", request_id=self.request_id
-            ) from exc
+                items, _, error = self._parse(decoder.flush())
+                for item in items:
+                    yield item
+                if error is not None:
+                    raise error
         finally:
             await self.close()
 
