@@ -75,3 +75,23 @@ def split_request_options(
     params = {key: value for key, value in kwargs.items() if key not in REQUEST_OPTION_KEYS}
     options = {key: value for key, value in kwargs.items() if key in REQUEST_OPTION_KEYS}
     return params, options
+
+
+def create_request(
+    path: str, required: dict[str, Any], kwargs: Mapping[str, Any], known: frozenset[str],
+    method_name: str, stream: bool,
+) -> RequestOptions:
+    """The POST for one `create` call: checks the parameter names, builds the body, applies the
+    per-call options (shared by every resource, sync and async)."""
+    params, options = split_request_options(kwargs)
+    check_known_params(params, known, method_name)
+    if stream:
+        required = {**required, "stream": True}
+    return RequestOptions(
+        "POST",
+        path,
+        json_body=build_body(required, params, options.get("extra_body")),
+        extra_headers=options.get("extra_headers"),
+        timeout=options.get("timeout"),
+        stream=stream,
+    )

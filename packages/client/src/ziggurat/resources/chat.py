@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
+from typing import TYPE_CHECKING, Literal, Unpack, overload
 
 from ziggurat_core.protocol import ChatCompletion, ChatCompletionChunk
 
 from .._params import CHAT_COMPLETION_PARAM_NAMES, ChatCompletionCreateKwargs, MessageParam
-from .._request import RequestOptions, build_body, check_known_params, split_request_options
+from .._request import RequestOptions, create_request
 from .._streaming import AsyncStream, Stream
 
 if TYPE_CHECKING:
@@ -25,18 +25,9 @@ def build_chat_request(
     """The request for one create call (shared by the sync and async resources)."""
     if isinstance(messages, str | bytes):
         raise TypeError("messages must be a list of messages, not a string")
-    params, options = split_request_options(kwargs)
-    check_known_params(params, CHAT_COMPLETION_PARAM_NAMES, "chat.completions.create")
-    required: dict[str, Any] = {"model": model, "messages": list(messages)}
-    if stream:
-        required["stream"] = True
-    return RequestOptions(
-        "POST",
-        "/chat/completions",
-        json_body=build_body(required, params, options.get("extra_body")),
-        extra_headers=options.get("extra_headers"),
-        timeout=options.get("timeout"),
-        stream=stream,
+    return create_request(
+        "/chat/completions", {"model": model, "messages": list(messages)}, kwargs,
+        CHAT_COMPLETION_PARAM_NAMES, "chat.completions.create", stream,
     )
 
 

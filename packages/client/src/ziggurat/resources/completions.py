@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
+from typing import TYPE_CHECKING, Literal, Unpack, overload
 
 from ziggurat_core.protocol import Completion
 
 from .._params import COMPLETION_PARAM_NAMES, CompletionCreateKwargs, PromptParam
-from .._request import RequestOptions, build_body, check_known_params, split_request_options
+from .._request import RequestOptions, create_request
 from .._streaming import AsyncStream, Stream
 
 if TYPE_CHECKING:
@@ -22,18 +22,9 @@ def build_completion_request(
     kwargs: CompletionCreateKwargs,
 ) -> RequestOptions:
     """The request for one create call (shared by the sync and async resources)."""
-    params, options = split_request_options(kwargs)
-    check_known_params(params, COMPLETION_PARAM_NAMES, "completions.create")
-    required: dict[str, Any] = {"model": model, "prompt": prompt}
-    if stream:
-        required["stream"] = True
-    return RequestOptions(
-        "POST",
-        "/completions",
-        json_body=build_body(required, params, options.get("extra_body")),
-        extra_headers=options.get("extra_headers"),
-        timeout=options.get("timeout"),
-        stream=stream,
+    return create_request(
+        "/completions", {"model": model, "prompt": prompt}, kwargs,
+        COMPLETION_PARAM_NAMES, "completions.create", stream,
     )
 
 
