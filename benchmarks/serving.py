@@ -31,9 +31,20 @@ TOPICS = ["the ocean", "a lighthouse", "mountains", "a robot", "the moon", "a li
 
 @dataclass
 class RequestResult:
-    ttft: float  # seconds from sending to the first token
+    sent: float  # perf_counter() when the request went out
+    ttft: float = float("nan")  # seconds from sending to the first token
     itls: list[float] = field(default_factory=list)  # gaps between later tokens
     output_tokens: int = 0
+    last_token_at: float | None = None
+
+    def record_token(self) -> None:
+        """A content delta arrived now: the first sets TTFT, later ones add an ITL."""
+        now = time.perf_counter()
+        if self.last_token_at is None:
+            self.ttft = now - self.sent
+        else:
+            self.itls.append(now - self.last_token_at)
+        self.last_token_at = now
 
 
 @dataclass
@@ -73,10 +84,7 @@ async def one_http_request(http: httpx.AsyncClient, index: int, max_tokens: int,
     body = {"model": model, "messages": messages_for(index), "max_tokens": max_tokens,
             "temperature": 0, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}}
-    sent = time.perf_counter()
-    first: float | None = None
-    last = sent
-    result = RequestResult(ttft=float("nan"))
+    result = RequestResult(sent=time.perf_counter())
     async with http.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -87,13 +95,7 @@ async def one_http_request(http: httpx.AsyncClient, index: int, max_tokens: int,
                 result.output_tokens = chunk["usage"]["completion_tokens"]
             if not chunk["choices"] or not chunk["choices"][0]["delta"].get("content"):
                 continue
-            now = time.perf_counter()
-            if first is None:
-                first = now
-                result.ttft = now - sent
-            else:
-                result.itls.append(now - last)
-            last = now
+            result.record_token()
     return result
 
 
@@ -119,23 +121,14 @@ async def one_engine_request(engine: Any, index: int, max_tokens: int) -> Reques
     from ziggurat_core.engine.sampling_params import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-    sent = time.perf_counter()
-    first: float | None = None
-    last = sent
-    result = RequestResult(ttft=float("nan"))
+    result = RequestResult(sent=time.perf_counter())
     async for output in engine.generate(f"bench-{uuid.uuid4().hex}", messages=messages_for(index),
                                         sampling_params=params):
         completion = output.outputs[0]
         result.output_tokens = len(completion.token_ids)
         if not completion.delta_text:
             continue
-        now = time.perf_counter()
-        if first is None:
-            first = now
-            result.ttft = now - sent
-        else:
-            result.itls.append(now - last)
-        last = now
+        result.record_token()
     return result
 
 
