@@ -20,12 +20,17 @@ per dtype on first use.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 
 from .base import AttentionBackend, AttentionLayoutError, StepLayout
+from .torch_metadata import (
+    DecodeBatch,
+    DecodeChunk,
+    PrefillChunk,
+    TorchAttentionMetadata,
+    prepare_prefill,
+)
 
 # Gathered K+V per decode attention call on CPU, per intra-op thread: each thread's share of a
 # chunk stays in its core's L2 (measured on a 2 MiB-L2 CPU, 135M model: 1.5 MiB best with one
@@ -45,122 +50,6 @@ __all__ = [
     "TorchAttentionMetadata",
     "reference_mask",
 ]
-
-
-@dataclass
-class _MaskCache:
-    """A boolean "may attend" mask and its additive form per dtype, made on first use
-    (prepare does not know the dtype the layers run in)."""
-
-    allowed: torch.Tensor
-    additive: dict[torch.dtype, torch.Tensor] = field(default_factory=dict)
-
-    def for_dtype(self, dtype: torch.dtype) -> torch.Tensor:
-        mask = self.additive.get(dtype)
-        if mask is None:
-            mask = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
-            mask.masked_fill_(~self.allowed, float("-inf"))
-            self.additive[dtype] = mask
-        return mask
-
-
-@dataclass
-class DecodeChunk:
-    """Decode sequences attended in one call: rows [start, end) of the sorted decode batch."""
-
-    start: int
-    end: int
-    block_ids: torch.Tensor  # [num_seqs * blocks_per_seq] int64, short tables padded
-    blocks_per_seq: int
-    mask: _MaskCache | None  # [num_seqs, 1, 1, blocks_per_seq * block_size]; None: no padding
-
-    @property
-    def num_seqs(self) -> int:
-        return self.end - self.start
-
-
-@dataclass
-class DecodeBatch:
-    """The decode sequences of a step, longest context first."""
-
-    token_index: torch.Tensor  # [B] int64: flat-batch row of each decode token, in this order
-    context_lens: list[int]
-    block_tables: list[list[int]]
-    block_size: int
-    chunk_bytes: int | None  # gathered K+V bytes per chunk; None: one chunk
-    device: torch.device
-    _chunks: dict[int, list[DecodeChunk]] = field(default_factory=dict)  # by bytes per token
-
-    def chunks(self, kv_bytes_per_token: int) -> list[DecodeChunk]:
-        """The chunks for a cache with this many K+V bytes per token (built once per step)."""
-        chunks = self._chunks.get(kv_bytes_per_token)
-        if chunks is None:
-            chunks = self._make_chunks(kv_bytes_per_token)
-            self._chunks[kv_bytes_per_token] = chunks
-        return chunks
-
-    def _make_chunks(self, kv_bytes_per_token: int) -> list[DecodeChunk]:
-        bs = self.block_size
-        chunks: list[DecodeChunk] = []
-        first = 0
-        while first < len(self.context_lens):
-            blocks_per_seq = -(-self.context_lens[first] // bs)  # the chunk's longest
-            if self.chunk_bytes is None:
-                end = len(self.context_lens)
-            else:
-                seq_bytes = blocks_per_seq * bs * kv_bytes_per_token
-                end = min(len(self.context_lens), first + max(1, self.chunk_bytes // seq_bytes))
-            chunks.append(self._make_chunk(first, end, blocks_per_seq))
-            first = end
-        return chunks
-
-    def _make_chunk(self, first: int, end: int, blocks_per_seq: int) -> DecodeChunk:
-        bs = self.block_size
-        lens = self.context_lens[first:end]
-        block_ids: list[int] = []
-        for ctx_len, table in zip(lens, self.block_tables[first:end], strict=True):
-            used = table[: -(-ctx_len // bs)]
-            # Pad with the sequence's own first block: finite data, masked out anyway.
-            block_ids.extend(used + [used[0]] * (blocks_per_seq - len(used)))
-        padded_len = blocks_per_seq * bs
-        mask = None
-        if min(lens) < padded_len:
-            positions = torch.arange(padded_len, device=self.device)
-            allowed = positions.unsqueeze(0) < torch.tensor(lens, device=self.device).unsqueeze(1)
-            mask = _MaskCache(allowed.view(len(lens), 1, 1, padded_len))
-        ids = torch.tensor(block_ids, dtype=torch.int64, device=self.device)
-        return DecodeChunk(first, end, ids, blocks_per_seq, mask)
-
-
-@dataclass
-class PrefillChunk:
-    """One sequence computing more than one new token this step."""
-
-    start: int  # first token of the chunk in the flat batch
-    end: int  # one past its last token
-    prefix_len: int  # tokens cached before this step
-    context_slots: torch.Tensor | None  # [context_len] int64; None when prefix_len == 0
-    # SDPA path with a prefix only: [q_len, context_len], True where a new token may attend.
-    mask: _MaskCache | None
-
-
-@dataclass
-class TorchAttentionMetadata:
-    num_tokens: int
-    block_size: int
-    slot_mapping: torch.Tensor  # [num_tokens] int64
-    decode: DecodeBatch | None
-    prefills: list[PrefillChunk]
-    prefill_block_rows: int | None  # query rows per matmul block; None: SDPA
-
-
-def _context_slots(table: list[int], context_len: int, block_size: int) -> list[int]:
-    """Cache slots of positions 0..context_len-1 of one sequence."""
-    slots: list[int] = []
-    for block_index in range(-(-context_len // block_size)):
-        base = table[block_index] * block_size
-        slots.extend(range(base, base + block_size))
-    return slots[:context_len]
 
 
 def reference_mask(layout: StepLayout) -> torch.Tensor:
@@ -234,7 +123,7 @@ class TorchAttentionBackend(AttentionBackend):
                 decode_seqs.append(seq)
             else:
                 with_mask = block_rows is None
-                prefills.append(_prepare_prefill(start, q_len, ctx_len, table, bs, device, with_mask))
+                prefills.append(prepare_prefill(start, q_len, ctx_len, table, bs, device, with_mask))
             start += q_len
 
         decode = None
@@ -378,28 +267,6 @@ class TorchAttentionBackend(AttentionBackend):
             ws = torch.empty(numel, dtype=like.dtype, device=like.device)
             self._workspace = ws
         return ws
-
-
-def _prepare_prefill(
-    start: int,
-    q_len: int,
-    ctx_len: int,
-    table: list[int],
-    bs: int,
-    device: torch.device,
-    with_mask: bool,
-) -> PrefillChunk:
-    prefix_len = ctx_len - q_len
-    if prefix_len == 0:
-        return PrefillChunk(start, start + q_len, 0, None, None)
-    slots = torch.tensor(_context_slots(table, ctx_len, bs), dtype=torch.int64, device=device)
-    mask = None
-    if with_mask:
-        # New token i sits at absolute position prefix_len + i and sees keys 0..prefix_len + i.
-        query_pos = torch.arange(prefix_len, ctx_len, device=device).unsqueeze(1)
-        key_pos = torch.arange(ctx_len, device=device).unsqueeze(0)
-        mask = _MaskCache(key_pos <= query_pos)
-    return PrefillChunk(start, start + q_len, prefix_len, slots, mask)
 
 
 def _prefill_sdpa(
