@@ -63,7 +63,8 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(
         while any(reader.is_alive() for reader in readers):
             try:
                 httpx.get(f"{server.base_url}/health", timeout=1.0)
-            except httpx.ConnectError:
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                # Refused, or accepted into the closing listener's backlog and dropped unanswered.
                 refused = True
                 break
             time.sleep(0.01)
