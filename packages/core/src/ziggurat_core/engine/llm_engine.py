@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from .calibration_text import CALIBRATION_TEXT
 from .config import EngineConfig, ModelConfig
 from .default_model import default_served_name, resolve_model_path
 from .errors import DuplicateRequestError, PromptTooLongError, RequestValidationError
@@ -50,7 +51,9 @@ class InferenceEngine:
         self.tokenizer = load_tokenizer(checkpoint)
         model_len = self.model_config.max_position_embeddings
         self.max_model_len = min(config.max_model_len or model_len, model_len)
-        self.runner = ModelRunner(config, checkpoint, self.max_model_len)
+        self.runner = ModelRunner(
+            config, checkpoint, self.max_model_len, self.tokenizer.encode(CALIBRATION_TEXT)
+        )
         self.scheduler = Scheduler(config, self.runner.kv_spec.num_blocks, self.max_model_len)
         eos = list(dict.fromkeys([*self.model_config.eos_token_ids, *self.tokenizer.eos_token_ids]))
         self.eos_token_ids = eos

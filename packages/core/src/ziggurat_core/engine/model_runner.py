@@ -14,8 +14,9 @@ from .attention.base import StepLayout
 from .attention.selector import select_attention_backend
 from .config import EngineConfig, ModelConfig, parse_memory_size
 from .device import device_memory, resolve_device, resolve_dtype
-from .layers import prepack_cpu_linears
+from .layers import pack_linears
 from .models.llama import build_model
+from .quantization import measure_input_absmax, quantize_linears_int8
 from .sampler import Sampler, SampleResult
 
 if TYPE_CHECKING:
@@ -76,8 +77,27 @@ def plan_kv_cache(
     return KVCacheSpec(int(num_blocks), config.block_size, per_block)
 
 
+def resolve_quantization(setting: str, checkpoint: Checkpoint, device: torch.device) -> str:
+    """'auto' -> 'int8' for an already-quantised checkpoint on CPU, else 'none'. int8 runs on
+    CPU only (`torch._int_mm` with per-token scales is not the fast path on CUDA)."""
+    if setting == "auto":
+        return "int8" if device.type == "cpu" and checkpoint.weights_quantized else "none"
+    if setting == "int8" and device.type != "cpu":
+        raise ValueError(f"quantization='int8' runs on CPU only, the device is {device}")
+    return setting
+
+
 class ModelRunner:
-    def __init__(self, config: EngineConfig, checkpoint: Checkpoint, max_model_len: int) -> None:
+    """`calibration_token_ids`: text run once through the float model before int8 packing to
+    measure input ranges (see `quantization.py`); without it int8 packs without smoothing."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        checkpoint: Checkpoint,
+        max_model_len: int,
+        calibration_token_ids: list[int] | None = None,
+    ) -> None:
         self.config = config
         self.model_config = checkpoint.model_config
         self.device = resolve_device(config.device)
@@ -87,9 +107,6 @@ class ModelRunner:
         torch.manual_seed(config.seed)
         started = time.perf_counter()
         self.model = build_model(checkpoint, self.device, self.dtype)
-        if self.device.type == "cpu" and config.cpu_weight_prepack:
-            prepack_cpu_linears(self.model)
-        self.load_seconds = time.perf_counter() - started
         self.attention = select_attention_backend(config.attention_backend, self.device, self.dtype)
         self.kv_spec = plan_kv_cache(config, self.model_config, self.device, self.dtype, max_model_len)
         mc = self.model_config
@@ -97,12 +114,31 @@ class ModelRunner:
         self.kv_caches = [
             torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_hidden_layers)
         ]
+        self.quantization = resolve_quantization(config.quantization, checkpoint, self.device)
+        if self.quantization == "int8":
+            ids = (calibration_token_ids or [])[: min(max_model_len, self.kv_spec.num_slots)]
+            absmax = measure_input_absmax(self.model, lambda: self._prefill_only(ids)) if ids else None
+            quantize_linears_int8(self.model, absmax)
+        elif self.device.type == "cpu" and config.cpu_weight_prepack:
+            pack_linears(self.model, "onednn")
+        self.load_seconds = time.perf_counter() - started
         self.sampler = Sampler(mc.vocab_size, self.device, seed=config.seed)
         logger.info(
-            "model loaded in %.2fs on %s (%s), attention=%s, kv cache %d blocks (%.1f MiB)",
-            self.load_seconds, self.device, self.dtype, self.attention.name,
+            "model loaded in %.2fs on %s (%s, linear layers: %s), attention=%s, kv cache %d blocks (%.1f MiB)",
+            self.load_seconds, self.device, self.dtype, self.quantization, self.attention.name,
             self.kv_spec.num_blocks, self.kv_spec.total_bytes / 2**20,
         )
+
+    @torch.inference_mode()
+    def _prefill_only(self, token_ids: list[int]) -> None:
+        """One sequence's forward pass from the first cache slots, logits for every position,
+        nothing sampled; the cache contents it leaves are never read (no block is allocated yet)."""
+        n, bs = len(token_ids), self.config.block_size
+        layout = StepLayout([n], [n], [list(range(-(-n // bs)))], bs)
+        metadata = self.attention.prepare(layout, self.device)
+        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
+        hidden = self.model(ids, torch.arange(n, device=self.device), self.kv_caches, self.attention, metadata)
+        self.model.compute_logits(hidden)  # the vocabulary head's inputs are calibrated too
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence], eos_token_ids: list[int]) -> dict[int, SampleResult]:

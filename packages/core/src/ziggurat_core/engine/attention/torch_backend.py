@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..cpu_kernels import PagedDecodeKernel, load_paged_decode_kernel
 from .base import AttentionBackend, AttentionLayoutError, StepLayout
 from .torch_metadata import (
     DecodeBatch,
@@ -90,6 +91,7 @@ class TorchAttentionBackend(AttentionBackend):
         self,
         decode_chunk_bytes: int | None = None,
         prefill_block_rows: int | None = DEFAULT_PREFILL_BLOCK_ROWS,
+        decode_kernel: bool = True,
     ) -> None:
         if decode_chunk_bytes is not None and decode_chunk_bytes < 1:
             raise ValueError(f"decode_chunk_bytes must be >= 1 or None, got {decode_chunk_bytes}")
@@ -101,6 +103,10 @@ class TorchAttentionBackend(AttentionBackend):
         self._triangles: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         # Reused across layers and steps: a fresh multi-MB tensor per layer costs page faults.
         self._workspace: torch.Tensor | None = None
+        # The C kernel for float32 CPU decodes, loaded (built) on the first CPU decode.
+        self.use_decode_kernel = decode_kernel
+        self._kernel: PagedDecodeKernel | None = None
+        self._kernel_loaded = False
 
     # ---- per step ----
 
@@ -174,8 +180,13 @@ class TorchAttentionBackend(AttentionBackend):
 
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
         if metadata.decode is not None:
-            decoded = self._decode(query, kv_cache, metadata.decode, scale)
-            out.index_copy_(0, metadata.decode.token_index, decoded)
+            kernel = self._decode_kernel(query, kv_cache)
+            if kernel is not None:
+                tables, lens = metadata.decode.kernel_inputs()
+                kernel(query.contiguous(), kv_cache, tables, lens, metadata.decode.token_index, out, scale)
+            else:
+                decoded = self._decode(query, kv_cache, metadata.decode, scale)
+                out.index_copy_(0, metadata.decode.token_index, decoded)
         for chunk in metadata.prefills:
             if chunk.context_slots is None:
                 k = key[chunk.start : chunk.end]
@@ -192,6 +203,16 @@ class TorchAttentionBackend(AttentionBackend):
                     out[chunk.start : chunk.end],
                 )
         return out
+
+    def _decode_kernel(self, query: torch.Tensor, kv_cache: torch.Tensor) -> PagedDecodeKernel | None:
+        if not self.use_decode_kernel or query.device.type != "cpu":
+            return None
+        if query.dtype != torch.float32 or kv_cache.dtype != torch.float32 or not kv_cache.is_contiguous():
+            return None
+        if not self._kernel_loaded:
+            self._kernel = load_paged_decode_kernel()
+            self._kernel_loaded = True
+        return self._kernel
 
     def _prefill_blocked(
         self,

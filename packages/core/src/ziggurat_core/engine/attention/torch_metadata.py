@@ -51,6 +51,19 @@ class DecodeBatch:
     chunk_bytes: int | None  # gathered K+V bytes per chunk; None: one chunk
     device: torch.device
     _chunks: dict[int, list[DecodeChunk]] = field(default_factory=dict)  # by bytes per token
+    _kernel_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def kernel_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block tables [B, max_blocks] int64 padded with 0, context lengths [B] int64) for the
+        C decode kernel, in this batch's order; built once per step."""
+        if self._kernel_inputs is None:
+            width = max(len(table) for table in self.block_tables)
+            padded = [table + [0] * (width - len(table)) for table in self.block_tables]
+            self._kernel_inputs = (
+                torch.tensor(padded, dtype=torch.int64, device=self.device),
+                torch.tensor(self.context_lens, dtype=torch.int64, device=self.device),
+            )
+        return self._kernel_inputs
 
     def chunks(self, kv_bytes_per_token: int) -> list[DecodeChunk]:
         """The chunks for a cache with this many K+V bytes per token (built once per step)."""

@@ -2,17 +2,27 @@
 
 The weights always come from a checkpoint, so random initialisation (seconds for a 135M model
 on CPU) would be wasted work; these allocate with `torch.empty` on the current default device.
+On CPU a Linear can be packed into a faster weight format (`layers/packed.py`) after loading;
+the dense weight is then released so the model does not hold its projections twice.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .packed import Int8Weight, OneDnnWeight
+
+PackFormat = Literal["onednn", "int8"]
+
 
 class Linear(nn.Module):
     """y = x W^T (+ b), W: [out_features, in_features] as in nn.Linear and Hugging Face."""
+
+    weight: nn.Parameter | None
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__()
@@ -20,24 +30,37 @@ class Linear(nn.Module):
         self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
-
-        # A oneDNN-blocked copy of the weight, set by `prepack_cpu_linears` for CPU float32.
-        self._mkldnn_weight: torch.Tensor | None = None
-        self._mkldnn_bias: torch.Tensor | None = None
+        self.packed: OneDnnWeight | Int8Weight | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._mkldnn_weight is not None and x.dim() == 2 and x.dtype == torch.float32:
-            out = torch._C._nn.mkldnn_linear(x.contiguous().to_mkldnn(), self._mkldnn_weight, self._mkldnn_bias)
-            return out.to_dense()
-        return F.linear(x, self.weight, self.bias)
+        if self.packed is None:
+            assert self.weight is not None
+            return F.linear(x, self.weight, self.bias)
+        lead = x.shape[:-1]
+        return self.packed(x.reshape(-1, self.in_features)).view(*lead, self.out_features)
 
-    def prepack_mkldnn(self) -> None:
-        """Keep a oneDNN-blocked copy of the weight (the dense one stays for state_dict)."""
-        self._mkldnn_weight = self.weight.detach().to_mkldnn()
-        self._mkldnn_bias = self.bias.detach().to_mkldnn() if self.bias is not None else None
+    def pack(self, fmt: PackFormat, smoothing: torch.Tensor | None = None) -> None:
+        """Run from `fmt` from now on and drop the dense weight and bias (a weight tied to
+        another module, the embedding, stays alive there). `smoothing`: int8 only, see
+        `Int8Weight`."""
+        if self.weight is None:
+            raise RuntimeError("this Linear is already packed")
+        if fmt == "int8":
+            self.packed = Int8Weight(self.weight, self.bias, smoothing)
+        elif fmt == "onednn":
+            if self.weight.dtype != torch.float32:
+                raise ValueError(f"oneDNN packing needs float32 weights, got {self.weight.dtype}")
+            if smoothing is not None:
+                raise ValueError("smoothing applies to int8 packing only")
+            self.packed = OneDnnWeight(self.weight, self.bias)
+        else:
+            raise ValueError(f"unknown weight format {fmt!r}")
+        self.weight = None
+        self.bias = None
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        fmt = "" if self.packed is None else f", packed={type(self.packed).__name__}"
+        return f"in_features={self.in_features}, out_features={self.out_features}{fmt}"
 
 
 class Embedding(nn.Module):
@@ -49,25 +72,24 @@ class Embedding(nn.Module):
         return F.embedding(token_ids, self.weight)
 
 
-# On CPU, oneDNN's blocked-weight GEMM beats MKL's sgemm in the engine for every projection of
-# a decode step: at 64 sequences a SmolLM2 step took 320 ms with only the wide ones (>= 2048
-# outputs) packed and 213 ms with all of them (isolated GEMM timings understate the gain).
-MKLDNN_MIN_OUT_FEATURES = 0
+def pack_linears(model: nn.Module, fmt: PackFormat) -> int:
+    """Pack every CPU Linear of `model` into `fmt` (see `Linear.pack`); returns how many.
 
-
-def prepack_cpu_linears(model: nn.Module, min_out_features: int = MKLDNN_MIN_OUT_FEATURES) -> int:
-    """Give float32 CPU Linears with at least `min_out_features` outputs a oneDNN weight copy;
-    returns how many were packed."""
-    if not torch.backends.mkldnn.is_available():
+    oneDNN: float32 weights only (on CPU its blocked GEMM beat MKL's sgemm for every projection
+    of a SmolLM2 decode step: 320 ms with only the wide ones packed, 213 ms with all of them).
+    """
+    if fmt == "onednn" and not torch.backends.mkldnn.is_available():
         return 0
     packed = 0
     for module in model.modules():
         if (
-            isinstance(module, Linear)
-            and module.out_features >= min_out_features
-            and module.weight.device.type == "cpu"
-            and module.weight.dtype == torch.float32
+            not isinstance(module, Linear)
+            or module.weight is None
+            or module.weight.device.type != "cpu"
         ):
-            module.prepack_mkldnn()
-            packed += 1
+            continue
+        if fmt == "onednn" and module.weight.dtype != torch.float32:
+            continue
+        module.pack(fmt)
+        packed += 1
     return packed

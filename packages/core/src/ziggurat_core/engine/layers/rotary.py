@@ -40,7 +40,9 @@ def rope_inv_freq(head_dim: int, theta: float, rope_scaling: dict[str, Any] | No
         if rope_type == "freq_factors":
             factors = torch.tensor(rope_scaling["freq_factors"], dtype=torch.float32)
             if factors.shape != inv_freq.shape:
-                raise RopeScalingError(f"{factors.numel()} RoPE freq_factors for {inv_freq.numel()} frequencies")
+                raise RopeScalingError(
+                    f"{factors.numel()} RoPE freq_factors for {inv_freq.numel()} frequencies"
+                )
             return inv_freq / factors
     except KeyError as exc:
         raise RopeScalingError(f"rope_scaling {rope_type!r} lacks {exc.args[0]!r}") from exc
@@ -81,12 +83,16 @@ class RotaryEmbedding(nn.Module):
         self.theta = theta
         self.rope_scaling = rope_scaling
         inv_freq = rope_inv_freq(head_dim, theta, rope_scaling)
-        angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq.to(torch.float32))
+        angles = torch.outer(
+            torch.arange(max_positions, dtype=torch.float32), inv_freq.to(torch.float32)
+        )
         # Not persistent: derived from the config, never part of a checkpoint.
         self.register_buffer("cos_cache", angles.cos(), persistent=False)
         self.register_buffer("sin_cache", angles.sin(), persistent=False)
 
-    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def cos_sin(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [num_tokens, 1, head_dim // 2] for `positions`, ready to broadcast over heads."""
         cos = self.cos_cache.index_select(0, positions).unsqueeze(1)
         sin = self.sin_cache.index_select(0, positions).unsqueeze(1)

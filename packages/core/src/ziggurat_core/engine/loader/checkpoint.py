@@ -40,6 +40,12 @@ class Checkpoint(ABC):
     def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(Hugging Face name, tensor in `dtype`) for every weight in the checkpoint."""
 
+    @property
+    def weights_quantized(self) -> bool:
+        """Whether the file stores the projection weights quantised (int4/int8 blocks), i.e. the
+        model was published to run at reduced precision."""
+        return False
+
     def gguf_metadata(self) -> dict[str, Any]:
         """Every GGUF key/value as plain Python values; only GGUF checkpoints have them."""
         raise CheckpointError(f"{self.path}: a {self.format} checkpoint has no GGUF metadata")

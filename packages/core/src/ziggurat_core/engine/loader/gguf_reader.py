@@ -17,6 +17,9 @@ from .gguf_names import NON_WEIGHT_TENSORS, hf_tensor_name, unpermute_qk_rows
 
 GGUF_MAGIC = b"GGUF"
 _ROPE_FREQS = "rope_freqs.weight"
+_FLOAT_TYPES = frozenset(
+    {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16}
+)
 
 
 def is_gguf_file(path: Path) -> bool:
@@ -57,6 +60,13 @@ class GGUFCheckpoint(Checkpoint):
 
     def gguf_metadata(self) -> dict[str, Any]:
         return self._metadata
+
+    @property
+    def weights_quantized(self) -> bool:
+        return any(
+            tensor.name.startswith("blk.") and tensor.tensor_type not in _FLOAT_TYPES
+            for tensor in self._reader.tensors
+        )
 
     def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         for tensor in self._reader.tensors:

@@ -1,0 +1,56 @@
+/* The elementwise halves of a W8A8 linear layer (see layers/packed.py), one pass each instead
+ * of the six to eight torch ops they take otherwise:
+ *   quantize_rows_s8: x [rows, cols] float32 (row stride x_stride) -> q int8, scales [rows], with
+ *     x[r, c] * inv_smoothing[c] ~= q[r, c] * scales[r] (inv_smoothing may be NULL);
+ *   dequantize_rows_s32: out[r, c] = acc[r, c] * row_scale[r] * col_scale[c] (+ bias[c]);
+ *     `out` may be the same memory as `acc` (each element is read before it is written).
+ * Rows are independent, so results do not depend on how many rows come together.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Below this many elements a parallel region costs more than it saves. */
+#define PARALLEL_MIN_ELEMENTS 65536
+
+void quantize_rows_s8(const float *restrict x, int64_t rows, int64_t cols, int64_t x_stride,
+                      const float *restrict inv_smoothing, int8_t *restrict q,
+                      float *restrict scales, int num_threads) {
+    const int threads = rows * cols >= PARALLEL_MIN_ELEMENTS ? num_threads : 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * x_stride;
+        int8_t *qr = q + r * cols;
+        float absmax = 0.0f;
+        if (inv_smoothing != NULL) {
+            for (int64_t c = 0; c < cols; c++) absmax = fmaxf(absmax, fabsf(xr[c] * inv_smoothing[c]));
+        } else {
+            for (int64_t c = 0; c < cols; c++) absmax = fmaxf(absmax, fabsf(xr[c]));
+        }
+        const float scale = fmaxf(absmax, 1e-12f) / 127.0f;
+        const float inv_scale = 1.0f / scale;
+        scales[r] = scale;
+        if (inv_smoothing != NULL) {
+            for (int64_t c = 0; c < cols; c++) qr[c] = (int8_t)nearbyintf(xr[c] * inv_smoothing[c] * inv_scale);
+        } else {
+            for (int64_t c = 0; c < cols; c++) qr[c] = (int8_t)nearbyintf(xr[c] * inv_scale);
+        }
+    }
+}
+
+void dequantize_rows_s32(const int32_t *acc, int64_t rows, int64_t cols,
+                         const float *restrict row_scale, const float *restrict col_scale,
+                         const float *restrict bias, float *out, int num_threads) {
+    const int threads = rows * cols >= PARALLEL_MIN_ELEMENTS ? num_threads : 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const int32_t *ar = acc + r * cols;
+        float *outr = out + r * cols;
+        const float rs = row_scale[r];
+        if (bias != NULL) {
+            for (int64_t c = 0; c < cols; c++) outr[c] = (float)ar[c] * rs * col_scale[c] + bias[c];
+        } else {
+            for (int64_t c = 0; c < cols; c++) outr[c] = (float)ar[c] * rs * col_scale[c];
+        }
+    }
+}

@@ -1,0 +1,111 @@
+"""Per-row int8 quantisation and int32 -> float rescaling in one pass each (`csrc/int8_rows.c`)."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from .build import KernelError, load_cpu_library
+
+
+class Int8RowKernels:
+    def __init__(self, library: ctypes.CDLL) -> None:
+        quantize = library.quantize_rows_s8
+        quantize.restype = None
+        quantize.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int,
+        ]
+        dequantize = library.dequantize_rows_s32
+        dequantize.restype = None
+        dequantize.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int,
+        ]
+        self._quantize = quantize
+        self._dequantize = dequantize
+
+    def quantize(
+        self, x: torch.Tensor, inv_smoothing: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [n, k] float32 (rows contiguous) -> (int8 [n, k], scales [n, 1]) with
+        x * inv_smoothing ~= q * scale row by row."""
+        if x.dtype != torch.float32 or x.dim() != 2 or x.stride(1) != 1 or x.device.type != "cpu":
+            raise KernelError("quantize: x must be a 2-D float32 CPU tensor with contiguous rows")
+        rows, cols = x.shape
+        if inv_smoothing is not None and (
+            inv_smoothing.dtype != torch.float32 or inv_smoothing.shape != (cols,)
+        ):
+            raise KernelError(f"quantize: inv_smoothing must be float32 [{cols}]")
+        q = torch.empty((rows, cols), dtype=torch.int8)
+        scales = torch.empty((rows, 1), dtype=torch.float32)
+        self._quantize(
+            x.data_ptr(),
+            rows,
+            cols,
+            x.stride(0),
+            None if inv_smoothing is None else inv_smoothing.data_ptr(),
+            q.data_ptr(),
+            scales.data_ptr(),
+            torch.get_num_threads(),
+        )
+        return q, scales
+
+    def dequantize_(
+        self,
+        acc: torch.Tensor,
+        row_scale: torch.Tensor,
+        col_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """acc [n, m] int32 -> float32 acc * row_scale * col_scale (+ bias), written over acc's
+        memory (same element size) and returned as a float32 view of it."""
+        if acc.dtype != torch.int32 or acc.dim() != 2 or not acc.is_contiguous():
+            raise KernelError("dequantize: acc must be a contiguous 2-D int32 tensor")
+        rows, cols = acc.shape
+        for name, t, n in (
+            ("row_scale", row_scale, rows),
+            ("col_scale", col_scale, cols),
+            ("bias", bias, cols),
+        ):
+            if t is not None and (
+                t.dtype != torch.float32 or t.numel() != n or not t.is_contiguous()
+            ):
+                raise KernelError(f"dequantize: {name} must be {n} contiguous float32 values")
+        self._dequantize(
+            acc.data_ptr(),
+            rows,
+            cols,
+            row_scale.data_ptr(),
+            col_scale.data_ptr(),
+            None if bias is None else bias.data_ptr(),
+            acc.data_ptr(),
+            torch.get_num_threads(),
+        )
+        return acc.view(torch.float32)
+
+
+_wrappers: dict[ctypes.CDLL, Int8RowKernels] = {}
+
+
+def load_int8_row_kernels() -> Int8RowKernels | None:
+    """The kernels, or None where the CPU kernels cannot be built (see `build.py`)."""
+    library = load_cpu_library()
+    if library is None:
+        return None
+    if library not in _wrappers:  # one wrapper per loaded library (argtypes set once)
+        _wrappers[library] = Int8RowKernels(library)
+    return _wrappers[library]

@@ -1,0 +1,105 @@
+"""CPU weight formats a `Linear` can run from instead of its dense float weight.
+
+- `OneDnnWeight`: the float32 weight in oneDNN's blocked layout (same numbers, faster GEMM).
+- `Int8Weight`: W8A8 like llama.cpp's quantised dot products. Weights are int8 with one scale
+  per output row; activations are quantised to int8 per token (one scale per row of the input)
+  at every call; the product accumulates in int32 (`torch._int_mm`, VNNI on x86) and is scaled
+  back to float. Integer accumulation is exact and each row's scale depends on that row only,
+  so a token's result does not depend on what else is in the batch (seeded sampling stays
+  reproducible across batch compositions). On a 2-core AVX-512 VNNI CPU the GEMMs of a
+  135M-parameter model run ~3x faster than oneDNN float32 and read 4x fewer weight bytes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..cpu_kernels import Int8RowKernels, load_int8_row_kernels
+
+# int8 range used on both sides: symmetric, so -128 is never produced.
+_INT8_MAX = 127.0
+# Rows that are all zero get this scale instead of 0 (no division by zero, result still 0).
+_MIN_SCALE = 1e-12
+
+
+class OneDnnWeight:
+    """A float32 weight in oneDNN's blocked layout; inputs must be 2-D float32."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.weight = weight.detach().to_mkldnn()
+        self.bias = None if bias is None else bias.detach().to_mkldnn()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch._C._nn.mkldnn_linear(x.contiguous().to_mkldnn(), self.weight, self.bias)
+        return out.to_dense()
+
+
+class Int8Weight:
+    """A weight [out, in] as int8 [in, out] (the layout `_int_mm` reads) with per-row scales.
+
+    `smoothing` [in] (optional, all > 0): the weight's columns are stored multiplied by it and
+    inputs are divided by it before quantisation; the product is unchanged in exact arithmetic
+    (see `quantization.py` for why).
+    """
+
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, smoothing: torch.Tensor | None = None
+    ) -> None:
+        w = weight.detach().float()
+        self.inv_smoothing: torch.Tensor | None = None
+        if smoothing is not None:
+            if smoothing.shape != (w.shape[1],) or not bool((smoothing > 0).all()):
+                raise ValueError(f"smoothing must be [{w.shape[1]}] and positive")
+            w = w * smoothing.float()[None, :]
+            self.inv_smoothing = 1.0 / smoothing.float()
+        scale = w.abs().amax(dim=1).clamp_(min=_MIN_SCALE) / _INT8_MAX  # [out]
+        self.qweight = torch.round(w / scale[:, None]).to(torch.int8).t().contiguous()
+        self.scale = scale
+        self.bias = None if bias is None else bias.detach().float()
+        self.out_dtype = weight.dtype
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        kernels = _row_kernels()
+        if (
+            kernels is not None
+            and x.dtype == torch.float32
+            and x.stride(-1) == 1
+            and x.device.type == "cpu"
+        ):
+            # One C pass each side of the GEMM instead of ~8 torch ops.
+            qx, row_scale = kernels.quantize(x, self.inv_smoothing)
+            out = kernels.dequantize_(
+                torch._int_mm(qx, self.qweight), row_scale, self.scale, self.bias
+            )
+            return out if out.dtype == self.out_dtype else out.to(self.out_dtype)
+        if self.inv_smoothing is not None:
+            x = x * self.inv_smoothing
+        qx, row_scale = quantize_rows_int8(x)
+        out = torch._int_mm(qx, self.qweight).float()
+        out.mul_(row_scale).mul_(self.scale)
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out if out.dtype == self.out_dtype else out.to(self.out_dtype)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float weight [out, in] this int8 form stands for (tests, error bounds)."""
+        w = self.qweight.t().float() * self.scale[:, None]
+        if self.inv_smoothing is not None:
+            w = w * self.inv_smoothing[None, :]
+        return w.to(self.out_dtype)
+
+
+_loaded_row_kernels: list[Int8RowKernels | None] = []
+
+
+def _row_kernels() -> Int8RowKernels | None:
+    if not _loaded_row_kernels:
+        _loaded_row_kernels.append(load_int8_row_kernels())
+    return _loaded_row_kernels[0]
+
+
+def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, k] float -> (int8 [n, k], float32 scales [n, 1]) with x ~= q * scale, row by row."""
+    x32 = x.float()
+    row_scale = x32.abs().amax(dim=1, keepdim=True).clamp_(min=_MIN_SCALE).div_(_INT8_MAX)
+    return torch.round(x32 / row_scale).to(torch.int8), row_scale

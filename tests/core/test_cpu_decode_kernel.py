@@ -1,0 +1,592 @@
+"""The C paged-decode attention kernel (cpu_kernels/paged_decode.py, csrc/paged_decode.c).
+
+Its outputs are checked against a dense float64 reference built with plain torch from each
+sequence's keys/values and `reference_mask`, directly and through TorchAttentionBackend (where it
+must also agree with the pure-torch decode path); then batch and thread-count invariance, the
+fallbacks when it cannot be built, its on-disk build cache, input validation, and an engine run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fixtures_models import TinyModel
+from ziggurat_core.engine import InferenceEngine, SamplingParams
+from ziggurat_core.engine.attention import torch_backend
+from ziggurat_core.engine.attention.base import StepLayout
+from ziggurat_core.engine.attention.torch_backend import TorchAttentionBackend, reference_mask
+from ziggurat_core.engine.config import EngineConfig
+from ziggurat_core.engine.cpu_kernels import (
+    KernelError,
+    PagedDecodeKernel,
+    load_paged_decode_kernel,
+)
+from ziggurat_core.engine.cpu_kernels import build as cpu_kernel
+
+CPU = torch.device("cpu")
+SENTINEL = -7777.0
+# Cache slots outside every context hold values this large: a kernel that reads one of them
+# (an off-by-one, a wrong block) is far off the reference, not just slightly.
+NOISE_SCALE = 8.0
+TOL = 1e-5
+
+
+# ---- building steps and the reference ----
+
+
+@dataclass
+class PagedStep:
+    layout: StepLayout
+    kv_cache: torch.Tensor  # [2, num_blocks, bs, kvh, d]; cached prefixes written, noise elsewhere
+    keys: list[torch.Tensor]  # per sequence, its whole context [context_len, kvh, d]
+    values: list[torch.Tensor]
+    query: torch.Tensor  # [num_tokens, H, d]
+    new_keys: torch.Tensor  # [num_tokens, kvh, d], the new tokens' keys in batch order
+    new_values: torch.Tensor
+
+    @property
+    def decode_seqs(self) -> list[int]:
+        return [i for i, q_len in enumerate(self.layout.query_lens) if q_len == 1]
+
+    @property
+    def decode_rows(self) -> list[int]:
+        starts = [sum(self.layout.query_lens[:i]) for i in range(len(self.layout.query_lens))]
+        return [starts[i] for i in self.decode_seqs]
+
+
+def make_step(
+    seqs: list[tuple[int, int]],  # (cached prefix length, new tokens) per sequence
+    *,
+    block_size: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype: torch.dtype = torch.float32,
+    spare_blocks: int = 9,
+    seed: int = 0,
+) -> PagedStep:
+    """A step whose sequences own blocks scattered at random over a larger cache."""
+    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    needed = [-(-(prefix + new) // block_size) for prefix, new in seqs]
+    num_blocks = sum(needed) + spare_blocks
+    free = list(range(num_blocks))
+    rng.shuffle(free)
+    tables = []
+    for count in needed:
+        tables.append(free[:count])
+        free = free[count:]
+
+    shape = (2, num_blocks, block_size, num_kv_heads, head_dim)
+    kv_cache = torch.randn(shape, generator=gen) * NOISE_SCALE
+    keys, values, queries = [], [], []
+    for (prefix, new), table in zip(seqs, tables, strict=True):
+        k = torch.randn(prefix + new, num_kv_heads, head_dim, generator=gen)
+        v = torch.randn(prefix + new, num_kv_heads, head_dim, generator=gen)
+        for pos in range(prefix):
+            kv_cache[0, table[pos // block_size], pos % block_size] = k[pos]
+            kv_cache[1, table[pos // block_size], pos % block_size] = v[pos]
+        keys.append(k.to(dtype))
+        values.append(v.to(dtype))
+        queries.append(torch.randn(new, num_heads, head_dim, generator=gen).to(dtype))
+    layout = StepLayout(
+        query_lens=[new for _, new in seqs],
+        context_lens=[prefix + new for prefix, new in seqs],
+        block_tables=tables,
+        block_size=block_size,
+    )
+    new_keys = torch.cat([k[prefix:] for k, (prefix, _) in zip(keys, seqs, strict=True)])
+    new_values = torch.cat([v[prefix:] for v, (prefix, _) in zip(values, seqs, strict=True)])
+    return PagedStep(
+        layout, kv_cache.to(dtype), keys, values, torch.cat(queries), new_keys, new_values
+    )
+
+
+def write_new_tokens(step: PagedStep) -> None:
+    """Store the step's new keys/values in the cache, as a backend's forward does first."""
+    bs = step.layout.block_size
+    row = 0
+    for q_len, ctx, table in zip(
+        step.layout.query_lens, step.layout.context_lens, step.layout.block_tables, strict=True
+    ):
+        for pos in range(ctx - q_len, ctx):
+            step.kv_cache[0, table[pos // bs], pos % bs] = step.new_keys[row]
+            step.kv_cache[1, table[pos // bs], pos % bs] = step.new_values[row]
+            row += 1
+
+
+def dense_reference(step: PagedStep, scale: float) -> torch.Tensor:
+    """float64 [num_tokens, H, d]: every token against all keys of the step under reference_mask."""
+    num_heads = step.query.shape[1]
+    group = num_heads // step.new_keys.shape[1]
+    keys = torch.cat(step.keys).double().repeat_interleave(group, dim=1)  # [sum ctx, H, d]
+    values = torch.cat(step.values).double().repeat_interleave(group, dim=1)
+    scores = torch.einsum("thd,shd->hts", step.query.double(), keys) * scale
+    probs = torch.softmax(scores + reference_mask(step.layout).double(), dim=-1)
+    return torch.einsum("hts,shd->thd", probs, values)
+
+
+def decode_inputs(step: PagedStep) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(block tables padded with 0, context lengths, token rows) of the step's decodes."""
+    seqs = step.decode_seqs
+    tables = [step.layout.block_tables[i] for i in seqs]
+    width = max(len(t) for t in tables)
+    padded = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int64)
+    lens = torch.tensor([step.layout.context_lens[i] for i in seqs], dtype=torch.int64)
+    return padded, lens, torch.tensor(step.decode_rows, dtype=torch.int64)
+
+
+class CountingKernel:
+    """Wraps the real kernel and counts the decode rows it was asked for."""
+
+    def __init__(self, inner: PagedDecodeKernel) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.rows = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        self.rows += int(args[4].numel())  # token_rows
+        self.inner(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Iterator[PagedDecodeKernel]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("ZIGGURAT_CPU_KERNELS", raising=False)
+        if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+            pytest.skip("no C compiler on this machine")
+        loaded = load_paged_decode_kernel()
+        assert loaded is not None, "a C compiler is present but the kernel did not build"
+        yield loaded
+
+
+@pytest.fixture
+def spy(kernel: PagedDecodeKernel, monkeypatch: pytest.MonkeyPatch) -> CountingKernel:
+    """Backends created from now on get a counting wrapper around the real kernel."""
+    counting = CountingKernel(kernel)
+    monkeypatch.setattr(torch_backend, "load_paged_decode_kernel", lambda: counting)
+    return counting
+
+
+@pytest.fixture
+def fresh_kernel_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No memoised kernel and an empty cache dir (both restored afterwards); returns the dir."""
+    monkeypatch.setattr(cpu_kernel, "_loaded", {})
+    monkeypatch.delenv("ZIGGURAT_CPU_KERNELS", raising=False)
+    monkeypatch.setenv("ZIGGURAT_CACHE_DIR", str(tmp_path))
+    return tmp_path / "kernels"
+
+
+def mixed_seqs(block_size: int) -> list[tuple[int, int]]:
+    """Decodes of context 700, 1, one block, two blocks and just over, between two prefills."""
+    bs = block_size
+    return [
+        (699, 1),
+        (0, 7),  # prefill from scratch
+        (0, 1),  # context 1
+        (bs - 1, 1),  # context exactly one block
+        (bs + 3, 4),  # prefill after a cached prefix
+        (2 * bs, 1),  # context one past a block boundary
+        (2 * bs - 1, 1),  # context exactly two blocks
+    ]
+
+
+def run_backend(
+    step: PagedStep, scale: float, decode_kernel: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, cache after the step) of one forward on a copy of the step's cache."""
+    backend = TorchAttentionBackend(decode_kernel=decode_kernel)
+    cache = step.kv_cache.clone()
+    metadata = backend.prepare(step.layout, CPU)
+    out = backend.forward(step.query, step.new_keys, step.new_values, cache, metadata, scale)
+    return out, cache
+
+
+GROUPS = [1, 3, 4]
+HEAD_DIMS = [64, 128, 80]  # the two specialised sizes and one on the generic path
+BLOCK_SIZES = [1, 16, 32]
+
+
+# ---- correctness ----
+
+
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("group", GROUPS)
+def test_kernel_matches_dense_reference_and_writes_only_decode_rows(
+    kernel: PagedDecodeKernel, group: int, head_dim: int, block_size: int
+) -> None:
+    num_kv_heads = 2
+    step = make_step(
+        mixed_seqs(block_size),
+        block_size=block_size,
+        num_heads=num_kv_heads * group,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        seed=group * 1000 + head_dim + block_size,
+    )
+    write_new_tokens(step)
+    tables, lens, rows = decode_inputs(step)
+    scale = 1.0 / math.sqrt(head_dim)
+    out = torch.full(step.query.shape, SENTINEL)
+
+    kernel(step.query, step.kv_cache, tables, lens, rows, out, scale)
+
+    expected = dense_reference(step, scale)
+    torch.testing.assert_close(out[rows].double(), expected[rows], rtol=TOL, atol=TOL)
+    others = torch.ones(step.layout.num_tokens, dtype=torch.bool)
+    others[rows] = False
+    assert others.sum() == 11  # the two prefills' rows
+    assert torch.equal(out[others], torch.full_like(out[others], SENTINEL))
+
+
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("group", GROUPS)
+def test_backend_kernel_path_matches_torch_path_and_reference(
+    spy: CountingKernel, group: int, head_dim: int, block_size: int
+) -> None:
+    num_kv_heads = 2
+    step = make_step(
+        mixed_seqs(block_size),
+        block_size=block_size,
+        num_heads=num_kv_heads * group,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        seed=group * 1000 + head_dim + block_size + 1,
+    )
+    scale = 1.0 / math.sqrt(head_dim)
+
+    with_kernel, cache_with = run_backend(step, scale, decode_kernel=True)
+    assert (spy.calls, spy.rows) == (1, len(step.decode_seqs))
+    without, cache_without = run_backend(step, scale, decode_kernel=False)
+    assert spy.calls == 1, "decode_kernel=False must not call the kernel"
+
+    torch.testing.assert_close(with_kernel, without, rtol=TOL, atol=TOL)
+    expected = dense_reference(step, scale)
+    torch.testing.assert_close(with_kernel.double(), expected, rtol=TOL, atol=TOL)
+    torch.testing.assert_close(without.double(), expected, rtol=TOL, atol=TOL)
+    assert torch.equal(cache_with, cache_without)
+
+
+def test_decode_only_step_through_backend(spy: CountingKernel) -> None:
+    """A step of decodes only, with a different scale; consecutive decode steps of one sequence."""
+    bs, num_kv_heads, group, d = 16, 2, 3, 64
+    seqs = [(5, 1), (40, 1), (15, 1), (0, 1)]
+    step = make_step(
+        seqs, block_size=bs, num_heads=num_kv_heads * group, num_kv_heads=2, head_dim=d
+    )
+    out, _ = run_backend(step, 0.37, decode_kernel=True)
+    assert spy.calls == 1
+    torch.testing.assert_close(out.double(), dense_reference(step, 0.37), rtol=TOL, atol=TOL)
+
+    # One sequence decoding from its first token on, across block boundaries, one step at a time.
+    bs, total = 4, 15
+    gen = torch.Generator().manual_seed(4)
+    keys = torch.randn(total, num_kv_heads, d, generator=gen)
+    values = torch.randn(total, num_kv_heads, d, generator=gen)
+    queries = torch.randn(total, num_kv_heads * group, d, generator=gen)
+    cache = torch.randn(2, 7, bs, num_kv_heads, d, generator=gen) * NOISE_SCALE
+    table = [5, 2, 6, 0]
+    backend = TorchAttentionBackend()
+    for pos in range(total):
+        now = slice(pos, pos + 1)
+        layout = StepLayout([1], [pos + 1], [table], bs)
+        out = backend.forward(
+            queries[now], keys[now], values[now], cache, backend.prepare(layout, CPU), 0.125
+        )
+        single = PagedStep(
+            layout,
+            cache,
+            [keys[: pos + 1]],
+            [values[: pos + 1]],
+            queries[now],
+            keys[now],
+            values[now],
+        )
+        torch.testing.assert_close(out.double(), dense_reference(single, 0.125), rtol=TOL, atol=TOL)
+    assert spy.calls == 1 + total
+
+
+# ---- invariance ----
+
+
+def _thirty_two_decodes(seed: int) -> PagedStep:
+    rng = random.Random(seed)
+    seqs = [(rng.randint(0, 400), 1) for _ in range(32)]
+    return make_step(seqs, block_size=16, num_heads=6, num_kv_heads=2, head_dim=64, seed=seed)
+
+
+def test_sequence_output_is_bitwise_the_same_alone_or_in_a_batch_of_32(spy: CountingKernel) -> None:
+    step = _thirty_two_decodes(seed=21)
+    scale = 0.125
+    batched, _ = run_backend(step, scale, decode_kernel=True)
+    torch.testing.assert_close(batched.double(), dense_reference(step, scale), rtol=TOL, atol=TOL)
+
+    for i in range(32):
+        layout = StepLayout([1], [step.layout.context_lens[i]], [step.layout.block_tables[i]], 16)
+        alone = PagedStep(
+            layout,
+            step.kv_cache,
+            [step.keys[i]],
+            [step.values[i]],
+            step.query[i : i + 1],
+            step.new_keys[i : i + 1],
+            step.new_values[i : i + 1],
+        )
+        out, _ = run_backend(alone, scale, decode_kernel=True)
+        assert torch.equal(out[0], batched[i]), f"sequence {i} differs when decoded alone"
+    assert spy.calls == 33
+
+
+def test_same_result_with_one_and_two_threads(kernel: PagedDecodeKernel) -> None:
+    step = _thirty_two_decodes(seed=5)
+    write_new_tokens(step)
+    tables, lens, rows = decode_inputs(step)
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = torch.full(step.query.shape, SENTINEL)
+            kernel(step.query, step.kv_cache, tables, lens, rows, out, 0.125)
+            results.append(out)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0], results[1])
+    torch.testing.assert_close(
+        results[0].double(), dense_reference(step, 0.125), rtol=TOL, atol=TOL
+    )
+
+
+# ---- loading, building and falling back ----
+
+
+def test_disabled_by_environment(
+    kernel: PagedDecodeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_paged_decode_kernel() is kernel  # memoised
+    monkeypatch.setenv("ZIGGURAT_CPU_KERNELS", "0")
+    assert load_paged_decode_kernel() is None  # even with a kernel memoised
+
+    step = make_step(mixed_seqs(16), block_size=16, num_heads=4, num_kv_heads=2, head_dim=32)
+    out, _ = run_backend(step, 0.2, decode_kernel=True)
+    torch.testing.assert_close(out.double(), dense_reference(step, 0.2), rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("compiler", ["false", "missing", "none"])
+def test_unbuildable_kernel_falls_back_to_torch_with_one_warning(
+    fresh_kernel_state: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    compiler: str,
+) -> None:
+    if compiler == "false":  # a compiler that fails
+        false = shutil.which("false")
+        assert false is not None
+        monkeypatch.setenv("CC", false)
+    elif compiler == "missing":  # $CC names no program
+        monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    else:  # no compiler at all
+        monkeypatch.delenv("CC", raising=False)
+        monkeypatch.setattr(cpu_kernel.shutil, "which", lambda name: None)
+    caplog.set_level(logging.WARNING, logger="ziggurat.engine")
+
+    assert load_paged_decode_kernel() is None
+    assert load_paged_decode_kernel() is None  # memoised: no second attempt, no second warning
+    warnings = [
+        r for r in caplog.records if r.name == "ziggurat.engine" and r.levelno == logging.WARNING
+    ]
+    assert len(warnings) == 1
+    assert "torch ops" in warnings[0].getMessage()
+
+    step = make_step(mixed_seqs(16), block_size=16, num_heads=6, num_kv_heads=2, head_dim=64)
+    out, _ = run_backend(step, 0.125, decode_kernel=True)
+    torch.testing.assert_close(out.double(), dense_reference(step, 0.125), rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("compiler", ["false", "missing"])
+def test_failed_build_leaves_no_file_behind(
+    fresh_kernel_state: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, compiler: str
+) -> None:
+    false = shutil.which("false")
+    assert false is not None
+    monkeypatch.setenv("CC", false if compiler == "false" else str(tmp_path / "no-such-compiler"))
+    assert load_paged_decode_kernel() is None
+    assert fresh_kernel_state.is_dir()  # the build was attempted there
+    assert list(fresh_kernel_state.iterdir()) == []
+
+
+def test_build_is_cached_on_disk_and_reused(
+    fresh_kernel_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = load_paged_decode_kernel()
+    assert built is not None
+    files = list(fresh_kernel_state.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".so", files
+    mtime = files[0].stat().st_mtime_ns
+
+    def no_compiling(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"the kernel was rebuilt: {args}")
+
+    monkeypatch.setattr(cpu_kernel, "_loaded", {})  # as in a new process
+    monkeypatch.setattr(cpu_kernel.subprocess, "run", no_compiling)
+    reloaded = load_paged_decode_kernel()
+    assert reloaded is not None and reloaded is not built
+    assert list(fresh_kernel_state.iterdir()) == files
+    assert files[0].stat().st_mtime_ns == mtime
+
+    step = make_step(
+        [(9, 1), (0, 3), (33, 1)], block_size=4, num_heads=4, num_kv_heads=4, head_dim=16
+    )
+    write_new_tokens(step)
+    tables, lens, rows = decode_inputs(step)
+    out = torch.full(step.query.shape, SENTINEL)
+    reloaded(step.query, step.kv_cache, tables, lens, rows, out, 0.25)
+    torch.testing.assert_close(
+        out[rows].double(), dense_reference(step, 0.25)[rows], rtol=TOL, atol=TOL
+    )
+
+
+def test_cache_dir_defaults_to_xdg_cache_home(
+    fresh_kernel_state: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    xdg = tmp_path / "xdg"
+    monkeypatch.delenv("ZIGGURAT_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+    monkeypatch.setenv("CC", "cc")  # never run: the build below is simulated
+    monkeypatch.setattr(cpu_kernel.subprocess, "run", _failing_build)
+    assert load_paged_decode_kernel() is None  # the build is attempted in the XDG location
+    assert (xdg / "ziggurat" / "kernels").is_dir()
+    assert not fresh_kernel_state.exists()
+
+
+def _failing_build(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.CompletedProcess(args, 1, "", "simulated compiler failure")
+
+
+# ---- input validation ----
+
+
+def _valid_call_args() -> dict[str, Any]:
+    step = make_step(
+        [(3, 1), (0, 2), (10, 1)], block_size=4, num_heads=4, num_kv_heads=2, head_dim=8
+    )
+    write_new_tokens(step)
+    tables, lens, rows = decode_inputs(step)
+    return {
+        "query": step.query,
+        "kv_cache": step.kv_cache,
+        "block_tables": tables,
+        "context_lens": lens,
+        "token_rows": rows,
+        "out": torch.full(step.query.shape, SENTINEL),
+        "scale": 0.5,
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [
+        ("query", lambda t: t.to(torch.bfloat16)),
+        ("kv_cache", lambda t: t.to(torch.bfloat16)),
+        ("out", lambda t: t.to(torch.float64)),
+        ("query", lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)),
+        ("kv_cache", lambda t: t.transpose(0, 1).contiguous().transpose(0, 1)),
+        ("block_tables", lambda t: t.to(torch.int32)),
+        ("context_lens", lambda t: t.to(torch.int32)),
+        ("token_rows", lambda t: t.to(torch.float32)),
+        ("block_tables", lambda t: torch.stack([t, t], dim=-1)[..., 0]),
+    ],
+    ids=[
+        "bf16-query",
+        "bf16-cache",
+        "f64-out",
+        "strided-query",
+        "strided-cache",
+        "int32-tables",
+        "int32-lens",
+        "float-rows",
+        "strided-tables",
+    ],
+)
+def test_kernel_refuses_wrong_dtype_or_layout(
+    kernel: PagedDecodeKernel, name: str, change: Any
+) -> None:
+    args = _valid_call_args()
+    changed = change(args[name])
+    assert changed.shape == args[name].shape  # only the dtype or the strides differ
+    assert changed.dtype != args[name].dtype or not changed.is_contiguous()
+    args[name] = changed
+    out_before = args["out"].clone()
+    with pytest.raises(KernelError, match=name):
+        kernel(**args)
+    assert torch.equal(args["out"].double(), out_before.double())
+
+
+def test_valid_call_args_are_accepted(kernel: PagedDecodeKernel) -> None:
+    """The baseline of the refusal cases above runs and writes the decode rows."""
+    args = _valid_call_args()
+    kernel(**args)
+    written = torch.zeros(args["out"].shape[0], dtype=torch.bool)
+    written[args["token_rows"]] = True
+    assert (args["out"][written] != SENTINEL).all()
+    assert (args["out"][~written] == SENTINEL).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_backend_with_other_cache_dtype_uses_torch_path(
+    spy: CountingKernel, dtype: torch.dtype
+) -> None:
+    step = make_step(
+        mixed_seqs(16), block_size=16, num_heads=6, num_kv_heads=2, head_dim=64, dtype=dtype
+    )
+    out, _ = run_backend(step, 0.125, decode_kernel=True)
+    assert spy.calls == 0
+    assert out.dtype == dtype
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-9
+    torch.testing.assert_close(out.double(), dense_reference(step, 0.125), rtol=tol, atol=tol)
+
+
+# ---- engine ----
+
+
+def test_engine_greedy_tokens_equal_with_kernel_on_and_off(
+    tiny_llama: TinyModel, spy: CountingKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ZIGGURAT_CPU_KERNELS", raising=False)
+    rng = random.Random(8)
+    vocab = tiny_llama.config.vocab_size
+    prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(1, 30))] for _ in range(6)]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+
+    def generate(decode_kernel: bool) -> list[list[int]]:
+        engine = InferenceEngine(EngineConfig(model=str(tiny_llama.gguf_path), block_size=4))
+        attention = engine.runner.attention
+        assert isinstance(attention, TorchAttentionBackend)
+        attention.use_decode_kernel = decode_kernel
+        for i, prompt in enumerate(prompts):
+            engine.add_request(f"r{i}", prompt_token_ids=prompt, sampling_params=params)
+        done = {o.request_id: o for o in engine.get_outputs() if o.finished}
+        return [done[f"r{i}"].outputs[0].token_ids for i in range(len(prompts))]
+
+    with_kernel = generate(True)
+    calls = spy.calls
+    assert calls > 0
+    without = generate(False)
+    assert spy.calls == calls
+    assert all(len(tokens) == 24 for tokens in with_kernel)
+    assert with_kernel == without
