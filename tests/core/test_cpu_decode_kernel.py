@@ -4,13 +4,17 @@ Its outputs are checked against a dense float64 reference built with plain torch
 sequence's keys/values and `reference_mask`, directly and through TorchAttentionBackend (where it
 must also agree with the pure-torch decode path); then batch and thread-count invariance, the
 fallbacks when it cannot be built, its on-disk build cache, input validation, and an engine run.
+Each for a float32 cache and a float16 one (query and output float32), whose reference is built
+from the same float16 values upcast; and builds of the C file without half-precision support.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
+import platform
 import random
 import shutil
 import subprocess
@@ -40,6 +44,7 @@ SENTINEL = -7777.0
 # (an off-by-one, a wrong block) is far off the reference, not just slightly.
 NOISE_SCALE = 8.0
 TOL = 1e-5
+CACHE_DTYPES = [torch.float32, torch.float16]
 
 
 # ---- building steps and the reference ----
@@ -73,10 +78,18 @@ def make_step(
     num_kv_heads: int,
     head_dim: int,
     dtype: torch.dtype = torch.float32,
+    cache_dtype: torch.dtype | None = None,
     spare_blocks: int = 9,
     seed: int = 0,
 ) -> PagedStep:
-    """A step whose sequences own blocks scattered at random over a larger cache."""
+    """A step whose sequences own blocks scattered at random over a larger cache.
+
+    Query and new keys/values are in `dtype`; the cache in `cache_dtype` (default `dtype`). The
+    reference's `keys`/`values` are the values as the cache stores them (rounded to
+    `cache_dtype`, back in `dtype`); `new_keys`/`new_values` keep their full precision, since a
+    backend rounds them as it stores them.
+    """
+    cache_dtype = cache_dtype or dtype
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     needed = [-(-(prefix + new) // block_size) for prefix, new in seqs]
@@ -90,15 +103,17 @@ def make_step(
 
     shape = (2, num_blocks, block_size, num_kv_heads, head_dim)
     kv_cache = torch.randn(shape, generator=gen) * NOISE_SCALE
-    keys, values, queries = [], [], []
+    keys, values, queries, new_keys, new_values = [], [], [], [], []
     for (prefix, new), table in zip(seqs, tables, strict=True):
         k = torch.randn(prefix + new, num_kv_heads, head_dim, generator=gen)
         v = torch.randn(prefix + new, num_kv_heads, head_dim, generator=gen)
         for pos in range(prefix):
             kv_cache[0, table[pos // block_size], pos % block_size] = k[pos]
             kv_cache[1, table[pos // block_size], pos % block_size] = v[pos]
-        keys.append(k.to(dtype))
-        values.append(v.to(dtype))
+        keys.append(k.to(cache_dtype).to(dtype))
+        values.append(v.to(cache_dtype).to(dtype))
+        new_keys.append(k[prefix:].to(dtype))
+        new_values.append(v[prefix:].to(dtype))
         queries.append(torch.randn(new, num_heads, head_dim, generator=gen).to(dtype))
     layout = StepLayout(
         query_lens=[new for _, new in seqs],
@@ -106,10 +121,14 @@ def make_step(
         block_tables=tables,
         block_size=block_size,
     )
-    new_keys = torch.cat([k[prefix:] for k, (prefix, _) in zip(keys, seqs, strict=True)])
-    new_values = torch.cat([v[prefix:] for v, (prefix, _) in zip(values, seqs, strict=True)])
     return PagedStep(
-        layout, kv_cache.to(dtype), keys, values, torch.cat(queries), new_keys, new_values
+        layout,
+        kv_cache.to(cache_dtype),
+        keys,
+        values,
+        torch.cat(queries),
+        torch.cat(new_keys),
+        torch.cat(new_values),
     )
 
 
@@ -155,6 +174,10 @@ class CountingKernel:
         self.calls = 0
         self.rows = 0
 
+    @property
+    def cache_dtypes(self) -> tuple[torch.dtype, ...]:
+        return self.inner.cache_dtypes
+
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         self.calls += 1
         self.rows += int(args[4].numel())  # token_rows
@@ -170,6 +193,11 @@ def kernel() -> Iterator[PagedDecodeKernel]:
         loaded = load_paged_decode_kernel()
         assert loaded is not None, "a C compiler is present but the kernel did not build"
         yield loaded
+
+
+def skip_without_half(kernel: PagedDecodeKernel, cache_dtype: torch.dtype) -> None:
+    if cache_dtype == torch.float16 and not kernel.supports_float16:
+        pytest.skip("this compiler/CPU builds the kernel without float16 support")
 
 
 @pytest.fixture
@@ -222,12 +250,14 @@ BLOCK_SIZES = [1, 16, 32]
 # ---- correctness ----
 
 
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES, ids=str)
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize("group", GROUPS)
 def test_kernel_matches_dense_reference_and_writes_only_decode_rows(
-    kernel: PagedDecodeKernel, group: int, head_dim: int, block_size: int
+    kernel: PagedDecodeKernel, group: int, head_dim: int, block_size: int, cache_dtype: torch.dtype
 ) -> None:
+    skip_without_half(kernel, cache_dtype)
     num_kv_heads = 2
     step = make_step(
         mixed_seqs(block_size),
@@ -235,9 +265,11 @@ def test_kernel_matches_dense_reference_and_writes_only_decode_rows(
         num_heads=num_kv_heads * group,
         num_kv_heads=num_kv_heads,
         head_dim=head_dim,
+        cache_dtype=cache_dtype,
         seed=group * 1000 + head_dim + block_size,
     )
     write_new_tokens(step)
+    assert step.kv_cache.dtype == cache_dtype
     tables, lens, rows = decode_inputs(step)
     scale = 1.0 / math.sqrt(head_dim)
     out = torch.full(step.query.shape, SENTINEL)
@@ -252,12 +284,14 @@ def test_kernel_matches_dense_reference_and_writes_only_decode_rows(
     assert torch.equal(out[others], torch.full_like(out[others], SENTINEL))
 
 
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES, ids=str)
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize("group", GROUPS)
 def test_backend_kernel_path_matches_torch_path_and_reference(
-    spy: CountingKernel, group: int, head_dim: int, block_size: int
+    spy: CountingKernel, group: int, head_dim: int, block_size: int, cache_dtype: torch.dtype
 ) -> None:
+    skip_without_half(spy.inner, cache_dtype)
     num_kv_heads = 2
     step = make_step(
         mixed_seqs(block_size),
@@ -265,6 +299,7 @@ def test_backend_kernel_path_matches_torch_path_and_reference(
         num_heads=num_kv_heads * group,
         num_kv_heads=num_kv_heads,
         head_dim=head_dim,
+        cache_dtype=cache_dtype,
         seed=group * 1000 + head_dim + block_size + 1,
     )
     scale = 1.0 / math.sqrt(head_dim)
@@ -278,7 +313,12 @@ def test_backend_kernel_path_matches_torch_path_and_reference(
     expected = dense_reference(step, scale)
     torch.testing.assert_close(with_kernel.double(), expected, rtol=TOL, atol=TOL)
     torch.testing.assert_close(without.double(), expected, rtol=TOL, atol=TOL)
+    assert cache_with.dtype == cache_dtype
     assert torch.equal(cache_with, cache_without)
+    # The new tokens are stored rounded to the cache dtype.
+    slots = cache_with.view(2, -1, *cache_with.shape[3:])[:, step.layout.slot_mapping()]
+    assert torch.equal(slots[0], step.new_keys.to(cache_dtype))
+    assert torch.equal(slots[1], step.new_values.to(cache_dtype))
 
 
 def test_decode_only_step_through_backend(spy: CountingKernel) -> None:
@@ -320,17 +360,75 @@ def test_decode_only_step_through_backend(spy: CountingKernel) -> None:
     assert spy.calls == 1 + total
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_narrow_cache_prompt_gives_the_same_output_whole_or_in_chunks(
+    spy: CountingKernel, cache_dtype: torch.dtype
+) -> None:
+    """A prompt attended in one step (over its new keys/values) or in chunks (over the ones read
+    back from the cache) sees the same values rounded to the cache dtype: the outputs agree to
+    float32 rounding, far below the cache dtype's own precision."""
+    bs, num_kv_heads, group, d, n, scale = 4, 2, 2, 64, 23, 0.125
+    gen = torch.Generator().manual_seed(3)
+    queries = torch.randn(n, num_kv_heads * group, d, generator=gen)
+    keys = torch.randn(n, num_kv_heads, d, generator=gen)
+    values = torch.randn(n, num_kv_heads, d, generator=gen)
+    table = [5, 0, 3, 1, 6, 2]
+    backend = TorchAttentionBackend()
+
+    whole_layout = StepLayout([n], [n], [table], bs)
+    whole_cache = torch.zeros(2, 8, bs, num_kv_heads, d, dtype=cache_dtype)
+    whole = backend.forward(
+        queries, keys, values, whole_cache, backend.prepare(whole_layout, CPU), scale
+    )
+    chunked_cache = torch.zeros_like(whole_cache)
+    parts = []
+    for start, end in [(0, 9), (9, 10), (10, n)]:  # a prefill, a decode, a prefill after a prefix
+        layout = StepLayout([end - start], [end], [table], bs)
+        now = slice(start, end)
+        metadata = backend.prepare(layout, CPU)
+        parts.append(
+            backend.forward(queries[now], keys[now], values[now], chunked_cache, metadata, scale)
+        )
+    chunked = torch.cat(parts)
+
+    assert torch.equal(whole_cache, chunked_cache)
+    torch.testing.assert_close(chunked, whole, rtol=2e-6, atol=2e-6)
+    rounded = PagedStep(
+        whole_layout,
+        whole_cache,
+        [keys.to(cache_dtype).float()],
+        [values.to(cache_dtype).float()],
+        queries,
+        keys,
+        values,
+    )
+    torch.testing.assert_close(whole.double(), dense_reference(rounded, scale), rtol=TOL, atol=TOL)
+    assert spy.calls == (1 if cache_dtype in spy.cache_dtypes else 0)  # the decode step
+
+
 # ---- invariance ----
 
 
-def _thirty_two_decodes(seed: int) -> PagedStep:
+def _thirty_two_decodes(seed: int, cache_dtype: torch.dtype = torch.float32) -> PagedStep:
     rng = random.Random(seed)
     seqs = [(rng.randint(0, 400), 1) for _ in range(32)]
-    return make_step(seqs, block_size=16, num_heads=6, num_kv_heads=2, head_dim=64, seed=seed)
+    return make_step(
+        seqs,
+        block_size=16,
+        num_heads=6,
+        num_kv_heads=2,
+        head_dim=64,
+        cache_dtype=cache_dtype,
+        seed=seed,
+    )
 
 
-def test_sequence_output_is_bitwise_the_same_alone_or_in_a_batch_of_32(spy: CountingKernel) -> None:
-    step = _thirty_two_decodes(seed=21)
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES, ids=str)
+def test_sequence_output_is_bitwise_the_same_alone_or_in_a_batch_of_32(
+    spy: CountingKernel, cache_dtype: torch.dtype
+) -> None:
+    skip_without_half(spy.inner, cache_dtype)
+    step = _thirty_two_decodes(seed=21, cache_dtype=cache_dtype)
     scale = 0.125
     batched, _ = run_backend(step, scale, decode_kernel=True)
     torch.testing.assert_close(batched.double(), dense_reference(step, scale), rtol=TOL, atol=TOL)
@@ -351,8 +449,12 @@ def test_sequence_output_is_bitwise_the_same_alone_or_in_a_batch_of_32(spy: Coun
     assert spy.calls == 33
 
 
-def test_same_result_with_one_and_two_threads(kernel: PagedDecodeKernel) -> None:
-    step = _thirty_two_decodes(seed=5)
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES, ids=str)
+def test_same_result_with_one_and_two_threads(
+    kernel: PagedDecodeKernel, cache_dtype: torch.dtype
+) -> None:
+    skip_without_half(kernel, cache_dtype)
+    step = _thirty_two_decodes(seed=5, cache_dtype=cache_dtype)
     write_new_tokens(step)
     tables, lens, rows = decode_inputs(step)
     results = []
@@ -478,12 +580,92 @@ def _failing_build(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[str
     return subprocess.CompletedProcess(args, 1, "", "simulated compiler failure")
 
 
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 compiler flags")
+@pytest.mark.parametrize(
+    ("flags", "has_half"),
+    [
+        # No F16C or AVX-512: halves converted one at a time through the compiler's _Float16.
+        (["-mno-avx512f", "-mno-f16c"], True),
+        # As a compiler without _Float16 would see it: no float16 entry point at all.
+        (["-mno-avx512f", "-mno-f16c", "-U__FLT16_MAX__"], False),
+    ],
+    ids=["scalar-float16", "no-float16"],
+)
+def test_kernel_builds_with_and_without_half_support(
+    kernel: PagedDecodeKernel,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    flags: list[str],
+    has_half: bool,
+) -> None:
+    """The C file built without F16C/AVX-512 (and without _Float16): the float32 kernel always
+    works, the float16 one exists exactly when the build says so, and the backend takes the
+    torch path for a float16 cache the build cannot read."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    assert compiler is not None  # the `kernel` fixture skips without one
+    if has_half:
+        macros = subprocess.run(
+            [compiler, *flags, "-dM", "-E", "-"], input="", capture_output=True, text=True
+        )
+        if "__FLT16_MAX__" not in macros.stdout:
+            pytest.skip("this compiler has no _Float16")
+    source = Path(cpu_kernel.__file__).parent / "csrc" / "paged_decode.c"
+    library = tmp_path / "paged_decode.so"
+    command = [compiler, *cpu_kernel._FLAGS, *flags, str(source), "-o", str(library), "-lm"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    built = PagedDecodeKernel(ctypes.CDLL(str(library)))
+    assert built.supports_float16 is has_half
+    assert built.cache_dtypes == ((torch.float32, torch.float16) if has_half else (torch.float32,))
+
+    for cache_dtype in CACHE_DTYPES:
+        step = make_step(
+            mixed_seqs(16),
+            block_size=16,
+            num_heads=6,
+            num_kv_heads=2,
+            head_dim=64,
+            cache_dtype=cache_dtype,
+            seed=17,
+        )
+        write_new_tokens(step)
+        tables, lens, rows = decode_inputs(step)
+        out = torch.full(step.query.shape, SENTINEL)
+        if cache_dtype in built.cache_dtypes:
+            built(step.query, step.kv_cache, tables, lens, rows, out, 0.125)
+            expected = dense_reference(step, 0.125)[rows]
+            torch.testing.assert_close(out[rows].double(), expected, rtol=TOL, atol=TOL)
+        else:
+            with pytest.raises(KernelError, match="kv_cache"):
+                built(step.query, step.kv_cache, tables, lens, rows, out, 0.125)
+            assert (out == SENTINEL).all()
+
+    counting = CountingKernel(built)
+    monkeypatch.setattr(torch_backend, "load_paged_decode_kernel", lambda: counting)
+    step = make_step(
+        mixed_seqs(16),
+        block_size=16,
+        num_heads=6,
+        num_kv_heads=2,
+        head_dim=64,
+        cache_dtype=torch.float16,
+    )
+    out, _ = run_backend(step, 0.125, decode_kernel=True)
+    assert counting.calls == (1 if has_half else 0)
+    torch.testing.assert_close(out.double(), dense_reference(step, 0.125), rtol=TOL, atol=TOL)
+
+
 # ---- input validation ----
 
 
-def _valid_call_args() -> dict[str, Any]:
+def _valid_call_args(cache_dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     step = make_step(
-        [(3, 1), (0, 2), (10, 1)], block_size=4, num_heads=4, num_kv_heads=2, head_dim=8
+        [(3, 1), (0, 2), (10, 1)],
+        block_size=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        cache_dtype=cache_dtype,
     )
     write_new_tokens(step)
     tables, lens, rows = decode_inputs(step)
@@ -502,8 +684,11 @@ def _valid_call_args() -> dict[str, Any]:
     ("name", "change"),
     [
         ("query", lambda t: t.to(torch.bfloat16)),
+        ("query", lambda t: t.to(torch.float16)),
         ("kv_cache", lambda t: t.to(torch.bfloat16)),
+        ("kv_cache", lambda t: t.to(torch.float64)),
         ("out", lambda t: t.to(torch.float64)),
+        ("out", lambda t: t.to(torch.float16)),
         ("query", lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)),
         ("kv_cache", lambda t: t.transpose(0, 1).contiguous().transpose(0, 1)),
         ("block_tables", lambda t: t.to(torch.int32)),
@@ -513,8 +698,11 @@ def _valid_call_args() -> dict[str, Any]:
     ],
     ids=[
         "bf16-query",
+        "f16-query",
         "bf16-cache",
+        "f64-cache",
         "f64-out",
+        "f16-out",
         "strided-query",
         "strided-cache",
         "int32-tables",
@@ -537,9 +725,11 @@ def test_kernel_refuses_wrong_dtype_or_layout(
     assert torch.equal(args["out"].double(), out_before.double())
 
 
-def test_valid_call_args_are_accepted(kernel: PagedDecodeKernel) -> None:
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES, ids=str)
+def test_valid_call_args_are_accepted(kernel: PagedDecodeKernel, cache_dtype: torch.dtype) -> None:
     """The baseline of the refusal cases above runs and writes the decode rows."""
-    args = _valid_call_args()
+    skip_without_half(kernel, cache_dtype)
+    args = _valid_call_args(cache_dtype)
     kernel(**args)
     written = torch.zeros(args["out"].shape[0], dtype=torch.bool)
     written[args["token_rows"]] = True
@@ -547,26 +737,49 @@ def test_valid_call_args_are_accepted(kernel: PagedDecodeKernel) -> None:
     assert (args["out"][~written] == SENTINEL).all()
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
-def test_backend_with_other_cache_dtype_uses_torch_path(
-    spy: CountingKernel, dtype: torch.dtype
+@pytest.mark.parametrize(
+    ("dtype", "cache_dtype"),
+    [
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float64, torch.float64),
+        (torch.float32, torch.bfloat16),
+        (torch.float64, torch.float16),
+        (torch.bfloat16, torch.float16),
+    ],
+    ids=["bf16", "f64", "f32-query-bf16-cache", "f64-query-f16-cache", "bf16-query-f16-cache"],
+)
+def test_backend_with_other_dtypes_uses_torch_path(
+    spy: CountingKernel, dtype: torch.dtype, cache_dtype: torch.dtype
 ) -> None:
+    """Query and cache dtypes the kernel does not take: the torch path, which computes in the
+    query dtype over the cached values (the reference is built from the same rounded values)."""
     step = make_step(
-        mixed_seqs(16), block_size=16, num_heads=6, num_kv_heads=2, head_dim=64, dtype=dtype
+        mixed_seqs(16),
+        block_size=16,
+        num_heads=6,
+        num_kv_heads=2,
+        head_dim=64,
+        dtype=dtype,
+        cache_dtype=cache_dtype,
     )
-    out, _ = run_backend(step, 0.125, decode_kernel=True)
+    out, cache = run_backend(step, 0.125, decode_kernel=True)
     assert spy.calls == 0
-    assert out.dtype == dtype
-    tol = 2e-2 if dtype == torch.bfloat16 else 1e-9
+    assert out.dtype == dtype and cache.dtype == cache_dtype
+    tol = {torch.bfloat16: 2e-2, torch.float32: TOL, torch.float64: 1e-9}[dtype]
     torch.testing.assert_close(out.double(), dense_reference(step, 0.125), rtol=tol, atol=tol)
 
 
 # ---- engine ----
 
 
+@pytest.mark.parametrize("kv_cache_dtype", ["float32", "float16"])
 def test_engine_greedy_tokens_equal_with_kernel_on_and_off(
-    tiny_llama: TinyModel, spy: CountingKernel, monkeypatch: pytest.MonkeyPatch
+    tiny_llama: TinyModel,
+    spy: CountingKernel,
+    monkeypatch: pytest.MonkeyPatch,
+    kv_cache_dtype: str,
 ) -> None:
+    skip_without_half(spy.inner, getattr(torch, kv_cache_dtype))
     monkeypatch.delenv("ZIGGURAT_CPU_KERNELS", raising=False)
     rng = random.Random(8)
     vocab = tiny_llama.config.vocab_size
@@ -574,7 +787,11 @@ def test_engine_greedy_tokens_equal_with_kernel_on_and_off(
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
 
     def generate(decode_kernel: bool) -> list[list[int]]:
-        engine = InferenceEngine(EngineConfig(model=str(tiny_llama.gguf_path), block_size=4))
+        config = EngineConfig(
+            model=str(tiny_llama.gguf_path), block_size=4, kv_cache_dtype=kv_cache_dtype
+        )
+        engine = InferenceEngine(config)
+        assert engine.runner.kv_cache_dtype == getattr(torch, kv_cache_dtype)
         attention = engine.runner.attention
         assert isinstance(attention, TorchAttentionBackend)
         attention.use_decode_kernel = decode_kernel

@@ -73,7 +73,7 @@ def full_sequence_logits(engine: InferenceEngine, token_ids: list[int]) -> torch
     num_blocks = -(-n // block_size)
     shape = (2, num_blocks, block_size, mc.num_key_value_heads, mc.head_dim)
     caches = [
-        torch.zeros(shape, dtype=runner.dtype, device=runner.device)
+        torch.zeros(shape, dtype=runner.kv_cache_dtype, device=runner.device)
         for _ in range(mc.num_hidden_layers)
     ]
     layout = StepLayout([n], [n], [list(range(num_blocks))], block_size)

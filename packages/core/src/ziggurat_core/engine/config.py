@@ -76,6 +76,7 @@ def parse_memory_size(value: int | float | str) -> int | float:
 
 
 QUANTIZATIONS = ("auto", "none", "int8")
+KV_CACHE_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 @dataclass
@@ -101,6 +102,10 @@ class EngineConfig:
     # faster GEMMs), "none" (the run dtype), or "auto": int8 when the checkpoint's weights are
     # already quantised (a Q4/Q8/K-quant GGUF, as llama.cpp would run it), else none.
     quantization: str = "auto"
+    # Element type of the KV cache: "float32", "float16", "bfloat16", or "auto": float16 when the
+    # linear layers run int8 (as llama.cpp's default f16 cache; decode attention reads half the
+    # bytes and the cache holds twice the tokens), else the run dtype.
+    kv_cache_dtype: str = "auto"
 
     def validate(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -115,5 +120,10 @@ class EngineConfig:
             parse_memory_size(self.kv_cache_memory)
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            choices = ", ".join(KV_CACHE_DTYPES)
+            raise ValueError(
+                f"kv_cache_dtype must be one of {choices}, got {self.kv_cache_dtype!r}"
+            )
         if self.attention_backend not in ("auto", "torch", "xformers"):
             raise ValueError(f"attention_backend must be auto, torch or xformers, got {self.attention_backend!r}")

@@ -12,7 +12,7 @@ import torch
 
 from .attention.base import StepLayout
 from .attention.selector import select_attention_backend
-from .config import EngineConfig, ModelConfig, parse_memory_size
+from .config import KV_CACHE_DTYPES, EngineConfig, ModelConfig, parse_memory_size
 from .device import device_memory, resolve_device, resolve_dtype
 from .layers import pack_linears
 from .models.llama import build_model
@@ -45,16 +45,22 @@ class KVCacheSpec:
         return self.num_blocks * self.block_size
 
 
-def kv_bytes_per_block(model: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-    element = torch.tensor([], dtype=dtype).element_size()
+def kv_bytes_per_block(model: ModelConfig, block_size: int, kv_dtype: torch.dtype) -> int:
+    """K and V bytes of one block over all layers, for a cache of element type `kv_dtype`."""
+    element = torch.tensor([], dtype=kv_dtype).element_size()
     return 2 * model.num_hidden_layers * block_size * model.num_key_value_heads * model.head_dim * element
 
 
 def plan_kv_cache(
-    config: EngineConfig, model: ModelConfig, device: torch.device, dtype: torch.dtype, max_model_len: int
+    config: EngineConfig,
+    model: ModelConfig,
+    device: torch.device,
+    kv_dtype: torch.dtype,
+    max_model_len: int,
 ) -> KVCacheSpec:
-    """How many blocks to allocate: an explicit count, a byte size, a fraction, or a default."""
-    per_block = kv_bytes_per_block(model, config.block_size, dtype)
+    """How many blocks of `kv_dtype` to allocate: an explicit count, a byte size, a fraction, or
+    a default (a byte budget holds twice the blocks in a 2-byte dtype as in float32)."""
+    per_block = kv_bytes_per_block(model, config.block_size, kv_dtype)
     if config.num_kv_blocks is not None:
         return KVCacheSpec(config.num_kv_blocks, config.block_size, per_block)
     free, total = device_memory(device)
@@ -87,6 +93,21 @@ def resolve_quantization(setting: str, checkpoint: Checkpoint, device: torch.dev
     return setting
 
 
+_KV_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_kv_cache_dtype(setting: str, quantization: str, dtype: torch.dtype) -> torch.dtype:
+    """'auto' -> float16 when the linear layers run int8 (a quantised checkpoint on CPU, where
+    llama.cpp's default cache is f16 too), else the run dtype `dtype`; other settings name the
+    dtype. `quantization` is the resolved one ('int8' or 'none')."""
+    if setting == "auto":
+        return torch.float16 if quantization == "int8" else dtype
+    if setting not in _KV_DTYPES:
+        choices = ", ".join(KV_CACHE_DTYPES)
+        raise ValueError(f"kv_cache_dtype must be one of {choices}, got {setting!r}")
+    return _KV_DTYPES[setting]
+
+
 class ModelRunner:
     """`calibration_token_ids`: text run once through the float model before int8 packing to
     measure input ranges (see `quantization.py`); without it int8 packs without smoothing."""
@@ -104,17 +125,36 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.device)
         if config.num_threads is not None and self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
+        # Resolved before anything is built: the KV cache dtype depends on the quantisation.
+        self.quantization = resolve_quantization(config.quantization, checkpoint, self.device)
+        self.kv_cache_dtype = resolve_kv_cache_dtype(
+            config.kv_cache_dtype, self.quantization, self.dtype
+        )
+        backend = config.attention_backend
+        if self.kv_cache_dtype != self.dtype:
+            # Only the torch backend converts between the cache and the run dtype.
+            if backend == "xformers":
+                raise ValueError(
+                    "attention_backend='xformers' needs the KV cache in the run dtype "
+                    f"{self.dtype}, kv_cache_dtype resolved to {self.kv_cache_dtype}; use "
+                    "attention_backend='torch' or kv_cache_dtype='auto'"
+                )
+            if backend == "auto":
+                backend = "torch"
         torch.manual_seed(config.seed)
         started = time.perf_counter()
         self.model = build_model(checkpoint, self.device, self.dtype)
-        self.attention = select_attention_backend(config.attention_backend, self.device, self.dtype)
-        self.kv_spec = plan_kv_cache(config, self.model_config, self.device, self.dtype, max_model_len)
+        self.attention = select_attention_backend(backend, self.device, self.dtype)
+        self.kv_spec = plan_kv_cache(
+            config, self.model_config, self.device, self.kv_cache_dtype, max_model_len
+        )
         mc = self.model_config
         shape = (2, self.kv_spec.num_blocks, config.block_size, mc.num_key_value_heads, mc.head_dim)
         self.kv_caches = [
-            torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(mc.num_hidden_layers)
+            torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device)
+            for _ in range(mc.num_hidden_layers)
         ]
-        self.quantization = resolve_quantization(config.quantization, checkpoint, self.device)
+        # The calibration pass runs through the attention layers, so the cache exists first.
         if self.quantization == "int8":
             ids = (calibration_token_ids or [])[: min(max_model_len, self.kv_spec.num_slots)]
             absmax = measure_input_absmax(self.model, lambda: self._prefill_only(ids)) if ids else None
@@ -124,9 +164,11 @@ class ModelRunner:
         self.load_seconds = time.perf_counter() - started
         self.sampler = Sampler(mc.vocab_size, self.device, seed=config.seed)
         logger.info(
-            "model loaded in %.2fs on %s (%s, linear layers: %s), attention=%s, kv cache %d blocks (%.1f MiB)",
+            "model loaded in %.2fs on %s (%s, linear layers: %s), attention=%s, "
+            "kv cache %d blocks of %s (%.1f MiB)",
             self.load_seconds, self.device, self.dtype, self.quantization, self.attention.name,
-            self.kv_spec.num_blocks, self.kv_spec.total_bytes / 2**20,
+            self.kv_spec.num_blocks, str(self.kv_cache_dtype).removeprefix("torch."),
+            self.kv_spec.total_bytes / 2**20,
         )
 
     @torch.inference_mode()

@@ -9,6 +9,8 @@ KV cache layout (one tensor per layer, the same for every backend):
 Token `t` of a sequence lives in slot `block_table[t // block_size] * block_size + t % block_size`.
 Backends may read whole blocks, including slots past a sequence's context, and mask them out;
 a NaN there would still poison the weighted sum, so allocate the cache with `torch.zeros`.
+The cache's dtype is EngineConfig.kv_cache_dtype resolved; it may differ from the query's (a
+float16 cache for float32 compute), which only the torch backend supports.
 """
 
 from __future__ import annotations

@@ -16,6 +16,13 @@ A step is split in two parts:
 Index tensors are built once per step: in `prepare`, except the decode chunks, whose size depends
 on the cache's bytes per token and which the first layer builds for the others. Masks are made
 per dtype on first use.
+
+The cache may hold a narrower dtype than the model runs in (a float16 cache for float32 compute,
+see EngineConfig.kv_cache_dtype): new keys/values are rounded to the cache dtype as they are
+stored, and every path attends over the stored values, widened back to the query dtype (the C
+decode kernel reads a float16 cache directly). A prefill with nothing cached before it attends
+over its new keys/values rounded the same way, so a sequence sees the same values whichever way
+its prompt is split into chunks.
 """
 
 from __future__ import annotations
@@ -103,7 +110,8 @@ class TorchAttentionBackend(AttentionBackend):
         self._triangles: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         # Reused across layers and steps: a fresh multi-MB tensor per layer costs page faults.
         self._workspace: torch.Tensor | None = None
-        # The C kernel for float32 CPU decodes, loaded (built) on the first CPU decode.
+        # The C kernel for float32 CPU decodes (float32 or float16 cache), loaded (built) on the
+        # first CPU decode.
         self.use_decode_kernel = decode_kernel
         self._kernel: PagedDecodeKernel | None = None
         self._kernel_loaded = False
@@ -175,8 +183,9 @@ class TorchAttentionBackend(AttentionBackend):
             raise ValueError(f"kv_cache shape {tuple(kv_cache.shape)}, expected {expected_cache}")
 
         slots = kv_cache.view(2, -1, num_kv_heads, head_dim)  # [2, num_slots, kvh, d]
-        slots[0].index_copy_(0, metadata.slot_mapping, key)
-        slots[1].index_copy_(0, metadata.slot_mapping, value)
+        converted = kv_cache.dtype != key.dtype  # stored in the cache dtype (rounded if narrower)
+        slots[0].index_copy_(0, metadata.slot_mapping, key.to(kv_cache.dtype))
+        slots[1].index_copy_(0, metadata.slot_mapping, value.to(kv_cache.dtype))
 
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
         if metadata.decode is not None:
@@ -191,9 +200,13 @@ class TorchAttentionBackend(AttentionBackend):
             if chunk.context_slots is None:
                 k = key[chunk.start : chunk.end]
                 v = value[chunk.start : chunk.end]
+                if converted:  # the values as stored, as any later chunk or decode reads them
+                    k = k.to(kv_cache.dtype).to(query.dtype)
+                    v = v.to(kv_cache.dtype).to(query.dtype)
             else:
-                k = slots[0].index_select(0, chunk.context_slots)  # [context_len, kvh, d]
-                v = slots[1].index_select(0, chunk.context_slots)
+                # [context_len, kvh, d], in the query's dtype
+                k = slots[0].index_select(0, chunk.context_slots).to(query.dtype)
+                v = slots[1].index_select(0, chunk.context_slots).to(query.dtype)
             q = query[chunk.start : chunk.end]
             if metadata.prefill_block_rows is None:
                 out[chunk.start : chunk.end] = _prefill_sdpa(q, k, v, chunk, scale)
@@ -205,13 +218,17 @@ class TorchAttentionBackend(AttentionBackend):
         return out
 
     def _decode_kernel(self, query: torch.Tensor, kv_cache: torch.Tensor) -> PagedDecodeKernel | None:
-        if not self.use_decode_kernel or query.device.type != "cpu":
+        """The C kernel for a float32 query over a float32 or (where the build has it) float16
+        CPU cache; None for the torch path."""
+        if not self.use_decode_kernel or query.device.type != "cpu" or query.dtype != torch.float32:
             return None
-        if query.dtype != torch.float32 or kv_cache.dtype != torch.float32 or not kv_cache.is_contiguous():
+        if kv_cache.dtype not in (torch.float32, torch.float16) or not kv_cache.is_contiguous():
             return None
         if not self._kernel_loaded:
             self._kernel = load_paged_decode_kernel()
             self._kernel_loaded = True
+        if self._kernel is None or kv_cache.dtype not in self._kernel.cache_dtypes:
+            return None
         return self._kernel
 
     def _prefill_blocked(
@@ -260,7 +277,9 @@ class TorchAttentionBackend(AttentionBackend):
         _, num_blocks, block_size, num_kv_heads, _ = kv_cache.shape
         group = num_heads // num_kv_heads
         block_numel = block_size * num_kv_heads * head_dim
-        chunks = decode.chunks(2 * num_kv_heads * head_dim * kv_cache.element_size())
+        # A narrower cache is widened after the gather: size chunks by the wider copy.
+        element = max(kv_cache.element_size(), query.element_size())
+        chunks = decode.chunks(2 * num_kv_heads * head_dim * element)
         blocks = kv_cache.view(2, num_blocks, block_numel)
         max_blocks = max(c.num_seqs * c.blocks_per_seq for c in chunks)
         workspace = self._get_workspace(2 * max_blocks * block_numel, kv_cache)
@@ -275,7 +294,7 @@ class TorchAttentionBackend(AttentionBackend):
             gathered = gathered.view(2, n * chunk.blocks_per_seq, block_numel)
             torch.index_select(blocks, 1, chunk.block_ids, out=gathered)
             kv = gathered.view(2, n, chunk.blocks_per_seq * block_size, num_kv_heads, head_dim)
-            kv = kv.transpose(2, 3)  # [2, n, kvh, ctx, d]
+            kv = kv.transpose(2, 3).to(q.dtype)  # [2, n, kvh, ctx, d]
             mask = None if chunk.mask is None else chunk.mask.for_dtype(q.dtype)
             out[chunk.start : chunk.end] = F.scaled_dot_product_attention(
                 q[chunk.start : chunk.end], kv[0], kv[1], attn_mask=mask, scale=scale

@@ -35,14 +35,19 @@ class Int8RowKernels:
             ctypes.c_void_p,
             ctypes.c_int,
         ]
+        quantize_unsigned = library.quantize_rows_u8
+        quantize_unsigned.restype = None
+        quantize_unsigned.argtypes = quantize.argtypes
         self._quantize = quantize
+        self._quantize_unsigned = quantize_unsigned
         self._dequantize = dequantize
 
     def quantize(
-        self, x: torch.Tensor, inv_smoothing: torch.Tensor | None
+        self, x: torch.Tensor, inv_smoothing: torch.Tensor | None, unsigned: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x [n, k] float32 (rows contiguous) -> (int8 [n, k], scales [n, 1]) with
-        x * inv_smoothing ~= q * scale row by row."""
+        x * inv_smoothing ~= q * scale row by row. `unsigned`: q + 128 as uint8 instead (the
+        input of `Int8Gemm`)."""
         if x.dtype != torch.float32 or x.dim() != 2 or x.stride(1) != 1 or x.device.type != "cpu":
             raise KernelError("quantize: x must be a 2-D float32 CPU tensor with contiguous rows")
         rows, cols = x.shape
@@ -50,9 +55,9 @@ class Int8RowKernels:
             inv_smoothing.dtype != torch.float32 or inv_smoothing.shape != (cols,)
         ):
             raise KernelError(f"quantize: inv_smoothing must be float32 [{cols}]")
-        q = torch.empty((rows, cols), dtype=torch.int8)
+        q = torch.empty((rows, cols), dtype=torch.uint8 if unsigned else torch.int8)
         scales = torch.empty((rows, 1), dtype=torch.float32)
-        self._quantize(
+        (self._quantize_unsigned if unsigned else self._quantize)(
             x.data_ptr(),
             rows,
             cols,

@@ -1,36 +1,72 @@
-"""Decode attention straight from the paged float32 KV cache (`csrc/paged_decode.c`)."""
+"""Decode attention straight from the paged KV cache (`csrc/paged_decode.c`): float32 or float16
+cache, float32 query and output."""
 
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import torch
 
 from .build import KernelError, load_cpu_library
 
+_ARGTYPES = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int]
+
 
 class PagedDecodeKernel:
-    """Decode attention straight from the paged float32 cache (see the C file for layouts)."""
+    """Decode attention straight from the paged cache (see the C file for layouts).
+
+    The cache may be float32, or float16 where `supports_float16` (the library was built with
+    half-precision support: F16C or the compiler's _Float16); query and out are float32 and all
+    arithmetic is float32.
+    """
 
     def __init__(self, library: ctypes.CDLL) -> None:
-        fn = library.paged_decode_attention_f32
+        self._fns: dict[torch.dtype, Any] = {}  # cache dtype -> bound C function
+        self._fns[torch.float32] = self._bind(library.paged_decode_attention_f32)
+        has_f16 = getattr(library, "paged_decode_has_f16", None)
+        if has_f16 is not None:
+            has_f16.restype = ctypes.c_int
+            has_f16.argtypes = []
+            if has_f16():
+                self._fns[torch.float16] = self._bind(library.paged_decode_attention_f16)
+
+    @staticmethod
+    def _bind(fn: Any) -> Any:
         fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int]
-        self._fn = fn
+        fn.argtypes = _ARGTYPES
+        return fn
+
+    @property
+    def supports_float16(self) -> bool:
+        """Whether a float16 cache is accepted (else only float32)."""
+        return torch.float16 in self._fns
+
+    @property
+    def cache_dtypes(self) -> tuple[torch.dtype, ...]:
+        """The cache dtypes this build reads."""
+        return tuple(self._fns)
 
     def __call__(
         self,
         query: torch.Tensor,  # [num_tokens, H, d] float32
-        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, kvh, d] float32
+        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, kvh, d] float32 or float16
         block_tables: torch.Tensor,  # [num_seqs, max_blocks] int64
         context_lens: torch.Tensor,  # [num_seqs] int64
         token_rows: torch.Tensor,  # [num_seqs] int64
         out: torch.Tensor,  # [num_tokens, H, d] float32, decode rows written
         scale: float,
     ) -> None:
-        for name, t in (("query", query), ("kv_cache", kv_cache), ("out", out)):
+        for name, t in (("query", query), ("out", out)):
             if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
                 raise KernelError(f"{name} must be a contiguous float32 CPU tensor")
+        fn = self._fns.get(kv_cache.dtype)
+        if fn is None or not kv_cache.is_contiguous() or kv_cache.device.type != "cpu":
+            accepted = " or ".join(str(d).removeprefix("torch.") for d in self._fns)
+            raise KernelError(
+                f"kv_cache must be a contiguous {accepted} CPU tensor, got {kv_cache.dtype}"
+                f"{'' if kv_cache.is_contiguous() else ' (not contiguous)'} on {kv_cache.device}"
+            )
         for name, t in (
             ("block_tables", block_tables),
             ("context_lens", context_lens),
@@ -41,7 +77,7 @@ class PagedDecodeKernel:
         _, num_heads, head_dim = query.shape
         _, _, block_size, num_kv_heads, _ = kv_cache.shape
         num_seqs, max_blocks = block_tables.shape
-        status = self._fn(
+        status = fn(
             query.data_ptr(),
             kv_cache[0].data_ptr(),
             kv_cache[1].data_ptr(),

@@ -6,8 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cpu_kernels.elementwise import fits
+from .kernels import elementwise_kernels
+
 
 class SiluAndMul(nn.Module):
     def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
+        kernels = elementwise_kernels()
+        if kernels is not None and fits(gate_up):
+            return kernels.silu_mul(gate_up)
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate).mul_(up)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..cpu_kernels.elementwise import fits
+from .kernels import elementwise_kernels
+
 
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
@@ -13,6 +16,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernels = elementwise_kernels()
+        if kernels is not None and fits(x) and fits(self.weight, dim=1):
+            return kernels.rmsnorm(x, self.weight, self.eps)
         x32 = x.float()
         variance = x32.pow(2).mean(-1, keepdim=True)
         return self.weight * (x32 * torch.rsqrt(variance + self.eps)).to(x.dtype)
@@ -22,5 +28,8 @@ class RMSNorm(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(x + residual), x + residual): the pre-norm block's residual add fused in.
         `x` is a fresh activation owned by the caller, so the sum is written into it."""
+        kernels = elementwise_kernels()
+        if kernels is not None and fits(x) and fits(residual) and fits(self.weight, dim=1):
+            return kernels.add_rmsnorm_(x, residual, self.weight, self.eps), x
         summed = x.add_(residual)
         return self.forward(summed), summed

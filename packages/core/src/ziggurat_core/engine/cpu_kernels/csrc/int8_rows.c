@@ -2,6 +2,7 @@
  * of the six to eight torch ops they take otherwise:
  *   quantize_rows_s8: x [rows, cols] float32 (row stride x_stride) -> q int8, scales [rows], with
  *     x[r, c] * inv_smoothing[c] ~= q[r, c] * scales[r] (inv_smoothing may be NULL);
+ *   quantize_rows_u8: the same q stored as q + 128 in uint8, the input int8_gemm.c takes;
  *   dequantize_rows_s32: out[r, c] = acc[r, c] * row_scale[r] * col_scale[c] (+ bias[c]);
  *     `out` may be the same memory as `acc` (each element is read before it is written).
  * Rows are independent, so results do not depend on how many rows come together.
@@ -13,14 +14,16 @@
 /* Below this many elements a parallel region costs more than it saves. */
 #define PARALLEL_MIN_ELEMENTS 65536
 
-void quantize_rows_s8(const float *restrict x, int64_t rows, int64_t cols, int64_t x_stride,
-                      const float *restrict inv_smoothing, int8_t *restrict q,
-                      float *restrict scales, int num_threads) {
+/* `flip` 0x80 stores q + 128 as uint8 (what vpdpbusd's unsigned operand needs), 0 stores q. */
+static inline __attribute__((always_inline)) void quantize_rows(
+    const float *restrict x, int64_t rows, int64_t cols, int64_t x_stride,
+    const float *restrict inv_smoothing, uint8_t *restrict q, float *restrict scales,
+    int num_threads, const uint8_t flip) {
     const int threads = rows * cols >= PARALLEL_MIN_ELEMENTS ? num_threads : 1;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * x_stride;
-        int8_t *qr = q + r * cols;
+        uint8_t *qr = q + r * cols;
         float absmax = 0.0f;
         if (inv_smoothing != NULL) {
             for (int64_t c = 0; c < cols; c++) absmax = fmaxf(absmax, fabsf(xr[c] * inv_smoothing[c]));
@@ -31,11 +34,22 @@ void quantize_rows_s8(const float *restrict x, int64_t rows, int64_t cols, int64
         const float inv_scale = 1.0f / scale;
         scales[r] = scale;
         if (inv_smoothing != NULL) {
-            for (int64_t c = 0; c < cols; c++) qr[c] = (int8_t)nearbyintf(xr[c] * inv_smoothing[c] * inv_scale);
+            for (int64_t c = 0; c < cols; c++)
+                qr[c] = (uint8_t)(int8_t)nearbyintf(xr[c] * inv_smoothing[c] * inv_scale) ^ flip;
         } else {
-            for (int64_t c = 0; c < cols; c++) qr[c] = (int8_t)nearbyintf(xr[c] * inv_scale);
+            for (int64_t c = 0; c < cols; c++) qr[c] = (uint8_t)(int8_t)nearbyintf(xr[c] * inv_scale) ^ flip;
         }
     }
+}
+
+void quantize_rows_s8(const float *x, int64_t rows, int64_t cols, int64_t x_stride,
+                      const float *inv_smoothing, int8_t *q, float *scales, int num_threads) {
+    quantize_rows(x, rows, cols, x_stride, inv_smoothing, (uint8_t *)q, scales, num_threads, 0);
+}
+
+void quantize_rows_u8(const float *x, int64_t rows, int64_t cols, int64_t x_stride,
+                      const float *inv_smoothing, uint8_t *q, float *scales, int num_threads) {
+    quantize_rows(x, rows, cols, x_stride, inv_smoothing, q, scales, num_threads, 0x80);
 }
 
 void dequantize_rows_s32(const int32_t *acc, int64_t rows, int64_t cols,

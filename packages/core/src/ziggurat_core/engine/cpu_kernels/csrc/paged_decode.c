@@ -2,44 +2,111 @@
  * values, read in place through the block table. Replaces "gather the blocks into a contiguous
  * buffer, then run SDPA", which moved every cached byte three times per layer.
  *
- * Layouts (float32, contiguous):
- *   query   [num_tokens, num_heads, head_dim]; rows of decode tokens are given by token_rows
- *   k_cache, v_cache [num_blocks, block_size, num_kv_heads, head_dim]
+ * Layouts (contiguous):
+ *   query   [num_tokens, num_heads, head_dim] float32; token_rows gives the decode tokens' rows
+ *   k_cache, v_cache [num_blocks, block_size, num_kv_heads, head_dim]: float32
+ *           (paged_decode_attention_f32) or IEEE half (paged_decode_attention_f16, in builds
+ *           where paged_decode_has_f16() returns 1)
  *   block_tables [num_seqs, max_blocks] (int64), context_lens [num_seqs] (int64)
- *   out     [num_tokens, num_heads, head_dim]; only the decode rows are written
+ *   out     [num_tokens, num_heads, head_dim] float32; only the decode rows are written
  * Query heads h = kv_head * group + g share kv head kv_head (GQA). One work item is one
  * sequence, so each cache block is read front to back as one contiguous run of memory (all kv
  * heads of its tokens): decode attention is bound by memory, and the hardware prefetcher
  * follows such runs where it would miss scattered per-head slices.
+ *
+ * A half cache halves the bytes read. Each cached token (all its kv heads) is widened to float32
+ * into a small per-thread buffer that stays in L1, and the float32 code then runs on that buffer:
+ * all arithmetic is float32, the same as the float32 kernel on the upcast cache. (GCC 12 does not
+ * vectorise loops over _Float16 loads without AVX512-FP16, hence the explicit F16C / AVX-512
+ * conversions.)
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#if defined(__F16C__) || defined(__FLT16_MAX__)
+#define HAVE_F16 1
+#else
+#define HAVE_F16 0
+#endif
 
 /* Blocks are scattered in memory, so the prefetcher cannot guess the next one: ask for the next
  * block's token while computing on this block's. */
-static inline void prefetch_token(const float *token, int64_t floats) {
-    for (int64_t f = 0; f < floats; f += 16) __builtin_prefetch(token + f, 0, 3);
+static inline void prefetch_bytes(const void *start, int64_t bytes) {
+    const char *p = (const char *)start;
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
+}
+
+#if HAVE_F16
+/* n IEEE halves (raw bits) -> float32. */
+static inline void halves_to_floats(const uint16_t *restrict src, float *restrict dst, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+#endif
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++) dst[i] = _cvtsh_ss(src[i]);
+#else
+    for (; i < n; i++) {
+        _Float16 h;
+        memcpy(&h, src + i, sizeof h);
+        dst[i] = (float)h;
+    }
+#endif
+}
+#endif
+
+/* Token `index` of a cache as float32: in place for a float32 cache, else widened into `buf`.
+ * `half` is a constant in every caller, so the branch folds away. */
+static inline __attribute__((always_inline)) const float *token_as_floats(
+    const void *cache, int64_t index, int64_t floats, int half, float *buf) {
+#if HAVE_F16
+    if (half) {
+        halves_to_floats((const uint16_t *)cache + index, buf, floats);
+        return buf;
+    }
+#else
+    (void)floats;
+    (void)half;
+    (void)buf;
+#endif
+    return (const float *)cache + index;
 }
 
 static inline __attribute__((always_inline)) void attend_seq(
-    const float *restrict query, const float *restrict k_cache, const float *restrict v_cache,
+    const float *restrict query, const void *k_cache, const void *v_cache,
     const int64_t *restrict table, int64_t context_len, int64_t q_row, float *restrict out,
-    int num_heads, int num_kv_heads, int head_dim, int block_size, float scale,
-    float *restrict scores /* [num_heads * context_len] */) {
+    int num_heads, int num_kv_heads, int head_dim, int block_size, float scale, int half,
+    float *restrict scores /* [num_heads * context_len] */,
+    float *restrict token_buf /* [num_kv_heads * head_dim], used when half */) {
     const int group = num_heads / num_kv_heads;
     const int64_t token_stride = (int64_t)num_kv_heads * head_dim;
     const int64_t block_stride = (int64_t)block_size * token_stride;
+    const int64_t element = half ? 2 : 4;
+    const int64_t token_bytes = token_stride * element;
+    const char *k_bytes = (const char *)k_cache;
+    const char *v_bytes = (const char *)v_cache;
     const float *q = query + q_row * num_heads * head_dim;
 
     for (int64_t t0 = 0; t0 < context_len; t0 += block_size) {
-        const float *k = k_cache + table[t0 / block_size] * block_stride;
+        const int64_t block = table[t0 / block_size] * block_stride;
         const int64_t n = context_len - t0 < block_size ? context_len - t0 : block_size;
-        const float *k_next = t0 + block_size < context_len ? k_cache + table[t0 / block_size + 1] * block_stride : NULL;
+        const char *k_next = t0 + block_size < context_len
+                                 ? k_bytes + table[t0 / block_size + 1] * block_stride * element
+                                 : NULL;
         for (int64_t i = 0; i < n; i++) {
-            if (k_next != NULL) prefetch_token(k_next + i * token_stride, token_stride);
+            if (k_next != NULL) prefetch_bytes(k_next + i * token_bytes, token_bytes);
+            const float *restrict k =
+                token_as_floats(k_cache, block + i * token_stride, token_stride, half, token_buf);
             for (int h = 0; h < num_heads; h++) {
-                const float *kv = k + i * token_stride + (int64_t)(h / group) * head_dim;
+                const float *kv = k + (int64_t)(h / group) * head_dim;
                 const float *qh = q + (int64_t)h * head_dim;
                 float dot = 0.0f;
                 for (int d = 0; d < head_dim; d++) dot += qh[d] * kv[d];
@@ -62,13 +129,17 @@ static inline __attribute__((always_inline)) void attend_seq(
     float *o = out + q_row * num_heads * head_dim;
     for (int i = 0; i < num_heads * head_dim; i++) o[i] = 0.0f;
     for (int64_t t0 = 0; t0 < context_len; t0 += block_size) {
-        const float *v = v_cache + table[t0 / block_size] * block_stride;
+        const int64_t block = table[t0 / block_size] * block_stride;
         const int64_t n = context_len - t0 < block_size ? context_len - t0 : block_size;
-        const float *v_next = t0 + block_size < context_len ? v_cache + table[t0 / block_size + 1] * block_stride : NULL;
+        const char *v_next = t0 + block_size < context_len
+                                 ? v_bytes + table[t0 / block_size + 1] * block_stride * element
+                                 : NULL;
         for (int64_t i = 0; i < n; i++) {
-            if (v_next != NULL) prefetch_token(v_next + i * token_stride, token_stride);
+            if (v_next != NULL) prefetch_bytes(v_next + i * token_bytes, token_bytes);
+            const float *restrict v =
+                token_as_floats(v_cache, block + i * token_stride, token_stride, half, token_buf);
             for (int h = 0; h < num_heads; h++) {
-                const float *vv = v + i * token_stride + (int64_t)(h / group) * head_dim;
+                const float *vv = v + (int64_t)(h / group) * head_dim;
                 const float p = scores[h * context_len + t0 + i];
                 float *oh = o + (int64_t)h * head_dim;
                 for (int d = 0; d < head_dim; d++) oh[d] += p * vv[d];
@@ -77,50 +148,92 @@ static inline __attribute__((always_inline)) void attend_seq(
     }
 }
 
-/* The same code with head_dim a compile-time constant, so the inner loops unroll and vectorise. */
-#define SPECIALISE(DIM)                                                                         \
-    static void attend_seq_##DIM(const float *query, const float *k_cache, const float *v_cache, \
-                                 const int64_t *table, int64_t context_len, int64_t q_row,      \
-                                 float *out, int num_heads, int num_kv_heads, int block_size,   \
-                                 float scale, float *scores) {                                  \
-        attend_seq(query, k_cache, v_cache, table, context_len, q_row, out, num_heads,          \
-                   num_kv_heads, DIM, block_size, scale, scores);                               \
+/* The same code with the cache type and head_dim compile-time constants, so the inner loops
+ * unroll and vectorise. */
+#define SPECIALISE(NAME, HALF, DIM)                                                              \
+    static void NAME(const float *query, const void *k_cache, const void *v_cache,               \
+                     const int64_t *table, int64_t context_len, int64_t q_row, float *out,       \
+                     int num_heads, int num_kv_heads, int head_dim, int block_size, float scale, \
+                     float *scores, float *token_buf) {                                          \
+        attend_seq(query, k_cache, v_cache, table, context_len, q_row, out, num_heads,           \
+                   num_kv_heads, DIM == 0 ? head_dim : DIM, block_size, scale, HALF, scores,     \
+                   token_buf);                                                                   \
     }
-SPECIALISE(64)
-SPECIALISE(128)
+SPECIALISE(attend_f32_64, 0, 64)
+SPECIALISE(attend_f32_128, 0, 128)
+SPECIALISE(attend_f32_any, 0, 0)
+#if HAVE_F16
+SPECIALISE(attend_f16_64, 1, 64)
+SPECIALISE(attend_f16_128, 1, 128)
+SPECIALISE(attend_f16_any, 1, 0)
+#endif
 
-/* Returns 0 on success, 2 if scratch memory ran out. */
-int paged_decode_attention_f32(const float *query, const float *k_cache, const float *v_cache,
-                               const int64_t *block_tables, const int64_t *context_lens,
-                               const int64_t *token_rows, float *out, int num_seqs,
-                               int max_blocks, int num_heads, int num_kv_heads, int head_dim,
-                               int block_size, float scale, int num_threads) {
+typedef void (*attend_fn)(const float *, const void *, const void *, const int64_t *, int64_t,
+                          int64_t, float *, int, int, int, int, float, float *, float *);
+
+/* Every decode sequence, one OpenMP work item each. Returns 0 on success, 2 if scratch memory
+ * ran out. */
+static int paged_decode(attend_fn attend, const float *query, const void *k_cache,
+                        const void *v_cache, const int64_t *block_tables,
+                        const int64_t *context_lens, const int64_t *token_rows, float *out,
+                        int num_seqs, int max_blocks, int num_heads, int num_kv_heads,
+                        int head_dim, int block_size, float scale, int num_threads) {
     int64_t longest = 1;
-    for (int s = 0; s < num_seqs; s++) longest = context_lens[s] > longest ? context_lens[s] : longest;
+    for (int s = 0; s < num_seqs; s++)
+        longest = context_lens[s] > longest ? context_lens[s] : longest;
+    const size_t score_floats = (size_t)num_heads * (size_t)longest;
+    const size_t scratch_floats = score_floats + (size_t)num_kv_heads * (size_t)head_dim;
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
     {
-        float *scores = (float *)malloc(sizeof(float) * (size_t)num_heads * (size_t)longest);
-        if (scores == NULL) {
+        float *scratch = (float *)malloc(sizeof(float) * scratch_floats);
+        if (scratch == NULL) {
 #pragma omp atomic write
             failed = 2;
         }
         /* Every thread must reach the worksharing loop, even one without scratch memory. */
 #pragma omp for schedule(dynamic, 1)
         for (int s = 0; s < num_seqs; s++) {
-            if (scores == NULL) continue;
-            const int64_t *table = block_tables + (int64_t)s * max_blocks;
-            if (head_dim == 64)
-                attend_seq_64(query, k_cache, v_cache, table, context_lens[s], token_rows[s], out,
-                              num_heads, num_kv_heads, block_size, scale, scores);
-            else if (head_dim == 128)
-                attend_seq_128(query, k_cache, v_cache, table, context_lens[s], token_rows[s], out,
-                               num_heads, num_kv_heads, block_size, scale, scores);
-            else
-                attend_seq(query, k_cache, v_cache, table, context_lens[s], token_rows[s], out,
-                           num_heads, num_kv_heads, head_dim, block_size, scale, scores);
+            if (scratch == NULL) continue;
+            attend(query, k_cache, v_cache, block_tables + (int64_t)s * max_blocks, context_lens[s],
+                   token_rows[s], out, num_heads, num_kv_heads, head_dim, block_size, scale,
+                   scratch, scratch + score_floats);
         }
-        free(scores);
+        free(scratch);
     }
     return failed;
 }
+
+int paged_decode_attention_f32(const float *query, const float *k_cache, const float *v_cache,
+                               const int64_t *block_tables, const int64_t *context_lens,
+                               const int64_t *token_rows, float *out, int num_seqs,
+                               int max_blocks, int num_heads, int num_kv_heads, int head_dim,
+                               int block_size, float scale, int num_threads) {
+    attend_fn attend = head_dim == 64    ? attend_f32_64
+                       : head_dim == 128 ? attend_f32_128
+                                         : attend_f32_any;
+    return paged_decode(attend, query, k_cache, v_cache, block_tables, context_lens, token_rows,
+                        out, num_seqs, max_blocks, num_heads, num_kv_heads, head_dim, block_size,
+                        scale, num_threads);
+}
+
+/* The half cache needs F16C (x86-64) or the _Float16 type (GCC >= 12, clang; x86-64 and
+ * AArch64). Without either only this entry point is left out, so the float32 kernel and every
+ * other kernel in the library still build; callers ask paged_decode_has_f16() first. */
+#if HAVE_F16
+int paged_decode_attention_f16(const float *query, const uint16_t *k_cache,
+                               const uint16_t *v_cache, const int64_t *block_tables,
+                               const int64_t *context_lens, const int64_t *token_rows, float *out,
+                               int num_seqs, int max_blocks, int num_heads, int num_kv_heads,
+                               int head_dim, int block_size, float scale, int num_threads) {
+    attend_fn attend = head_dim == 64    ? attend_f16_64
+                       : head_dim == 128 ? attend_f16_128
+                                         : attend_f16_any;
+    return paged_decode(attend, query, k_cache, v_cache, block_tables, context_lens, token_rows,
+                        out, num_seqs, max_blocks, num_heads, num_kv_heads, head_dim, block_size,
+                        scale, num_threads);
+}
+#endif
+
+/* 1 when this build has paged_decode_attention_f16, else 0. */
+int paged_decode_has_f16(void) { return HAVE_F16; }
