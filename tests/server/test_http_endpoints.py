@@ -50,6 +50,9 @@ def test_info_reports_model_memory_and_settings(client: httpx.Client,
     assert memory["total_bytes"] > memory["used_bytes"] > 0
     assert info["engine"]["config"]["max_num_seqs"] == 64
     assert info["engine"]["max_model_len"] == config.max_position_embeddings
+    # The tiny model is a float32 GGUF: "auto" keeps float linear layers and a float32 cache.
+    assert info["engine"]["resolved"] == {"engine_device": "cpu", "dtype": "float32", "attention_backend": "torch",
+                                          "quantization": "none", "kv_cache_dtype": "float32"}
     assert info["server"]["api_key"] is None
 
 

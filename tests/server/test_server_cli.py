@@ -63,6 +63,9 @@ def test_engine_config_carries_the_engine_options() -> None:
     assert config.kv_cache_memory == "512MiB"
     assert config.max_num_batched_tokens == 128
     assert (config.dtype, config.device, config.max_model_len) == ("bfloat16", "cpu", 99)
+    assert (config.quantization, config.kv_cache_dtype) == ("auto", "auto")
+    tuned = settings_from(["--quantization", "none", "--kv-cache-dtype", "float16"]).engine_config()
+    assert (tuned.quantization, tuned.kv_cache_dtype) == ("none", "float16")
 
 
 @pytest.mark.parametrize("argv, env, fragment", [
@@ -71,6 +74,8 @@ def test_engine_config_carries_the_engine_options() -> None:
     (["--max-num-seqs", "0"], {}, "--max-num-seqs"),
     (["--kv-cache-memory", "lots"], {}, "--kv-cache-memory"),
     (["--dtype", "int3"], {}, "--dtype"),
+    (["--quantization", "int4"], {}, "--quantization"),
+    (["--kv-cache-dtype", "int8"], {}, "--kv-cache-dtype"),
     (["--device", "tpu"], {}, "--device"),
     (["--block-size", "12"], {}, "block_size"),
     ([], {"ZIGGURAT_MAX_QUEUE": "-1"}, "ZIGGURAT_MAX_QUEUE"),

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ziggurat_core.engine.config import parse_memory_size
+from ziggurat_core.engine.config import KV_CACHE_DTYPES, QUANTIZATIONS, parse_memory_size
 
 ENV_PREFIX = "ZIGGURAT_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -113,6 +113,12 @@ OPTIONS: tuple[Option, ...] = (
            "KEY"),
     Option("device", _device, "auto, cpu, cuda or cuda:N", "DEVICE"),
     Option("dtype", _choice(DTYPES), "weights and activations dtype: " + ", ".join(DTYPES), "DTYPE"),
+    Option("quantization", _choice(QUANTIZATIONS),
+           "linear layers on CPU: auto (int8 for a quantised GGUF such as the default model, else "
+           "none), none (the run dtype) or int8 (int8 weights and activations)", "MODE"),
+    Option("kv_cache_dtype", _choice(KV_CACHE_DTYPES),
+           "KV cache element type: auto (float16 with int8 linear layers, else the run dtype), "
+           "float32, float16 or bfloat16", "DTYPE"),
     Option("attention_backend", _choice(ATTENTION_BACKENDS),
            "attention kernels: auto (xformers on CUDA when available), torch or xformers", "NAME"),
     Option("max_num_seqs", _positive_int, "most sequences decoded together in one step", "N"),

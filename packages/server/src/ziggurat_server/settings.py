@@ -33,6 +33,8 @@ class ServerSettings:
     device: str = "auto"
     dtype: str = "auto"
     attention_backend: str = "auto"
+    quantization: str = "auto"
+    kv_cache_dtype: str = "auto"
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     kv_cache_memory: str | None = None
@@ -54,6 +56,8 @@ class ServerSettings:
             device=self.device,
             dtype=self.dtype,
             attention_backend=self.attention_backend,
+            quantization=self.quantization,
+            kv_cache_dtype=self.kv_cache_dtype,
             kv_cache_memory=self.kv_cache_memory,
             num_kv_blocks=self.num_kv_blocks,
             max_model_len=self.max_model_len,

@@ -164,6 +164,8 @@ class AsyncEngine:
         info["engine_device"] = str(self.engine.runner.device)
         info["dtype"] = str(self.engine.runner.dtype).replace("torch.", "")
         info["attention_backend"] = self.engine.runner.attention.name
+        info["quantization"] = self.engine.runner.quantization
+        info["kv_cache_dtype"] = str(self.engine.runner.kv_cache_dtype).replace("torch.", "")
         return info
 
     def shutdown(self, timeout: float = 10.0) -> None:

@@ -34,18 +34,24 @@ def _memory(device_info: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any
     }
 
 
+_RESOLVED = ("engine_device", "dtype", "attention_backend", "quantization", "kv_cache_dtype")
+
+
 @router.get("/v1/info")
 async def server_info(request: Request) -> dict[str, Any]:
     state = server_state(request)
     engine = state.require_engine()
     stats = engine.stats()
+    device_info = state.device_info(fresh=True)
     return {
         "version": __version__,
         "models": [engine.model_name],
         "uptime_s": time.time() - state.started_at,
-        "memory": _memory(state.device_info(fresh=True), stats),
+        "memory": _memory(device_info, stats),
         "engine": {
             "config": dataclasses.asdict(engine.engine_config),
+            # What "auto" settings resolved to.
+            "resolved": {key: device_info.get(key) for key in _RESOLVED},
             "max_model_len": engine.max_model_len,
             "stats": stats,
         },
