@@ -40,7 +40,8 @@ class OneDnnWeight:
 
 
 class Int8Weight:
-    """A weight [out, in] as int8 [in, out] (the layout `_int_mm` reads) with per-row scales.
+    """A weight [out, in] as int8 (`qweight`: an [in, out] view, as `_int_mm` takes it) with
+    per-row scales.
 
     `smoothing` [in] (optional, all > 0): the weight's columns are stored multiplied by it and
     inputs are divided by it before quantisation; the product is unchanged in exact arithmetic
@@ -59,7 +60,8 @@ class Int8Weight:
             self.inv_smoothing = 1.0 / smoothing.float()
         scale = w.abs().amax(dim=1).clamp_(min=_MIN_SCALE) / _INT8_MAX  # [out]
         rows = torch.round(w / scale[:, None]).to(torch.int8)  # [out, in]
-        self.qweight = rows.t().contiguous()
+        # [in, out] as a transposed view: _int_mm reads it as fast as a contiguous copy.
+        self.qweight = rows.t()
         self.scale = scale
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self.out_dtype = weight.dtype
