@@ -18,7 +18,11 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+import torch
 
 logger = logging.getLogger("ziggurat.engine")
 
@@ -30,6 +34,31 @@ _loaded: dict[str, ctypes.CDLL | None] = {}  # "library" -> the loaded one, or N
 
 class KernelError(RuntimeError):
     """A kernel was handed tensors it cannot read (dtype, layout or device)."""
+
+
+_Wrapper = TypeVar("_Wrapper")
+_wrappers: dict[tuple[ctypes.CDLL, Callable[..., object]], object] = {}
+
+
+def library_wrapper(factory: Callable[[ctypes.CDLL], _Wrapper]) -> _Wrapper | None:
+    """`factory(library)` made once per loaded library (it sets ctypes signatures), or None
+    where the library is unavailable."""
+    library = load_cpu_library()
+    if library is None:
+        return None
+    key = (library, factory)
+    if key not in _wrappers:
+        _wrappers[key] = factory(library)
+    return _wrappers[key]  # type: ignore[return-value]
+
+
+def check_float_vectors(op: str, vectors: tuple[tuple[str, torch.Tensor | None, int], ...]) -> None:
+    """Raise KernelError unless each (name, tensor, size) is None or `size` contiguous float32s."""
+    for name, tensor, size in vectors:
+        if tensor is not None and (
+            tensor.dtype != torch.float32 or tensor.numel() != size or not tensor.is_contiguous()
+        ):
+            raise KernelError(f"{op}: {name} must be {size} contiguous float32 values")
 
 
 def load_cpu_library() -> ctypes.CDLL | None:

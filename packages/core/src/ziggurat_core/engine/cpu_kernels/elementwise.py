@@ -6,7 +6,7 @@ import ctypes
 
 import torch
 
-from .build import load_cpu_library
+from .build import library_wrapper
 
 
 def fits(x: torch.Tensor, dim: int = 2) -> bool:
@@ -72,14 +72,6 @@ class ElementwiseKernels:
         return out
 
 
-_wrappers: dict[ctypes.CDLL, ElementwiseKernels] = {}
-
-
 def load_elementwise_kernels() -> ElementwiseKernels | None:
     """The kernels, or None where the CPU kernels cannot be built (see `build.py`)."""
-    library = load_cpu_library()
-    if library is None:
-        return None
-    if library not in _wrappers:
-        _wrappers[library] = ElementwiseKernels(library)
-    return _wrappers[library]
+    return library_wrapper(ElementwiseKernels)

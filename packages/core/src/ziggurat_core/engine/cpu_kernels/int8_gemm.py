@@ -6,7 +6,7 @@ import ctypes
 
 import torch
 
-from .build import KernelError, load_cpu_library
+from .build import KernelError, check_float_vectors, library_wrapper
 
 
 class VnniWeight:
@@ -14,7 +14,9 @@ class VnniWeight:
 
     def __init__(self, qweight: torch.Tensor) -> None:
         if qweight.dtype != torch.int8 or qweight.dim() != 2:
-            raise KernelError(f"VNNI packing needs a 2-D int8 weight, got {qweight.dtype} {tuple(qweight.shape)}")
+            raise KernelError(
+                f"VNNI packing needs a 2-D int8 weight, got {qweight.dtype} {tuple(qweight.shape)}"
+            )
         n, k = qweight.shape
         if n % 16 or k % 4:
             raise KernelError(f"VNNI packing needs N % 16 == 0 and K % 4 == 0, got N={n}, K={k}")
@@ -22,7 +24,9 @@ class VnniWeight:
         # Groups of 4 consecutive inputs move together: permute them as int32 (8x faster than
         # moving single bytes), then look at the result as bytes again.
         groups = qweight.contiguous().view(torch.int32).reshape(n // 16, 16, k // 4)
-        self.packed = groups.permute(0, 2, 1).contiguous().view(torch.int8).view(n // 16, k // 4, 16, 4)
+        self.packed = (
+            groups.permute(0, 2, 1).contiguous().view(torch.int8).view(n // 16, k // 4, 16, 4)
+        )
         self.offset = (qweight.sum(dim=1, dtype=torch.int32) * 128).contiguous()
 
 
@@ -61,15 +65,10 @@ class Int8Gemm:
         n = weight.out_features
         if qx.dtype != torch.uint8 or not qx.is_contiguous() or k != weight.in_features:
             raise KernelError(f"int8 GEMM: x must be contiguous uint8 [M, {weight.in_features}]")
-        for name, t, size in (
-            ("row_scale", row_scale, m),
-            ("col_scale", col_scale, n),
-            ("bias", bias, n),
-        ):
-            if t is not None and (
-                t.dtype != torch.float32 or t.numel() != size or not t.is_contiguous()
-            ):
-                raise KernelError(f"int8 GEMM: {name} must be {size} contiguous float32 values")
+        check_float_vectors(
+            "int8 GEMM",
+            (("row_scale", row_scale, m), ("col_scale", col_scale, n), ("bias", bias, n)),
+        )
         out = torch.empty((m, n), dtype=torch.float32)
         status = self._fn(
             qx.data_ptr(),
@@ -91,15 +90,7 @@ class Int8Gemm:
         return out
 
 
-_wrappers: dict[ctypes.CDLL, Int8Gemm] = {}
-
-
 def load_int8_gemm() -> Int8Gemm | None:
     """The kernel where the library builds and the CPU has AVX-512 VNNI, else None."""
-    library = load_cpu_library()
-    if library is None:
-        return None
-    if library not in _wrappers:
-        _wrappers[library] = Int8Gemm(library)
-    gemm = _wrappers[library]
-    return gemm if gemm.supported else None
+    gemm = library_wrapper(Int8Gemm)
+    return gemm if gemm is not None and gemm.supported else None

@@ -6,7 +6,7 @@ import ctypes
 
 import torch
 
-from .build import KernelError, load_cpu_library
+from .build import KernelError, check_float_vectors, library_wrapper
 
 
 class Int8RowKernels:
@@ -81,15 +81,10 @@ class Int8RowKernels:
         if acc.dtype != torch.int32 or acc.dim() != 2 or not acc.is_contiguous():
             raise KernelError("dequantize: acc must be a contiguous 2-D int32 tensor")
         rows, cols = acc.shape
-        for name, t, n in (
-            ("row_scale", row_scale, rows),
-            ("col_scale", col_scale, cols),
-            ("bias", bias, cols),
-        ):
-            if t is not None and (
-                t.dtype != torch.float32 or t.numel() != n or not t.is_contiguous()
-            ):
-                raise KernelError(f"dequantize: {name} must be {n} contiguous float32 values")
+        check_float_vectors(
+            "dequantize",
+            (("row_scale", row_scale, rows), ("col_scale", col_scale, cols), ("bias", bias, cols)),
+        )
         self._dequantize(
             acc.data_ptr(),
             rows,
@@ -103,14 +98,6 @@ class Int8RowKernels:
         return acc.view(torch.float32)
 
 
-_wrappers: dict[ctypes.CDLL, Int8RowKernels] = {}
-
-
 def load_int8_row_kernels() -> Int8RowKernels | None:
     """The kernels, or None where the CPU kernels cannot be built (see `build.py`)."""
-    library = load_cpu_library()
-    if library is None:
-        return None
-    if library not in _wrappers:  # one wrapper per loaded library (argtypes set once)
-        _wrappers[library] = Int8RowKernels(library)
-    return _wrappers[library]
+    return library_wrapper(Int8RowKernels)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .build import KernelError, load_cpu_library
+from .build import KernelError, library_wrapper
 
 _ARGTYPES = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int]
 
@@ -98,14 +98,6 @@ class PagedDecodeKernel:
             raise MemoryError("paged decode kernel: out of memory for attention scores")
 
 
-_wrappers: dict[ctypes.CDLL, PagedDecodeKernel] = {}
-
-
 def load_paged_decode_kernel() -> PagedDecodeKernel | None:
     """The kernel, or None where the CPU kernels cannot be built (see `build.py`)."""
-    library = load_cpu_library()
-    if library is None:
-        return None
-    if library not in _wrappers:  # one wrapper per loaded library (argtypes set once)
-        _wrappers[library] = PagedDecodeKernel(library)
-    return _wrappers[library]
+    return library_wrapper(PagedDecodeKernel)
