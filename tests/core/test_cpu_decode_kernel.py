@@ -173,6 +173,7 @@ class CountingKernel:
         self.inner = inner
         self.calls = 0
         self.rows = 0
+        self.writes = 0
 
     @property
     def cache_dtypes(self) -> tuple[torch.dtype, ...]:
@@ -182,6 +183,10 @@ class CountingKernel:
         self.calls += 1
         self.rows += int(args[4].numel())  # token_rows
         self.inner(*args, **kwargs)
+
+    def write_kv(self, *args: Any, **kwargs: Any) -> None:
+        self.writes += 1
+        self.inner.write_kv(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -807,3 +812,42 @@ def test_engine_greedy_tokens_equal_with_kernel_on_and_off(
     assert spy.calls == calls
     assert all(len(tokens) == 24 for tokens in with_kernel)
     assert with_kernel == without
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
+def test_write_kv_stores_what_index_copy_would(cache_dtype: torch.dtype) -> None:
+    kernel = load_paged_decode_kernel()
+    if kernel is None or cache_dtype not in kernel.cache_dtypes:
+        pytest.skip("no kernel for this cache dtype here")
+    tokens, kv_heads, head_dim, num_blocks, block_size = 11, 3, 64, 8, 4
+    qkv = torch.randn(tokens, (9 + 2 * kv_heads) * head_dim) * 50  # large values: rounding matters
+    key = torch.randn(tokens, kv_heads, head_dim)
+    value = qkv[:, -kv_heads * head_dim :].view(tokens, kv_heads, head_dim)  # strided token rows
+    slots = torch.randperm(num_blocks * block_size)[:tokens]
+    cache = torch.full((2, num_blocks, block_size, kv_heads, head_dim), 7.0, dtype=cache_dtype)
+    expected = cache.clone()
+    flat = expected.view(2, -1, kv_heads, head_dim)
+    flat[0].index_copy_(0, slots, key.to(cache_dtype))
+    flat[1].index_copy_(0, slots, value.to(cache_dtype))
+    kernel.write_kv(key, value, slots, cache)
+    assert torch.equal(cache, expected)  # bitwise: same rounding, untouched slots kept
+
+
+def test_write_kv_refuses_what_it_cannot_read() -> None:
+    kernel = load_paged_decode_kernel()
+    if kernel is None:
+        pytest.skip("no kernel here")
+    key = torch.randn(2, 3, 8)
+    cache = torch.zeros(2, 4, 4, 3, 8)
+    slots = torch.tensor([0, 5])
+    with pytest.raises(KernelError):
+        kernel.write_kv(key.double(), key, slots, cache)
+    with pytest.raises(KernelError):
+        kernel.write_kv(key, key.transpose(1, 2).contiguous().transpose(1, 2), slots, cache)
+    with pytest.raises(KernelError):
+        kernel.write_kv(key, key, slots.int(), cache)
+    with pytest.raises(KernelError):
+        kernel.write_kv(key, key, slots, cache.bfloat16())
+    with pytest.raises(KernelError):
+        kernel.write_kv(key, key, slots, torch.zeros(2, 4, 4, 3, 4))
+    assert torch.count_nonzero(cache) == 0

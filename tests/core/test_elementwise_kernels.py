@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ziggurat_core.engine.cpu_kernels import load_elementwise_kernels
-from ziggurat_core.engine.layers import RMSNorm, SiluAndMul
+from ziggurat_core.engine.layers import RMSNorm, SiluAndMul, apply_rotary
 
 kernels = load_elementwise_kernels()
 pytestmark = pytest.mark.skipif(kernels is None, reason="the CPU kernels did not build here")
@@ -83,3 +83,29 @@ def test_layers_use_the_kernels_only_where_they_fit() -> None:
     torch.testing.assert_close(SiluAndMul()(gate_up), F.silu(gate) * up, rtol=1e-5, atol=1e-6)
     half = gate_up.bfloat16()
     assert SiluAndMul()(half).dtype == torch.bfloat16  # torch path keeps the dtype
+
+
+def torch_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    first, second = x.double().chunk(2, dim=-1)
+    c, s = cos.double(), sin.double()
+    return torch.cat((first * c - second * s, second * c + first * s), dim=-1).float()
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 300])
+def test_rotary_on_a_view_of_the_fused_projection(tokens: int) -> None:
+    assert kernels is not None
+    heads, kv_heads, head_dim = 9, 3, 64
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim)
+    q = qkv[:, : heads * head_dim].view(tokens, heads, head_dim)  # rows qkv.shape[1] apart
+    k = qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
+    angles = torch.rand(tokens, head_dim // 2) * 100
+    cos, sin = angles.cos().unsqueeze(1), angles.sin().unsqueeze(1)  # as RotaryEmbedding.cos_sin
+    for x in (q, k):
+        out = apply_rotary(x, cos, sin)
+        assert out.is_contiguous() and out.shape == x.shape
+        torch.testing.assert_close(out, torch_rotary(x, cos, sin), rtol=1e-5, atol=1e-5)
+    # A layout the kernel does not take (heads not adjacent) still gives the same numbers.
+    strided = torch.randn(tokens, head_dim, heads).permute(0, 2, 1)
+    torch.testing.assert_close(
+        apply_rotary(strided, cos, sin), torch_rotary(strided, cos, sin), rtol=1e-5, atol=1e-5
+    )

@@ -184,12 +184,15 @@ class TorchAttentionBackend(AttentionBackend):
 
         slots = kv_cache.view(2, -1, num_kv_heads, head_dim)  # [2, num_slots, kvh, d]
         converted = kv_cache.dtype != key.dtype  # stored in the cache dtype (rounded if narrower)
-        slots[0].index_copy_(0, metadata.slot_mapping, key.to(kv_cache.dtype))
-        slots[1].index_copy_(0, metadata.slot_mapping, value.to(kv_cache.dtype))
+        kernel = self._decode_kernel(query, kv_cache)
+        if kernel is not None and _token_rows_contiguous(key) and _token_rows_contiguous(value):
+            kernel.write_kv(key, value, metadata.slot_mapping, kv_cache)
+        else:
+            slots[0].index_copy_(0, metadata.slot_mapping, key.to(kv_cache.dtype))
+            slots[1].index_copy_(0, metadata.slot_mapping, value.to(kv_cache.dtype))
 
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
         if metadata.decode is not None:
-            kernel = self._decode_kernel(query, kv_cache)
             if kernel is not None:
                 tables, lens = metadata.decode.kernel_inputs()
                 kernel(query.contiguous(), kv_cache, tables, lens, metadata.decode.token_index, out, scale)
@@ -307,6 +310,11 @@ class TorchAttentionBackend(AttentionBackend):
             ws = torch.empty(numel, dtype=like.dtype, device=like.device)
             self._workspace = ws
         return ws
+
+
+def _token_rows_contiguous(x: torch.Tensor) -> bool:
+    """[tokens, heads, d] float32 whose heads of one token lie back to back (any token stride)."""
+    return x.dtype == torch.float32 and x.stride(2) == 1 and x.stride(1) == x.shape[2]
 
 
 def _prefill_sdpa(

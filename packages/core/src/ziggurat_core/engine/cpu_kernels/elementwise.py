@@ -27,7 +27,9 @@ class ElementwiseKernels:
         self._add_rmsnorm.argtypes = [p, p, p, i64, i64, f32, p, i32]
         self._silu_mul = library.silu_mul_f32
         self._silu_mul.argtypes = [p, i64, i64, p, i32]
-        for fn in (self._rmsnorm, self._add_rmsnorm, self._silu_mul):
+        self._rotary = library.rotary_f32
+        self._rotary.argtypes = [p, i64, i64, i64, i64, p, p, p, i32]
+        for fn in (self._rmsnorm, self._add_rmsnorm, self._silu_mul, self._rotary):
             fn.restype = None
 
     def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -68,6 +70,25 @@ class ElementwiseKernels:
         out = torch.empty((rows, width // 2), dtype=torch.float32)
         self._silu_mul(
             gate_up.data_ptr(), rows, width // 2, out.data_ptr(), torch.get_num_threads()
+        )
+        return out
+
+    def rotary(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [tokens, heads, head_dim] float32 with each head's values contiguous and heads
+        adjacent (x.stride(1) == head_dim, any token stride); cos, sin: `tokens * head_dim / 2`
+        contiguous float32 values. Returns the rotated heads, contiguous."""
+        tokens, heads, head_dim = x.shape
+        out = torch.empty((tokens, heads, head_dim), dtype=torch.float32)
+        self._rotary(
+            x.data_ptr(),
+            tokens,
+            heads,
+            head_dim,
+            x.stride(0),
+            cos.data_ptr(),
+            sin.data_ptr(),
+            out.data_ptr(),
+            torch.get_num_threads(),
         )
         return out
 

@@ -30,6 +30,21 @@ class PagedDecodeKernel:
             has_f16.argtypes = []
             if has_f16():
                 self._fns[torch.float16] = self._bind(library.paged_decode_attention_f16)
+        write = library.write_kv_cache
+        write.restype = ctypes.c_int
+        write.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int,
+        ]
+        self._write = write
 
     @staticmethod
     def _bind(fn: Any) -> Any:
@@ -96,6 +111,59 @@ class PagedDecodeKernel:
         )
         if status != 0:
             raise MemoryError("paged decode kernel: out of memory for attention scores")
+
+    def write_kv(
+        self,
+        key: torch.Tensor,  # [num_tokens, kvh, d] float32, each token's heads contiguous
+        value: torch.Tensor,  # same shape; token rows may be strided (views of a fused QKV)
+        slot_mapping: torch.Tensor,  # [num_tokens] int64
+        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, kvh, d] float32 or float16
+    ) -> None:
+        """Store the step's new keys and values in their cache slots (converted to the cache
+        dtype, rounded to nearest as torch's .to() does)."""
+        if (
+            kv_cache.dtype not in self._fns
+            or not kv_cache.is_contiguous()
+            or kv_cache.device.type != "cpu"
+        ):
+            raise KernelError(f"kv_cache must be a contiguous CPU tensor of {self.cache_dtypes}")
+        num_tokens, num_kv_heads, head_dim = key.shape
+        floats = num_kv_heads * head_dim
+        if kv_cache.shape[3] * kv_cache.shape[4] != floats:
+            raise KernelError(
+                f"kv_cache holds {tuple(kv_cache.shape[3:])} per token, the keys {(num_kv_heads, head_dim)}"
+            )
+        for name, t in (("key", key), ("value", value)):
+            if (
+                t.dtype != torch.float32
+                or t.device.type != "cpu"
+                or t.shape != key.shape
+                or t.stride(2) != 1
+                or t.stride(1) != head_dim
+            ):
+                raise KernelError(
+                    f"{name} must be float32 [tokens, kv heads, head_dim] with contiguous tokens"
+                )
+        if (
+            slot_mapping.dtype != torch.int64
+            or not slot_mapping.is_contiguous()
+            or slot_mapping.numel() != num_tokens
+        ):
+            raise KernelError(f"slot_mapping must be {num_tokens} contiguous int64 values")
+        status = self._write(
+            key.data_ptr(),
+            key.stride(0),
+            value.data_ptr(),
+            value.stride(0),
+            slot_mapping.data_ptr(),
+            num_tokens,
+            floats,
+            kv_cache[0].data_ptr(),
+            kv_cache[1].data_ptr(),
+            int(kv_cache.dtype == torch.float16),
+        )
+        if status != 0:
+            raise KernelError("this build of the kernels has no float16 support")
 
 
 def load_paged_decode_kernel() -> PagedDecodeKernel | None:

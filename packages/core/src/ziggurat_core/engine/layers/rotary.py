@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .kernels import elementwise_kernels
+
 
 class RopeScalingError(ValueError):
     """rope_scaling names a type we do not implement or lacks a parameter."""
@@ -101,5 +103,20 @@ class RotaryEmbedding(nn.Module):
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate [num_tokens, heads, head_dim]: the first half of each head pairs with the second."""
+    kernels = elementwise_kernels()
+    if (
+        kernels is not None
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and x.dim() == 3
+        and x.stride(2) == 1
+        and x.stride(1) == x.shape[2]
+        and cos.is_contiguous()
+        and sin.is_contiguous()
+        and cos.dtype == torch.float32
+        and sin.dtype == torch.float32
+        and cos.numel() == sin.numel() == x.shape[0] * x.shape[2] // 2
+    ):
+        return kernels.rotary(x, cos, sin)
     first, second = x.chunk(2, dim=-1)
     return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)

@@ -3,6 +3,7 @@
  *   rmsnorm_f32:      out = x / sqrt(mean(x^2) + eps) * weight                       per row
  *   add_rmsnorm_f32:  x += residual (in place), then out = rmsnorm(x)                per row
  *   silu_mul_f32:     out[r, c] = silu(gate_up[r, c]) * gate_up[r, cols + c]        (SwiGLU)
+ *   rotary_f32:       RoPE with the two halves of each head paired (Llama's rotate_half)
  * Rows are independent: results do not depend on the batch.
  */
 #include <math.h>
@@ -51,6 +52,27 @@ void silu_mul_f32(const float *gate_up, int64_t rows, int64_t cols, float *out, 
             /* Clamped so expf stays finite (-ffast-math assumes no infinities); silu(-80) ~ 0. */
             const float g = fmaxf(gate[c], -80.0f);
             o[c] = g / (1.0f + expf(-g)) * up[c];
+        }
+    }
+}
+
+/* x: tokens x heads x head_dim with rows token_stride floats apart (a view into the fused QKV
+ * projection) -> out, contiguous. cos, sin: [tokens, head_dim / 2] for each token's position. */
+void rotary_f32(const float *x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t token_stride,
+                const float *cos, const float *sin, float *out, int num_threads) {
+    const int64_t half = head_dim / 2;
+    const int threads = tokens * heads * head_dim >= PARALLEL_MIN_ELEMENTS ? num_threads : 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t t = 0; t < tokens; t++) {
+        const float *c = cos + t * half;
+        const float *s = sin + t * half;
+        for (int64_t h = 0; h < heads; h++) {
+            const float *a = x + t * token_stride + h * head_dim;
+            float *o = out + (t * heads + h) * head_dim;
+            for (int64_t i = 0; i < half; i++) {
+                o[i] = a[i] * c[i] - a[i + half] * s[i];
+                o[i + half] = a[i + half] * c[i] + a[i] * s[i];
+            }
         }
     }
 }

@@ -63,6 +63,56 @@ static inline void halves_to_floats(const uint16_t *restrict src, float *restric
 }
 #endif
 
+#if HAVE_F16
+/* n float32 -> IEEE halves (raw bits), rounded to nearest even as torch's .to(float16) does. */
+static inline void floats_to_halves(const float *restrict src, uint16_t *restrict dst, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++) dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+    for (; i < n; i++) {
+        const _Float16 h = (_Float16)src[i];
+        memcpy(dst + i, &h, sizeof h);
+    }
+#endif
+}
+#endif
+
+/* Stores num_tokens tokens' keys and values into cache slots slot_mapping[t]. Each token is
+ * `floats` float32 values (all its kv heads), rows key_stride / value_stride floats apart; the
+ * caches hold float32, or IEEE halves when `half`. Returns 0, or 3 for `half` in a build
+ * without half support. One call instead of two index_copy_ and two dtype conversions. */
+int write_kv_cache(const float *key, int64_t key_stride, const float *value, int64_t value_stride,
+                   const int64_t *slot_mapping, int64_t num_tokens, int64_t floats, void *k_cache,
+                   void *v_cache, int half) {
+#if !HAVE_F16
+    if (half) return 3;
+#endif
+    for (int64_t t = 0; t < num_tokens; t++) {
+        const int64_t slot = slot_mapping[t];
+        const float *k = key + t * key_stride;
+        const float *v = value + t * value_stride;
+        if (half) {
+#if HAVE_F16
+            floats_to_halves(k, (uint16_t *)k_cache + slot * floats, floats);
+            floats_to_halves(v, (uint16_t *)v_cache + slot * floats, floats);
+#endif
+        } else {
+            memcpy((float *)k_cache + slot * floats, k, sizeof(float) * (size_t)floats);
+            memcpy((float *)v_cache + slot * floats, v, sizeof(float) * (size_t)floats);
+        }
+    }
+    return 0;
+}
+
 /* Token `index` of a cache as float32: in place for a float32 cache, else widened into `buf`.
  * `half` is a constant in every caller, so the branch folds away. */
 static inline __attribute__((always_inline)) const float *token_as_floats(
