@@ -310,7 +310,8 @@ def test_backend_kernel_path_matches_torch_path_and_reference(
     scale = 1.0 / math.sqrt(head_dim)
 
     with_kernel, cache_with = run_backend(step, scale, decode_kernel=True)
-    assert (spy.calls, spy.rows) == (1, len(step.decode_seqs))
+    # One call for the step, covering every new token: prefill rows attend from the cache too.
+    assert (spy.calls, spy.rows) == (1, step.layout.num_tokens)
     without, cache_without = run_backend(step, scale, decode_kernel=False)
     assert spy.calls == 1, "decode_kernel=False must not call the kernel"
 
@@ -408,7 +409,8 @@ def test_narrow_cache_prompt_gives_the_same_output_whole_or_in_chunks(
         values,
     )
     torch.testing.assert_close(whole.double(), dense_reference(rounded, scale), rtol=TOL, atol=TOL)
-    assert spy.calls == (1 if cache_dtype in spy.cache_dtypes else 0)  # the decode step
+    # Every step (the whole prompt, and each chunk) goes through the kernel where it reads the cache.
+    assert spy.calls == (4 if cache_dtype in spy.cache_dtypes else 0)
 
 
 # ---- invariance ----

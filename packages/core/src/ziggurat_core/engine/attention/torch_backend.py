@@ -153,7 +153,7 @@ class TorchAttentionBackend(AttentionBackend):
                 device=device,
             )
         return TorchAttentionMetadata(
-            layout.num_tokens, bs, slot_mapping, decode, prefills, block_rows
+            layout.num_tokens, bs, slot_mapping, decode, prefills, block_rows, layout=layout
         )
 
     def _decode_chunk_bytes(self) -> int:
@@ -192,6 +192,12 @@ class TorchAttentionBackend(AttentionBackend):
             slots[1].index_copy_(0, metadata.slot_mapping, value.to(kv_cache.dtype))
 
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+        if kernel is not None and metadata.layout is not None:
+            # Every new token, decode or prefill, attends straight from the cache it was just
+            # written to: one call for the step.
+            tables, lens, rows = metadata.kernel_rows()
+            kernel(query.contiguous(), kv_cache, tables, lens, rows, out, scale)
+            return out
         if metadata.decode is not None:
             if kernel is not None:
                 tables, lens = metadata.decode.kernel_inputs()

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .base import StepLayout
+
 
 @dataclass
 class MaskCache:
@@ -126,6 +128,34 @@ class TorchAttentionMetadata:
     decode: DecodeBatch | None
     prefills: list[PrefillChunk]
     prefill_block_rows: int | None  # query rows per matmul block; None: SDPA
+    layout: StepLayout | None = None  # kept for `kernel_rows`
+    _kernel_rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def kernel_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every new token of the step as one row of the C kernel: (block tables [N, max_blocks]
+        int64, context lengths [N] int64, query rows [N] int64). A prefill chunk's token i at
+        position p attends to positions 0..p, exactly as if it were decoded there, so prefill
+        and decode give the same values whatever the chunking. Built once per step."""
+        if self._kernel_rows is None:
+            if self.layout is None:
+                raise ValueError("this metadata was prepared without its layout")
+            layout = self.layout
+            width = max(len(table) for table in layout.block_tables)
+            tables = torch.tensor(
+                [table + [0] * (width - len(table)) for table in layout.block_tables], dtype=torch.int64
+            )
+            seq_of_row: list[int] = []
+            context: list[int] = []
+            for seq, (q_len, ctx_len) in enumerate(zip(layout.query_lens, layout.context_lens, strict=True)):
+                seq_of_row.extend([seq] * q_len)
+                context.extend(range(ctx_len - q_len + 1, ctx_len + 1))
+            device = self.slot_mapping.device
+            self._kernel_rows = (
+                tables.index_select(0, torch.tensor(seq_of_row, dtype=torch.int64)).to(device),
+                torch.tensor(context, dtype=torch.int64, device=device),
+                torch.arange(layout.num_tokens, dtype=torch.int64, device=device),
+            )
+        return self._kernel_rows
 
 
 def context_slots(table: list[int], context_len: int, block_size: int) -> list[int]:
