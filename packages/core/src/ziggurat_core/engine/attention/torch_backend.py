@@ -1,6 +1,10 @@
 """Attention in plain torch: works on every device and dtype; the backend used on CPU.
 
-A step is split in two parts:
+On CPU with the C kernels built (`cpu_kernels/`), a float32 model over a float32 or float16
+cache takes the fast path: the step's new keys/values are written to the cache in one call, and
+every new token, decode or prefill, attends to its context straight from the paged cache in one
+more (a prefill token at position p is computed exactly as the decode at p would be). Otherwise
+(no kernels, CUDA, other dtypes) a step is split in two parts:
 - decodes (one new token per sequence) are batched. Their KV blocks are gathered from the paged
   cache, whole blocks at a time (one large copy per block rather than one small one per token),
   into a reused workspace, and one scaled_dot_product_attention call covers a chunk of
@@ -152,9 +156,7 @@ class TorchAttentionBackend(AttentionBackend):
                 chunk_bytes=self._decode_chunk_bytes() if on_cpu else None,
                 device=device,
             )
-        return TorchAttentionMetadata(
-            layout.num_tokens, bs, slot_mapping, decode, prefills, block_rows, layout=layout
-        )
+        return TorchAttentionMetadata(layout, bs, slot_mapping, decode, prefills, block_rows)
 
     def _decode_chunk_bytes(self) -> int:
         if self.decode_chunk_bytes is not None:
@@ -192,19 +194,15 @@ class TorchAttentionBackend(AttentionBackend):
             slots[1].index_copy_(0, metadata.slot_mapping, value.to(kv_cache.dtype))
 
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
-        if kernel is not None and metadata.layout is not None:
+        if kernel is not None:
             # Every new token, decode or prefill, attends straight from the cache it was just
             # written to: one call for the step.
             tables, lens, rows = metadata.kernel_rows()
             kernel(query.contiguous(), kv_cache, tables, lens, rows, out, scale)
             return out
         if metadata.decode is not None:
-            if kernel is not None:
-                tables, lens = metadata.decode.kernel_inputs()
-                kernel(query.contiguous(), kv_cache, tables, lens, metadata.decode.token_index, out, scale)
-            else:
-                decoded = self._decode(query, kv_cache, metadata.decode, scale)
-                out.index_copy_(0, metadata.decode.token_index, decoded)
+            decoded = self._decode(query, kv_cache, metadata.decode, scale)
+            out.index_copy_(0, metadata.decode.token_index, decoded)
         for chunk in metadata.prefills:
             if chunk.context_slots is None:
                 k = key[chunk.start : chunk.end]

@@ -53,19 +53,6 @@ class DecodeBatch:
     chunk_bytes: int | None  # gathered K+V bytes per chunk; None: one chunk
     device: torch.device
     _chunks: dict[int, list[DecodeChunk]] = field(default_factory=dict)  # by bytes per token
-    _kernel_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def kernel_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(block tables [B, max_blocks] int64 padded with 0, context lengths [B] int64) for the
-        C decode kernel, in this batch's order; built once per step."""
-        if self._kernel_inputs is None:
-            width = max(len(table) for table in self.block_tables)
-            padded = [table + [0] * (width - len(table)) for table in self.block_tables]
-            self._kernel_inputs = (
-                torch.tensor(padded, dtype=torch.int64, device=self.device),
-                torch.tensor(self.context_lens, dtype=torch.int64, device=self.device),
-            )
-        return self._kernel_inputs
 
     def chunks(self, kv_bytes_per_token: int) -> list[DecodeChunk]:
         """The chunks for a cache with this many K+V bytes per token (built once per step)."""
@@ -122,14 +109,17 @@ class PrefillChunk:
 
 @dataclass
 class TorchAttentionMetadata:
-    num_tokens: int
+    layout: StepLayout
     block_size: int
     slot_mapping: torch.Tensor  # [num_tokens] int64
     decode: DecodeBatch | None
     prefills: list[PrefillChunk]
     prefill_block_rows: int | None  # query rows per matmul block; None: SDPA
-    layout: StepLayout | None = None  # kept for `kernel_rows`
     _kernel_rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.layout.num_tokens
 
     def kernel_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every new token of the step as one row of the C kernel: (block tables [N, max_blocks]
@@ -137,8 +127,6 @@ class TorchAttentionMetadata:
         position p attends to positions 0..p, exactly as if it were decoded there, so prefill
         and decode give the same values whatever the chunking. Built once per step."""
         if self._kernel_rows is None:
-            if self.layout is None:
-                raise ValueError("this metadata was prepared without its layout")
             layout = self.layout
             width = max(len(table) for table in layout.block_tables)
             tables = torch.tensor(
