@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
+from comparisons import shared_prefix_prompts
 from fixtures_models import TinyModel
 from transformers import AutoModelForCausalLM
 from ziggurat_core.engine import InferenceEngine, SamplingParams
 from ziggurat_core.engine.config import EngineConfig
 
 MAX_NEW = 12
-
-
-def _prompts(vocab: int, seed: int = 3) -> list[list[int]]:
-    rng = random.Random(seed)
-    shared = [rng.randrange(3, vocab) for _ in range(20)]
-    prompts = []
-    for i in range(8):
-        own = [rng.randrange(3, vocab) for _ in range(rng.randint(1, 25))]
-        # Half the prompts share a 20-token prefix, so prefix caching has something to hit.
-        prompts.append(shared + own if i % 2 == 0 else own)
-    return prompts
 
 
 def _reference(model_dir: str, prompts: list[list[int]]) -> list[list[int]]:
@@ -46,7 +34,7 @@ def test_greedy_matches_transformers_with_chunking_prefix_cache_and_preemption(
     tiny_model_factory, arch: str, source: str
 ) -> None:
     tiny: TinyModel = tiny_model_factory(arch)
-    prompts = _prompts(tiny.config.vocab_size)
+    prompts = shared_prefix_prompts(tiny.config.vocab_size)
     expected = _reference(str(tiny.hf_dir), prompts)
 
     config = EngineConfig(
@@ -74,7 +62,7 @@ def test_greedy_matches_transformers_with_chunking_prefix_cache_and_preemption(
 
 def test_preemption_with_sampling_keeps_seeded_output(tiny_llama: TinyModel) -> None:
     """A seeded sample recomputed after preemption gives the same tokens as one never preempted."""
-    prompts = _prompts(tiny_llama.config.vocab_size, seed=5)
+    prompts = shared_prefix_prompts(tiny_llama.config.vocab_size, seed=5)
     params = SamplingParams(temperature=0.8, top_p=0.95, seed=11, max_tokens=MAX_NEW, ignore_eos=True)
 
     def run(num_blocks: int) -> tuple[list[list[int]], int]:

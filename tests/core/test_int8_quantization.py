@@ -18,6 +18,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from comparisons import kl_and_top1
 from fixtures_models import TinyModel
 from torch import nn
 from ziggurat_core.engine import LLM, InferenceEngine, SamplingParams
@@ -83,15 +84,6 @@ def full_sequence_logits(engine: InferenceEngine, token_ids: list[int]) -> torch
     with torch.inference_mode():
         hidden = runner.model(ids, positions, caches, runner.attention, metadata)
         return runner.model.compute_logits(hidden).float().cpu()
-
-
-def kl_and_top1(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
-    """(mean KL(reference || other) over positions, fraction of positions with the same argmax)."""
-    log_p = torch.log_softmax(reference.double(), dim=-1)
-    log_q = torch.log_softmax(other.double(), dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
-    top1 = (reference.argmax(dim=-1) == other.argmax(dim=-1)).double().mean()
-    return float(kl.mean()), float(top1)
 
 
 def linears(model: nn.Module) -> list[Linear]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from comparisons import kl_and_top1, shared_prefix_prompts
 from fixtures_models import TinyModel
 from ziggurat_core.engine import InferenceEngine, SamplingParams
 from ziggurat_core.engine.attention.base import StepLayout
@@ -59,15 +60,6 @@ def teacher_forced_logits(
             hidden = runner.model(ids[start:end], positions, caches, runner.attention, metadata)
             logits.append(runner.model.compute_logits(hidden).float())
     return torch.cat(logits)
-
-
-def kl_and_top1(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
-    """(mean KL(reference || other) over positions, fraction of positions with the same argmax)."""
-    log_p = torch.log_softmax(reference.double(), dim=-1)
-    log_q = torch.log_softmax(other.double(), dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
-    top1 = (reference.argmax(dim=-1) == other.argmax(dim=-1)).double().mean()
-    return float(kl.mean()), float(top1)
 
 
 def greedy_tokens(
@@ -269,17 +261,6 @@ def test_float16_cache_generates_the_greedy_tokens_of_float32_with_close_logits(
     assert torch.equal(own, half)
 
 
-def _shared_prefix_prompts(vocab: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    shared = [rng.randrange(3, vocab) for _ in range(20)]
-    prompts = []
-    for i in range(8):
-        own = [rng.randrange(3, vocab) for _ in range(rng.randint(1, 25))]
-        # Half the prompts share a 20-token prefix, so prefix caching has something to hit.
-        prompts.append(shared + own if i % 2 == 0 else own)
-    return prompts
-
-
 def _tight_and_roomy(tiny: TinyModel) -> tuple[InferenceEngine, InferenceEngine]:
     common: dict[str, Any] = dict(
         model=str(tiny.gguf_path), block_size=4, max_num_seqs=8, kv_cache_dtype="float16"
@@ -317,7 +298,7 @@ def test_float16_cache_under_chunked_prefill_prefix_caching_and_preemption(
     gives the greedy tokens of a roomy one that prefills every prompt whole and shares nothing:
     every path attends over the same rounded values, so only float32 rounding differs."""
     tiny = tiny_model_factory(arch)
-    prompts = _shared_prefix_prompts(tiny.config.vocab_size, seed=3)
+    prompts = shared_prefix_prompts(tiny.config.vocab_size, seed=3)
     tight, roomy = _tight_and_roomy(tiny)
     got = greedy_tokens(tight, prompts, max_tokens=12)
     expected = greedy_tokens(roomy, prompts, max_tokens=12)
@@ -334,7 +315,7 @@ def test_int8_engine_on_float16_cache_under_chunking_prefix_caching_and_preempti
     engine's: per-token int8 activations re-round under any change of float32 rounding, and on
     this tiny model that flips near-ties (top-2 logit margins of ~1e-3) with a float32 cache too."""
     tiny = tiny_model_factory("llama", "Q8_0")
-    prompts = _shared_prefix_prompts(tiny.config.vocab_size, seed=3)
+    prompts = shared_prefix_prompts(tiny.config.vocab_size, seed=3)
     engine = InferenceEngine(
         EngineConfig(
             model=str(tiny.gguf_path),
