@@ -82,13 +82,13 @@ class Int8Weight:
             if self.vnni is not None and gemm is not None and x.shape[0] <= VNNI_MAX_ROWS:
                 qx, row_scale = kernels.quantize(x, self.inv_smoothing, unsigned=True)
                 out = gemm(qx, row_scale, self.vnni, self.scale, self.bias)
-                return out if out.dtype == self.out_dtype else out.to(self.out_dtype)
+                return out.to(self.out_dtype)
             # One C pass each side of the GEMM instead of ~8 torch ops.
             qx, row_scale = kernels.quantize(x, self.inv_smoothing)
             out = kernels.dequantize_(
                 torch._int_mm(qx, self.qweight), row_scale, self.scale, self.bias
             )
-            return out if out.dtype == self.out_dtype else out.to(self.out_dtype)
+            return out.to(self.out_dtype)
         if self.inv_smoothing is not None:
             x = x * self.inv_smoothing
         qx, row_scale = quantize_rows_int8(x)
@@ -96,7 +96,7 @@ class Int8Weight:
         out.mul_(row_scale).mul_(self.scale)
         if self.bias is not None:
             out.add_(self.bias)
-        return out if out.dtype == self.out_dtype else out.to(self.out_dtype)
+        return out.to(self.out_dtype)
 
     def dequantize(self) -> torch.Tensor:
         """The float weight [out, in] this int8 form stands for (tests, error bounds)."""
