@@ -1,21 +1,25 @@
 """C kernels for the CPU hot paths torch ops cover poorly, compiled on first use (`build.py`)."""
 
-from .build import KernelError, load_cpu_library
+from .build import ISAS, CpuIsaError, KernelError, cpu_isa, load_cpu_library, native_isa
 from .elementwise import ElementwiseKernels, load_elementwise_kernels
 from .int8_gemm import Int8Gemm, VnniWeight, load_int8_gemm
 from .int8_rows import Int8RowKernels, load_int8_row_kernels
 from .paged_decode import PagedDecodeKernel, load_paged_decode_kernel
 
 __all__ = [
+    "ISAS",
+    "CpuIsaError",
     "ElementwiseKernels",
     "Int8Gemm",
     "Int8RowKernels",
     "KernelError",
     "PagedDecodeKernel",
     "VnniWeight",
+    "cpu_isa",
     "load_cpu_library",
     "load_elementwise_kernels",
     "load_int8_gemm",
     "load_int8_row_kernels",
     "load_paged_decode_kernel",
+    "native_isa",
 ]
