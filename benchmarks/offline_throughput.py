@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 import torch
+from machine import machine_info
 
 TOPICS = [
     "the history of the printing press",
@@ -235,6 +236,7 @@ def main() -> None:
         "model": "SmolLM2-135M-Instruct Q4_1",
         "requests": args.requests,
         "output_len_range": [16, 256],
+        "machine": machine_info(),
         "torch_threads": torch.get_num_threads(),
         "matmul_peak_gflops": round(peak / 1e9, 1),
         "int8_matmul_peak_gops": round(int8_peak / 1e9, 1),

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from machine import machine_info
 
 TOPICS = ["the ocean", "a lighthouse", "mountains", "a robot", "the moon", "a library",
           "autumn", "a train journey", "coffee", "a garden", "the desert", "a violin"]
@@ -205,8 +206,10 @@ def main() -> None:
     parser.add_argument("--no-engine-baseline", action="store_true",
                         help="skip the in-process engine comparison")
     args = parser.parse_args()
-    # The same OpenMP setting the server CLI uses, so the in-process baseline is comparable.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # The same OpenMP setting the server CLI uses (ziggurat_server.cli), so the in-process
+    # baseline is comparable.
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = "20000"
 
     process = None
     url = args.url
@@ -245,6 +248,27 @@ def main() -> None:
         for server_run, engine_run in zip(server_runs, engine_runs, strict=True):
             ratio = server_run.tokens_per_s / engine_run.tokens_per_s
             print(f"concurrency {server_run.concurrency}: server / engine throughput = {ratio:.2f}")
+    print(json.dumps({
+        "benchmark": "serving",
+        "machine": machine_info(),
+        "max_tokens": args.max_tokens,
+        "runs": [summary("server", run) for run in server_runs]
+        + [summary("engine", run) for run in engine_runs],
+    }, indent=2))
+
+
+def summary(path: str, run: RunResult) -> dict[str, Any]:
+    ttfts = [r.ttft for r in run.results]
+    itls = [gap for r in run.results for gap in r.itls]
+    return {
+        "path": path,
+        "concurrency": run.concurrency,
+        "requests": len(run.results),
+        "output_tokens_per_s": round(run.tokens_per_s, 1),
+        "ttft_p50_ms": round(percentile(ttfts, 50) * 1000, 1),
+        "itl_p50_ms": round(percentile(itls, 50) * 1000, 2),
+        "itl_p99_ms": round(percentile(itls, 99) * 1000, 2),
+    }
 
 
 if __name__ == "__main__":
