@@ -161,7 +161,7 @@ def test_async_engine_streams_deltas_and_cancels() -> None:
                     pass
             for _ in range(100):
                 stats = async_engine.stats()
-                if stats["kv_blocks_used"] == 0 and stats["running"] == 0:
+                if stats.kv_blocks_used == 0 and stats.running == 0:
                     break
                 await asyncio.sleep(0.05)
             return results
@@ -170,6 +170,6 @@ def test_async_engine_streams_deltas_and_cancels() -> None:
         for text, final in results:
             assert text == final and final
         stats = async_engine.stats()
-        assert stats["kv_blocks_used"] == 0 and stats["running"] == 0 and stats["waiting"] == 0
+        assert stats.kv_blocks_used == 0 and stats.running == 0 and stats.waiting == 0
     finally:
         async_engine.shutdown()

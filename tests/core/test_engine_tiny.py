@@ -55,9 +55,9 @@ def test_greedy_matches_transformers_with_chunking_prefix_cache_and_preemption(
 
     assert got == expected
     stats = engine.stats()
-    assert stats["preemptions"] > 0, "the cache was meant to be too small for every sequence at once"
-    assert stats["prefix_cache_hit_rate"] > 0
-    assert stats["kv_blocks_used"] == 0
+    assert stats.preemptions > 0, "the cache was meant to be too small for every sequence at once"
+    assert stats.prefix_cache_hit_rate > 0
+    assert stats.kv_blocks_used == 0
 
 
 def test_preemption_with_sampling_keeps_seeded_output(tiny_llama: TinyModel) -> None:
@@ -70,7 +70,7 @@ def test_preemption_with_sampling_keeps_seeded_output(tiny_llama: TinyModel) -> 
         for i, prompt in enumerate(prompts):
             engine.add_request(f"s{i}", prompt_token_ids=prompt, sampling_params=params)
         done = {o.request_id: o for o in engine.get_outputs() if o.finished}
-        return [done[f"s{i}"].outputs[0].token_ids for i in range(len(prompts))], engine.stats()["preemptions"]
+        return [done[f"s{i}"].outputs[0].token_ids for i in range(len(prompts))], engine.stats().preemptions
 
     roomy, roomy_preemptions = run(400)
     tight, tight_preemptions = run(24)

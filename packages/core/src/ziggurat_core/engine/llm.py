@@ -19,9 +19,12 @@ _PROGRESS_MIN_REQUESTS = 8
 class LLM:
     """`LLM(model="default").generate(prompts, params)` runs a whole batch and returns it in order."""
 
-    def __init__(self, model: str = "default", config: EngineConfig | None = None, **engine_kwargs: Any) -> None:
-        config = config if config is not None else EngineConfig()
-        config.model = model
+    def __init__(self, model: str | None = None, config: EngineConfig | None = None,
+                 **engine_kwargs: Any) -> None:
+        """`model` wins over `config.model`; with neither, the default model is served. The
+        caller's `config` is left as it was."""
+        if model is not None:
+            engine_kwargs["model"] = model
         self.engine = InferenceEngine(config, **engine_kwargs)
         self._ids = itertools.count()
 

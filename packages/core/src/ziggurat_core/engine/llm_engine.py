@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -11,11 +12,13 @@ from .calibration_text import CALIBRATION_TEXT
 from .config import EngineConfig, ModelConfig
 from .default_model import default_served_name, resolve_model_path
 from .errors import DuplicateRequestError, PromptTooLongError, RequestValidationError
+from .inputs import ChatMessage, ToolDefinition
 from .output_processor import OutputProcessor, RequestState
 from .outputs import RequestMetrics, RequestOutput
+from .reports import EngineStats
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
-from .sequence import Sequence, SequenceStatus
+from .sequence import SequenceState, SequenceStatus
 from .tokenizer import Tokenizer
 
 logger = logging.getLogger("ziggurat.engine")
@@ -35,13 +38,14 @@ class InferenceEngine:
         from .loader import load_checkpoint
         from .model_runner import ModelRunner
 
-        config = config if config is not None else EngineConfig()
-        for key, value in overrides.items():
-            if not hasattr(config, key):
-                raise TypeError(f"unknown engine setting {key!r}")
-            setattr(config, key, value)
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(EngineConfig)})
+        if unknown:
+            raise TypeError(f"unknown engine setting {unknown[0]!r}")
+        # A copy: the caller's config stays as they wrote it, whatever the overrides say.
+        config = dataclasses.replace(config if config is not None else EngineConfig(), **overrides)
         config.validate()
         self.config = config
+        self.started_at = time.time()
         started = time.perf_counter()
         path = resolve_model_path(config.model)
         device = resolve_device(config.device)
@@ -54,6 +58,7 @@ class InferenceEngine:
         self.runner = ModelRunner(
             config, checkpoint, self.max_model_len, self.tokenizer.encode(CALIBRATION_TEXT)
         )
+        self.resolved_settings = self.runner.resolved_settings()
         self.scheduler = Scheduler(config, self.runner.kv_spec.num_blocks, self.max_model_len)
         eos = list(dict.fromkeys([*self.model_config.eos_token_ids, *self.tokenizer.eos_token_ids]))
         self.eos_token_ids = eos
@@ -74,8 +79,8 @@ class InferenceEngine:
         sampling_params: SamplingParams | None = None,
         *,
         prompt_token_ids: list[int] | None = None,
-        messages: list[dict[str, Any]] | None = None,
-        tools: list[dict[str, Any]] | None = None,
+        messages: list[ChatMessage] | None = None,
+        tools: list[ToolDefinition] | None = None,
         arrival_time: float | None = None,
     ) -> None:
         """Queue a request. Raises RequestValidationError (nothing is queued) if it cannot run."""
@@ -102,7 +107,7 @@ class InferenceEngine:
         self.scheduler.check_request(len(token_ids), params.max_tokens)
 
         now = time.monotonic() if arrival_time is None else arrival_time
-        seqs = [Sequence(request_id, token_ids, params, index=i, arrival_time=now) for i in range(params.n)]
+        seqs = [SequenceState(request_id, token_ids, params, index=i, arrival_time=now) for i in range(params.n)]
         state = RequestState(
             request_id=request_id,
             prompt=prompt,
@@ -156,7 +161,7 @@ class InferenceEngine:
         sched = self.scheduler.schedule()
         touched: dict[str, RequestState] = {}
         self.counters["preemptions"] += len(sched.preempted)
-        for seq in getattr(sched, "finished_by_scheduler", []) or []:
+        for seq in sched.finished_by_scheduler:
             sample = self._samples.get(seq.seq_id)
             if sample is not None:
                 self.output_processor.finish_without_token(sample)
@@ -210,19 +215,23 @@ class InferenceEngine:
     def get_model_config(self) -> ModelConfig:
         return self.model_config
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> EngineStats:
         kv = self.scheduler.block_manager.stats()
-        return {
-            "running": self.scheduler.num_running,
-            "waiting": self.scheduler.num_waiting,
-            "kv_blocks_total": kv.num_blocks,
-            "kv_blocks_used": kv.num_used_blocks,
-            "kv_usage": kv.usage,
-            "kv_waste": kv.waste,
-            "kv_cache_bytes": self.runner.kv_spec.total_bytes,
-            "block_size": self.config.block_size,
-            "prefix_cache_hit_rate": kv.hit_rate,
-            "peak_kv_usage": self.peak_kv_usage,
-            "peak_kv_waste": self.peak_kv_waste,
-            **self.counters,
-        }
+        return EngineStats(
+            running=self.scheduler.num_running,
+            waiting=self.scheduler.num_waiting,
+            kv_blocks_total=kv.num_blocks,
+            kv_blocks_used=kv.num_used_blocks,
+            kv_usage=kv.usage,
+            kv_waste=kv.waste,
+            kv_cache_bytes=self.runner.kv_spec.total_bytes,
+            block_size=self.config.block_size,
+            prefix_cache_hit_rate=kv.hit_rate,
+            peak_kv_usage=self.peak_kv_usage,
+            peak_kv_waste=self.peak_kv_waste,
+            prompt_tokens=self.counters["prompt_tokens"],
+            generation_tokens=self.counters["generation_tokens"],
+            steps=self.counters["steps"],
+            preemptions=self.counters["preemptions"],
+            uptime_s=time.time() - self.started_at,
+        )

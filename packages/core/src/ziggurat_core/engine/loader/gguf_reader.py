@@ -109,9 +109,10 @@ class GGUFCheckpoint(Checkpoint):
 class _PlainArrayReader(gguf.GGUFReader):
     """GGUFReader over a plain ndarray view of the file mapping instead of the np.memmap itself.
 
-    The reader slices its `data` once per metadata item (~300k times for a 50k-token
-    vocabulary), and every np.memmap slice runs a Python-level __array_finalize__; a plain view
-    of the same read-only mapping parses about three times faster.
+    The reader slices its `data` several times per metadata item (hundreds of thousands of
+    times for a 50k-token vocabulary), and every np.memmap slice runs a Python-level
+    __array_finalize__; a plain view of the same read-only mapping skips it (figures in
+    docs/benchmarks.md).
     """
 
     @property  # type: ignore[override]
