@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from os import PathLike
 from typing import Any, Literal
 
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
@@ -38,52 +37,6 @@ TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_USER_DEFINED = 4
 TOKEN_TYPE_UNUSED = 5
 TOKEN_TYPE_BYTE = 6
-
-
-# --- reading metadata -------------------------------------------------------------------------
-
-
-def read_gguf_metadata(path: str | PathLike[str]) -> dict[str, Any]:
-    """All key/value metadata of a GGUF file as plain Python values.
-
-    Strings are decoded from UTF-8, scalars become int/float/bool and arrays become lists
-    (of those). The reader's header pseudo-fields ("GGUF.version", ...) are left out.
-    """
-    from gguf import GGUFReader  # imported here: only loading a GGUF needs it
-
-    reader = GGUFReader(str(path))
-    metadata: dict[str, Any] = {}
-    for name, reader_field in reader.fields.items():
-        if name.startswith("GGUF."):
-            continue
-        metadata[name] = _decode_field(reader_field)
-    return metadata
-
-
-def _decode_field(reader_field: Any) -> Any:
-    from gguf import GGUFValueType
-
-    types = reader_field.types
-    if not types:
-        return None
-    if types[0] == GGUFValueType.ARRAY:
-        item_type = types[1] if len(types) > 1 else None
-        if item_type == GGUFValueType.ARRAY:
-            # Nested arrays are rare and gguf-py does not index them as parts; keep them raw.
-            return [reader_field.parts[i].tolist() for i in reader_field.data]
-        return [_decode_scalar(reader_field.parts[i], item_type) for i in reader_field.data]
-    return _decode_scalar(reader_field.parts[reader_field.data[0]], types[0])
-
-
-def _decode_scalar(part: Any, value_type: Any) -> Any:
-    from gguf import GGUFValueType
-
-    if value_type == GGUFValueType.STRING:
-        return bytes(part).decode("utf-8", errors="replace")
-    value = part[0].item() if len(part) else None
-    if value_type == GGUFValueType.BOOL:
-        return bool(value)
-    return value
 
 
 # --- pre-tokenizer regexes (tokenizer.ggml.pre) -----------------------------------------------

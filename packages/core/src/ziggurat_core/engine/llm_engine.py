@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .calibration_text import CALIBRATION_TEXT
 from .config import EngineConfig, ModelConfig
@@ -21,10 +21,13 @@ from .scheduler import Scheduler
 from .sequence import SequenceState, SequenceStatus
 from .tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    from .loader import Checkpoint
+
 logger = logging.getLogger("ziggurat.engine")
 
 
-def load_tokenizer(checkpoint: Any) -> Tokenizer:
+def load_tokenizer(checkpoint: Checkpoint) -> Tokenizer:
     if checkpoint.format == "gguf":
         return Tokenizer.from_gguf_metadata(checkpoint.gguf_metadata())
     return Tokenizer.from_hf_dir(checkpoint.path)
