@@ -33,7 +33,7 @@ def _blocks_all_free(engine: InferenceEngine) -> bool:
 
 
 def test_default_model_config(engine: InferenceEngine) -> None:
-    mc = engine.get_model_config()
+    mc = engine.model_config
     assert (mc.num_hidden_layers, mc.hidden_size, mc.num_attention_heads, mc.num_key_value_heads) == (30, 576, 9, 3)
     assert mc.vocab_size == 49152 and mc.tie_word_embeddings
     assert engine.load_seconds > 0

@@ -96,10 +96,6 @@ class AsyncEngine:
     def resolved_settings(self) -> ResolvedSettings:
         return self.engine.resolved_settings
 
-    @property
-    def is_running(self) -> bool:
-        return self._thread.is_alive() and not self.errored
-
     # ------------------------------------------------------------------ tokenizer
     # The tokenizer is read-only once loaded, so these run on the caller's thread.
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:

@@ -215,9 +215,6 @@ class InferenceEngine:
     def get_num_unfinished_requests(self) -> int:
         return len(self._requests)
 
-    def get_model_config(self) -> ModelConfig:
-        return self.model_config
-
     def stats(self) -> EngineStats:
         kv = self.scheduler.block_manager.stats()
         return EngineStats(

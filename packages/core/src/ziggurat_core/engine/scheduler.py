@@ -49,10 +49,6 @@ class SchedulerOutput:
     # the context window. The engine must emit their final outputs.
     finished_by_scheduler: list[SequenceState] = field(default_factory=list)
 
-    @property
-    def is_empty(self) -> bool:
-        return not self.scheduled
-
 
 @dataclass(frozen=True)
 class SchedulerStats:

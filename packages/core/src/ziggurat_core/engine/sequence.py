@@ -84,11 +84,6 @@ class SequenceState:
         return len(self.token_ids) - self.num_computed_tokens
 
     @property
-    def is_prefill(self) -> bool:
-        """True until the whole prompt (or a recomputed prefix after preemption) is computed."""
-        return self.num_uncomputed_tokens > 1
-
-    @property
     def is_finished(self) -> bool:
         return self.status.finished
 
