@@ -13,7 +13,7 @@ from .config import EngineConfig, ModelConfig
 from .default_model import default_served_name, resolve_model_path
 from .errors import DuplicateRequestError, PromptTooLongError, RequestValidationError
 from .inputs import ChatMessage, ToolDefinition
-from .output_processor import OutputProcessor, RequestState
+from .output_processor import OutputProcessor, RequestState, SampleState
 from .outputs import RequestMetrics, RequestOutput
 from .reports import EngineStats
 from .sampling_params import SamplingParams
@@ -68,7 +68,7 @@ class InferenceEngine:
         self.output_processor = OutputProcessor(self.tokenizer, eos, self.max_model_len)
         self.load_seconds = time.perf_counter() - started
         self._requests: dict[str, RequestState] = {}
-        self._samples: dict[int, Any] = {}  # seq_id -> SampleState
+        self._samples: dict[int, SampleState] = {}  # by seq_id
         self.counters = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0, "preemptions": 0}
         self.peak_kv_waste = 0.0
         self.peak_kv_usage = 0.0
