@@ -7,8 +7,8 @@ from .torch_backend import PortableAttentionBackend, reference_mask
 __all__ = [
     "AttentionBackend",
     "AttentionLayoutError",
-    "StepLayout",
     "PortableAttentionBackend",
+    "StepLayout",
     "reference_mask",
     "select_attention_backend",
 ]

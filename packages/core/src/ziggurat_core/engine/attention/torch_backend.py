@@ -1,4 +1,4 @@
-"""Attention in plain torch: works on every device and dtype; the backend used on CPU.
+"""The portable attention backend ("torch"): every device and dtype; the backend used on CPU.
 
 On CPU with the C kernels built (`cpu_kernels/`), a float32 model over a float32 or float16
 cache takes the fast path: the step's new keys/values are written to the cache in one call, and
