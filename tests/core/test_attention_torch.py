@@ -1,4 +1,4 @@
-"""TorchAttentionBackend against a naive dense reference computed from contiguous K/V."""
+"""PortableAttentionBackend against a naive dense reference computed from contiguous K/V."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 from ziggurat_core.engine.attention.base import AttentionLayoutError, StepLayout
-from ziggurat_core.engine.attention.torch_backend import TorchAttentionBackend, reference_mask
+from ziggurat_core.engine.attention.torch_backend import PortableAttentionBackend, reference_mask
 
 CPU = torch.device("cpu")
 
@@ -95,7 +95,7 @@ def naive_attention(sc: Scenario, scale: float) -> torch.Tensor:
 def run_backend(
     sc: Scenario, scale: float, decode_chunk_bytes: int | None = None, prefill_block_rows: int | None = 64
 ) -> torch.Tensor:
-    backend = TorchAttentionBackend(decode_chunk_bytes, prefill_block_rows)
+    backend = PortableAttentionBackend(decode_chunk_bytes, prefill_block_rows)
     metadata = backend.prepare(sc.layout, CPU)
     return backend.forward(sc.query, sc.key, sc.value, sc.kv_cache, metadata, scale)
 
@@ -159,7 +159,7 @@ def test_decode_steps_continue_a_prefill() -> None:
     q = torch.randn(total, num_heads, d, generator=gen, dtype=torch.float64)
     cache = torch.zeros(2, 5, bs, num_kv_heads, d, dtype=torch.float64)
     table = [3, 0, 4]
-    backend = TorchAttentionBackend()
+    backend = PortableAttentionBackend()
     outputs = []
     prompt = 6
     layout = StepLayout([prompt], [prompt], [table], bs)
@@ -193,7 +193,7 @@ def test_non_contiguous_projections(prefill_block_rows: int | None) -> None:
     fused = torch.cat([sc.query.flatten(1), sc.key.flatten(1), sc.value.flatten(1)], dim=1)
     d = sc.query.shape[-1]
     q, k, v = fused.split([4 * d, 2 * d, 2 * d], dim=1)
-    backend = TorchAttentionBackend(prefill_block_rows=prefill_block_rows)
+    backend = PortableAttentionBackend(prefill_block_rows=prefill_block_rows)
     metadata = backend.prepare(sc.layout, CPU)
     out = backend.forward(q.view(-1, 4, d), k.view(-1, 2, d), v.view(-1, 2, d), sc.kv_cache, metadata, 0.5)
     torch.testing.assert_close(out, naive_attention(sc, 0.5), rtol=1e-9, atol=1e-9)
@@ -223,12 +223,12 @@ def test_reference_mask_semantics() -> None:
 )
 def test_invalid_layout_is_refused(layout: StepLayout) -> None:
     with pytest.raises(AttentionLayoutError):
-        TorchAttentionBackend().prepare(layout, CPU)
+        PortableAttentionBackend().prepare(layout, CPU)
 
 
 def test_gqa_head_mismatch_is_refused() -> None:
     sc = make_scenario([(0, 3)], block_size=4, num_heads=4, num_kv_heads=4)
-    backend = TorchAttentionBackend()
+    backend = PortableAttentionBackend()
     metadata = backend.prepare(sc.layout, CPU)
     cache = torch.zeros(2, sc.kv_cache.shape[1], 4, 3, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match="multiple"):
@@ -238,4 +238,4 @@ def test_gqa_head_mismatch_is_refused() -> None:
 @pytest.mark.parametrize("kwargs", [{"decode_chunk_bytes": 0}, {"prefill_block_rows": 0}])
 def test_invalid_tuning_is_refused(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
-        TorchAttentionBackend(**kwargs)
+        PortableAttentionBackend(**kwargs)

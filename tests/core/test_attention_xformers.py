@@ -17,7 +17,7 @@ import pytest
 import torch
 from ziggurat_core.engine.attention import select_attention_backend, xformers_backend
 from ziggurat_core.engine.attention.base import StepLayout
-from ziggurat_core.engine.attention.torch_backend import TorchAttentionBackend, reference_mask
+from ziggurat_core.engine.attention.torch_backend import PortableAttentionBackend, reference_mask
 from ziggurat_core.engine.attention.xformers_backend import XFormersAttentionBackend
 
 HAS_XFORMERS = importlib.util.find_spec("xformers") is not None
@@ -142,13 +142,13 @@ def test_engine_imports_without_xformers() -> None:
 
 
 def test_auto_on_cpu_selects_torch() -> None:
-    assert isinstance(select_attention_backend("auto", CPU, torch.float32), TorchAttentionBackend)
-    assert isinstance(select_attention_backend("auto", CPU, torch.bfloat16), TorchAttentionBackend)
+    assert isinstance(select_attention_backend("auto", CPU, torch.float32), PortableAttentionBackend)
+    assert isinstance(select_attention_backend("auto", CPU, torch.bfloat16), PortableAttentionBackend)
 
 
 def test_torch_is_always_available() -> None:
     backend = select_attention_backend("torch", torch.device("cuda"), torch.float16)
-    assert isinstance(backend, TorchAttentionBackend)
+    assert isinstance(backend, PortableAttentionBackend)
 
 
 def test_unknown_backend_name() -> None:
@@ -175,7 +175,7 @@ def test_xformers_with_broken_kernels_says_why(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ValueError, match="kernels do not run"):
         select_attention_backend("xformers", torch.device("cuda"), torch.float16)
     backend = select_attention_backend("auto", torch.device("cuda"), torch.float16)
-    assert isinstance(backend, TorchAttentionBackend)
+    assert isinstance(backend, PortableAttentionBackend)
 
 
 def test_xformers_with_float32_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,7 +184,7 @@ def test_xformers_with_float32_says_why(monkeypatch: pytest.MonkeyPatch) -> None
         select_attention_backend("xformers", torch.device("cuda"), torch.float32)
     # auto falls back instead of failing
     backend = select_attention_backend("auto", torch.device("cuda"), torch.float32)
-    assert isinstance(backend, TorchAttentionBackend)
+    assert isinstance(backend, PortableAttentionBackend)
 
 
 def test_xformers_not_installed_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,7 +193,7 @@ def test_xformers_not_installed_says_why(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(ValueError, match="not installed"):
         select_attention_backend("xformers", torch.device("cuda"), torch.float16)
     backend = select_attention_backend("auto", torch.device("cuda"), torch.float16)
-    assert isinstance(backend, TorchAttentionBackend)
+    assert isinstance(backend, PortableAttentionBackend)
 
 
 @needs_xformers
@@ -228,7 +228,7 @@ def test_forward_matches_torch_backend_on_gpu(
     scale = 1.0 / math.sqrt(head_dim)
 
     torch_cache = cache.clone()
-    torch_backend = TorchAttentionBackend()
+    torch_backend = PortableAttentionBackend()
     expected = torch_backend.forward(q, k, v, torch_cache, torch_backend.prepare(layout, device), scale)
 
     xf = XFormersAttentionBackend(paged=paged)

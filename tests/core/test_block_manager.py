@@ -6,14 +6,14 @@ import pytest
 from ziggurat_core.engine import block_manager as block_manager_module
 from ziggurat_core.engine.block_manager import BlockAccountingError, BlockManager
 from ziggurat_core.engine.sampling_params import SamplingParams
-from ziggurat_core.engine.sequence import Sequence
+from ziggurat_core.engine.sequence import SequenceState
 
 
-def make_seq(token_ids: list[int], request_id: str = "r") -> Sequence:
-    return Sequence(request_id, token_ids, SamplingParams())
+def make_seq(token_ids: list[int], request_id: str = "r") -> SequenceState:
+    return SequenceState(request_id, token_ids, SamplingParams())
 
 
-def allocate_and_compute(bm: BlockManager, token_ids: list[int]) -> Sequence:
+def allocate_and_compute(bm: BlockManager, token_ids: list[int]) -> SequenceState:
     """Allocate a sequence and pretend the model computed its whole prompt."""
     seq = make_seq(token_ids)
     assert bm.can_allocate(seq)
@@ -23,7 +23,7 @@ def allocate_and_compute(bm: BlockManager, token_ids: list[int]) -> Sequence:
     return seq
 
 
-def snapshot(bm: BlockManager, *seqs: Sequence) -> tuple:
+def snapshot(bm: BlockManager, *seqs: SequenceState) -> tuple:
     return (
         sorted(bm.free_block_ids()),
         [bm.ref_count(b) for b in range(bm.num_blocks)],

@@ -1,7 +1,7 @@
 """The C paged-decode attention kernel (cpu_kernels/paged_decode.py, csrc/paged_decode.c).
 
 Its outputs are checked against a dense float64 reference built with plain torch from each
-sequence's keys/values and `reference_mask`, directly and through TorchAttentionBackend (where it
+sequence's keys/values and `reference_mask`, directly and through PortableAttentionBackend (where it
 must also agree with the pure-torch decode path); then batch and thread-count invariance, the
 fallbacks when it cannot be built, its on-disk build cache, input validation, and an engine run.
 Each for a float32 cache and a float16 one (query and output float32), whose reference is built
@@ -29,12 +29,12 @@ from fixtures_models import TinyModel
 from ziggurat_core.engine import InferenceEngine, SamplingParams
 from ziggurat_core.engine.attention import torch_backend
 from ziggurat_core.engine.attention.base import StepLayout
-from ziggurat_core.engine.attention.torch_backend import TorchAttentionBackend, reference_mask
+from ziggurat_core.engine.attention.torch_backend import PortableAttentionBackend, reference_mask
 from ziggurat_core.engine.config import EngineConfig
 from ziggurat_core.engine.cpu_kernels import (
     KernelError,
-    PagedDecodeKernel,
-    load_paged_decode_kernel,
+    PagedAttentionKernel,
+    load_paged_attention_kernel,
 )
 from ziggurat_core.engine.cpu_kernels import build as cpu_kernel
 
@@ -169,7 +169,7 @@ def decode_inputs(step: PagedStep) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 class CountingKernel:
     """Wraps the real kernel and counts the decode rows it was asked for."""
 
-    def __init__(self, inner: PagedDecodeKernel) -> None:
+    def __init__(self, inner: PagedAttentionKernel) -> None:
         self.inner = inner
         self.calls = 0
         self.rows = 0
@@ -190,26 +190,26 @@ class CountingKernel:
 
 
 @pytest.fixture(scope="module")
-def kernel() -> Iterator[PagedDecodeKernel]:
+def kernel() -> Iterator[PagedAttentionKernel]:
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("ZIGGURAT_CPU_KERNELS", raising=False)
         if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
             pytest.skip("no C compiler on this machine")
-        loaded = load_paged_decode_kernel()
+        loaded = load_paged_attention_kernel()
         assert loaded is not None, "a C compiler is present but the kernel did not build"
         yield loaded
 
 
-def skip_without_half(kernel: PagedDecodeKernel, cache_dtype: torch.dtype) -> None:
+def skip_without_half(kernel: PagedAttentionKernel, cache_dtype: torch.dtype) -> None:
     if cache_dtype == torch.float16 and not kernel.supports_float16:
         pytest.skip("this compiler/CPU builds the kernel without float16 support")
 
 
 @pytest.fixture
-def spy(kernel: PagedDecodeKernel, monkeypatch: pytest.MonkeyPatch) -> CountingKernel:
+def spy(kernel: PagedAttentionKernel, monkeypatch: pytest.MonkeyPatch) -> CountingKernel:
     """Backends created from now on get a counting wrapper around the real kernel."""
     counting = CountingKernel(kernel)
-    monkeypatch.setattr(torch_backend, "load_paged_decode_kernel", lambda: counting)
+    monkeypatch.setattr(torch_backend, "load_paged_attention_kernel", lambda: counting)
     return counting
 
 
@@ -240,7 +240,7 @@ def run_backend(
     step: PagedStep, scale: float, decode_kernel: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, cache after the step) of one forward on a copy of the step's cache."""
-    backend = TorchAttentionBackend(decode_kernel=decode_kernel)
+    backend = PortableAttentionBackend(decode_kernel=decode_kernel)
     cache = step.kv_cache.clone()
     metadata = backend.prepare(step.layout, CPU)
     out = backend.forward(step.query, step.new_keys, step.new_values, cache, metadata, scale)
@@ -260,7 +260,7 @@ BLOCK_SIZES = [1, 16, 32]
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize("group", GROUPS)
 def test_kernel_matches_dense_reference_and_writes_only_decode_rows(
-    kernel: PagedDecodeKernel, group: int, head_dim: int, block_size: int, cache_dtype: torch.dtype
+    kernel: PagedAttentionKernel, group: int, head_dim: int, block_size: int, cache_dtype: torch.dtype
 ) -> None:
     skip_without_half(kernel, cache_dtype)
     num_kv_heads = 2
@@ -346,7 +346,7 @@ def test_decode_only_step_through_backend(spy: CountingKernel) -> None:
     queries = torch.randn(total, num_kv_heads * group, d, generator=gen)
     cache = torch.randn(2, 7, bs, num_kv_heads, d, generator=gen) * NOISE_SCALE
     table = [5, 2, 6, 0]
-    backend = TorchAttentionBackend()
+    backend = PortableAttentionBackend()
     for pos in range(total):
         now = slice(pos, pos + 1)
         layout = StepLayout([1], [pos + 1], [table], bs)
@@ -379,7 +379,7 @@ def test_narrow_cache_prompt_gives_the_same_output_whole_or_in_chunks(
     keys = torch.randn(n, num_kv_heads, d, generator=gen)
     values = torch.randn(n, num_kv_heads, d, generator=gen)
     table = [5, 0, 3, 1, 6, 2]
-    backend = TorchAttentionBackend()
+    backend = PortableAttentionBackend()
 
     whole_layout = StepLayout([n], [n], [table], bs)
     whole_cache = torch.zeros(2, 8, bs, num_kv_heads, d, dtype=cache_dtype)
@@ -458,7 +458,7 @@ def test_sequence_output_is_bitwise_the_same_alone_or_in_a_batch_of_32(
 
 @pytest.mark.parametrize("cache_dtype", CACHE_DTYPES, ids=str)
 def test_same_result_with_one_and_two_threads(
-    kernel: PagedDecodeKernel, cache_dtype: torch.dtype
+    kernel: PagedAttentionKernel, cache_dtype: torch.dtype
 ) -> None:
     skip_without_half(kernel, cache_dtype)
     step = _thirty_two_decodes(seed=5, cache_dtype=cache_dtype)
@@ -484,11 +484,11 @@ def test_same_result_with_one_and_two_threads(
 
 
 def test_disabled_by_environment(
-    kernel: PagedDecodeKernel, monkeypatch: pytest.MonkeyPatch
+    kernel: PagedAttentionKernel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert load_paged_decode_kernel() is kernel  # memoised
+    assert load_paged_attention_kernel() is kernel  # memoised
     monkeypatch.setenv("ZIGGURAT_CPU_KERNELS", "0")
-    assert load_paged_decode_kernel() is None  # even with a kernel memoised
+    assert load_paged_attention_kernel() is None  # even with a kernel memoised
 
     step = make_step(mixed_seqs(16), block_size=16, num_heads=4, num_kv_heads=2, head_dim=32)
     out, _ = run_backend(step, 0.2, decode_kernel=True)
@@ -514,8 +514,8 @@ def test_unbuildable_kernel_falls_back_to_torch_with_one_warning(
         monkeypatch.setattr(cpu_kernel.shutil, "which", lambda name: None)
     caplog.set_level(logging.WARNING, logger="ziggurat.engine")
 
-    assert load_paged_decode_kernel() is None
-    assert load_paged_decode_kernel() is None  # memoised: no second attempt, no second warning
+    assert load_paged_attention_kernel() is None
+    assert load_paged_attention_kernel() is None  # memoised: no second attempt, no second warning
     warnings = [
         r for r in caplog.records if r.name == "ziggurat.engine" and r.levelno == logging.WARNING
     ]
@@ -534,7 +534,7 @@ def test_failed_build_leaves_no_file_behind(
     false = shutil.which("false")
     assert false is not None
     monkeypatch.setenv("CC", false if compiler == "false" else str(tmp_path / "no-such-compiler"))
-    assert load_paged_decode_kernel() is None
+    assert load_paged_attention_kernel() is None
     assert fresh_kernel_state.is_dir()  # the build was attempted there
     assert list(fresh_kernel_state.iterdir()) == []
 
@@ -542,7 +542,7 @@ def test_failed_build_leaves_no_file_behind(
 def test_build_is_cached_on_disk_and_reused(
     fresh_kernel_state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    built = load_paged_decode_kernel()
+    built = load_paged_attention_kernel()
     assert built is not None
     files = list(fresh_kernel_state.iterdir())
     assert len(files) == 1 and files[0].suffix == ".so", files
@@ -553,7 +553,7 @@ def test_build_is_cached_on_disk_and_reused(
 
     monkeypatch.setattr(cpu_kernel, "_loaded", {})  # as in a new process
     monkeypatch.setattr(cpu_kernel.subprocess, "run", no_compiling)
-    reloaded = load_paged_decode_kernel()
+    reloaded = load_paged_attention_kernel()
     assert reloaded is not None and reloaded is not built
     assert list(fresh_kernel_state.iterdir()) == files
     assert files[0].stat().st_mtime_ns == mtime
@@ -578,7 +578,7 @@ def test_cache_dir_defaults_to_xdg_cache_home(
     monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
     monkeypatch.setenv("CC", "cc")  # never run: the build below is simulated
     monkeypatch.setattr(cpu_kernel.subprocess, "run", _failing_build)
-    assert load_paged_decode_kernel() is None  # the build is attempted in the XDG location
+    assert load_paged_attention_kernel() is None  # the build is attempted in the XDG location
     assert (xdg / "ziggurat" / "kernels").is_dir()
     assert not fresh_kernel_state.exists()
 
@@ -599,7 +599,7 @@ def _failing_build(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[str
     ids=["scalar-float16", "no-float16"],
 )
 def test_kernel_builds_with_and_without_half_support(
-    kernel: PagedDecodeKernel,
+    kernel: PagedAttentionKernel,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     flags: list[str],
@@ -621,7 +621,7 @@ def test_kernel_builds_with_and_without_half_support(
     command = [compiler, *cpu_kernel._FLAGS, *flags, str(source), "-o", str(library), "-lm"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
-    built = PagedDecodeKernel(ctypes.CDLL(str(library)))
+    built = PagedAttentionKernel(ctypes.CDLL(str(library)))
     assert built.supports_float16 is has_half
     assert built.cache_dtypes == ((torch.float32, torch.float16) if has_half else (torch.float32,))
 
@@ -648,7 +648,7 @@ def test_kernel_builds_with_and_without_half_support(
             assert (out == SENTINEL).all()
 
     counting = CountingKernel(built)
-    monkeypatch.setattr(torch_backend, "load_paged_decode_kernel", lambda: counting)
+    monkeypatch.setattr(torch_backend, "load_paged_attention_kernel", lambda: counting)
     step = make_step(
         mixed_seqs(16),
         block_size=16,
@@ -719,7 +719,7 @@ def _valid_call_args(cache_dtype: torch.dtype = torch.float32) -> dict[str, Any]
     ],
 )
 def test_kernel_refuses_wrong_dtype_or_layout(
-    kernel: PagedDecodeKernel, name: str, change: Any
+    kernel: PagedAttentionKernel, name: str, change: Any
 ) -> None:
     args = _valid_call_args()
     changed = change(args[name])
@@ -733,7 +733,7 @@ def test_kernel_refuses_wrong_dtype_or_layout(
 
 
 @pytest.mark.parametrize("cache_dtype", CACHE_DTYPES, ids=str)
-def test_valid_call_args_are_accepted(kernel: PagedDecodeKernel, cache_dtype: torch.dtype) -> None:
+def test_valid_call_args_are_accepted(kernel: PagedAttentionKernel, cache_dtype: torch.dtype) -> None:
     """The baseline of the refusal cases above runs and writes the decode rows."""
     skip_without_half(kernel, cache_dtype)
     args = _valid_call_args(cache_dtype)
@@ -800,7 +800,7 @@ def test_engine_greedy_tokens_equal_with_kernel_on_and_off(
         engine = InferenceEngine(config)
         assert engine.runner.kv_cache_dtype == getattr(torch, kv_cache_dtype)
         attention = engine.runner.attention
-        assert isinstance(attention, TorchAttentionBackend)
+        assert isinstance(attention, PortableAttentionBackend)
         attention.use_decode_kernel = decode_kernel
         for i, prompt in enumerate(prompts):
             engine.add_request(f"r{i}", prompt_token_ids=prompt, sampling_params=params)
@@ -818,7 +818,7 @@ def test_engine_greedy_tokens_equal_with_kernel_on_and_off(
 
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
 def test_write_kv_stores_what_index_copy_would(cache_dtype: torch.dtype) -> None:
-    kernel = load_paged_decode_kernel()
+    kernel = load_paged_attention_kernel()
     if kernel is None or cache_dtype not in kernel.cache_dtypes:
         pytest.skip("no kernel for this cache dtype here")
     tokens, kv_heads, head_dim, num_blocks, block_size = 11, 3, 64, 8, 4
@@ -836,7 +836,7 @@ def test_write_kv_stores_what_index_copy_would(cache_dtype: torch.dtype) -> None
 
 
 def test_write_kv_refuses_what_it_cannot_read() -> None:
-    kernel = load_paged_decode_kernel()
+    kernel = load_paged_attention_kernel()
     if kernel is None:
         pytest.skip("no kernel here")
     key = torch.randn(2, 3, 8)

@@ -33,7 +33,7 @@ def _blocks_all_free(engine: InferenceEngine) -> bool:
 
 
 def test_default_model_config(engine: InferenceEngine) -> None:
-    mc = engine.get_model_config()
+    mc = engine.model_config
     assert (mc.num_hidden_layers, mc.hidden_size, mc.num_attention_heads, mc.num_key_value_heads) == (30, 576, 9, 3)
     assert mc.vocab_size == 49152 and mc.tie_word_embeddings
     assert engine.load_seconds > 0
@@ -161,7 +161,7 @@ def test_async_engine_streams_deltas_and_cancels() -> None:
                     pass
             for _ in range(100):
                 stats = async_engine.stats()
-                if stats["kv_blocks_used"] == 0 and stats["running"] == 0:
+                if stats.kv_blocks_used == 0 and stats.running == 0:
                     break
                 await asyncio.sleep(0.05)
             return results
@@ -170,6 +170,6 @@ def test_async_engine_streams_deltas_and_cancels() -> None:
         for text, final in results:
             assert text == final and final
         stats = async_engine.stats()
-        assert stats["kv_blocks_used"] == 0 and stats["running"] == 0 and stats["waiting"] == 0
+        assert stats.kv_blocks_used == 0 and stats.running == 0 and stats.waiting == 0
     finally:
         async_engine.shutdown()

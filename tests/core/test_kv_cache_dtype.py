@@ -20,7 +20,7 @@ from comparisons import kl_and_top1, shared_prefix_prompts
 from fixtures_models import TinyModel
 from ziggurat_core.engine import InferenceEngine, SamplingParams
 from ziggurat_core.engine.attention.base import StepLayout
-from ziggurat_core.engine.attention.torch_backend import TorchAttentionBackend
+from ziggurat_core.engine.attention.torch_backend import PortableAttentionBackend
 from ziggurat_core.engine.config import EngineConfig, ModelConfig
 from ziggurat_core.engine.model_runner import (
     ModelRunner,
@@ -157,7 +157,7 @@ def test_engine_allocates_and_reports_the_resolved_kv_cache_dtype(
     assert runner.dtype == torch.float32
     assert runner.quantization == linear
     assert runner.kv_cache_dtype == expected
-    assert isinstance(runner.attention, TorchAttentionBackend)
+    assert isinstance(runner.attention, PortableAttentionBackend)
     mc = tiny.config
     shape = (2, 40, 4, mc.num_key_value_heads, mc.head_dim)
     assert len(runner.kv_caches) == mc.num_hidden_layers
@@ -165,7 +165,7 @@ def test_engine_allocates_and_reports_the_resolved_kv_cache_dtype(
     element = torch.empty((), dtype=expected).element_size()
     per_block = 2 * mc.num_hidden_layers * 4 * mc.num_key_value_heads * mc.head_dim * element
     assert runner.kv_spec.bytes_per_block == per_block
-    assert engine.stats()["kv_cache_bytes"] == 40 * per_block
+    assert engine.stats().kv_cache_bytes == 40 * per_block
     name = str(expected).removeprefix("torch.")
     assert any(f"kv cache 40 blocks of {name}" in r.getMessage() for r in caplog.records)
 
@@ -285,9 +285,9 @@ def _tight_and_roomy(tiny: TinyModel) -> tuple[InferenceEngine, InferenceEngine]
 
 def _assert_pressure_was_real(tight: InferenceEngine) -> None:
     stats = tight.stats()
-    assert stats["preemptions"] > 0, "the cache was meant to be too small for every sequence"
-    assert stats["prefix_cache_hit_rate"] > 0
-    assert stats["kv_blocks_used"] == 0
+    assert stats.preemptions > 0, "the cache was meant to be too small for every sequence"
+    assert stats.prefix_cache_hit_rate > 0
+    assert stats.kv_blocks_used == 0
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -304,7 +304,7 @@ def test_float16_cache_under_chunked_prefill_prefix_caching_and_preemption(
     expected = greedy_tokens(roomy, prompts, max_tokens=12)
     assert got == expected
     _assert_pressure_was_real(tight)
-    assert roomy.stats()["preemptions"] == 0
+    assert roomy.stats().preemptions == 0
 
 
 def test_int8_engine_on_float16_cache_under_chunking_prefix_caching_and_preemption(

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from ziggurat_core.engine.default_model import default_model_path
 from ziggurat_core.engine.errors import ModelNotFoundError
 from ziggurat_core.engine.layers import rope_inv_freq
+from ziggurat_core.engine.llm_engine import load_tokenizer
 from ziggurat_core.engine.loader import CheckpointError, load_checkpoint
 from ziggurat_core.engine.loader.gguf_names import unpermute_qk_rows
 from ziggurat_core.engine.models import LlamaForCausalLM, build_model
@@ -53,7 +54,9 @@ def test_model_config_from_both_formats(tiny_model_factory, arch: str, source: s
     # HF: config.json's eos plus generation_config.json's; GGUF: eos plus end-of-turn.
     assert config.eos_token_ids == [SPECIAL_TOKENS.index("<|endoftext|>"), SPECIAL_TOKENS.index("<|im_end|>")]
     assert config.source_path == str(checkpoint.path)
-    assert checkpoint.chat_template == CHAT_TEMPLATE
+    # The chat template is the tokenizer's, read from either format.
+    tokenizer = load_tokenizer(checkpoint)
+    assert tokenizer.chat_template is not None and tokenizer.chat_template.source == CHAT_TEMPLATE
 
 
 def test_llama3_rope_scaling_is_equivalent_in_both_formats(tiny_llama: TinyModel) -> None:
@@ -88,10 +91,11 @@ def test_older_config_json_keys(tiny_llama: TinyModel, tmp_path: Path) -> None:
 def test_chat_template_jinja_file_wins(tiny_llama: TinyModel, tmp_path: Path) -> None:
     folder = copy_hf_dir(tiny_llama, tmp_path)
     (folder / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
-    assert load_checkpoint(folder).chat_template == "{{ messages[0]['content'] }}"
+    template = load_tokenizer(load_checkpoint(folder)).chat_template
+    assert template is not None and template.source == "{{ messages[0]['content'] }}"
     (folder / "chat_template.jinja").unlink()
     (folder / "tokenizer_config.json").write_text("{}")
-    assert load_checkpoint(folder).chat_template is None
+    assert load_tokenizer(load_checkpoint(folder)).chat_template is None
 
 
 # ---------------------------------------------------------------------------------- weights
@@ -222,7 +226,6 @@ def test_gguf_metadata_is_plain_python(tiny_llama: TinyModel) -> None:
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     merges = json.loads(tokenizer.to_str())["model"]["merges"]
 
-    assert checkpoint.tokenizer_source is metadata
     assert metadata["general.architecture"] == "llama"
     assert metadata["tokenizer.ggml.model"] == "gpt2"
     assert metadata["tokenizer.ggml.tokens"] == sorted(vocab, key=vocab.__getitem__)
@@ -230,7 +233,8 @@ def test_gguf_metadata_is_plain_python(tiny_llama: TinyModel) -> None:
     assert metadata["tokenizer.ggml.token_type"][:4] == [3, 3, 3, 1]
     assert metadata["tokenizer.ggml.bos_token_id"] == 0
     assert metadata["tokenizer.ggml.add_bos_token"] is False
-    assert metadata["llama.attention.layer_norm_rms_epsilon"] == 1e-5
+    # The float32 the file holds, as the gguf reader decodes it.
+    assert metadata["llama.attention.layer_norm_rms_epsilon"] == float(np.float32(1e-5))
     assert metadata["tokenizer.chat_template"] == CHAT_TEMPLATE
     assert not any(key.startswith("GGUF.") for key in metadata)
     for value in metadata.values():
@@ -238,9 +242,8 @@ def test_gguf_metadata_is_plain_python(tiny_llama: TinyModel) -> None:
         assert all(type(item) in (str, int, float, bool) for item in items)
 
 
-def test_hf_checkpoint_has_folder_as_tokenizer_source(tiny_llama: TinyModel) -> None:
+def test_hf_checkpoint_has_no_gguf_metadata(tiny_llama: TinyModel) -> None:
     checkpoint = load_checkpoint(tiny_llama.hf_dir)
-    assert checkpoint.tokenizer_source == tiny_llama.hf_dir
     assert checkpoint.path == tiny_llama.hf_dir
     with pytest.raises(CheckpointError, match="no GGUF metadata"):
         checkpoint.gguf_metadata()
@@ -374,5 +377,5 @@ def test_smollm2_default_model_config() -> None:
     assert config.max_position_embeddings == 8192
     assert (config.bos_token_id, config.eos_token_ids) == (1, [2])
     assert config.name == "SmolLM2-135M-Instruct.Q4_1"
-    assert checkpoint.chat_template is not None and "<|im_start|>" in checkpoint.chat_template
+    assert "<|im_start|>" in checkpoint.gguf_metadata()["tokenizer.chat_template"]
     assert len(checkpoint.gguf_metadata()["tokenizer.ggml.tokens"]) == 49152

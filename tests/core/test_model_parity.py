@@ -1,6 +1,6 @@
 """LlamaForCausalLM against Hugging Face transformers, in float32.
 
-Our model runs through TorchAttentionBackend with a real paged KV cache (block tables handed out
+Our model runs through PortableAttentionBackend with a real paged KV cache (block tables handed out
 from a shuffled free list, so sequences are scattered over the cache); transformers runs each
 full sequence on its own. Covered: a flat prefill step of two prompts, decode steps after it, and
 a prefill split over two steps (mixed with another sequence's decode), for Llama (llama3 RoPE
@@ -19,7 +19,7 @@ from fixtures_models import TinyModel
 from transformers import AutoModelForCausalLM, LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from ziggurat_core.engine.attention.base import StepLayout
-from ziggurat_core.engine.attention.torch_backend import TorchAttentionBackend
+from ziggurat_core.engine.attention.torch_backend import PortableAttentionBackend
 from ziggurat_core.engine.default_model import default_model_path
 from ziggurat_core.engine.errors import ModelNotFoundError
 from ziggurat_core.engine.layers import rope_inv_freq
@@ -45,7 +45,7 @@ class PagedSession:
         random.Random(seed).shuffle(self.free_blocks)
         self.block_tables: dict[str, list[int]] = {}
         self.num_cached: dict[str, int] = {}
-        self.backend = TorchAttentionBackend()
+        self.backend = PortableAttentionBackend()
 
     def step(self, chunks: list[tuple[str, list[int]]]) -> list[torch.Tensor]:
         """Run new tokens for several sequences in one flat batch; logits per chunk."""

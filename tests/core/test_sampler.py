@@ -10,7 +10,7 @@ import torch
 from ziggurat_core.engine.sampler import Sampler, SampleResult, apply_logit_processors
 from ziggurat_core.engine.sampling_metadata import build_sampling_metadata
 from ziggurat_core.engine.sampling_params import SamplingParams
-from ziggurat_core.engine.sequence import Sequence
+from ziggurat_core.engine.sequence import SequenceState
 
 CPU = torch.device("cpu")
 EOS = 1
@@ -21,8 +21,8 @@ def make_seq(
     prompt: list[int] | None = None,
     output: list[int] | None = None,
     index: int = 0,
-) -> Sequence:
-    seq = Sequence("req", prompt if prompt is not None else [0], params, index=index)
+) -> SequenceState:
+    seq = SequenceState("req", prompt if prompt is not None else [0], params, index=index)
     for token in output or []:
         seq.append_token(token)
     return seq
@@ -119,7 +119,7 @@ def flat_logits(vocab_size: int, seed: int) -> torch.Tensor:
 
 
 def run_steps(
-    sampler: Sampler, target: Sequence, target_row: torch.Tensor, others: list[Sequence], steps: int
+    sampler: Sampler, target: SequenceState, target_row: torch.Tensor, others: list[SequenceState], steps: int
 ) -> list[int]:
     """Tokens drawn for `target` when it sits at row 2 (or alone) of a batch with `others`."""
     vocab_size = target_row.shape[0]
@@ -275,7 +275,7 @@ def test_min_p_drops_tokens_below_the_scaled_threshold(sampler: Sampler) -> None
 
 # --- logit processors ------------------------------------------------------------------------
 
-def processed_logits(row: list[float], seq: Sequence, eos: list[int]) -> list[float]:
+def processed_logits(row: list[float], seq: SequenceState, eos: list[int]) -> list[float]:
     logits = torch.tensor([row])
     meta = build_sampling_metadata([seq], eos, len(row), CPU, lambda s: None)
     return apply_logit_processors(logits, meta)[0].tolist()

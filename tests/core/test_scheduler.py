@@ -15,7 +15,7 @@ from ziggurat_core.engine.errors import (
 )
 from ziggurat_core.engine.sampling_params import SamplingParams
 from ziggurat_core.engine.scheduler import Scheduler, SchedulerOutput
-from ziggurat_core.engine.sequence import Sequence, SequenceStatus
+from ziggurat_core.engine.sequence import SequenceState, SequenceStatus
 
 
 def make_config(
@@ -34,9 +34,9 @@ def make_config(
     )
 
 
-def make_request(request_id: str, prompt: list[int], n: int = 1, max_tokens: int = 4) -> list[Sequence]:
+def make_request(request_id: str, prompt: list[int], n: int = 1, max_tokens: int = 4) -> list[SequenceState]:
     params = SamplingParams(n=n, max_tokens=max_tokens)
-    return [Sequence(request_id, prompt, params, index=i) for i in range(n)]
+    return [SequenceState(request_id, prompt, params, index=i) for i in range(n)]
 
 
 def fake_token(seq_id: int, position: int) -> int:
@@ -282,7 +282,7 @@ def test_a_sequence_that_outgrows_the_whole_cache_finishes_with_length() -> None
     scheduler = Scheduler(make_config(block_size=2), num_blocks=2, max_model_len=64)
     (seq,) = make_request("a", [1, 2, 3], max_tokens=50)
     scheduler.add_request("a", [seq])
-    finished: list[Sequence] = []
+    finished: list[SequenceState] = []
     for _ in range(10):
         out = run_step(scheduler)
         finished.extend(out.finished_by_scheduler)
@@ -403,7 +403,7 @@ class SimulatedEngine:
         self.max_model_len = max_model_len
         self.scheduler = Scheduler(config, num_blocks, max_model_len)
         self.kv: dict[int, tuple[int, ...]] = {}
-        self.requests: dict[str, list[Sequence]] = {}
+        self.requests: dict[str, list[SequenceState]] = {}
         self.aborted: set[int] = set()
         self.outgrown: set[int] = set()
         self.num_added = 0
@@ -456,7 +456,7 @@ class SimulatedEngine:
                 self.scheduler.finish_sequence(seq, SequenceStatus.FINISHED_LENGTH)
         self.check_state()
 
-    def slot(self, seq: Sequence, position: int) -> int:
+    def slot(self, seq: SequenceState, position: int) -> int:
         bs = self.config.block_size
         return seq.block_table[position // bs] * bs + position % bs
 

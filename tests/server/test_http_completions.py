@@ -192,6 +192,28 @@ def test_suffix_is_not_supported(client: httpx.Client) -> None:
     assert error["param"] == "suffix"
 
 
+@pytest.mark.parametrize(("body", "param"), [
+    ({"prompt": "Hi", "echo": True, "logprobs": 1}, "echo"),
+    ({"prompt": "Hi", "prompt_logprobs": 1}, "prompt_logprobs"),
+])
+def test_prompt_logprobs_are_refused_naming_the_field(client: httpx.Client, body: dict[str, Any],
+                                                      param: str) -> None:
+    """The engine computes no prompt logprobs: asking for them is a 400, never a response
+    that silently leaves them out."""
+    response = client.post("/v1/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert "prompt logprobs" in error["message"]
+
+
+def test_chat_prompt_logprobs_are_refused(client: httpx.Client) -> None:
+    response = client.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "Hi"}], "prompt_logprobs": 0})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "prompt_logprobs"
+
+
 def test_prompt_beyond_context_window_names_the_numbers(client: httpx.Client) -> None:
     prompt = [7] * 250
     response = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 10})

@@ -11,10 +11,10 @@ from fastapi.responses import Response
 
 from . import __version__
 from .disconnect import ClientDisconnected
-from .engine_client import EngineClient, load_async_engine
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
 from .routes import chat, completions, health, info, metrics, models, tokenize
+from .serving_engine import ServingEngine, load_async_engine
 from .settings import ServerSettings
 from .state import EngineFactory, ServerState
 
@@ -24,10 +24,10 @@ CLIENT_CLOSED_REQUEST = 499
 
 def create_app(
     settings: ServerSettings,
-    engine: EngineClient | None = None,
+    engine: ServingEngine | None = None,
     *,
     engine_factory: EngineFactory | None = None,
-    on_ready: Callable[[EngineClient], None] | None = None,
+    on_ready: Callable[[ServingEngine], None] | None = None,
     on_load_error: Callable[[str], None] | None = None,
 ) -> FastAPI:
     """Build the app. With no `engine`, `engine_factory` (default: load `settings.model`) runs in

@@ -4,29 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from ziggurat_core.engine.outputs import CompletionOutput, RequestOutput
+from ziggurat_core.engine.outputs import CompletionOutput, Logprob, RequestOutput
 from ziggurat_core.protocol import Usage
 
-from .logprobs import TokenBytes, chat_logprobs
+from .logprobs import chat_logprobs
 from .response_meta import ResponseMeta, usage_of
 
 
-def _logprobs_or_none(entries: list[Any] | None,
-                      token_bytes: TokenBytes | None) -> dict[str, Any] | None:
+def _logprobs_or_none(entries: list[Logprob] | None) -> dict[str, Any] | None:
     if entries is None:
         return None
-    return chat_logprobs(entries, token_bytes).model_dump(mode="json")
+    return chat_logprobs(entries).model_dump(mode="json")
 
 
-def chat_completion_body(meta: ResponseMeta, outputs: list[RequestOutput],
-                         token_bytes: TokenBytes | None = None) -> dict[str, Any]:
+def chat_completion_body(meta: ResponseMeta, outputs: list[RequestOutput]) -> dict[str, Any]:
     choices: list[dict[str, Any]] = []
     for prompt_index, output in enumerate(outputs):
         for completion in output.outputs:
             choices.append({
                 "index": meta.choice_index(prompt_index, completion.index),
                 "message": {"role": "assistant", "content": completion.text},
-                "logprobs": _logprobs_or_none(completion.logprobs, token_bytes),
+                "logprobs": _logprobs_or_none(completion.logprobs),
                 "finish_reason": completion.finish_reason,
             })
     choices.sort(key=lambda choice: int(choice["index"]))
@@ -41,9 +39,8 @@ class ChatChunker:
     on every chunk when usage was asked for; the deltas carry only what changed.
     """
 
-    def __init__(self, meta: ResponseMeta, token_bytes: TokenBytes | None = None) -> None:
+    def __init__(self, meta: ResponseMeta) -> None:
         self.meta = meta
-        self.token_bytes = token_bytes
         self._finished: set[int] = set()
 
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -75,7 +72,7 @@ class ChatChunker:
         if completion.delta_text or completion.delta_logprobs:
             chunks.append(self._chunk([self._choice(
                 index, {"content": completion.delta_text},
-                _logprobs_or_none(completion.delta_logprobs, self.token_bytes))]))
+                _logprobs_or_none(completion.delta_logprobs))]))
         if completion.finish_reason is not None:
             self._finished.add(index)
             chunks.append(self._chunk([self._choice(index, {}, None, completion.finish_reason)]))

@@ -14,7 +14,7 @@ from ziggurat_core.engine.default_model import resolve_model_path
 from ziggurat_core.engine.errors import ModelNotFoundError
 
 from . import __version__
-from .engine_client import EngineClient
+from .serving_engine import ServingEngine
 from .settings import (
     ServerSettings,
     SettingsError,
@@ -49,12 +49,12 @@ def _fail(message: str, code: int) -> int:
 
 def _bound_openmp_spinning() -> None:
     """The model loads in a worker thread while the event loop runs, and steps in a third
-    thread; OpenMP workers that spin long between ops steal the cores these threads need
-    (measured with libgomp's default spin: CPU decode steps up to 50x slower on a busy 2-core
-    host). Sleeping at once (OMP_WAIT_POLICY=PASSIVE) costs a futex wake-up per parallel region
-    instead, and a step runs hundreds of them: the server at 32 concurrent streams on SmolLM2
-    made 324 tok/s passive and 447 tok/s with a short spin (GOMP_SPINCOUNT=20000, a few tens of
-    microseconds), which still leaves idle workers asleep. Set before torch loads libgomp; an
+    thread; OpenMP workers that spin long between ops steal the cores these threads need (with
+    libgomp's default spin, CPU decode steps slowed down many times over on a busy host).
+    Sleeping at once (OMP_WAIT_POLICY=PASSIVE) costs a futex wake-up per parallel region
+    instead, and a step runs hundreds of them, so a short spin (GOMP_SPINCOUNT=20000, a few tens
+    of microseconds) serves faster than either and still leaves idle workers asleep (figures in
+    docs/benchmarks.md). Set before torch loads libgomp; an
     explicit user setting of either variable wins."""
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = "20000"
@@ -101,7 +101,7 @@ def serve(settings: ServerSettings) -> int:
                      EXIT_FAILURE)
     url = _url(settings.host, sock.getsockname()[1])
 
-    def announce(engine: EngineClient) -> None:
+    def announce(engine: ServingEngine) -> None:
         print(f"Serving {engine.model_name} at {url}/v1", flush=True)
 
     load_failed = False

@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ziggurat_core.engine.inputs import PromptInput
 from ziggurat_core.engine.outputs import RequestOutput
 from ziggurat_core.engine.sampling_params import SamplingParams
 
 from .disconnect import ClientDisconnected, run_unless_disconnected
-from .engine_client import EngineClient
 from .errors import APIError, from_engine_error
+from .serving_engine import ServingEngine
 from .state import ServerState
 
 logger = logging.getLogger("ziggurat_server")
@@ -34,11 +35,11 @@ class _Progress:
 
 
 class Generation:
-    def __init__(self, state: ServerState, engine: EngineClient, prompts: list[dict[str, Any]],
+    def __init__(self, state: ServerState, engine: ServingEngine, prompts: list[PromptInput],
                  params: SamplingParams, id_prefix: str) -> None:
         self.state = state
         self.engine = engine
-        self.prompts = prompts  # keyword arguments for engine.generate, one dict per prompt
+        self.prompts = prompts
         self.params = params
         base = uuid.uuid4().hex
         self.request_ids = [f"{id_prefix}-{base}-{i}" for i in range(len(prompts))]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from ziggurat_core.engine.outputs import Logprob
 from ziggurat_core.protocol import (
     ChatChoiceLogprobs,
@@ -13,34 +11,17 @@ from ziggurat_core.protocol import (
 )
 
 
-def _top_sorted(entry: Logprob) -> list[tuple[int, float]]:
-    return sorted(entry.top_logprobs.items(), key=lambda item: item[1], reverse=True)
-
-
-def _text_of(entry: Logprob, token_id: int) -> str:
-    return entry.top_tokens.get(token_id, "")
-
-
-TokenBytes = Callable[[int], bytes]
-
-
-def chat_logprobs(entries: list[Logprob], token_bytes: TokenBytes | None = None) -> ChatChoiceLogprobs:
-    """`token_bytes` gives a token's exact bytes (part of a UTF-8 character, maybe); without
-    it the displayed text is encoded."""
-
-    def bytes_of(token_id: int, text: str) -> list[int]:
-        return list(token_bytes(token_id) if token_bytes is not None else text.encode("utf-8"))
-
-    content = []
-    for entry in entries:
-        tops = [
-            TopLogprob(token=_text_of(entry, tid), logprob=lp,
-                       bytes=bytes_of(tid, _text_of(entry, tid)))
-            for tid, lp in _top_sorted(entry)
-        ]
-        content.append(ChatTokenLogprob(token=entry.token, logprob=entry.logprob,
-                                        bytes=bytes_of(entry.token_id, entry.token),
-                                        top_logprobs=tops))
+def chat_logprobs(entries: list[Logprob]) -> ChatChoiceLogprobs:
+    """`bytes` are the token's exact bytes, part of a UTF-8 character maybe (then `token`
+    shows U+FFFD)."""
+    content = [
+        ChatTokenLogprob(
+            token=entry.token, logprob=entry.logprob, bytes=list(entry.token_bytes),
+            top_logprobs=[TopLogprob(token=top.token, logprob=top.logprob,
+                                     bytes=list(top.token_bytes))
+                          for top in entry.top_logprobs])
+        for entry in entries
+    ]
     return ChatChoiceLogprobs(content=content)
 
 
@@ -54,7 +35,7 @@ def completion_logprobs(entries: list[Logprob], text_offset_start: int) -> Compl
     for entry in entries:
         tokens.append(entry.token)
         token_logprobs.append(entry.logprob)
-        top_logprobs.append({_text_of(entry, tid): lp for tid, lp in _top_sorted(entry)})
+        top_logprobs.append({top.token: top.logprob for top in entry.top_logprobs})
         offsets.append(offset)
         offset += len(entry.token)
     return CompletionLogprobs(tokens=tokens, token_logprobs=token_logprobs,

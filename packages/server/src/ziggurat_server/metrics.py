@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from ziggurat_core.engine.reports import EngineStats
 
 from .prometheus import Counter, Gauge, Histogram, render_all
 
@@ -37,14 +36,14 @@ class ServerMetrics:
         self.prefix_hit_rate = Gauge("ziggurat_prefix_cache_hit_rate",
                                      "fraction of prompt blocks served from the prefix cache")
 
-    def render(self, engine_stats: Mapping[str, Any] | None) -> str:
+    def render(self, engine_stats: EngineStats | None) -> str:
         if engine_stats is not None:
-            self.running.set(engine_stats.get("running", 0))
-            self.waiting.set(engine_stats.get("waiting", 0))
-            self.kv_usage.set(engine_stats.get("kv_usage", 0.0))
-            self.kv_blocks_used.set(engine_stats.get("kv_blocks_used", 0))
-            self.kv_blocks_total.set(engine_stats.get("kv_blocks_total", 0))
-            self.prefix_hit_rate.set(engine_stats.get("prefix_cache_hit_rate", 0.0))
+            self.running.set(engine_stats.running)
+            self.waiting.set(engine_stats.waiting)
+            self.kv_usage.set(engine_stats.kv_usage)
+            self.kv_blocks_used.set(engine_stats.kv_blocks_used)
+            self.kv_blocks_total.set(engine_stats.kv_blocks_total)
+            self.prefix_hit_rate.set(engine_stats.prefix_cache_hit_rate)
         return render_all([
             self.http_requests, self.finished_sequences, self.prompt_tokens,
             self.generation_tokens, self.time_to_first_token, self.inter_token_latency,

@@ -44,6 +44,10 @@ def _check_stop_token_ids(ids: list[int] | None, vocab_size: int) -> list[int]:
 
 def _build(fields: SamplingFields, *, max_tokens: int | None, logprobs: int | None,
            vocab_size: int) -> SamplingParams:
+    # vLLM's extension; silently dropping it would hand back a response without what was asked.
+    if (fields.model_extra or {}).get("prompt_logprobs") is not None:
+        raise bad_request("prompt_logprobs is not supported (the engine does not compute "
+                          "prompt logprobs)", param="prompt_logprobs")
     try:
         return SamplingParams(
             n=fields.n,

@@ -8,17 +8,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+
+from ziggurat_core.engine.reports import DeviceInfo
 
 from .admission import AdmissionControl
-from .engine_client import EngineClient
 from .errors import engine_unavailable
 from .metrics import ServerMetrics
+from .serving_engine import ServingEngine
 from .settings import ServerSettings
 
 logger = logging.getLogger("ziggurat_server")
 
-EngineFactory = Callable[[], EngineClient]
+EngineFactory = Callable[[], ServingEngine]
 
 
 @dataclass
@@ -26,11 +27,11 @@ class ServerState:
     settings: ServerSettings
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     started_at: float = field(default_factory=time.time)
-    engine: EngineClient | None = None
+    engine: ServingEngine | None = None
     load_error: str | None = None
     admission: AdmissionControl = field(init=False)
     _loader: threading.Thread | None = field(default=None, init=False, repr=False)
-    _device_info: dict[str, Any] | None = field(default=None, init=False, repr=False)
+    _device_info: DeviceInfo | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.admission = AdmissionControl(
@@ -46,7 +47,7 @@ class ServerState:
             return "loading"
         return "error" if self.engine.errored else "ok"
 
-    def require_engine(self) -> EngineClient:
+    def require_engine(self) -> ServingEngine:
         """The engine, or a 503 that says why there is none."""
         if self.load_error is not None:
             raise engine_unavailable(f"The model failed to load: {self.load_error}",
@@ -61,14 +62,14 @@ class ServerState:
 
     # ------------------------------------------------------------------ loading
     def start_loading(self, factory: EngineFactory,
-                      on_ready: Callable[[EngineClient], None] | None = None,
+                      on_ready: Callable[[ServingEngine], None] | None = None,
                       on_error: Callable[[str], None] | None = None) -> None:
         """Load the engine in a worker thread so the server answers /health meanwhile."""
         self._loader = threading.Thread(target=self._load, args=(factory, on_ready, on_error),
                                         name="ziggurat-model-loader", daemon=True)
         self._loader.start()
 
-    def _load(self, factory: EngineFactory, on_ready: Callable[[EngineClient], None] | None,
+    def _load(self, factory: EngineFactory, on_ready: Callable[[ServingEngine], None] | None,
               on_error: Callable[[str], None] | None) -> None:
         progress = LoadingProgress(self.settings.model)
         try:
@@ -91,11 +92,12 @@ class ServerState:
         if self.engine is not None:
             self.engine.shutdown()
 
-    def device_info(self, fresh: bool = False) -> dict[str, Any]:
-        """The engine's hardware report; cached for /health, which only needs the names."""
+    def device_info(self) -> DeviceInfo | None:
+        """The engine's hardware report as first read, for /health, which only needs the names
+        (ask the engine for free memory now); None while no engine is loaded."""
         if self.engine is None:
-            return {}
-        if fresh or self._device_info is None:
+            return None
+        if self._device_info is None:
             self._device_info = self.engine.device_info()
         return self._device_info
 

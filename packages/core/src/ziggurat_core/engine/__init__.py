@@ -17,7 +17,9 @@ from .errors import (
     PromptTooLongError,
     RequestValidationError,
 )
-from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from .inputs import ChatMessage, PromptInput, ToolDefinition
+from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, TokenLogprob
+from .reports import AcceleratorInfo, CpuInfo, DeviceInfo, EngineStats, ResolvedSettings
 from .sampling_params import SamplingParams, SamplingParamsError
 
 if TYPE_CHECKING:
@@ -43,20 +45,29 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "LLM",
+    "AcceleratorInfo",
     "AsyncEngine",
+    "ChatMessage",
     "CompletionOutput",
+    "CpuInfo",
+    "DeviceInfo",
     "DuplicateRequestError",
     "EngineConfig",
     "EngineDeadError",
     "EngineError",
+    "EngineStats",
     "InferenceEngine",
     "Logprob",
     "ModelConfig",
     "ModelNotFoundError",
+    "PromptInput",
     "PromptTooLongError",
     "RequestMetrics",
     "RequestOutput",
     "RequestValidationError",
+    "ResolvedSettings",
     "SamplingParams",
     "SamplingParamsError",
+    "TokenLogprob",
+    "ToolDefinition",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import queue
 import threading
@@ -19,8 +20,10 @@ from typing import Any
 
 from .config import EngineConfig, ModelConfig
 from .errors import EngineDeadError
+from .inputs import ChatMessage, ToolDefinition
 from .llm_engine import InferenceEngine
 from .outputs import RequestOutput
+from .reports import DeviceInfo, EngineStats, ResolvedSettings
 from .sampling_params import SamplingParams
 from .tokenizer import Tokenizer
 
@@ -55,7 +58,7 @@ class AsyncEngine:
         self.errored = False
         self.error: BaseException | None = None
         self.started_at = time.time()
-        self._snapshot: dict[str, Any] = {}
+        self._snapshot: EngineStats  # set by the loop thread before `_ready` resolves
         self._ready: concurrent.futures.Future[InferenceEngine] = concurrent.futures.Future()
         self._thread = threading.Thread(
             target=self._run, args=(engine_factory,), name="ziggurat-engine", daemon=True
@@ -90,8 +93,22 @@ class AsyncEngine:
         return self.engine.max_model_len
 
     @property
-    def is_running(self) -> bool:
-        return self._thread.is_alive() and not self.errored
+    def resolved_settings(self) -> ResolvedSettings:
+        return self.engine.resolved_settings
+
+    # ------------------------------------------------------------------ tokenizer
+    # The tokenizer is read-only once loaded, so these run on the caller's thread.
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.engine.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.engine.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages: list[ChatMessage], *, add_generation_prompt: bool,
+                            tools: list[ToolDefinition] | None = None) -> str:
+        """The prompt text of a conversation; encode it with `add_special_tokens=False`."""
+        return self.engine.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
     # ------------------------------------------------------------------ public API
     async def generate(
@@ -100,8 +117,8 @@ class AsyncEngine:
         *,
         prompt: str | None = None,
         prompt_token_ids: list[int] | None = None,
-        messages: list[dict[str, Any]] | None = None,
-        tools: list[dict[str, Any]] | None = None,
+        messages: list[ChatMessage] | None = None,
+        tools: list[ToolDefinition] | None = None,
         sampling_params: SamplingParams | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Yield the request's outputs (with deltas) until it finishes; leaving early aborts it."""
@@ -145,28 +162,17 @@ class AsyncEngine:
 
         self._submit(do_abort)
 
-    async def run_in_engine(self, fn: Callable[[InferenceEngine], Any]) -> Any:
-        """Run `fn(engine)` on the loop thread between steps (consistent reads of engine state)."""
-        self._check_alive()
-        return await asyncio.wrap_future(self._submit(lambda: fn(self.engine)))
+    def stats(self) -> EngineStats:
+        """The loop's latest snapshot of scheduler and cache counters (read without stopping it);
+        the uptime counts from the start of loading."""
+        return dataclasses.replace(self._snapshot, uptime_s=time.time() - self.started_at,
+                                   errored=self.errored)
 
-    def stats(self) -> dict[str, Any]:
-        """A snapshot of scheduler and cache counters (read without stopping the loop)."""
-        stats = dict(self._snapshot)
-        stats["uptime_s"] = time.time() - self.started_at
-        stats["errored"] = self.errored
-        return stats
-
-    def device_info(self) -> dict[str, Any]:
+    def device_info(self) -> DeviceInfo:
+        """The hardware as it is now (free memory changes)."""
         from .device import device_info
 
-        info = device_info()
-        info["engine_device"] = str(self.engine.runner.device)
-        info["dtype"] = str(self.engine.runner.dtype).replace("torch.", "")
-        info["attention_backend"] = self.engine.runner.attention.name
-        info["quantization"] = self.engine.runner.quantization
-        info["kv_cache_dtype"] = str(self.engine.runner.kv_cache_dtype).replace("torch.", "")
-        return info
+        return device_info()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stopping = True

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
-from .sequence import Sequence
+from .sequence import SequenceState
 
 
 class BlockAccountingError(RuntimeError):
@@ -81,7 +81,7 @@ class BlockManager:
         self._block_hash: list[int | None] = [None] * num_blocks
         # Chain hashes of each live sequence's leading full computed blocks (in table order).
         self._seq_hashes: dict[int, list[int]] = {}
-        self._live: dict[int, Sequence] = {}
+        self._live: dict[int, SequenceState] = {}
         self._prefix_queries = 0
         self._prefix_hits = 0
 
@@ -101,18 +101,18 @@ class BlockManager:
     def blocks_for_tokens(self, num_tokens: int) -> int:
         return _ceil_div(num_tokens, self.block_size)
 
-    def cached_prefix_len(self, seq: Sequence) -> int:
+    def cached_prefix_len(self, seq: SequenceState) -> int:
         """Tokens `allocate(seq)` would take from the prefix cache right now."""
         return len(self._match_prefix(seq.token_ids)) * self.block_size
 
     # ----- allocation -----
 
-    def can_allocate(self, seq: Sequence) -> bool:
+    def can_allocate(self, seq: SequenceState) -> bool:
         self._check_allocatable(seq)
         hits = self._match_prefix(seq.token_ids)
         return self._free_blocks_consumed_by_allocate(seq, hits) <= self.num_free_blocks
 
-    def allocate(self, seq: Sequence) -> None:
+    def allocate(self, seq: SequenceState) -> None:
         """Give `seq` blocks for all of its tokens, reusing cached blocks for the longest
         matching prefix; sets `num_computed_tokens` and `num_cached_tokens` to the hit length."""
         self._check_allocatable(seq)
@@ -141,10 +141,10 @@ class BlockManager:
             self._prefix_queries += len(seq)
             self._prefix_hits += seq.num_cached_tokens
 
-    def can_append(self, seq: Sequence, num_new_tokens: int) -> bool:
+    def can_append(self, seq: SequenceState, num_new_tokens: int) -> bool:
         return self._num_new_blocks_for_append(seq, num_new_tokens) <= self.num_free_blocks
 
-    def append(self, seq: Sequence, num_new_tokens: int) -> None:
+    def append(self, seq: SequenceState, num_new_tokens: int) -> None:
         """Make sure blocks exist for positions up to `num_computed_tokens + num_new_tokens`."""
         num_new = self._num_new_blocks_for_append(seq, num_new_tokens)
         if num_new > self.num_free_blocks:
@@ -155,7 +155,7 @@ class BlockManager:
         if num_new:
             seq.block_table.extend(self._take_free_block() for _ in range(num_new))
 
-    def mark_computed(self, seq: Sequence) -> None:
+    def mark_computed(self, seq: SequenceState) -> None:
         """Register every block of `seq` that is now full and computed in the prefix cache."""
         if not self.enable_prefix_caching:
             return
@@ -178,7 +178,7 @@ class BlockManager:
                 self._block_hash[block] = block_hash
             parent = block_hash
 
-    def free(self, seq: Sequence) -> None:
+    def free(self, seq: SequenceState) -> None:
         """Drop `seq`'s references (tail first, so the tail is evicted first) and clear its table.
         Freeing a sequence that holds no blocks does nothing."""
         # Validate first so that a double free raises before any count has moved.
@@ -214,7 +214,7 @@ class BlockManager:
 
     # ----- internals -----
 
-    def _check_allocatable(self, seq: Sequence) -> None:
+    def _check_allocatable(self, seq: SequenceState) -> None:
         if seq.block_table or seq.seq_id in self._live:
             raise BlockAccountingError(f"sequence {seq.seq_id} already has blocks")
         if not seq.token_ids:
@@ -238,13 +238,13 @@ class BlockManager:
             parent = block_hash
         return hits
 
-    def _free_blocks_consumed_by_allocate(self, seq: Sequence, hits: list[_CacheEntry]) -> int:
+    def _free_blocks_consumed_by_allocate(self, seq: SequenceState, hits: list[_CacheEntry]) -> int:
         """Free blocks `allocate` consumes: fresh blocks for the misses, plus the hits that
         currently sit in the free pool (they cost no compute, but they leave the pool too)."""
         revived = sum(1 for entry in hits if self._ref_counts[entry.block_id] == 0)
         return self.blocks_for_tokens(len(seq)) - len(hits) + revived
 
-    def _num_new_blocks_for_append(self, seq: Sequence, num_new_tokens: int) -> int:
+    def _num_new_blocks_for_append(self, seq: SequenceState, num_new_tokens: int) -> int:
         if num_new_tokens < 0:
             raise ValueError(f"num_new_tokens must be >= 0, got {num_new_tokens}")
         if seq.seq_id not in self._live:

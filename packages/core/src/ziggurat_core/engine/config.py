@@ -98,8 +98,8 @@ class EngineConfig:
     seed: int = 0
     num_threads: int | None = None  # torch CPU threads; None: torch's default
     cpu_weight_prepack: bool = True  # float weights on CPU in oneDNN's blocked layout (faster GEMM)
-    # Linear layers' compute on CPU: "int8" (int8 weights and per-token int8 activations, ~3x
-    # faster GEMMs), "none" (the run dtype), or "auto": int8 when the checkpoint's weights are
+    # Linear layers' compute on CPU: "int8" (int8 weights and per-token int8 activations, faster
+    # GEMMs), "none" (the run dtype), or "auto": int8 when the checkpoint's weights are
     # already quantised (a Q4/Q8/K-quant GGUF, as llama.cpp would run it), else none.
     quantization: str = "auto"
     # Element type of the KV cache: "float32", "float16", "bfloat16", or "auto": float16 when the

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Any
 
 import torch
+
+from .reports import AcceleratorInfo, CpuInfo, DeviceInfo
 
 _DTYPES = {
     "float32": torch.float32,
@@ -67,31 +68,36 @@ def device_memory(device: torch.device) -> tuple[int, int]:
     return available_host_memory(), total_host_memory()
 
 
-def device_info() -> dict[str, Any]:
+def device_info() -> DeviceInfo:
     """Accelerators (an honest empty list on a CPU-only host) and the CPU."""
-    devices: list[dict[str, Any]] = []
+    devices: list[AcceleratorInfo] = []
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
             free, total = torch.cuda.mem_get_info(index)
-            devices.append({
-                "id": index,
-                "name": props.name,
-                "total_memory": int(total),
-                "free_memory": int(free),
-                "compute_capability": f"{props.major}.{props.minor}",
-                "driver_version": _nvidia_driver_version(),
-                "cuda_version": torch.version.cuda,
-            })
-    cpu = {
-        "name": platform.processor() or platform.machine(),
-        "architecture": platform.machine(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "total_memory": total_host_memory(),
-        "available_memory": available_host_memory(),
-    }
-    return {"devices": devices, "cpu": cpu}
+            devices.append(AcceleratorInfo(
+                id=index,
+                name=props.name,
+                total_memory=int(total),
+                free_memory=int(free),
+                compute_capability=f"{props.major}.{props.minor}",
+                driver_version=_nvidia_driver_version(),
+                cuda_version=torch.version.cuda,
+            ))
+    cpu = CpuInfo(
+        name=platform.processor() or platform.machine(),
+        architecture=platform.machine(),
+        cores=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        total_memory=total_host_memory(),
+        available_memory=available_host_memory(),
+    )
+    return DeviceInfo(devices=devices, cpu=cpu)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """"float32" for torch.float32: the name users write in the settings."""
+    return str(dtype).removeprefix("torch.")
 
 
 def _nvidia_driver_version() -> str | None:

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from os import PathLike
 from typing import Any, Literal
 
+from gguf import TokenType  # llama.cpp's token types
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
 
@@ -29,61 +29,6 @@ TokenizerKind = Literal["byte_level", "sentencepiece", "other"]
 
 class UnsupportedTokenizerError(ValueError):
     """The GGUF describes a tokenizer (model or pre-tokenizer type) we cannot rebuild."""
-
-
-# llama.cpp token types (enum llama_token_type in gguf/llama.cpp).
-TOKEN_TYPE_NORMAL = 1
-TOKEN_TYPE_UNKNOWN = 2
-TOKEN_TYPE_CONTROL = 3
-TOKEN_TYPE_USER_DEFINED = 4
-TOKEN_TYPE_UNUSED = 5
-TOKEN_TYPE_BYTE = 6
-
-
-# --- reading metadata -------------------------------------------------------------------------
-
-
-def read_gguf_metadata(path: str | PathLike[str]) -> dict[str, Any]:
-    """All key/value metadata of a GGUF file as plain Python values.
-
-    Strings are decoded from UTF-8, scalars become int/float/bool and arrays become lists
-    (of those). The reader's header pseudo-fields ("GGUF.version", ...) are left out.
-    """
-    from gguf import GGUFReader  # imported here: only loading a GGUF needs it
-
-    reader = GGUFReader(str(path))
-    metadata: dict[str, Any] = {}
-    for name, reader_field in reader.fields.items():
-        if name.startswith("GGUF."):
-            continue
-        metadata[name] = _decode_field(reader_field)
-    return metadata
-
-
-def _decode_field(reader_field: Any) -> Any:
-    from gguf import GGUFValueType
-
-    types = reader_field.types
-    if not types:
-        return None
-    if types[0] == GGUFValueType.ARRAY:
-        item_type = types[1] if len(types) > 1 else None
-        if item_type == GGUFValueType.ARRAY:
-            # Nested arrays are rare and gguf-py does not index them as parts; keep them raw.
-            return [reader_field.parts[i].tolist() for i in reader_field.data]
-        return [_decode_scalar(reader_field.parts[i], item_type) for i in reader_field.data]
-    return _decode_scalar(reader_field.parts[reader_field.data[0]], types[0])
-
-
-def _decode_scalar(part: Any, value_type: Any) -> Any:
-    from gguf import GGUFValueType
-
-    if value_type == GGUFValueType.STRING:
-        return bytes(part).decode("utf-8", errors="replace")
-    value = part[0].item() if len(part) else None
-    if value_type == GGUFValueType.BOOL:
-        return bool(value)
-    return value
 
 
 # --- pre-tokenizer regexes (tokenizer.ggml.pre) -----------------------------------------------
@@ -286,7 +231,7 @@ def _chat_templates(metadata: dict[str, Any]) -> dict[str, str]:
 def _token_types(metadata: dict[str, Any], vocab_size: int) -> list[int]:
     token_types = metadata.get("tokenizer.ggml.token_type")
     if token_types is None:
-        return [TOKEN_TYPE_NORMAL] * vocab_size
+        return [TokenType.NORMAL] * vocab_size
     if len(token_types) != vocab_size:
         raise UnsupportedTokenizerError(
             f"tokenizer.ggml.token_type has {len(token_types)} entries for {vocab_size} tokens"
@@ -348,7 +293,7 @@ def _sentencepiece_backend(
     mergeable = {
         piece: token_id
         for piece, token_id in vocab.items()
-        if token_types[token_id] in (TOKEN_TYPE_NORMAL, TOKEN_TYPE_USER_DEFINED)
+        if token_types[token_id] in (TokenType.NORMAL, TokenType.USER_DEFINED)
     }
     unk_piece = pieces[unk_id] if unk_id is not None and 0 <= unk_id < len(pieces) else None
     model = models.BPE(
@@ -398,12 +343,12 @@ def _add_special_pieces(
     control = [
         AddedToken(piece, special=True, normalized=False)
         for piece, token_type in zip(pieces, token_types, strict=True)
-        if token_type == TOKEN_TYPE_CONTROL and piece
+        if token_type == TokenType.CONTROL and piece
     ]
     user_defined = [
         AddedToken(piece, special=False, normalized=False)
         for piece, token_type in zip(pieces, token_types, strict=True)
-        if token_type == TOKEN_TYPE_USER_DEFINED and piece
+        if token_type == TokenType.USER_DEFINED and piece
     ]
     if control:
         backend.add_special_tokens(control)

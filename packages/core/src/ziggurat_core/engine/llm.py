@@ -7,11 +7,13 @@ from collections.abc import Sequence as SequenceABC
 from typing import Any
 
 from .config import EngineConfig
+from .inputs import ChatMessage, PromptInput, ToolDefinition
 from .llm_engine import InferenceEngine
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
+from .tokenizer import Tokenizer
 
-Messages = list[dict[str, Any]]
+Messages = list[ChatMessage]
 # Show a progress bar once a batch is long enough for a user to wonder whether it is moving.
 _PROGRESS_MIN_REQUESTS = 8
 
@@ -19,14 +21,17 @@ _PROGRESS_MIN_REQUESTS = 8
 class LLM:
     """`LLM(model="default").generate(prompts, params)` runs a whole batch and returns it in order."""
 
-    def __init__(self, model: str = "default", config: EngineConfig | None = None, **engine_kwargs: Any) -> None:
-        config = config if config is not None else EngineConfig()
-        config.model = model
+    def __init__(self, model: str | None = None, config: EngineConfig | None = None,
+                 **engine_kwargs: Any) -> None:
+        """`model` wins over `config.model`; with neither, the default model is served. The
+        caller's `config` is left as it was."""
+        if model is not None:
+            engine_kwargs["model"] = model
         self.engine = InferenceEngine(config, **engine_kwargs)
         self._ids = itertools.count()
 
     @property
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> Tokenizer:
         return self.engine.tokenizer
 
     def generate(
@@ -37,7 +42,7 @@ class LLM:
     ) -> list[RequestOutput]:
         if isinstance(prompts, str):
             prompts = [prompts]
-        requests: list[dict[str, Any]] = []
+        requests: list[PromptInput] = []
         for prompt in prompts:
             if isinstance(prompt, str):
                 requests.append({"prompt": prompt})
@@ -50,7 +55,7 @@ class LLM:
         messages: Messages | list[Messages],
         sampling_params: SamplingParams | list[SamplingParams] | None = None,
         use_tqdm: bool = True,
-        tools: list[dict[str, Any]] | None = None,
+        tools: list[ToolDefinition] | None = None,
     ) -> list[RequestOutput]:
         """One conversation (a list of messages) or a batch of them."""
         single = bool(messages) and isinstance(messages[0], dict)
@@ -59,7 +64,7 @@ class LLM:
 
     def _run(
         self,
-        requests: list[dict[str, Any]],
+        requests: list[PromptInput],
         sampling_params: SamplingParams | list[SamplingParams] | None,
         use_tqdm: bool,
     ) -> list[RequestOutput]:

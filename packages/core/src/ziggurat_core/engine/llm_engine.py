@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .calibration_text import CALIBRATION_TEXT
 from .config import EngineConfig, ModelConfig
 from .default_model import default_served_name, resolve_model_path
 from .errors import DuplicateRequestError, PromptTooLongError, RequestValidationError
-from .output_processor import OutputProcessor, RequestState
+from .inputs import ChatMessage, ToolDefinition
+from .output_processor import OutputProcessor, RequestState, SampleState
 from .outputs import RequestMetrics, RequestOutput
+from .reports import EngineStats
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
-from .sequence import Sequence, SequenceStatus
+from .sequence import SequenceState, SequenceStatus
 from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from .loader import Checkpoint
 
 logger = logging.getLogger("ziggurat.engine")
 
 
-def load_tokenizer(checkpoint: Any) -> Tokenizer:
+def load_tokenizer(checkpoint: Checkpoint) -> Tokenizer:
     if checkpoint.format == "gguf":
         return Tokenizer.from_gguf_metadata(checkpoint.gguf_metadata())
     return Tokenizer.from_hf_dir(checkpoint.path)
@@ -35,13 +41,14 @@ class InferenceEngine:
         from .loader import load_checkpoint
         from .model_runner import ModelRunner
 
-        config = config if config is not None else EngineConfig()
-        for key, value in overrides.items():
-            if not hasattr(config, key):
-                raise TypeError(f"unknown engine setting {key!r}")
-            setattr(config, key, value)
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(EngineConfig)})
+        if unknown:
+            raise TypeError(f"unknown engine setting {unknown[0]!r}")
+        # A copy: the caller's config stays as they wrote it, whatever the overrides say.
+        config = dataclasses.replace(config if config is not None else EngineConfig(), **overrides)
         config.validate()
         self.config = config
+        self.started_at = time.time()
         started = time.perf_counter()
         path = resolve_model_path(config.model)
         device = resolve_device(config.device)
@@ -54,13 +61,14 @@ class InferenceEngine:
         self.runner = ModelRunner(
             config, checkpoint, self.max_model_len, self.tokenizer.encode(CALIBRATION_TEXT)
         )
+        self.resolved_settings = self.runner.resolved_settings()
         self.scheduler = Scheduler(config, self.runner.kv_spec.num_blocks, self.max_model_len)
         eos = list(dict.fromkeys([*self.model_config.eos_token_ids, *self.tokenizer.eos_token_ids]))
         self.eos_token_ids = eos
         self.output_processor = OutputProcessor(self.tokenizer, eos, self.max_model_len)
         self.load_seconds = time.perf_counter() - started
         self._requests: dict[str, RequestState] = {}
-        self._samples: dict[int, Any] = {}  # seq_id -> SampleState
+        self._samples: dict[int, SampleState] = {}  # by seq_id
         self.counters = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0, "preemptions": 0}
         self.peak_kv_waste = 0.0
         self.peak_kv_usage = 0.0
@@ -74,8 +82,8 @@ class InferenceEngine:
         sampling_params: SamplingParams | None = None,
         *,
         prompt_token_ids: list[int] | None = None,
-        messages: list[dict[str, Any]] | None = None,
-        tools: list[dict[str, Any]] | None = None,
+        messages: list[ChatMessage] | None = None,
+        tools: list[ToolDefinition] | None = None,
         arrival_time: float | None = None,
     ) -> None:
         """Queue a request. Raises RequestValidationError (nothing is queued) if it cannot run."""
@@ -102,7 +110,7 @@ class InferenceEngine:
         self.scheduler.check_request(len(token_ids), params.max_tokens)
 
         now = time.monotonic() if arrival_time is None else arrival_time
-        seqs = [Sequence(request_id, token_ids, params, index=i, arrival_time=now) for i in range(params.n)]
+        seqs = [SequenceState(request_id, token_ids, params, index=i, arrival_time=now) for i in range(params.n)]
         state = RequestState(
             request_id=request_id,
             prompt=prompt,
@@ -156,7 +164,7 @@ class InferenceEngine:
         sched = self.scheduler.schedule()
         touched: dict[str, RequestState] = {}
         self.counters["preemptions"] += len(sched.preempted)
-        for seq in getattr(sched, "finished_by_scheduler", []) or []:
+        for seq in sched.finished_by_scheduler:
             sample = self._samples.get(seq.seq_id)
             if sample is not None:
                 self.output_processor.finish_without_token(sample)
@@ -207,22 +215,23 @@ class InferenceEngine:
     def get_num_unfinished_requests(self) -> int:
         return len(self._requests)
 
-    def get_model_config(self) -> ModelConfig:
-        return self.model_config
-
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> EngineStats:
         kv = self.scheduler.block_manager.stats()
-        return {
-            "running": self.scheduler.num_running,
-            "waiting": self.scheduler.num_waiting,
-            "kv_blocks_total": kv.num_blocks,
-            "kv_blocks_used": kv.num_used_blocks,
-            "kv_usage": kv.usage,
-            "kv_waste": kv.waste,
-            "kv_cache_bytes": self.runner.kv_spec.total_bytes,
-            "block_size": self.config.block_size,
-            "prefix_cache_hit_rate": kv.hit_rate,
-            "peak_kv_usage": self.peak_kv_usage,
-            "peak_kv_waste": self.peak_kv_waste,
-            **self.counters,
-        }
+        return EngineStats(
+            running=self.scheduler.num_running,
+            waiting=self.scheduler.num_waiting,
+            kv_blocks_total=kv.num_blocks,
+            kv_blocks_used=kv.num_used_blocks,
+            kv_usage=kv.usage,
+            kv_waste=kv.waste,
+            kv_cache_bytes=self.runner.kv_spec.total_bytes,
+            block_size=self.config.block_size,
+            prefix_cache_hit_rate=kv.hit_rate,
+            peak_kv_usage=self.peak_kv_usage,
+            peak_kv_waste=self.peak_kv_waste,
+            prompt_tokens=self.counters["prompt_tokens"],
+            generation_tokens=self.counters["generation_tokens"],
+            steps=self.counters["steps"],
+            preemptions=self.counters["preemptions"],
+            uptime_s=time.time() - self.started_at,
+        )

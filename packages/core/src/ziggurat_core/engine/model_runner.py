@@ -14,10 +14,11 @@ import torch
 from .attention.base import StepLayout
 from .attention.selector import select_attention_backend
 from .config import KV_CACHE_DTYPES, EngineConfig, ModelConfig, parse_memory_size
-from .device import device_memory, resolve_device, resolve_dtype
+from .device import device_memory, dtype_name, resolve_device, resolve_dtype
 from .layers import pack_linears
 from .models.llama import build_model
 from .quantization import measure_input_absmax, quantize_linears_int8
+from .reports import ResolvedSettings
 from .sampler import Sampler, SampleResult
 
 if TYPE_CHECKING:
@@ -111,7 +112,8 @@ def resolve_kv_cache_dtype(setting: str, quantization: str, dtype: torch.dtype) 
 
 def zeroed_tensor(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """torch.zeros, but on CPU from calloc'd memory whose pages the OS zeroes on first touch:
-    writing zeros into a 2 GiB KV cache up front took 2.6 s of a 9 s model load. (Zeros matter:
+    writing zeros into a large KV cache up front was a large share of the model load (figures in
+    docs/benchmarks.md). (Zeros matter:
     padded slots are read and masked, and 0 * NaN from stale memory would poison the result.)"""
     if device.type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
@@ -183,6 +185,15 @@ class ModelRunner:
         )
 
     @torch.inference_mode()
+    def resolved_settings(self) -> ResolvedSettings:
+        return ResolvedSettings(
+            engine_device=str(self.device),
+            dtype=dtype_name(self.dtype),
+            attention_backend=self.attention.name,
+            quantization=self.quantization,
+            kv_cache_dtype=dtype_name(self.kv_cache_dtype),
+        )
+
     def _prefill_only(self, token_ids: list[int]) -> None:
         """One sequence's forward pass from the first cache slots, logits for every position,
         nothing sampled; the cache contents it leaves are never read (no block is allocated yet)."""

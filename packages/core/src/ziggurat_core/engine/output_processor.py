@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .detokenizer import IncrementalDetokenizer, StopStringMatcher
-from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
-from .sequence import Sequence, SequenceStatus
+from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, TokenLogprob
+from .sequence import SequenceState, SequenceStatus
 
 if TYPE_CHECKING:
     from .sampler import SampleResult
@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class SampleState:
-    """Text, logprobs and the pending delta of one sample (one Sequence)."""
+    """Text, logprobs and the pending delta of one sample (one SequenceState)."""
 
-    seq: Sequence
+    seq: SequenceState
     detokenizer: IncrementalDetokenizer
     stop_matcher: StopStringMatcher | None
     text: str = ""
@@ -54,7 +54,7 @@ class OutputProcessor:
         self.eos_token_ids = set(eos_token_ids)
         self.max_model_len = max_model_len
 
-    def new_sample(self, seq: Sequence) -> SampleState:
+    def new_sample(self, seq: SequenceState) -> SampleState:
         params = seq.sampling_params
         matcher = StopStringMatcher(params.stop, params.include_stop_str_in_output) if params.stop else None
         detok = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids, params.skip_special_tokens)
@@ -126,13 +126,18 @@ class OutputProcessor:
             sample.delta_text += text
 
     def _logprob_entry(self, result: SampleResult) -> Logprob:
-        top = result.top_logprobs or {}
+        ranked = sorted((result.top_logprobs or {}).items(), key=lambda item: item[1], reverse=True)
+        token_id = result.token_id
         return Logprob(
-            token_id=result.token_id,
-            token=self.tokenizer.token_to_text(result.token_id),
+            token_id=token_id,
+            token=self.tokenizer.token_to_text(token_id),
+            token_bytes=self.tokenizer.token_bytes(token_id),
             logprob=result.logprob if result.logprob is not None else float("nan"),
-            top_logprobs=dict(top),
-            top_tokens={tid: self.tokenizer.token_to_text(tid) for tid in top},
+            top_logprobs=[
+                TokenLogprob(token_id=tid, token=self.tokenizer.token_to_text(tid),
+                             token_bytes=self.tokenizer.token_bytes(tid), logprob=logprob)
+                for tid, logprob in ranked
+            ],
         )
 
     @staticmethod

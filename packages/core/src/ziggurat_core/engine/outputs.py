@@ -5,15 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass
-class Logprob:
-    """Log probability of one token, with the top alternatives at that position."""
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token's log probability, with how the token displays and the exact bytes it stands
+    for (which may be part of a multi-byte character, so `token` can hold U+FFFD)."""
 
     token_id: int
     token: str
+    token_bytes: bytes
     logprob: float
-    top_logprobs: dict[int, float] = field(default_factory=dict)  # token id -> logprob
-    top_tokens: dict[int, str] = field(default_factory=dict)  # token id -> decoded text
+
+
+@dataclass(frozen=True)
+class Logprob(TokenLogprob):
+    """The sampled token at one position, with the most likely alternatives, most likely first."""
+
+    top_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -38,7 +45,6 @@ class CompletionOutput:
 @dataclass
 class RequestMetrics:
     arrival_time: float
-    first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finished_time: float | None = None
 

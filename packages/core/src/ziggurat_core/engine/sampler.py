@@ -24,11 +24,11 @@ from .sampling_metadata import (
     TokenEdits,
     build_sampling_metadata,
 )
-from .sequence import Sequence
+from .sequence import SequenceState
 
 # Top-k / top-p first look at the 256 most likely tokens, then the 4096 most likely, and sort the
-# whole vocabulary only for rows whose nucleus is larger still. On CPU with a 49k vocabulary a
-# top-256 costs ~0.2 ms a row, a top-4096 ~0.7 ms and a full sort ~3.8 ms.
+# whole vocabulary only for rows whose nucleus is larger still: a partial top-k costs a fraction
+# of a full sort of the vocabulary (measurements in docs/benchmarks.md).
 CANDIDATE_WIDTHS = (256, 4096)
 
 
@@ -63,7 +63,7 @@ class Sampler:
             self._generator.manual_seed(seed)
 
     def __call__(
-        self, logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: list[int]
+        self, logits: torch.Tensor, seqs: list[SequenceState], eos_token_ids: list[int]
     ) -> list[SampleResult]:
         """Sample one token per row; row i of `logits` ([B, vocab_size]) belongs to seqs[i]."""
         if logits.dim() != 2 or logits.shape[0] != len(seqs) or logits.shape[1] != self.vocab_size:
@@ -90,7 +90,7 @@ class Sampler:
             for row, token in enumerate(token_list)
         ]
 
-    def _generator_for(self, seq: Sequence) -> torch.Generator | None:
+    def _generator_for(self, seq: SequenceState) -> torch.Generator | None:
         seed = seq.sampling_params.seed
         if seed is None:
             return None

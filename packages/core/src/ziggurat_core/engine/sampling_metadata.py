@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .sequence import Sequence
+from .sequence import SequenceState
 
 
 @dataclass
@@ -92,11 +92,11 @@ def padded_token_ids(rows: list[list[int]], pad_id: int, device: torch.device) -
 
 
 def build_sampling_metadata(
-    seqs: list[Sequence],
+    seqs: list[SequenceState],
     eos_token_ids: list[int],
     vocab_size: int,
     device: torch.device,
-    generator_for: Callable[[Sequence], torch.Generator | None],
+    generator_for: Callable[[SequenceState], torch.Generator | None],
 ) -> SamplingMetadata:
     """Group the sampling settings of `seqs` (row i = seqs[i]) by the work they need.
 
@@ -174,11 +174,11 @@ def _column(values: list[float], device: torch.device) -> torch.Tensor:
 
 
 def _random_rows(
-    seqs: list[Sequence],
+    seqs: list[SequenceState],
     rows: list[int],
     vocab_size: int,
     device: torch.device,
-    generator_for: Callable[[Sequence], torch.Generator | None],
+    generator_for: Callable[[SequenceState], torch.Generator | None],
 ) -> RandomRows | None:
     if not rows:
         return None
@@ -202,7 +202,7 @@ def _random_rows(
 
 
 def _penalty_inputs(
-    seqs: list[Sequence], rows: list[int], vocab_size: int, device: torch.device
+    seqs: list[SequenceState], rows: list[int], vocab_size: int, device: torch.device
 ) -> PenaltyInputs | None:
     if not rows:
         return None

@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from .block_manager import BlockManager, BlockManagerStats
 from .config import EngineConfig
 from .errors import DuplicateRequestError, PromptTooLongError, RequestValidationError
-from .sequence import Sequence, SequenceStatus
+from .sequence import SequenceState, SequenceStatus
 
 
 @dataclass(frozen=True)
 class ScheduledSequence:
     """`num_new_tokens` of `seq` to compute this step, starting at `start_position`."""
 
-    seq: Sequence
+    seq: SequenceState
     num_new_tokens: int
     # Captured when scheduled, so `samples` stays right after on_step_done advances the sequence.
     start_position: int = field(init=False)
@@ -44,14 +44,10 @@ class ScheduledSequence:
 class SchedulerOutput:
     scheduled: list[ScheduledSequence] = field(default_factory=list)
     num_batched_tokens: int = 0
-    preempted: list[Sequence] = field(default_factory=list)
+    preempted: list[SequenceState] = field(default_factory=list)
     # Finished with FINISHED_LENGTH by the scheduler: the sequence outgrew the whole KV cache or
     # the context window. The engine must emit their final outputs.
-    finished_by_scheduler: list[Sequence] = field(default_factory=list)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.scheduled
+    finished_by_scheduler: list[SequenceState] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -71,13 +67,13 @@ class Scheduler:
         self.block_manager = BlockManager(
             num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching
         )
-        self._waiting: deque[Sequence] = deque()
-        self._running: list[Sequence] = []  # sorted by _order_key (arrival order)
+        self._waiting: deque[SequenceState] = deque()
+        self._running: list[SequenceState] = []  # sorted by _order_key (arrival order)
         # Samples 1..n-1 of a request wait here until sample 0's prompt is computed, so that
         # they find its prompt blocks in the prefix cache instead of computing them again.
-        self._held_siblings: dict[str, list[Sequence]] = {}
+        self._held_siblings: dict[str, list[SequenceState]] = {}
         self._num_held = 0
-        self._requests: dict[str, list[Sequence]] = {}
+        self._requests: dict[str, list[SequenceState]] = {}
         self._arrival: dict[int, int] = {}  # seq_id -> arrival number of its request
         self._arrival_counter = itertools.count()
         self._num_preemptions = 0
@@ -115,7 +111,7 @@ class Scheduler:
                 param="prompt",
             )
 
-    def add_request(self, request_id: str, seqs: list[Sequence]) -> None:
+    def add_request(self, request_id: str, seqs: list[SequenceState]) -> None:
         """Queue the n samples of one request (FCFS)."""
         if request_id in self._requests:
             raise DuplicateRequestError(f"request {request_id!r} is already in flight", param="request_id")
@@ -156,7 +152,7 @@ class Scheduler:
 
     def on_step_done(self, output: SchedulerOutput) -> None:
         """Advance the scheduled sequences past the tokens the step computed."""
-        released: list[Sequence] = []
+        released: list[SequenceState] = []
         for item in output.scheduled:
             seq = item.seq
             if seq.status is not SequenceStatus.RUNNING:
@@ -167,7 +163,7 @@ class Scheduler:
                 released.extend(self._held_siblings.pop(seq.request_id, []))
         self._release_siblings(released)
 
-    def finish_sequence(self, seq: Sequence, status: SequenceStatus) -> None:
+    def finish_sequence(self, seq: SequenceState, status: SequenceStatus) -> None:
         """Finish `seq` (stop / length / abort): frees its blocks. Already finished: no-op."""
         if not status.finished:
             raise ValueError(f"finish_sequence needs a finished status, got {status}")
@@ -175,7 +171,7 @@ class Scheduler:
             return
         self._finish(seq, status)
 
-    def abort_request(self, request_id: str) -> list[Sequence]:
+    def abort_request(self, request_id: str) -> list[SequenceState]:
         """Abort every unfinished sample of the request and return them. Unknown id: []."""
         seqs = self._requests.get(request_id)
         if seqs is None:
@@ -288,22 +284,22 @@ class Scheduler:
 
     # ----- helpers -----
 
-    def _order_key(self, seq: Sequence) -> tuple[int, int]:
+    def _order_key(self, seq: SequenceState) -> tuple[int, int]:
         return (self._arrival[seq.seq_id], seq.index)
 
-    def _outgrown(self, seq: Sequence) -> bool:
+    def _outgrown(self, seq: SequenceState) -> bool:
         """Computing all of `seq`'s tokens would pass the context window or the whole cache."""
         bm = self.block_manager
         return len(seq) > self.max_model_len or bm.blocks_for_tokens(len(seq)) > bm.num_blocks
 
-    def _preempt(self, seq: Sequence) -> None:
+    def _preempt(self, seq: SequenceState) -> None:
         self._remove_running(seq)
         self.block_manager.free(seq)
         seq.reset_for_recompute()
         self._waiting.appendleft(seq)
         self._num_preemptions += 1
 
-    def _finish(self, seq: Sequence, status: SequenceStatus) -> None:
+    def _finish(self, seq: SequenceState, status: SequenceStatus) -> None:
         if seq.status is SequenceStatus.RUNNING:
             self._remove_running(seq)
         elif seq in self._waiting:
@@ -325,12 +321,12 @@ class Scheduler:
         if all(s.is_finished for s in seqs):
             self._requests.pop(seq.request_id, None)
 
-    def _release_siblings(self, siblings: list[Sequence]) -> None:
+    def _release_siblings(self, siblings: list[SequenceState]) -> None:
         # They belong to an older request than most of the queue: serve them next.
         self._num_held -= len(siblings)
         self._waiting.extendleft(reversed(siblings))
 
-    def _remove_running(self, seq: Sequence) -> None:
+    def _remove_running(self, seq: SequenceState) -> None:
         index = bisect.bisect_left(self._running, self._order_key(seq), key=self._order_key)
         if index >= len(self._running) or self._running[index] is not seq:
             raise RuntimeError(f"sequence {seq.seq_id} is not running")

@@ -35,7 +35,7 @@ class SequenceStatus(enum.Enum):
         }.get(self)
 
 
-class Sequence:
+class SequenceState:
     """Token ids, KV-cache bookkeeping and status of one generated sample.
 
     Invariant: the KV of `token_ids[:num_computed_tokens]` is in the cache. A step computes
@@ -84,11 +84,6 @@ class Sequence:
         return len(self.token_ids) - self.num_computed_tokens
 
     @property
-    def is_prefill(self) -> bool:
-        """True until the whole prompt (or a recomputed prefix after preemption) is computed."""
-        return self.num_uncomputed_tokens > 1
-
-    @property
     def is_finished(self) -> bool:
         return self.status.finished
 
@@ -105,6 +100,6 @@ class Sequence:
 
     def __repr__(self) -> str:
         return (
-            f"Sequence(id={self.seq_id}, req={self.request_id!r}, idx={self.index}, "
+            f"SequenceState(id={self.seq_id}, req={self.request_id!r}, idx={self.index}, "
             f"len={len(self)}, computed={self.num_computed_tokens}, status={self.status.value})"
         )

@@ -96,7 +96,7 @@ class Tokenizer:
 
     @classmethod
     def from_gguf_metadata(cls, metadata: dict[str, Any]) -> Tokenizer:
-        """From a GGUF's metadata (as returned by `gguf_tokenizer.read_gguf_metadata`)."""
+        """From a GGUF's metadata (`Checkpoint.gguf_metadata()`)."""
         parts = build_gguf_tokenizer(metadata)
         return cls(
             parts.backend,

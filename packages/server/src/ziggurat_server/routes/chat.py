@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from ziggurat_core.engine.inputs import PromptInput
 from ziggurat_core.protocol import ChatCompletionRequest
 
 from ..chat_format import ChatChunker, chat_completion_body
-from ..engine_client import EngineClient
 from ..errors import bad_request
 from ..generation import Generation
 from ..response_meta import ResponseMeta
 from ..sampling import chat_sampling_params, check_model_name
+from ..serving_engine import ServingEngine
 from ..sse import SSEResponse
 from ..streaming import stream_events
 from . import server_state
@@ -21,18 +20,17 @@ from . import server_state
 router = APIRouter()
 
 
-def chat_prompt(engine: EngineClient, body: ChatCompletionRequest) -> dict[str, Any]:
-    """Keyword arguments for engine.generate; the engine applies the model's chat template."""
+def chat_prompt(engine: ServingEngine, body: ChatCompletionRequest) -> PromptInput:
+    """The engine applies the model's chat template itself when it adds the assistant header."""
     messages = [message.to_template_dict() for message in body.messages]
     if body.add_generation_prompt:
         return {"messages": messages, "tools": body.tools}
     # The engine always adds the assistant header; without it, render the template here.
     try:
-        text = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=False,
-                                                    tools=body.tools)
+        text = engine.apply_chat_template(messages, add_generation_prompt=False, tools=body.tools)
     except ValueError as exc:
         raise bad_request(f"chat template failed: {exc}", param="messages") from None
-    return {"prompt_token_ids": engine.tokenizer.encode(text, add_special_tokens=False)}
+    return {"prompt_token_ids": engine.encode(text, add_special_tokens=False)}
 
 
 @router.post("/v1/chat/completions")
@@ -45,9 +43,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     meta = ResponseMeta("chatcmpl", engine.model_name, params.n, include_usage=include_usage)
     generation = Generation(state, engine, [chat_prompt(engine, body)], params, "chatcmpl")
     firsts = await generation.start(request.receive)
-    token_bytes = getattr(engine.tokenizer, "token_bytes", None)
     if body.stream:
-        chunker = ChatChunker(meta, token_bytes)
+        chunker = ChatChunker(meta)
         events = stream_events(generation, firsts, chunker, meta.include_usage,
                                head=chunker.role_chunks(generation.num_sequences))
         return SSEResponse(events, on_close=generation.close)
@@ -55,4 +52,4 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         finals = await generation.finals(firsts, request.receive)
     finally:
         await generation.close()
-    return JSONResponse(chat_completion_body(meta, finals, token_bytes))
+    return JSONResponse(chat_completion_body(meta, finals))

@@ -6,15 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from ziggurat_core.engine.inputs import PromptInput
 from ziggurat_core.engine.outputs import RequestOutput
 from ziggurat_core.protocol import CompletionRequest
 
 from ..completion_format import CompletionChunker, completion_body
-from ..engine_client import EngineClient
 from ..errors import bad_request
 from ..generation import Generation
 from ..response_meta import ResponseMeta
 from ..sampling import check_model_name, completion_sampling_params
+from ..serving_engine import ServingEngine
 from ..sse import SSEResponse
 from ..streaming import stream_events
 from . import server_state
@@ -22,14 +23,14 @@ from . import server_state
 router = APIRouter()
 
 
-def _engine_prompt(prompt: str | list[int]) -> dict[str, Any]:
+def _engine_prompt(prompt: str | list[int]) -> PromptInput:
     return {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": prompt}
 
 
-def _prompt_text(engine: EngineClient, output: RequestOutput) -> str:
+def _prompt_text(engine: ServingEngine, output: RequestOutput) -> str:
     if output.prompt is not None:
         return output.prompt
-    return str(engine.tokenizer.decode(output.prompt_token_ids))
+    return engine.decode(output.prompt_token_ids)
 
 
 @router.post("/v1/completions")

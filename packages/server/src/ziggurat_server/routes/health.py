@@ -6,16 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from ziggurat_core.engine.reports import DeviceInfo
 
 from . import server_state
 
 router = APIRouter()
 
 
-def _device_names(info: dict[str, Any]) -> list[str]:
-    names = [f"{device.get('name', 'accelerator')} (cuda:{device.get('id', i)})"
-             for i, device in enumerate(info.get("devices", []))]
-    return names or [f"cpu ({info.get('cpu', {}).get('name') or 'unknown'})"]
+def _device_names(info: DeviceInfo) -> list[str]:
+    names = [f"{device.name} (cuda:{device.id})" for device in info.devices]
+    return names or [f"cpu ({info.cpu.name or 'unknown'})"]
 
 
 @router.get("/health")
@@ -24,8 +24,9 @@ async def health(request: Request) -> JSONResponse:
     status = state.status
     model = state.engine.model_name if state.engine is not None else state.settings.model
     body: dict[str, Any] = {"status": status, "model": model, "devices": None}
-    if state.engine is not None:
-        body["devices"] = _device_names(state.device_info())
+    device_info = state.device_info()
+    if device_info is not None:
+        body["devices"] = _device_names(device_info)
     if status == "error" and state.load_error is not None:
         body["error"] = state.load_error
     return JSONResponse(body, status_code=200 if status == "ok" else 503)

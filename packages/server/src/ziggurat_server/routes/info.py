@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
+from ziggurat_core.engine.reports import DeviceInfo, EngineStats
 
 from .. import __version__
 from . import server_state
@@ -14,27 +15,21 @@ from . import server_state
 router = APIRouter()
 
 
-def _memory(device_info: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+def _memory(device_info: DeviceInfo, engine_device: str, stats: EngineStats) -> dict[str, Any]:
     """Totals of the device the KV cache lives on: the first accelerator, else host memory."""
-    devices = device_info.get("devices") or []
-    if devices and str(device_info.get("engine_device", "cuda")).startswith("cuda"):
-        total, free = devices[0].get("total_memory"), devices[0].get("free_memory")
+    if device_info.devices and engine_device.startswith("cuda"):
+        total, free = device_info.devices[0].total_memory, device_info.devices[0].free_memory
     else:
-        cpu = device_info.get("cpu", {})
-        total, free = cpu.get("total_memory"), cpu.get("available_memory")
-    used = total - free if total is not None and free is not None else None
+        total, free = device_info.cpu.total_memory, device_info.cpu.available_memory
     return {
-        "device": device_info.get("engine_device"),
+        "device": engine_device,
         "total_bytes": total,
-        "used_bytes": used,
-        "kv_cache_bytes": stats.get("kv_cache_bytes"),
-        "kv_blocks_total": stats.get("kv_blocks_total"),
-        "kv_blocks_used": stats.get("kv_blocks_used"),
-        "kv_usage": stats.get("kv_usage"),
+        "used_bytes": total - free,
+        "kv_cache_bytes": stats.kv_cache_bytes,
+        "kv_blocks_total": stats.kv_blocks_total,
+        "kv_blocks_used": stats.kv_blocks_used,
+        "kv_usage": stats.kv_usage,
     }
-
-
-_RESOLVED = ("engine_device", "dtype", "attention_backend", "quantization", "kv_cache_dtype")
 
 
 @router.get("/v1/info")
@@ -42,18 +37,18 @@ async def server_info(request: Request) -> dict[str, Any]:
     state = server_state(request)
     engine = state.require_engine()
     stats = engine.stats()
-    device_info = state.device_info(fresh=True)
+    resolved = engine.resolved_settings
     return {
         "version": __version__,
         "models": [engine.model_name],
         "uptime_s": time.time() - state.started_at,
-        "memory": _memory(device_info, stats),
+        "memory": _memory(engine.device_info(), resolved.engine_device, stats),
         "engine": {
             "config": dataclasses.asdict(engine.engine_config),
             # What "auto" settings resolved to.
-            "resolved": {key: device_info.get(key) for key in _RESOLVED},
+            "resolved": dataclasses.asdict(resolved),
             "max_model_len": engine.max_model_len,
-            "stats": stats,
+            "stats": dataclasses.asdict(stats),
         },
         "server": state.settings.public_dict(),
     }
@@ -61,7 +56,6 @@ async def server_info(request: Request) -> dict[str, Any]:
 
 @router.get("/v1/gpu/info")
 async def gpu_info(request: Request) -> dict[str, Any]:
-    state = server_state(request)
-    state.require_engine()
-    info = state.device_info(fresh=True)
-    return {"devices": info.get("devices", []), "cpu": info.get("cpu")}
+    info = server_state(request).require_engine().device_info()
+    return {"devices": [dataclasses.asdict(device) for device in info.devices],
+            "cpu": dataclasses.asdict(info.cpu)}

@@ -6,14 +6,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from ..engine_client import EngineClient
 from ..errors import model_not_found
+from ..serving_engine import ServingEngine
 from . import server_state
 
 router = APIRouter()
 
 
-def _model_card(engine: EngineClient, created: int) -> dict[str, Any]:
+def _model_card(engine: ServingEngine, created: int) -> dict[str, Any]:
     config = engine.model_config
     return {
         "id": engine.model_name,

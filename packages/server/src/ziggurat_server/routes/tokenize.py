@@ -20,18 +20,17 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     check_model_name(body.model, engine.model_name)
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("give exactly one of prompt or messages", param="prompt")
-    tokenizer = engine.tokenizer
     if body.messages is not None:
         try:
-            text = tokenizer.apply_chat_template(
+            text = engine.apply_chat_template(
                 body.messages, add_generation_prompt=body.add_generation_prompt)
         except (ValueError, TypeError, KeyError) as exc:
             raise bad_request(f"chat template failed: {exc}", param="messages") from None
         # The template writes any BOS it wants, as the engine does for chat requests.
-        tokens = tokenizer.encode(text, add_special_tokens=False)
+        tokens = engine.encode(text, add_special_tokens=False)
     else:
         assert body.prompt is not None
-        tokens = tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        tokens = engine.encode(body.prompt, add_special_tokens=body.add_special_tokens)
     return {"tokens": list(tokens), "count": len(tokens), "max_model_len": engine.max_model_len}
 
 
@@ -44,4 +43,4 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any
     if bad is not None:
         raise bad_request(f"token id {bad} is outside the vocabulary [0, {vocab_size})",
                           param="tokens")
-    return {"prompt": engine.tokenizer.decode(body.tokens)}
+    return {"prompt": engine.decode(body.tokens)}

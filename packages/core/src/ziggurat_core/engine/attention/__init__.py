@@ -2,13 +2,13 @@
 
 from .base import AttentionBackend, AttentionLayoutError, StepLayout
 from .selector import select_attention_backend
-from .torch_backend import TorchAttentionBackend, reference_mask
+from .torch_backend import PortableAttentionBackend, reference_mask
 
 __all__ = [
     "AttentionBackend",
     "AttentionLayoutError",
+    "PortableAttentionBackend",
     "StepLayout",
-    "TorchAttentionBackend",
     "reference_mask",
     "select_attention_backend",
 ]

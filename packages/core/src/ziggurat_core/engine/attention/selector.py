@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import AttentionBackend
-from .torch_backend import TorchAttentionBackend
+from .torch_backend import PortableAttentionBackend
 from .xformers_backend import XFormersAttentionBackend, xformers_unavailable_reason
 
 BACKEND_NAMES = ("auto", "torch", "xformers")
@@ -20,11 +20,11 @@ def select_attention_backend(name: str, device: torch.device, dtype: torch.dtype
     if name not in BACKEND_NAMES:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
     if name == "torch":
-        return TorchAttentionBackend()
+        return PortableAttentionBackend()
     device = torch.device(device)
     reason = xformers_unavailable_reason(device, dtype)
     if reason is None:
         return XFormersAttentionBackend()
     if name == "xformers":
         raise ValueError(f"attention backend 'xformers' is unavailable: {reason}")
-    return TorchAttentionBackend()
+    return PortableAttentionBackend()

@@ -1,4 +1,4 @@
-"""Attention in plain torch: works on every device and dtype; the backend used on CPU.
+"""The portable attention backend ("torch"): every device and dtype; the backend used on CPU.
 
 On CPU with the C kernels built (`cpu_kernels/`), a float32 model over a float32 or float16
 cache takes the fast path: the step's new keys/values are written to the cache in one call, and
@@ -15,8 +15,9 @@ more (a prefill token at position p is computed exactly as the decode at p would
 - prefill chunks are attended one sequence at a time, over the new keys/values as they are when
   nothing is cached before them, else over the whole context gathered from the cache (the causal
   mask shifted by the prefix length). On CPU this is explicit batched matmuls over blocks of
-  `prefill_block_rows` query rows, each against only the keys up to its last row (3-4x faster
-  than CPU scaled_dot_product_attention from 300 tokens on); elsewhere it is SDPA.
+  `prefill_block_rows` query rows, each against only the keys up to its last row (faster than
+  CPU scaled_dot_product_attention on long prompts, which computes the masked half too);
+  elsewhere it is SDPA.
 Index tensors are built once per step: in `prepare`, except the decode chunks, whose size depends
 on the cache's bytes per token and which the first layer builds for the others. Masks are made
 per dtype on first use.
@@ -34,21 +35,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..cpu_kernels import PagedDecodeKernel, load_paged_decode_kernel
+from ..cpu_kernels import PagedAttentionKernel, load_paged_attention_kernel
 from .base import AttentionBackend, AttentionLayoutError, StepLayout
 from .torch_metadata import (
     DecodeBatch,
     DecodeChunk,
+    PortableAttentionMetadata,
     PrefillChunk,
-    TorchAttentionMetadata,
     prepare_prefill,
 )
 
 # Gathered K+V per decode attention call on CPU, per intra-op thread: each thread's share of a
-# chunk stays in its core's L2 (measured on a 2 MiB-L2 CPU, 135M model: 1.5 MiB best with one
-# thread, 2-4 MiB with two; one unchunked call was 1.6-2x slower).
+# chunk stays in its core's L2, so attention reads it from there (the sweep that chose the size
+# is in docs/benchmarks.md).
 DECODE_CHUNK_BYTES_PER_THREAD = 3 * 2**19
-# Query rows per block of the CPU prefill matmuls: 64 and 128 measured best from 128 to 2000 tokens.
+# Query rows per block of the CPU prefill matmuls (chosen by a sweep, see docs/benchmarks.md).
 DEFAULT_PREFILL_BLOCK_ROWS = 64
 
 __all__ = [
@@ -58,8 +59,8 @@ __all__ = [
     "DecodeBatch",
     "DecodeChunk",
     "PrefillChunk",
-    "TorchAttentionBackend",
-    "TorchAttentionMetadata",
+    "PortableAttentionBackend",
+    "PortableAttentionMetadata",
     "reference_mask",
 ]
 
@@ -84,8 +85,9 @@ def reference_mask(layout: StepLayout) -> torch.Tensor:
     return mask
 
 
-class TorchAttentionBackend(AttentionBackend):
-    """Paged attention from torch ops only.
+class PortableAttentionBackend(AttentionBackend):
+    """Paged attention on every device and dtype: the C kernel (`PagedAttentionKernel`) on CPU
+    where it is built, torch ops otherwise (the user setting keeps its name, "torch").
 
     On CPU: `decode_chunk_bytes` bounds the K+V bytes (padding included) gathered per decode
     attention call (None: DECODE_CHUNK_BYTES_PER_THREAD per torch thread); `prefill_block_rows`
@@ -117,12 +119,12 @@ class TorchAttentionBackend(AttentionBackend):
         # The C kernel for float32 CPU decodes (float32 or float16 cache), loaded (built) on the
         # first CPU decode.
         self.use_decode_kernel = decode_kernel
-        self._kernel: PagedDecodeKernel | None = None
+        self._kernel: PagedAttentionKernel | None = None
         self._kernel_loaded = False
 
     # ---- per step ----
 
-    def prepare(self, layout: StepLayout, device: torch.device) -> TorchAttentionMetadata:
+    def prepare(self, layout: StepLayout, device: torch.device) -> PortableAttentionMetadata:
         layout.validate()
         bs = layout.block_size
         slot_mapping = torch.tensor(layout.slot_mapping(), dtype=torch.int64, device=device)
@@ -156,7 +158,7 @@ class TorchAttentionBackend(AttentionBackend):
                 chunk_bytes=self._decode_chunk_bytes() if on_cpu else None,
                 device=device,
             )
-        return TorchAttentionMetadata(layout, bs, slot_mapping, decode, prefills, block_rows)
+        return PortableAttentionMetadata(layout, bs, slot_mapping, decode, prefills, block_rows)
 
     def _decode_chunk_bytes(self) -> int:
         if self.decode_chunk_bytes is not None:
@@ -171,7 +173,7 @@ class TorchAttentionBackend(AttentionBackend):
         key: torch.Tensor,
         value: torch.Tensor,
         kv_cache: torch.Tensor,
-        metadata: TorchAttentionMetadata,
+        metadata: PortableAttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
         num_tokens, num_heads, head_dim = query.shape
@@ -224,7 +226,7 @@ class TorchAttentionBackend(AttentionBackend):
                 )
         return out
 
-    def _decode_kernel(self, query: torch.Tensor, kv_cache: torch.Tensor) -> PagedDecodeKernel | None:
+    def _decode_kernel(self, query: torch.Tensor, kv_cache: torch.Tensor) -> PagedAttentionKernel | None:
         """The C kernel for a float32 query over a float32 or (where the build has it) float16
         CPU cache; None for the torch path."""
         if not self.use_decode_kernel or query.device.type != "cpu" or query.dtype != torch.float32:
@@ -232,7 +234,7 @@ class TorchAttentionBackend(AttentionBackend):
         if kv_cache.dtype not in (torch.float32, torch.float16) or not kv_cache.is_contiguous():
             return None
         if not self._kernel_loaded:
-            self._kernel = load_paged_decode_kernel()
+            self._kernel = load_paged_attention_kernel()
             self._kernel_loaded = True
         if self._kernel is None or kv_cache.dtype not in self._kernel.cache_dtypes:
             return None

@@ -108,7 +108,7 @@ class PrefillChunk:
 
 
 @dataclass
-class TorchAttentionMetadata:
+class PortableAttentionMetadata:
     layout: StepLayout
     block_size: int
     slot_mapping: torch.Tensor  # [num_tokens] int64

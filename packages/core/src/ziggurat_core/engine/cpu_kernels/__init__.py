@@ -4,7 +4,7 @@ from .build import ISAS, CpuIsaError, KernelError, cpu_isa, load_cpu_library, na
 from .elementwise import ElementwiseKernels, load_elementwise_kernels
 from .int8_gemm import Int8Gemm, VnniWeight, load_int8_gemm
 from .int8_rows import Int8RowKernels, load_int8_row_kernels
-from .paged_decode import PagedDecodeKernel, load_paged_decode_kernel
+from .paged_decode import PagedAttentionKernel, load_paged_attention_kernel
 
 __all__ = [
     "ISAS",
@@ -13,13 +13,13 @@ __all__ = [
     "Int8Gemm",
     "Int8RowKernels",
     "KernelError",
-    "PagedDecodeKernel",
+    "PagedAttentionKernel",
     "VnniWeight",
     "cpu_isa",
     "load_cpu_library",
     "load_elementwise_kernels",
     "load_int8_gemm",
     "load_int8_row_kernels",
-    "load_paged_decode_kernel",
+    "load_paged_attention_kernel",
     "native_isa",
 ]

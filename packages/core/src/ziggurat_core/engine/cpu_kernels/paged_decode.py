@@ -1,5 +1,6 @@
-"""Decode attention straight from the paged KV cache (`csrc/paged_decode.c`): float32 or float16
-cache, float32 query and output."""
+"""Attention straight from the paged KV cache (`csrc/paged_decode.c`) for every new token, decode
+or prefill (a prefill token at position p is computed as the decode at p would be): float32 or
+float16 cache, float32 query and output."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from .build import KernelError, library_wrapper
 _ARGTYPES = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int]
 
 
-class PagedDecodeKernel:
-    """Decode attention straight from the paged cache (see the C file for layouts).
+class PagedAttentionKernel:
+    """Attention of new tokens, decode or prefill, straight from the paged cache (see the C
+    file for layouts).
 
     The cache may be float32, or float16 where `supports_float16` (the library was built with
     half-precision support: F16C or the compiler's _Float16); query and out are float32 and all
@@ -166,6 +168,6 @@ class PagedDecodeKernel:
             raise KernelError("this build of the kernels has no float16 support")
 
 
-def load_paged_decode_kernel() -> PagedDecodeKernel | None:
+def load_paged_attention_kernel() -> PagedAttentionKernel | None:
     """The kernel, or None where the CPU kernels cannot be built (see `build.py`)."""
-    return library_wrapper(PagedDecodeKernel)
+    return library_wrapper(PagedAttentionKernel)

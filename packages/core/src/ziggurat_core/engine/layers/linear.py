@@ -76,7 +76,7 @@ def pack_linears(model: nn.Module, fmt: PackFormat) -> int:
     """Pack every CPU Linear of `model` into `fmt` (see `Linear.pack`); returns how many.
 
     oneDNN: float32 weights only (on CPU its blocked GEMM beat MKL's sgemm for every projection
-    of a SmolLM2 decode step: 320 ms with only the wide ones packed, 213 ms with all of them).
+    of a SmolLM2 decode step, the narrow ones included; see docs/benchmarks.md).
     """
     if fmt == "onednn" and not torch.backends.mkldnn.is_available():
         return 0

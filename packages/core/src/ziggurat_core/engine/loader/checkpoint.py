@@ -14,7 +14,8 @@ from .errors import CheckpointError
 
 
 class Checkpoint(ABC):
-    """A model on disk: its hyper-parameters, tokenizer source, chat template and weights.
+    """A model on disk: its hyper-parameters and weights (the tokenizer, chat templates included,
+    is read by `Tokenizer.from_hf_dir` or from `gguf_metadata()`).
 
     `weights()` yields Hugging Face parameter names and layouts (e.g.
     `model.layers.0.self_attn.q_proj.weight` as [out, in]) in `dtype`, whatever the file format,
@@ -23,18 +24,10 @@ class Checkpoint(ABC):
 
     format: str  # "gguf" | "safetensors"
 
-    def __init__(
-        self, path: Path, model_config: ModelConfig, chat_template: str | None, dtype: torch.dtype
-    ) -> None:
+    def __init__(self, path: Path, model_config: ModelConfig, dtype: torch.dtype) -> None:
         self.path = path
         self.model_config = model_config
-        self.chat_template = chat_template
         self.dtype = dtype
-
-    @property
-    @abstractmethod
-    def tokenizer_source(self) -> dict[str, Any] | Path:
-        """GGUF: the metadata dict (holds the tokenizer.ggml.* keys). HF: the model folder."""
 
     @abstractmethod
     def weights(self) -> Iterator[tuple[str, torch.Tensor]]:

@@ -36,7 +36,7 @@ class GGUFCheckpoint(Checkpoint):
     def __init__(self, path: Path, dtype: torch.dtype = torch.float32) -> None:
         self.path = path  # error messages below need it before the base class sets the rest
         self._reader = _open_reader(path)
-        self._metadata = read_metadata(self._reader)
+        self._metadata = read_metadata(self._reader, path)
         self._tensors = {tensor.name: tensor for tensor in self._reader.tensors}
         gguf_architecture(path, self._metadata)  # fail on the architecture before tensor checks
         embedding = self._tensors.get("token_embd.weight")
@@ -51,12 +51,7 @@ class GGUFCheckpoint(Checkpoint):
             has_qkv_bias="blk.0.attn_q.bias" in self._tensors,
             rope_freq_factors=None if rope_freqs is None else self._dequantize(rope_freqs).tolist(),
         )
-        chat_template = self._metadata.get("tokenizer.chat_template")
-        super().__init__(path, config, None if chat_template is None else str(chat_template), dtype)
-
-    @property
-    def tokenizer_source(self) -> dict[str, Any]:
-        return self._metadata
+        super().__init__(path, config, dtype)
 
     def gguf_metadata(self) -> dict[str, Any]:
         return self._metadata
@@ -109,9 +104,10 @@ class GGUFCheckpoint(Checkpoint):
 class _PlainArrayReader(gguf.GGUFReader):
     """GGUFReader over a plain ndarray view of the file mapping instead of the np.memmap itself.
 
-    The reader slices its `data` once per metadata item (~300k times for a 50k-token
-    vocabulary), and every np.memmap slice runs a Python-level __array_finalize__; a plain view
-    of the same read-only mapping parses about three times faster.
+    The reader slices its `data` several times per metadata item (hundreds of thousands of
+    times for a 50k-token vocabulary), and every np.memmap slice runs a Python-level
+    __array_finalize__; a plain view of the same read-only mapping skips it (figures in
+    docs/benchmarks.md).
     """
 
     @property  # type: ignore[override]
@@ -131,33 +127,14 @@ def _open_reader(path: Path) -> gguf.GGUFReader:
         raise CheckpointError(f"{path}: not a readable GGUF file (truncated or corrupt): {exc}") from exc
 
 
-def read_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
-    """All key/values of the file as plain Python values (strings decoded, arrays as lists)."""
-    return {
-        name: _field_value(field)
-        for name, field in reader.fields.items()
-        if not name.startswith("GGUF.")  # header counters the reader exposes as fields
-    }
-
-
-def _decode(part: np.ndarray) -> str:
-    return part.tobytes().decode("utf-8", errors="replace")
-
-
-def _field_value(field: gguf.ReaderField) -> Any:
-    value_type = field.types[0]
-    if value_type == gguf.GGUFValueType.STRING:
-        return _decode(field.parts[field.data[0]])
-    if value_type == gguf.GGUFValueType.ARRAY:
-        if len(field.types) == 1:  # an empty array carries no element type
-            return []
-        if len(field.types) > 2:  # nested arrays: rare, let the reader flatten them
-            return field.contents()
-        if field.types[1] == gguf.GGUFValueType.STRING:
-            return [_decode(field.parts[i]) for i in field.data]
-        return np.concatenate([field.parts[i] for i in field.data]).tolist()
-    scalar = field.parts[field.data[0]][0]
-    if value_type == gguf.GGUFValueType.FLOAT32:
-        # The shortest decimal that round-trips the float32: 1e-05 rather than 9.99999974e-06.
-        return float(str(scalar))
-    return scalar.item()
+def read_metadata(reader: gguf.GGUFReader, path: Path) -> dict[str, Any]:
+    """All key/values of the file as plain Python values (strings decoded, arrays as lists): the
+    one place GGUF metadata is decoded, by the reader's own `contents()`."""
+    try:
+        return {
+            name: field.contents()
+            for name, field in reader.fields.items()
+            if not name.startswith("GGUF.")  # header counters the reader exposes as fields
+        }
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: GGUF metadata holds a string that is not UTF-8: {exc}") from exc

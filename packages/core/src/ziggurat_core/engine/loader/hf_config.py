@@ -121,18 +121,3 @@ def _rope_settings(config_path: Path, config: dict[str, Any]) -> tuple[float, di
     normalized = {k: v for k, v in scaling.items() if k != "type"}
     normalized["rope_type"] = rope_type
     return float(theta), normalized
-
-
-def hf_chat_template(folder: Path) -> str | None:
-    """chat_template.jinja (transformers >= 4.43 saves it there), else tokenizer_config.json's."""
-    jinja_path = folder / "chat_template.jinja"
-    if jinja_path.is_file():
-        return jinja_path.read_text(encoding="utf-8")
-    tokenizer_config_path = folder / "tokenizer_config.json"
-    if not tokenizer_config_path.is_file():
-        return None
-    template = read_json(tokenizer_config_path).get("chat_template")
-    if isinstance(template, list):  # named templates: [{"name": "default", "template": "..."}, ...]
-        named = {entry.get("name"): entry.get("template") for entry in template if isinstance(entry, dict)}
-        template = named.get("default")
-    return template if isinstance(template, str) else None

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from .checkpoint import Checkpoint
 from .errors import CheckpointError
-from .hf_config import hf_chat_template, model_config_from_hf, read_json
+from .hf_config import model_config_from_hf, read_json
 
 _INDEX_FILE = "model.safetensors.index.json"
 _SINGLE_FILE = "model.safetensors"
@@ -25,11 +25,7 @@ class SafetensorsCheckpoint(Checkpoint):
         self._files = weight_files(folder)
         for file in self._files:
             _check_header(file)  # fail now on a corrupt file, not halfway through loading
-        super().__init__(folder, config, hf_chat_template(folder), dtype)
-
-    @property
-    def tokenizer_source(self) -> Path:
-        return self.path
+        super().__init__(folder, config, dtype)
 
     def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         for file in self._files:

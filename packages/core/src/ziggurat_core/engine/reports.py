@@ -1,0 +1,72 @@
+"""What the engine reports about itself: its counters and the hardware it runs on. No torch.
+
+The server turns these into /metrics, /v1/info and /v1/gpu/info without knowing the engine's
+insides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the scheduler's queues, the KV cache and the engine's running totals."""
+
+    running: int  # sequences being decoded
+    waiting: int  # sequences waiting for a slot
+    kv_blocks_total: int
+    kv_blocks_used: int
+    kv_usage: float  # fraction of KV blocks in use
+    kv_waste: float  # fraction of the used blocks' slots holding no token
+    kv_cache_bytes: int
+    block_size: int
+    prefix_cache_hit_rate: float
+    peak_kv_usage: float
+    peak_kv_waste: float  # the waste when usage peaked
+    prompt_tokens: int
+    generation_tokens: int
+    steps: int
+    preemptions: int
+    uptime_s: float
+    errored: bool = False  # the serving loop died (AsyncEngine); a stepping engine never is
+
+
+@dataclass(frozen=True)
+class AcceleratorInfo:
+    id: int
+    name: str
+    total_memory: int  # bytes
+    free_memory: int  # bytes
+    compute_capability: str
+    driver_version: str | None
+    cuda_version: str | None
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    name: str
+    architecture: str
+    cores: int | None
+    torch_threads: int
+    total_memory: int  # bytes
+    available_memory: int  # bytes
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The host's accelerators (an honest empty list on a CPU-only host) and its CPU."""
+
+    devices: list[AcceleratorInfo]
+    cpu: CpuInfo
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """What the engine's "auto" settings resolved to on this host."""
+
+    engine_device: str  # "cpu", "cuda:0", ...
+    dtype: str  # "float32", "bfloat16", ...
+    attention_backend: str
+    quantization: str  # "none" | "int8"
+    kv_cache_dtype: str
