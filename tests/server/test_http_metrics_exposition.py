@@ -6,6 +6,8 @@ retype or drop a series unnoticed."""
 from __future__ import annotations
 
 import httpx
+from server_helpers import metric_value
+from ziggurat_server.metrics import ServerMetrics
 
 # sample name -> (family type, HELP text)
 EXPECTED_SERIES = {
@@ -88,3 +90,10 @@ def test_metrics_expose_the_pinned_series(client: httpx.Client) -> None:
             float(b) for b in LATENCY_BUCKETS]
     assert [float(b) for b in bucket_bounds(samples, "ziggurat_e2e_request_latency_seconds")] == [
         float(b) for b in REQUEST_BUCKETS]
+
+
+def test_two_apps_in_one_process_count_separately() -> None:
+    first, second = ServerMetrics(), ServerMetrics()  # a shared registry would refuse the second
+    first.prompt_tokens.inc(3)
+    assert metric_value(first.render(None).decode(), "ziggurat_prompt_tokens_total") == 3
+    assert metric_value(second.render(None).decode(), "ziggurat_prompt_tokens_total") == 0
