@@ -101,6 +101,24 @@ def test_boolean_option_from_every_source(resolve: Any, tmp_path: Path) -> None:
         resolve([], {"ZIGGURAT_PREFIX_CACHING": "maybe"})
 
 
+def test_engine_config_carries_the_engine_options(resolve: Any) -> None:
+    settings = resolve(["--kv-cache-memory", "512MiB", "--max-num-batched-tokens", "128",
+                        "--dtype", "bfloat16", "--device", "cpu", "--max-model-len", "99",
+                        "--no-prefix-caching"])
+    config = settings.engine_config()
+    assert config.kv_cache_memory == "512MiB"
+    assert config.max_num_batched_tokens == 128
+    assert (config.dtype, config.device, config.max_model_len) == ("bfloat16", "cpu", 99)
+    assert (config.quantization, config.kv_cache_dtype) == ("auto", "auto")
+    assert config.enable_prefix_caching is False
+    tuned = resolve(["--quantization", "none", "--kv-cache-dtype", "float16"]).engine_config()
+    assert (tuned.quantization, tuned.kv_cache_dtype) == ("none", "float16")
+
+
+def test_public_settings_hide_the_api_key(resolve: Any) -> None:
+    assert resolve(["--api-key", "hunter2"]).public_dict()["api_key"] == "***"
+
+
 def _yaml(tmp_path: Path, text: str, name: str = "server.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
@@ -127,7 +145,8 @@ def test_empty_values_leave_the_default(resolve: Any, tmp_path: Path) -> None:
     config = _yaml(tmp_path, "port:\nserved_model_name:\n")
     settings = resolve(["--config", str(config)])
     assert (settings.port, settings.served_model_name) == (8000, None)
-    assert resolve(["--config", str(_yaml(tmp_path, "", "empty.yaml"))]) == ServerSettings()
+    from_empty_file = resolve(["--config", str(_yaml(tmp_path, "", "empty.yaml"))])
+    assert from_empty_file.public_dict() == ServerSettings().public_dict()
 
 
 def test_unknown_environment_variables_are_ignored(resolve: Any) -> None:
@@ -152,6 +171,7 @@ def test_memory_sizes_and_fractions_are_kept_as_given(resolve: Any, tmp_path: Pa
     (["--max-num-batched-tokens", "-4"], {}, None, ["--max-num-batched-tokens"]),
     (["--kv-cache-memory", "lots"], {}, None, ["--kv-cache-memory"]),
     (["--kv-cache-memory", "5 parsecs"], {}, None, ["--kv-cache-memory"]),
+    (["--kv-cache-memory", "0"], {}, None, ["--kv-cache-memory"]),
     (["--dtype", "int3"], {}, None, ["--dtype"]),
     (["--quantization", "int4"], {}, None, ["--quantization"]),
     (["--kv-cache-dtype", "int8"], {}, None, ["--kv-cache-dtype"]),
