@@ -21,7 +21,10 @@ def test_chat_stream_framing_with_usage(client: httpx.Client) -> None:
         "messages": MESSAGES, "max_tokens": 6, "ignore_eos": True, "temperature": 0,
         "stream_options": {"include_usage": True}})
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    # Proxies must neither cache nor buffer the stream.
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
     events = parse_sse(text)
     assert events[-1] == DONE
     chunks = events[:-1]

@@ -132,8 +132,8 @@ class Generation:
                 continue
             self.engine.abort(request_id)  # the engine ignores ids it no longer knows
             if not self._refused:
-                self.state.metrics.finished_sequences.inc(
-                    self.params.n - len(progress.finished), labels=("abort",))
+                self.state.metrics.finished_sequences.labels("abort").inc(
+                    self.params.n - len(progress.finished))
         self.state.admission.release(self._admitted)
         self._admitted = 0
 
@@ -159,7 +159,7 @@ class Generation:
         for completion in output.outputs:
             if completion.finish_reason is not None and completion.index not in progress.finished:
                 progress.finished.add(completion.index)
-                metrics.finished_sequences.inc(labels=(completion.finish_reason,))
+                metrics.finished_sequences.labels(completion.finish_reason).inc()
         if output.finished and not progress.done:
             progress.done = True
             metrics.prompt_tokens.inc(len(output.prompt_token_ids))

@@ -1,10 +1,27 @@
-"""The server's Prometheus metrics: HTTP requests, tokens, latencies and engine gauges."""
+"""The server's Prometheus metrics: HTTP requests, tokens, latencies and engine gauges.
+
+Each app owns its own `CollectorRegistry` (not prometheus_client's global one), so several apps
+in one process (tests, embedding) count separately and never collide on a name."""
 
 from __future__ import annotations
 
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from ziggurat_core.engine.reports import EngineStats
 
-from .prometheus import Counter, Gauge, Histogram, render_all
+# The classic text format, as /metrics has always served it.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+# prometheus_client adds a `<name>_created` series per counter and histogram by default; /metrics
+# never had them, and dashboards do not need them. (The switch is process-wide in the library.)
+disable_created_metrics()
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0,
                     2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
@@ -13,30 +30,43 @@ _REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0,
 
 class ServerMetrics:
     def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
         self.http_requests = Counter("ziggurat_http_requests", "HTTP requests by route and status",
-                                     ("route", "status"))
+                                     ("route", "status"), registry=registry)
         self.finished_sequences = Counter(
-            "ziggurat_request_finished", "generated sequences by finish reason", ("finish_reason",))
-        self.prompt_tokens = Counter("ziggurat_prompt_tokens", "prompt tokens processed")
-        self.generation_tokens = Counter("ziggurat_generation_tokens", "tokens generated")
+            "ziggurat_request_finished", "generated sequences by finish reason", ("finish_reason",),
+            registry=registry)
+        self.prompt_tokens = Counter("ziggurat_prompt_tokens", "prompt tokens processed",
+                                     registry=registry)
+        self.generation_tokens = Counter("ziggurat_generation_tokens", "tokens generated",
+                                         registry=registry)
         self.time_to_first_token = Histogram(
             "ziggurat_time_to_first_token_seconds", "time from request arrival to its first token",
-            _LATENCY_BUCKETS)
+            buckets=_LATENCY_BUCKETS, registry=registry)
         self.inter_token_latency = Histogram(
             "ziggurat_inter_token_latency_seconds", "time between consecutive output tokens",
-            _LATENCY_BUCKETS)
+            buckets=_LATENCY_BUCKETS, registry=registry)
         self.request_latency = Histogram(
             "ziggurat_e2e_request_latency_seconds", "time from arrival to the last token",
-            _REQUEST_BUCKETS)
-        self.running = Gauge("ziggurat_num_requests_running", "sequences being decoded")
-        self.waiting = Gauge("ziggurat_num_requests_waiting", "sequences waiting for a slot")
-        self.kv_usage = Gauge("ziggurat_kv_cache_usage_ratio", "fraction of KV blocks in use")
-        self.kv_blocks_used = Gauge("ziggurat_kv_cache_blocks_used", "KV blocks in use")
-        self.kv_blocks_total = Gauge("ziggurat_kv_cache_blocks_total", "KV blocks in the cache")
+            buckets=_REQUEST_BUCKETS, registry=registry)
+        self.running = Gauge("ziggurat_num_requests_running", "sequences being decoded",
+                             registry=registry)
+        self.waiting = Gauge("ziggurat_num_requests_waiting", "sequences waiting for a slot",
+                             registry=registry)
+        self.kv_usage = Gauge("ziggurat_kv_cache_usage_ratio", "fraction of KV blocks in use",
+                              registry=registry)
+        self.kv_blocks_used = Gauge("ziggurat_kv_cache_blocks_used", "KV blocks in use",
+                                    registry=registry)
+        self.kv_blocks_total = Gauge("ziggurat_kv_cache_blocks_total", "KV blocks in the cache",
+                                     registry=registry)
         self.prefix_hit_rate = Gauge("ziggurat_prefix_cache_hit_rate",
-                                     "fraction of prompt blocks served from the prefix cache")
+                                     "fraction of prompt blocks served from the prefix cache",
+                                     registry=registry)
 
-    def render(self, engine_stats: EngineStats | None) -> str:
+    def render(self, engine_stats: EngineStats | None) -> bytes:
+        """The exposition; the engine gauges are read now (they keep their last value while the
+        engine is not serving)."""
         if engine_stats is not None:
             self.running.set(engine_stats.running)
             self.waiting.set(engine_stats.waiting)
@@ -44,9 +74,4 @@ class ServerMetrics:
             self.kv_blocks_used.set(engine_stats.kv_blocks_used)
             self.kv_blocks_total.set(engine_stats.kv_blocks_total)
             self.prefix_hit_rate.set(engine_stats.prefix_cache_hit_rate)
-        return render_all([
-            self.http_requests, self.finished_sequences, self.prompt_tokens,
-            self.generation_tokens, self.time_to_first_token, self.inter_token_latency,
-            self.request_latency, self.running, self.waiting, self.kv_usage, self.kv_blocks_used,
-            self.kv_blocks_total, self.prefix_hit_rate,
-        ])
+        return generate_latest(self.registry)

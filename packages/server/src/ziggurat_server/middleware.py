@@ -103,4 +103,4 @@ class RequestContextMiddleware:
     def _count(self, scope: Scope, status: int) -> None:
         route: Any = scope.get("route")
         label = getattr(route, "path", None) or "unmatched"
-        self.metrics.http_requests.inc(labels=(label, str(status)))
+        self.metrics.http_requests.labels(label, str(status)).inc()

@@ -1,52 +1,164 @@
 """Server settings: CLI flags > ZIGGURAT_* environment variables > YAML config file > defaults.
 
-The argument parser, the environment reader and the config-file reader are all built from the
-one option table in `options.py`, so the three sources can never drift apart.
+`ServerSettings` declares every option once (type, default, help text); pydantic-settings reads
+the environment and the YAML file and merges them under the flags, and the `serve` flags are
+built from the same fields, so the three sources can never drift apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from ziggurat_core.engine.config import EngineConfig
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+from ziggurat_core.engine.config import (
+    KV_CACHE_DTYPES,
+    QUANTIZATIONS,
+    EngineConfig,
+    parse_memory_size,
+)
 
-from .options import ENV_PREFIX, OPTIONS, Option, parse_bool
+ENV_PREFIX = "ZIGGURAT_"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+ATTENTION_BACKENDS = ("auto", "torch", "xformers")
 
 
 class SettingsError(ValueError):
     """An option has a bad value, or the config file cannot be read. The message names the option."""
 
 
-@dataclass
-class ServerSettings:
-    model: str = "default"
-    served_model_name: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    attention_backend: str = "auto"
-    quantization: str = "auto"
-    kv_cache_dtype: str = "auto"
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    kv_cache_memory: str | None = None
-    num_kv_blocks: int | None = None
-    max_model_len: int | None = None
-    block_size: int = 16
-    prefix_caching: bool = True
-    max_queue: int = 256
-    shutdown_timeout: int = 30
-    seed: int = 0
-    num_threads: int | None = None
-    log_level: str = "info"
+# ---------------------------------------------------------------------- value types
+def _integer(value: Any) -> Any:
+    # pydantic would read YAML's `true` as 1.
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _as_text(value: Any) -> Any:
+    # A YAML number (`kv_cache_memory: 0.5`) is kept as written.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value.lower() not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value.lower()
+
+    return check
+
+
+def _device(value: str) -> str:
+    lowered = value.lower()
+    if lowered in ("auto", "cpu", "cuda") or (lowered.startswith("cuda:") and lowered[5:].isdigit()):
+        return lowered
+    raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+def _memory_size(value: str) -> str:
+    parse_memory_size(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integer)]
+PositiveInt = Annotated[Int, Field(ge=1)]
+NonNegativeInt = Annotated[Int, Field(ge=0)]
+Text = Annotated[str, Field(min_length=1)]
+DType = Annotated[str, AfterValidator(_one_of(DTYPES))]
+Quantization = Annotated[str, AfterValidator(_one_of(QUANTIZATIONS))]
+KVCacheDType = Annotated[str, AfterValidator(_one_of(KV_CACHE_DTYPES))]
+AttentionBackend = Annotated[str, AfterValidator(_one_of(ATTENTION_BACKENDS))]
+LogLevel = Annotated[str, AfterValidator(_one_of(LOG_LEVELS))]
+
+
+def _option(default: Any, help_text: str, metavar: str | None = None) -> Any:
+    return Field(default, description=help_text, json_schema_extra={"metavar": metavar})
+
+
+# ---------------------------------------------------------------------- the settings
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True,
+                                      extra="forbid", str_strip_whitespace=True)
+
+    # Where the YAML options come from (--config or ZIGGURAT_CONFIG); not an option of its own.
+    config: Path | None = Field(None, exclude=True, repr=False)
+
+    model: Text = _option(
+        "default", "model to serve: 'default' (SmolLM2-135M-Instruct), a .gguf file, or a Hugging "
+        "Face folder with config.json and *.safetensors", "PATH|default")
+    served_model_name: Text | None = _option(
+        None, "model id clients use (default: derived from the model)", "NAME")
+    host: Text = _option("127.0.0.1", "address to listen on", "HOST")
+    port: Annotated[Int, Field(ge=0, le=65535)] = _option(
+        8000, "TCP port to listen on (0 picks a free one)", "PORT")
+    api_key: Text | None = _option(
+        None, "require 'Authorization: Bearer KEY' on every endpoint but /health", "KEY")
+    device: Annotated[Text, AfterValidator(_device)] = _option(
+        "auto", "auto, cpu, cuda or cuda:N", "DEVICE")
+    dtype: DType = _option(
+        "auto", "weights and activations dtype: " + ", ".join(DTYPES), "DTYPE")
+    quantization: Quantization = _option(
+        "auto", "linear layers on CPU: auto (int8 for a quantised GGUF such as the default model, "
+        "else none), none (the run dtype) or int8 (int8 weights and activations)", "MODE")
+    kv_cache_dtype: KVCacheDType = _option(
+        "auto", "KV cache element type: auto (float16 with int8 linear layers, else the run "
+        "dtype), float32, float16 or bfloat16", "DTYPE")
+    attention_backend: AttentionBackend = _option(
+        "auto", "attention kernels: auto (xformers on CUDA when available), torch or xformers",
+        "NAME")
+    max_num_seqs: PositiveInt = _option(64, "most sequences decoded together in one step", "N")
+    max_num_batched_tokens: PositiveInt = _option(2048, "most tokens computed in one step", "N")
+    kv_cache_memory: Annotated[Text, BeforeValidator(_as_text), AfterValidator(_memory_size)] | None = (
+        _option(None, "KV cache size: bytes like 2GiB / 512MB, or a fraction of free device "
+                "memory like 0.5 (default: the engine's choice)", "SIZE"))
+    num_kv_blocks: PositiveInt | None = _option(
+        None, "exact number of KV blocks (wins over --kv-cache-memory)", "N")
+    max_model_len: PositiveInt | None = _option(
+        None, "context window cap (default: the model's)", "N")
+    block_size: PositiveInt = _option(16, "tokens per KV block (a power of two)", "N")
+    prefix_caching: bool = _option(True, "reuse KV blocks of shared prompt prefixes")
+    max_queue: NonNegativeInt = _option(
+        256, "most sequences waiting for a slot; beyond it requests get 429 with Retry-After", "N")
+    shutdown_timeout: NonNegativeInt = _option(
+        30, "seconds in-flight requests get to finish after SIGTERM", "SECONDS")
+    seed: Int = _option(0, "engine random seed (requests without a seed draw from it)", "N")
+    num_threads: PositiveInt | None = _option(
+        None, "CPU threads for torch (default: torch's choice)", "N")
+    log_level: LogLevel = _option("info", "log level: " + ", ".join(LOG_LEVELS), "LEVEL")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (passed to the constructor), then the environment, then the YAML file."""
+        config = init_settings().get("config") or env_settings().get("config")
+        if not config:
+            return init_settings, env_settings
+        return init_settings, env_settings, YamlOptionsFile(settings_cls, Path(config))
+
+    @model_validator(mode="after")
+    def _engine_accepts(self) -> ServerSettings:
+        self.engine_config().validate()
+        return self
 
     def engine_config(self) -> EngineConfig:
         """The engine's share of the settings."""
@@ -71,14 +183,55 @@ class ServerSettings:
 
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to show to clients (the API key is never echoed)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = self.model_dump()
         data["api_key"] = "***" if self.api_key else None
         return data
 
 
-_BY_NAME = {option.name: option for option in OPTIONS}
+OPTION_NAMES = tuple(name for name in ServerSettings.model_fields if name != "config")
 
 
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_var(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+class YamlOptionsFile(YamlConfigSettingsSource):
+    """The YAML config file: keys as the flags ('-' or '_'); an unknown key is an error (typos
+    must not pass silently) and an empty one leaves the default in place."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        self.path = path.expanduser()
+        if not self.path.is_file():
+            raise SettingsError(f"cannot read config file {self.path}: no such file")
+        super().__init__(settings_cls, yaml_file=self.path)
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            loaded = super()._read_file(file_path)
+        except OSError as exc:
+            raise SettingsError(
+                f"cannot read config file {self.path}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise SettingsError(
+                f"config file {self.path} is not valid YAML: {' '.join(str(exc).split())}"
+            ) from None
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"config file {self.path} must hold a mapping of option: value")
+        values: dict[str, Any] = {}
+        for key, value in loaded.items():
+            name = str(key).replace("-", "_")
+            if name not in OPTION_NAMES:
+                raise SettingsError(f"config file {self.path}: unknown option {key!r}")
+            if value is not None:
+                values[name] = value
+        return values
+
+
+# ---------------------------------------------------------------------- the command line
 class _OneLineErrorParser(argparse.ArgumentParser):
     """argparse prints usage plus the error; a one-line error is easier to read in logs."""
 
@@ -86,84 +239,54 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         raise SettingsError(message)
 
 
+def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    return _OneLineErrorParser(prog=prog, description=description)
+
+
 def build_serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add every option (as a flag whose default is 'not given') to a `serve` parser."""
-    defaults = ServerSettings()
     parser.add_argument("--config", metavar="FILE.yaml", default=None,
                         help=f"YAML file of options (keys as the flags, '-' or '_'); "
-                             f"also {ENV_PREFIX}CONFIG")
-    for option in OPTIONS:
-        default = getattr(defaults, option.name)
-        shown_default = "" if default is None else f"; default: {default}"
-        help_text = f"{option.help} [env {option.env_var}{shown_default}]"
-        if option.parse is parse_bool:
-            parser.add_argument(option.flag, dest=option.name, action=argparse.BooleanOptionalAction,
+                             f"also {env_var('config')}")
+    for name in OPTION_NAMES:
+        field = ServerSettings.model_fields[name]
+        shown_default = "" if field.default is None else f"; default: {field.default}"
+        help_text = f"{field.description} [env {env_var(name)}{shown_default}]"
+        if field.annotation is bool:
+            parser.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         else:
-            parser.add_argument(option.flag, dest=option.name, metavar=option.metavar,
-                                default=None, help=help_text)
+            extra = field.json_schema_extra
+            metavar = str(extra["metavar"]) if isinstance(extra, dict) else None
+            parser.add_argument(flag(name), dest=name, metavar=metavar, default=None,
+                                help=help_text)
     return parser
 
 
-def _parse_value(option: Option, value: Any, source: str) -> Any:
+def resolve_settings(args: argparse.Namespace) -> ServerSettings:
+    """The settings from the parsed flags, the ZIGGURAT_* environment and the config file."""
+    given = {name: getattr(args, name) for name in ("config", *OPTION_NAMES)
+             if getattr(args, name, None) is not None}
     try:
-        return option.parse(value)
-    except ValueError as exc:
-        raise SettingsError(f"{option.flag} ({source}): {exc}") from None
+        return ServerSettings(**given)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, given, os.environ)) from None
 
 
-def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Option values from a YAML mapping; unknown keys are an error (typos must not pass silently)."""
-    file = Path(path).expanduser()
-    try:
-        loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SettingsError(f"cannot read config file {file}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"config file {file} is not valid YAML: {exc}".replace("\n", " ")) from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise SettingsError(f"config file {file} must hold a mapping of option: value")
-    values: dict[str, Any] = {}
-    for key, value in loaded.items():
-        name = str(key).replace("-", "_")
-        option = _BY_NAME.get(name)
-        if option is None:
-            raise SettingsError(f"config file {file}: unknown option {key!r}")
-        if value is not None:  # an empty key leaves the default in place
-            values[name] = _parse_value(option, value, f"config file {file}")
-    return values
-
-
-def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for option in OPTIONS:
-        raw = environ.get(option.env_var)
-        if raw is not None and raw != "":
-            values[option.name] = _parse_value(option, raw, option.env_var)
-    return values
-
-
-def resolve_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerSettings:
-    """Merge the sources, highest priority last applied: defaults, file, environment, flags."""
-    environ = os.environ if environ is None else environ
-    merged: dict[str, Any] = {}
-    config_path = getattr(args, "config", None) or environ.get(ENV_PREFIX + "CONFIG") or None
-    if config_path:
-        merged.update(read_config_file(config_path))
-    merged.update(read_environment(environ))
-    for option in OPTIONS:
-        value = getattr(args, option.name, None)
-        if value is not None:
-            merged[option.name] = _parse_value(option, value, "command line")
-    settings = ServerSettings(**merged)
-    try:
-        settings.engine_config().validate()
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
-    return settings
-
-
-def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return _OneLineErrorParser(prog=prog, description=description)
+def _describe(error: ValidationError, given: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """The first problem, naming the option and where its value came from."""
+    problem = error.errors()[0]
+    message = problem["msg"].removeprefix("Value error, ")
+    if not problem["loc"]:
+        return message
+    if "got " not in message:
+        message += f", got {problem['input']!r}"
+    name = str(problem["loc"][0])
+    if name in given:
+        source = "command line"
+    elif environ.get(env_var(name)):
+        source = env_var(name)
+    else:
+        config = given.get("config") or environ.get(env_var("config"))
+        source = f"config file {config}"
+    return f"{flag(name)} ({source}): {message}"

@@ -1,66 +1,58 @@
-"""Server-Sent Events framed as OpenAI sends them: `data: {json}\\n\\n`, ending `data: [DONE]\\n\\n`."""
+"""Server-Sent Events framed as OpenAI sends them: `data: {json}\\n\\n`, ending `data: [DONE]\\n\\n`.
+
+sse-starlette streams the events and watches for the client going away; this module only fixes
+the framing OpenAI clients expect and what happens when a stream ends."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from starlette.responses import Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import AppStatus
 from starlette.types import Receive, Scope, Send
 
-from .disconnect import wait_for_disconnect
+# The data of the last event: `data: [DONE]`.
+DONE_EVENT = "[DONE]"
 
-DONE_EVENT = "data: [DONE]\n\n"
+# sse-starlette cuts every open stream at once when uvicorn starts shutting down; the server
+# instead lets in-flight streams finish within --shutdown-timeout (uvicorn cancels what is left
+# when it runs out). The switch is process-wide in the library.
+AppStatus.disable_automatic_graceful_drain()
 
 
 def sse_event(payload: dict[str, Any]) -> str:
-    # Compact separators like OpenAI; ensure_ascii=False keeps multi-byte text readable.
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    """The data of one event: compact JSON like OpenAI's; ensure_ascii=False keeps multi-byte
+    text readable."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
-class SSEResponse(Response):
-    """Streams `events`; when the client disconnects the stream is closed at once (which aborts
-    the engine request) and `on_close` always runs, even if the stream never started."""
+async def _framed(events: AsyncIterator[str | bytes]) -> AsyncIterator[ServerSentEvent]:
+    async for data in events:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        yield ServerSentEvent(text, sep="\n")
 
-    media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], Awaitable[None]],
+class SSEResponse(EventSourceResponse):
+    """Streams `events`, each the already serialised data of one event (str or bytes). When the
+    client disconnects the stream is closed at once (which aborts the engine request), and
+    `on_close` always runs, even if the stream never started."""
+
+    def __init__(self, events: AsyncIterator[str | bytes], on_close: Callable[[], Awaitable[None]],
                  headers: dict[str, str] | None = None) -> None:
         self.events = events
         self.on_close = on_close
-        self.status_code = 200
-        self.background = None
-        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                           **(headers or {})})
+        # No keep-alive pings (ping=0): OpenAI's stream has none, and a token arrives well
+        # within any proxy's idle timeout. `no-cache` rather than the library's `no-store`.
+        super().__init__(_framed(events), ping=0, sep="\n",
+                         headers={"Cache-Control": "no-cache", **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await send({"type": "http.response.start", "status": self.status_code,
-                        "headers": self.raw_headers})
-            pump = asyncio.ensure_future(self._pump(send))
-            watcher = asyncio.ensure_future(wait_for_disconnect(receive))
-            try:
-                await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (pump, watcher):
-                    if not task.done():
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await task
-            if pump.done() and not pump.cancelled():
-                error = pump.exception()
-                if error is not None and not isinstance(error, OSError):
-                    raise error
+            await super().__call__(scope, receive, send)
         finally:
             with contextlib.suppress(Exception):
                 await self.events.aclose()  # type: ignore[attr-defined]
             await self.on_close()
-
-    async def _pump(self, send: Send) -> None:
-        async for event in self.events:
-            await send({"type": "http.response.body", "body": event.encode("utf-8"),
-                        "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ByteSize, TypeAdapter, ValidationError
+
 
 @dataclass
 class ModelConfig:
@@ -44,35 +46,29 @@ class ModelConfig:
         return L * per_layer + embed + head + h
 
 
-_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
-          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
-          "tib": 2**40}
+# A number with a decimal point and no unit, like "0.5": a fraction of memory, not a byte count.
+_FRACTION_RE = re.compile(r"^\s*[0-9]*\.[0-9]+\s*$")
+_BYTE_SIZE = TypeAdapter(ByteSize)
 
 
 def parse_memory_size(value: int | float | str) -> int | float:
-    """'2GiB' / '512MB' / 1073741824 -> bytes (int); a float in (0, 1] is a fraction of memory."""
+    """'2GiB' / '512MB' / '4g' / 1073741824 -> bytes (int, parsed by pydantic's ByteSize); a
+    float in (0, 1], or such a number written with a decimal point, is a fraction of memory."""
     if isinstance(value, bool):
         raise ValueError(f"invalid memory size: {value!r}")
-    if isinstance(value, int):
-        if value <= 0:
+    if isinstance(value, float) or (isinstance(value, str) and _FRACTION_RE.match(value)):
+        fraction = float(value)
+        if fraction <= 0.0:
             raise ValueError(f"memory size must be positive, got {value}")
-        return value
-    if isinstance(value, float):
-        if 0.0 < value <= 1.0:
-            return value
-        if value > 1.0:
-            return int(value)
-        raise ValueError(f"memory size must be positive, got {value}")
-    match = _SIZE_RE.match(value)
-    if match is None:
-        raise ValueError(f"invalid memory size {value!r}: use bytes, e.g. '2GiB', '512MB', or a fraction like 0.5")
-    number, unit = float(match.group(1)), (match.group(2) or "").lower()
-    if unit == "" and number <= 1.0 and "." in match.group(1):
-        return number
-    if unit not in _UNITS:
-        raise ValueError(f"invalid memory unit in {value!r}")
-    return int(number * _UNITS[unit])
+        return fraction if fraction <= 1.0 else int(fraction)  # above 1: a byte count
+    try:
+        size = int(_BYTE_SIZE.validate_python(value))
+    except ValidationError:
+        raise ValueError(f"invalid memory size {value!r}: use bytes, e.g. '2GiB', '512MB', or "
+                         "a fraction like 0.5") from None
+    if size <= 0:
+        raise ValueError(f"memory size must be positive, got {value!r}")
+    return size
 
 
 QUANTIZATIONS = ("auto", "none", "int8")

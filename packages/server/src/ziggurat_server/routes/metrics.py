@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import Response
 
+from ..metrics import CONTENT_TYPE
 from . import server_state
 
 router = APIRouter()
 
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
 
 @router.get("/metrics")
-async def metrics(request: Request) -> PlainTextResponse:
+async def metrics(request: Request) -> Response:
     state = server_state(request)
     stats = state.engine.stats() if state.status == "ok" and state.engine is not None else None
-    return PlainTextResponse(state.metrics.render(stats), media_type=PROMETHEUS_CONTENT_TYPE)
+    return Response(state.metrics.render(stats), media_type=CONTENT_TYPE)

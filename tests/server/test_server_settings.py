@@ -1,0 +1,235 @@
+"""Every serve option through each of its three sources (flag, ZIGGURAT_* variable, YAML key),
+and the precedence between them: flags > environment > config file > defaults.
+
+The expected values are written out here, one row per option, so that a change of how the
+settings are parsed cannot rename a flag, a variable or a key, or change a value, unnoticed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from server_process import clean_environment, server_command
+from ziggurat_server.cli import build_parser
+from ziggurat_server.settings import ServerSettings, SettingsError, resolve_settings
+
+# option name, text given on the command line or in the environment, YAML value, parsed value
+ROWS: list[tuple[str, str, Any, Any]] = [
+    ("model", "models/x.gguf", "models/x.gguf", "models/x.gguf"),
+    ("served_model_name", "my-model", "my-model", "my-model"),
+    ("host", "0.0.0.0", "0.0.0.0", "0.0.0.0"),
+    ("port", "9001", 9001, 9001),
+    ("api_key", "s3cret", "s3cret", "s3cret"),
+    ("device", "CUDA:1", "cuda:1", "cuda:1"),
+    ("dtype", "bfloat16", "bfloat16", "bfloat16"),
+    ("quantization", "int8", "int8", "int8"),
+    ("kv_cache_dtype", "float16", "float16", "float16"),
+    ("attention_backend", "Torch", "torch", "torch"),
+    ("max_num_seqs", "5", 5, 5),
+    ("max_num_batched_tokens", "256", 256, 256),
+    ("kv_cache_memory", "2GiB", "2GiB", "2GiB"),
+    ("num_kv_blocks", "77", 77, 77),
+    ("max_model_len", "99", 99, 99),
+    ("block_size", "32", 32, 32),
+    ("max_queue", "0", 0, 0),
+    ("shutdown_timeout", "5", 5, 5),
+    ("seed", "42", 42, 42),
+    ("num_threads", "3", 3, 3),
+    ("log_level", "DEBUG", "debug", "debug"),
+]
+FLAGS = {name: "--" + name.replace("_", "-") for name, *_ in ROWS} | {
+    "prefix_caching": "--prefix-caching"}
+ENV_VARS = {name: "ZIGGURAT_" + name.upper() for name in FLAGS}
+
+
+@pytest.fixture()
+def resolve(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """settings for `argv` with exactly the ZIGGURAT_* variables in `env` set."""
+
+    def resolve(argv: list[str], env: dict[str, str] | None = None) -> ServerSettings:
+        for name in [name for name in os.environ if name.startswith("ZIGGURAT_")]:
+            monkeypatch.delenv(name)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        return resolve_settings(build_parser().parse_args(["serve", *argv]))
+
+    return resolve
+
+
+def test_defaults(resolve: Any) -> None:
+    settings = resolve([])
+    assert settings == ServerSettings()
+    assert settings.public_dict() == {
+        "model": "default", "served_model_name": None, "host": "127.0.0.1", "port": 8000,
+        "api_key": None, "device": "auto", "dtype": "auto", "attention_backend": "auto",
+        "quantization": "auto", "kv_cache_dtype": "auto", "max_num_seqs": 64,
+        "max_num_batched_tokens": 2048, "kv_cache_memory": None, "num_kv_blocks": None,
+        "max_model_len": None, "block_size": 16, "prefix_caching": True, "max_queue": 256,
+        "shutdown_timeout": 30, "seed": 0, "num_threads": None, "log_level": "info",
+    }
+
+
+@pytest.mark.parametrize("name, text, yaml_value, expected", ROWS, ids=[row[0] for row in ROWS])
+def test_every_option_from_every_source(resolve: Any, tmp_path: Path, name: str, text: str,
+                                        yaml_value: Any, expected: Any) -> None:
+    assert getattr(resolve([FLAGS[name], text]), name) == expected
+    assert getattr(resolve([f"{FLAGS[name]}={text}"]), name) == expected
+    assert getattr(resolve([], {ENV_VARS[name]: text}), name) == expected
+    assert getattr(resolve([], {ENV_VARS[name]: f"  {text} "}), name) == expected
+    for key in (name, name.replace("_", "-")):
+        config = tmp_path / f"{key}.yaml"
+        config.write_text(f"{key}: {yaml_value!r}\n" if isinstance(yaml_value, str)
+                          else f"{key}: {yaml_value}\n")
+        assert getattr(resolve(["--config", str(config)]), name) == expected
+        assert getattr(resolve([], {"ZIGGURAT_CONFIG": str(config)}), name) == expected
+
+
+def test_boolean_option_from_every_source(resolve: Any, tmp_path: Path) -> None:
+    assert resolve([]).prefix_caching is True
+    assert resolve(["--no-prefix-caching"]).prefix_caching is False
+    assert resolve(["--prefix-caching"], {"ZIGGURAT_PREFIX_CACHING": "off"}).prefix_caching is True
+    for text in ("0", "false", "no", "off", "False", "OFF"):
+        assert resolve([], {"ZIGGURAT_PREFIX_CACHING": text}).prefix_caching is False, text
+    for text in ("1", "true", "yes", "on", "True", "YES"):
+        assert resolve(["--config", str(_yaml(tmp_path, "prefix_caching: false"))],
+                       {"ZIGGURAT_PREFIX_CACHING": text}).prefix_caching is True, text
+    assert resolve(["--config", str(_yaml(tmp_path, "prefix-caching: no"))]).prefix_caching is False
+    with pytest.raises(SettingsError, match="ZIGGURAT_PREFIX_CACHING"):
+        resolve([], {"ZIGGURAT_PREFIX_CACHING": "maybe"})
+
+
+def test_engine_config_carries_the_engine_options(resolve: Any) -> None:
+    settings = resolve(["--kv-cache-memory", "512MiB", "--max-num-batched-tokens", "128",
+                        "--dtype", "bfloat16", "--device", "cpu", "--max-model-len", "99",
+                        "--no-prefix-caching"])
+    config = settings.engine_config()
+    assert config.kv_cache_memory == "512MiB"
+    assert config.max_num_batched_tokens == 128
+    assert (config.dtype, config.device, config.max_model_len) == ("bfloat16", "cpu", 99)
+    assert (config.quantization, config.kv_cache_dtype) == ("auto", "auto")
+    assert config.enable_prefix_caching is False
+    tuned = resolve(["--quantization", "none", "--kv-cache-dtype", "float16"]).engine_config()
+    assert (tuned.quantization, tuned.kv_cache_dtype) == ("none", "float16")
+
+
+def test_public_settings_hide_the_api_key(resolve: Any) -> None:
+    assert resolve(["--api-key", "hunter2"]).public_dict()["api_key"] == "***"
+
+
+def _yaml(tmp_path: Path, text: str, name: str = "server.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_precedence_flags_environment_file_defaults(resolve: Any, tmp_path: Path) -> None:
+    config = _yaml(tmp_path, "port: 1111\nmax_num_seqs: 3\nmax-queue: 7\nseed: 5\n")
+    env = {"ZIGGURAT_PORT": "2222", "ZIGGURAT_MAX_QUEUE": "9"}
+    settings = resolve(["--config", str(config), "--port", "3333"], env)
+    assert (settings.port, settings.max_queue, settings.max_num_seqs, settings.seed) == (
+        3333, 9, 3, 5)
+    assert settings.block_size == 16  # default
+    assert resolve(["--config", str(config)], env).port == 2222
+    assert resolve(["--config", str(config)]).port == 1111
+    # --config wins over ZIGGURAT_CONFIG.
+    other = _yaml(tmp_path, "port: 4444\n", "other.yaml")
+    assert resolve(["--config", str(config)], {"ZIGGURAT_CONFIG": str(other)}).port == 1111
+    assert resolve([], {"ZIGGURAT_CONFIG": str(other)}).port == 4444
+
+
+def test_empty_values_leave_the_default(resolve: Any, tmp_path: Path) -> None:
+    assert resolve([], {"ZIGGURAT_PORT": ""}).port == 8000
+    config = _yaml(tmp_path, "port:\nserved_model_name:\n")
+    settings = resolve(["--config", str(config)])
+    assert (settings.port, settings.served_model_name) == (8000, None)
+    from_empty_file = resolve(["--config", str(_yaml(tmp_path, "", "empty.yaml"))])
+    assert from_empty_file.public_dict() == ServerSettings().public_dict()
+
+
+def test_unknown_environment_variables_are_ignored(resolve: Any) -> None:
+    assert resolve([], {"ZIGGURAT_NO_SUCH_OPTION": "1"}) == ServerSettings()
+
+
+def test_memory_sizes_and_fractions_are_kept_as_given(resolve: Any, tmp_path: Path) -> None:
+    for text in ("4GiB", "512MB", "1073741824", "0.5", "2g", "1.5GiB", "3 MiB", "1tb", "100k"):
+        assert resolve(["--kv-cache-memory", text]).kv_cache_memory == text
+    config = _yaml(tmp_path, "kv_cache_memory: 0.25\n")
+    assert resolve(["--config", str(config)]).kv_cache_memory == "0.25"
+    config = _yaml(tmp_path, "kv_cache_memory: 1073741824\n")
+    assert resolve(["--config", str(config)]).kv_cache_memory == "1073741824"
+
+
+@pytest.mark.parametrize("argv, env, yaml_text, fragments", [
+    (["--port", "eighty"], {}, None, ["--port", "command line"]),
+    ([], {"ZIGGURAT_PORT": "70000"}, None, ["--port", "ZIGGURAT_PORT"]),
+    ([], {}, "port: -1\n", ["--port", "config file"]),
+    ([], {}, "port: true\n", ["--port", "config file"]),
+    (["--max-num-seqs", "0"], {}, None, ["--max-num-seqs"]),
+    (["--max-num-batched-tokens", "-4"], {}, None, ["--max-num-batched-tokens"]),
+    (["--kv-cache-memory", "lots"], {}, None, ["--kv-cache-memory"]),
+    (["--kv-cache-memory", "5 parsecs"], {}, None, ["--kv-cache-memory"]),
+    (["--kv-cache-memory", "0"], {}, None, ["--kv-cache-memory"]),
+    (["--dtype", "int3"], {}, None, ["--dtype"]),
+    (["--quantization", "int4"], {}, None, ["--quantization"]),
+    (["--kv-cache-dtype", "int8"], {}, None, ["--kv-cache-dtype"]),
+    (["--attention-backend", "flash"], {}, None, ["--attention-backend"]),
+    (["--device", "tpu"], {}, None, ["--device"]),
+    (["--device", "cuda:x"], {}, None, ["--device"]),
+    (["--log-level", "loud"], {}, None, ["--log-level"]),
+    (["--model", "  "], {}, None, ["--model"]),
+    (["--block-size", "12"], {}, None, ["block_size"]),
+    (["--num-kv-blocks", "0"], {}, None, ["--num-kv-blocks"]),
+    ([], {"ZIGGURAT_MAX_QUEUE": "-1"}, None, ["--max-queue", "ZIGGURAT_MAX_QUEUE"]),
+    ([], {"ZIGGURAT_SHUTDOWN_TIMEOUT": "soon"}, None, ["ZIGGURAT_SHUTDOWN_TIMEOUT"]),
+    ([], {}, "prot: 8000\n", ["unknown option 'prot'"]),
+    ([], {}, "- 1\n- 2\n", ["mapping"]),
+    ([], {}, "port: [1\n", ["not valid YAML"]),
+])
+def test_bad_values_name_the_option_and_source(resolve: Any, tmp_path: Path, argv: list[str],
+                                               env: dict[str, str], yaml_text: str | None,
+                                               fragments: list[str]) -> None:
+    if yaml_text is not None:
+        argv = [*argv, "--config", str(_yaml(tmp_path, yaml_text))]
+    with pytest.raises(SettingsError) as caught:
+        resolve(argv, env)
+    message = str(caught.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_a_missing_config_file_is_an_error(resolve: Any, tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="cannot read config file"):
+        resolve(["--config", str(tmp_path / "missing.yaml")])
+    with pytest.raises(SettingsError, match="cannot read config file"):
+        resolve([], {"ZIGGURAT_CONFIG": str(tmp_path / "missing.yaml")})
+
+
+METAVARS = {
+    "model": "PATH|default", "served_model_name": "NAME", "host": "HOST", "port": "PORT",
+    "api_key": "KEY", "device": "DEVICE", "dtype": "DTYPE", "quantization": "MODE",
+    "kv_cache_dtype": "DTYPE", "attention_backend": "NAME", "max_num_seqs": "N",
+    "max_num_batched_tokens": "N", "kv_cache_memory": "SIZE", "num_kv_blocks": "N",
+    "max_model_len": "N", "block_size": "N", "max_queue": "N", "shutdown_timeout": "SECONDS",
+    "seed": "N", "num_threads": "N", "log_level": "LEVEL",
+}
+
+
+def test_help_names_every_flag_metavar_variable_and_default() -> None:
+    result = subprocess.run(server_command("serve", "--help"), capture_output=True, text=True,
+                            timeout=120, env=clean_environment())
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    defaults = ServerSettings()
+    for name, metavar in METAVARS.items():
+        assert f"{FLAGS[name]} {metavar} " in text, name
+    assert "--prefix-caching, --no-prefix-caching " in text
+    for name, variable in ENV_VARS.items():
+        default = getattr(defaults, name)
+        shown = f"[env {variable}]" if default is None else f"[env {variable}; default: {default}]"
+        assert shown in text, name
+    assert "--config FILE.yaml YAML file of options (keys as the flags, '-' or '_'); also " \
+           "ZIGGURAT_CONFIG" in text
