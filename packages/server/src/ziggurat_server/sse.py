@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+from ziggurat_core.protocol import ResponseModel
 
 from .disconnect import wait_for_disconnect
 
 DONE_EVENT = "data: [DONE]\n\n"
 
 
-def sse_event(payload: dict[str, Any]) -> str:
-    # Compact separators like OpenAI; ensure_ascii=False keeps multi-byte text readable.
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+def sse_event(payload: ResponseModel) -> str:
+    return f"data: {payload.wire_json()}\n\n"
 
 
 class SSEResponse(Response):

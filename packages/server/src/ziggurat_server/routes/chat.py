@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from ziggurat_core.protocol import ChatCompletionRequest
 
 from ..chat_format import ChatChunker, chat_completion_body
@@ -16,6 +16,7 @@ from ..response_meta import ResponseMeta
 from ..sampling import chat_sampling_params, check_model_name
 from ..sse import SSEResponse
 from ..streaming import stream_events
+from ..wire import ModelResponse
 from . import server_state
 
 router = APIRouter()
@@ -55,4 +56,4 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         finals = await generation.finals(firsts, request.receive)
     finally:
         await generation.close()
-    return JSONResponse(chat_completion_body(meta, finals, token_bytes))
+    return ModelResponse(chat_completion_body(meta, finals, token_bytes))

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from ziggurat_core.protocol import HealthStatus
 
+from ..wire import ModelResponse
 from . import server_state
 
 router = APIRouter()
@@ -19,13 +20,12 @@ def _device_names(info: dict[str, Any]) -> list[str]:
 
 
 @router.get("/health")
-async def health(request: Request) -> JSONResponse:
+async def health(request: Request) -> ModelResponse:
     state = server_state(request)
     status = state.status
     model = state.engine.model_name if state.engine is not None else state.settings.model
-    body: dict[str, Any] = {"status": status, "model": model, "devices": None}
-    if state.engine is not None:
-        body["devices"] = _device_names(state.device_info())
+    devices = _device_names(state.device_info()) if state.engine is not None else None
+    body = HealthStatus(status=status, model=model, devices=devices)
     if status == "error" and state.load_error is not None:
-        body["error"] = state.load_error
-    return JSONResponse(body, status_code=200 if status == "ok" else 503)
+        body.error = state.load_error  # only then: the key is absent otherwise
+    return ModelResponse(body, status_code=200 if status == "ok" else 503)
