@@ -92,8 +92,10 @@ def test_chat_completion_tool_calls(client: Client) -> None:
     message = reply.choices[0].message
     assert message.content is None
     assert message.tool_calls is not None
-    assert message.tool_calls[0]["function"]["name"] == "get_current_weather"
-    assert json.loads(message.tool_calls[0]["function"]["arguments"]) == {"location": "Boston, MA"}
+    [call] = message.tool_calls
+    assert (call.id, call.type) == ("call_abc123", "function")
+    assert call.function.name == "get_current_weather"
+    assert json.loads(call.function.arguments) == {"location": "Boston, MA"}
     assert reply.choices[0].finish_reason == "tool_calls"
 
 

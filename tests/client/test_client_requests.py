@@ -10,7 +10,9 @@ import pytest
 import respx
 from client_helpers import API, BASE, chat_completion_body, completion_body
 from ziggurat import Client, NotFoundError
+from ziggurat._params import CHAT_COMPLETION_PARAM_NAMES, COMPLETION_PARAM_NAMES
 from ziggurat.types import ChatMessage, HealthStatus, StreamOptions
+from ziggurat_core.protocol import ChatCompletionRequest, CompletionRequest
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -265,6 +267,17 @@ def test_unknown_keyword_argument_is_a_type_error_and_sends_nothing() -> None:
         with pytest.raises(TypeError, match="echo"):
             Client(base_url=BASE).chat.completions.create("tiny", MESSAGES, echo=True)  # type: ignore[call-overload]
     assert route.call_count == 0
+
+
+def test_keyword_parameters_are_the_request_models_fields() -> None:
+    # The typed keyword arguments mirror the protocol's request models (the server validates
+    # with those): a field added to one side only fails here. model, the messages or prompt,
+    # and stream are the create methods' own arguments.
+    own_arguments = {"model", "stream"}
+    chat_fields = set(ChatCompletionRequest.model_fields) - own_arguments - {"messages"}
+    completion_fields = set(CompletionRequest.model_fields) - own_arguments - {"prompt"}
+    assert set(CHAT_COMPLETION_PARAM_NAMES) == chat_fields
+    assert set(COMPLETION_PARAM_NAMES) == completion_fields
 
 
 def test_messages_as_a_string_is_a_type_error() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -10,7 +11,9 @@ from pydantic import ValidationError
 from ziggurat_core.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
+    ChatCompletionChunkChoice,
     ChatCompletionRequest,
+    ChoiceDelta,
     Completion,
     CompletionRequest,
     ErrorResponse,
@@ -121,3 +124,25 @@ def test_chunk_usage_only_and_completion_and_lists() -> None:
     assert models.data[0].id == "a"
     err = ErrorResponse.model_validate({"error": {"message": "bad", "type": "invalid_request_error", "param": None, "code": None}})
     assert err.error.message == "bad"
+
+
+def test_wire_json_sends_what_was_set_and_null_only_when_set() -> None:
+    choice = ChatCompletionChunkChoice(index=0, delta=ChoiceDelta(content="hi"), logprobs=None,
+                                       finish_reason=None)
+    chunk = ChatCompletionChunk(id="c", object="chat.completion.chunk", created=1, model="m",
+                                choices=[choice])
+    assert json.loads(chunk.wire_json()) == {
+        "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {"content": "hi"}, "logprobs": None,
+                     "finish_reason": None}],
+    }
+    with_usage = ChatCompletionChunk(id="c", object="chat.completion.chunk", created=1, model="m",
+                                     choices=[], usage=None)
+    assert json.loads(with_usage.wire_json())["usage"] is None
+
+
+def test_a_parsed_body_is_written_back_as_it_came() -> None:
+    body = ('{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":'
+            '[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},'
+            '"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"x"}')
+    assert ChatCompletionChunk.model_validate_json(body).wire_json() == body

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import APIError
+from .errors import ServerHTTPError
 
 RETRY_AFTER_SECONDS = 1
 
@@ -35,7 +35,7 @@ class AdmissionControl:
     def admit(self, num_seqs: int) -> None:
         """Take `num_seqs` slots or raise a 429; a refused request changes nothing."""
         if not self.can_admit(num_seqs):
-            raise APIError(
+            raise ServerHTTPError(
                 429,
                 f"The server is overloaded: {self.waiting} sequences are already waiting "
                 f"(limit {self.max_waiting}). Retry after {RETRY_AFTER_SECONDS}s.",

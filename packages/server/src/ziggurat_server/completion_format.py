@@ -1,38 +1,33 @@
-"""Legacy text completion responses and stream chunks, serialised the way OpenAI sends them."""
+"""Legacy text completion responses and stream chunks, built as the protocol models."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from ziggurat_core.engine.outputs import CompletionOutput, Logprob, RequestOutput
-from ziggurat_core.protocol import Usage
+from ziggurat_core.protocol import Completion, CompletionChoice, CompletionLogprobs, Usage
 
 from .logprobs import completion_logprobs
 from .response_meta import ResponseMeta, usage_of
 
 
-def _logprobs_dump(entries: list[Logprob] | None, offset: int) -> dict[str, Any] | None:
-    if entries is None:
-        return None
-    return completion_logprobs(entries, offset).model_dump(mode="json")
+def _logprobs_or_none(entries: list[Logprob] | None, offset: int) -> CompletionLogprobs | None:
+    return None if entries is None else completion_logprobs(entries, offset)
 
 
 def completion_body(meta: ResponseMeta, outputs: list[RequestOutput],
-                    echo_texts: list[str] | None) -> dict[str, Any]:
+                    echo_texts: list[str] | None) -> Completion:
     """`echo_texts[i]` is prompt i's text when echo was asked for, else None for all."""
-    choices: list[dict[str, Any]] = []
+    choices: list[CompletionChoice] = []
     for prompt_index, output in enumerate(outputs):
         prefix = echo_texts[prompt_index] if echo_texts is not None else ""
         for completion in output.outputs:
-            choices.append({
-                "index": meta.choice_index(prompt_index, completion.index),
-                "text": prefix + completion.text,
-                "logprobs": _logprobs_dump(completion.logprobs, len(prefix)),
-                "finish_reason": completion.finish_reason,
-            })
-    choices.sort(key=lambda choice: int(choice["index"]))
-    return {**meta.envelope("text_completion"), "choices": choices,
-            "usage": usage_of(outputs).model_dump(mode="json")}
+            choices.append(CompletionChoice(
+                index=meta.choice_index(prompt_index, completion.index),
+                text=prefix + completion.text,
+                logprobs=_logprobs_or_none(completion.logprobs, len(prefix)),
+                finish_reason=completion.finish_reason,
+            ))
+    choices.sort(key=lambda choice: choice.index)
+    return Completion(**meta.envelope("text_completion"), choices=choices, usage=usage_of(outputs))
 
 
 class CompletionChunker:
@@ -43,16 +38,13 @@ class CompletionChunker:
         self._finished: set[int] = set()
         self._text_length: dict[int, int] = {}  # characters sent per choice (for text_offset)
 
-    def _chunk(self, index: int, text: str, logprobs: dict[str, Any] | None,
-               finish_reason: str | None) -> dict[str, Any]:
-        chunk = {**self.meta.envelope("text_completion"),
-                 "choices": [{"index": index, "text": text, "logprobs": logprobs,
-                              "finish_reason": finish_reason}]}
-        if self.meta.include_usage:
-            chunk["usage"] = None
-        return chunk
+    def _chunk(self, index: int, text: str, logprobs: CompletionLogprobs | None,
+               finish_reason: str | None) -> Completion:
+        choice = CompletionChoice(index=index, text=text, logprobs=logprobs,
+                                  finish_reason=finish_reason)
+        return Completion(**self.meta.chunk_envelope("text_completion"), choices=[choice])
 
-    def echo_chunks(self, prompt_index: int, prompt_text: str) -> list[dict[str, Any]]:
+    def echo_chunks(self, prompt_index: int, prompt_text: str) -> list[Completion]:
         chunks = []
         for sample in range(self.meta.n):
             index = self.meta.choice_index(prompt_index, sample)
@@ -60,7 +52,7 @@ class CompletionChunker:
             chunks.append(self._chunk(index, prompt_text, None, None))
         return chunks
 
-    def output_chunks(self, prompt_index: int, output: RequestOutput) -> list[dict[str, Any]]:
+    def output_chunks(self, prompt_index: int, output: RequestOutput) -> list[Completion]:
         chunks = []
         for completion in output.outputs:
             index = self.meta.choice_index(prompt_index, completion.index)
@@ -69,7 +61,7 @@ class CompletionChunker:
                 chunks.append(chunk)
         return chunks
 
-    def _completion_chunk(self, index: int, completion: CompletionOutput) -> dict[str, Any] | None:
+    def _completion_chunk(self, index: int, completion: CompletionOutput) -> Completion | None:
         if index in self._finished:
             return None
         if completion.finish_reason is not None:
@@ -79,9 +71,8 @@ class CompletionChunker:
         offset = self._text_length.get(index, 0)
         self._text_length[index] = offset + len(completion.delta_text)
         return self._chunk(index, completion.delta_text,
-                           _logprobs_dump(completion.delta_logprobs, offset),
+                           _logprobs_or_none(completion.delta_logprobs, offset),
                            completion.finish_reason)
 
-    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
-        return {**self.meta.envelope("text_completion"), "choices": [],
-                "usage": usage.model_dump(mode="json")}
+    def usage_chunk(self, usage: Usage) -> Completion:
+        return Completion(**self.meta.envelope("text_completion"), choices=[], usage=usage)

@@ -7,18 +7,24 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError as FastAPIValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ziggurat_core.engine.errors import EngineDeadError, RequestValidationError
 from ziggurat_core.engine.sampling_params import SamplingParamsError
+from ziggurat_core.protocol import ErrorDetail, ErrorResponse
+
+from .wire import ModelResponse
 
 logger = logging.getLogger("ziggurat_server")
 
 REQUEST_ID_HEADER = "X-Request-Id"
 
 
-class APIError(Exception):
-    """An error a client should see, with its HTTP status and OpenAI error fields."""
+class ServerHTTPError(Exception):
+    """An error the server answers with: its HTTP status, extra headers and OpenAI's error body.
+
+    Raised anywhere while handling a request; the handlers below turn it into the response. (On
+    the other side of the wire the client raises its own `ziggurat.APIError` from that body.)
+    """
 
     def __init__(
         self,
@@ -32,42 +38,39 @@ class APIError(Exception):
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
-        self.message = message
-        self.error_type = error_type
-        self.param = param
-        self.code = code
+        # Every field set, so `param` and `code` go out as null when absent, as OpenAI sends them.
+        self.detail = ErrorDetail(message=message, type=error_type, param=param, code=code)
         self.headers = headers or {}
 
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.error_type, self.param, self.code)
+    @property
+    def message(self) -> str:
+        return self.detail.message
+
+    def body(self) -> ErrorResponse:
+        return ErrorResponse(error=self.detail)
 
 
-def error_body(message: str, error_type: str, param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> ServerHTTPError:
+    return ServerHTTPError(400, message, param=param, code=code)
 
 
-def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
-    return APIError(400, message, param=param, code=code)
+def model_not_found(model: str, served_name: str) -> ServerHTTPError:
+    return ServerHTTPError(404, f"The model '{model}' does not exist; this server serves "
+                                f"'{served_name}'", param="model", code="model_not_found")
 
 
-def model_not_found(model: str, served_name: str) -> APIError:
-    return APIError(404, f"The model '{model}' does not exist; this server serves "
-                         f"'{served_name}'", param="model", code="model_not_found")
+def engine_unavailable(message: str, code: str) -> ServerHTTPError:
+    return ServerHTTPError(503, message, error_type="service_unavailable_error", code=code)
 
 
-def engine_unavailable(message: str, code: str) -> APIError:
-    return APIError(503, message, error_type="service_unavailable_error", code=code)
+def internal_error() -> ServerHTTPError:
+    return ServerHTTPError(500, "The server had an error while processing your request.",
+                           error_type="server_error", code="internal_error")
 
 
-def internal_error() -> APIError:
-    return APIError(500, "The server had an error while processing your request.",
-                    error_type="server_error", code="internal_error")
-
-
-def from_engine_error(exc: Exception) -> APIError:
+def from_engine_error(exc: Exception) -> ServerHTTPError:
     """Map what the engine raises to what a client sees; anything unknown is a generic 500."""
-    if isinstance(exc, APIError):
+    if isinstance(exc, ServerHTTPError):
         return exc
     if isinstance(exc, RequestValidationError):
         return bad_request(str(exc), param=exc.param)
@@ -79,11 +82,11 @@ def from_engine_error(exc: Exception) -> APIError:
     return internal_error()
 
 
-def error_response(error: APIError, request_id: str | None = None) -> JSONResponse:
+def error_response(error: ServerHTTPError, request_id: str | None = None) -> ModelResponse:
     headers = dict(error.headers)
     if request_id is not None:
         headers[REQUEST_ID_HEADER] = request_id
-    return JSONResponse(error.body(), status_code=error.status_code, headers=headers)
+    return ModelResponse(error.body(), status_code=error.status_code, headers=headers)
 
 
 def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
@@ -111,27 +114,27 @@ def _is_type_tag(item: str) -> bool:
     )
 
 
-async def _handle_api_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, APIError)
+async def _handle_server_http_error(request: Request, exc: Exception) -> ModelResponse:
+    assert isinstance(exc, ServerHTTPError)
     return error_response(exc, _request_id(request))
 
 
-async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
+async def _handle_validation_error(request: Request, exc: Exception) -> ModelResponse:
     assert isinstance(exc, FastAPIValidationError)
     message, param = _validation_message(list(exc.errors()))
     return error_response(bad_request(message, param=param), _request_id(request))
 
 
-async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
+async def _handle_http_exception(request: Request, exc: Exception) -> ModelResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 404:
-        error = APIError(404, f"Unknown route: {request.method} {request.url.path}",
-                         code="not_found")
+        error = ServerHTTPError(404, f"Unknown route: {request.method} {request.url.path}",
+                                code="not_found")
     elif exc.status_code == 405:
-        error = APIError(405, f"Method {request.method} is not allowed on {request.url.path}",
-                         code="method_not_allowed")
+        error = ServerHTTPError(405, f"Method {request.method} is not allowed on {request.url.path}",
+                                code="method_not_allowed")
     else:
-        error = APIError(exc.status_code, str(exc.detail))
+        error = ServerHTTPError(exc.status_code, str(exc.detail))
     headers = dict(exc.headers or {})
     headers.update(error.headers)
     error.headers = headers
@@ -143,6 +146,6 @@ def _request_id(request: Request) -> str | None:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(APIError, _handle_api_error)
+    app.add_exception_handler(ServerHTTPError, _handle_server_http_error)
     app.add_exception_handler(FastAPIValidationError, _handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)

@@ -17,7 +17,7 @@ from ziggurat_core.engine.outputs import RequestOutput
 from ziggurat_core.engine.sampling_params import SamplingParams
 
 from .disconnect import ClientDisconnected, run_unless_disconnected
-from .errors import APIError, from_engine_error
+from .errors import ServerHTTPError, from_engine_error
 from .serving_engine import ServingEngine
 from .state import ServerState
 
@@ -58,7 +58,8 @@ class Generation:
     async def start(self, receive: Any) -> list[RequestOutput]:
         """Admit, submit every prompt and wait for each one's first output.
 
-        Engine validation errors surface here (before any response byte is sent), as APIError.
+        Engine validation errors surface here (before any response byte is sent) as
+        ServerHTTPError.
         A client that disconnects meanwhile gets its requests aborted (ClientDisconnected).
         """
         self.state.admission.admit(self.num_sequences)
@@ -69,7 +70,7 @@ class Generation:
         ]
         try:
             firsts = await run_unless_disconnected(receive, self._first_outputs())
-        except (ClientDisconnected, APIError, asyncio.CancelledError):
+        except (ClientDisconnected, ServerHTTPError, asyncio.CancelledError):
             await self.close()
             raise
         except Exception as exc:
@@ -114,7 +115,7 @@ class Generation:
 
         try:
             return await run_unless_disconnected(receive, collect())
-        except (ClientDisconnected, APIError):
+        except (ClientDisconnected, ServerHTTPError):
             raise
         except Exception as exc:
             raise engine_error_to_api(exc) from None
@@ -197,8 +198,8 @@ async def _merge(iterators: dict[int, AsyncIterator[RequestOutput]],
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def engine_error_to_api(exc: Exception) -> APIError:
-    """Engine errors become APIErrors; unexpected ones are logged here and shown as a bare 500."""
+def engine_error_to_api(exc: Exception) -> ServerHTTPError:
+    """Engine errors become ServerHTTPErrors; unexpected ones are logged here and shown as a bare 500."""
     mapped = from_engine_error(exc)
     if mapped.status_code == 500:
         logger.error("request failed: %r", exc, exc_info=exc)

@@ -5,7 +5,6 @@ responses and client disconnects pass through untouched."""
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 import uuid
@@ -13,7 +12,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import APIError, internal_error
+from .errors import ServerHTTPError, internal_error
 from .metrics import ServerMetrics
 
 logger = logging.getLogger("ziggurat_server")
@@ -75,7 +74,7 @@ class RequestContextMiddleware:
 
         try:
             if self._needs_key(scope) and not api_key_matches(_bearer_token(scope), self.api_key or ""):
-                await self._send_error(send_with_id, APIError(
+                await self._send_error(send_with_id, ServerHTTPError(
                     401, "Missing or incorrect API key. Send 'Authorization: Bearer <key>'.",
                     code="invalid_api_key"))
                 return
@@ -92,8 +91,8 @@ class RequestContextMiddleware:
         return self.api_key is not None and scope["path"] not in OPEN_PATHS
 
     @staticmethod
-    async def _send_error(send: Send, error: APIError) -> None:
-        body = json.dumps(error.body()).encode()
+    async def _send_error(send: Send, error: ServerHTTPError) -> None:
+        body = error.body().wire_json().encode()
         headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]

@@ -29,8 +29,17 @@ class ResponseMeta:
             self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
 
     def envelope(self, obj: str) -> dict[str, Any]:
+        """The fields every body and chunk of this request starts with, as model arguments."""
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                 "system_fingerprint": SYSTEM_FINGERPRINT}
+
+    def chunk_envelope(self, obj: str) -> dict[str, Any]:
+        """A content chunk's envelope: OpenAI sends `usage: null` on every chunk but the last
+        when usage was asked for, and no `usage` key at all otherwise."""
+        envelope = self.envelope(obj)
+        if self.include_usage:
+            envelope["usage"] = None
+        return envelope
 
     def choice_index(self, prompt_index: int, sample_index: int) -> int:
         # Several prompts with n samples each: prompt-major order, as OpenAI numbers them.

@@ -6,13 +6,12 @@ the framing OpenAI clients expect and what happens when a stream ends."""
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import AppStatus
 from starlette.types import Receive, Scope, Send
+from ziggurat_core.protocol import ResponseModel
 
 # The data of the last event: `data: [DONE]`.
 DONE_EVENT = "[DONE]"
@@ -23,10 +22,9 @@ DONE_EVENT = "[DONE]"
 AppStatus.disable_automatic_graceful_drain()
 
 
-def sse_event(payload: dict[str, Any]) -> str:
-    """The data of one event: compact JSON like OpenAI's; ensure_ascii=False keeps multi-byte
-    text readable."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+def sse_event(payload: ResponseModel) -> str:
+    """The data of one event: the model's wire JSON (compact, as OpenAI sends it)."""
+    return payload.wire_json()
 
 
 async def _framed(events: AsyncIterator[str | bytes]) -> AsyncIterator[ServerSentEvent]:

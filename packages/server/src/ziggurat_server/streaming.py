@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 from ziggurat_core.engine.outputs import RequestOutput
+from ziggurat_core.protocol import ResponseModel, Usage
 
 from .generation import Generation, engine_error_to_api
 from .response_meta import usage_of
@@ -13,9 +14,9 @@ from .sse import DONE_EVENT, sse_event
 
 
 class Chunker(Protocol):
-    def output_chunks(self, prompt_index: int, output: RequestOutput) -> Iterable[Any]: ...
+    def output_chunks(self, prompt_index: int, output: RequestOutput) -> Iterable[ResponseModel]: ...
 
-    def usage_chunk(self, usage: Any) -> Any: ...
+    def usage_chunk(self, usage: Usage) -> ResponseModel: ...
 
 
 async def stream_events(
@@ -23,8 +24,8 @@ async def stream_events(
     firsts: list[RequestOutput],
     chunker: Chunker,
     include_usage: bool,
-    head: Iterable[Any] = (),
-    prompt_opening: Callable[[int, RequestOutput], Iterable[Any]] | None = None,
+    head: Iterable[ResponseModel] = (),
+    prompt_opening: Callable[[int, RequestOutput], Iterable[ResponseModel]] | None = None,
 ) -> AsyncIterator[str]:
     """`head` chunks, then per prompt its `prompt_opening` chunks and its deltas as they come,
     the usage chunk when asked for, and `[DONE]`."""

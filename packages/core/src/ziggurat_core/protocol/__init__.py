@@ -1,17 +1,24 @@
 """OpenAI-compatible request and response models shared by the client and the server.
 
+The server builds every body it sends from these models (`ResponseModel.wire_json`) and the
+client parses every body it receives with them, so the two cannot drift apart.
 This package must never import torch: the client depends on it.
 """
 
+from ._base import RequestModel, ResponseModel
 from .chat import (
     ChatCompletion,
     ChatCompletionChoice,
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
     ChatCompletionMessage,
+    ChatCompletionMessageToolCall,
     ChatCompletionRequest,
     ChatMessage,
     ChoiceDelta,
+    ChoiceDeltaFunctionCall,
+    ChoiceDeltaToolCall,
+    FunctionCall,
     TextContentPart,
 )
 from .common import (
@@ -25,18 +32,17 @@ from .common import (
     Usage,
 )
 from .completions import Completion, CompletionChoice, CompletionRequest
-from .models import (
-    DetokenizeRequest,
-    DetokenizeResponse,
-    ErrorDetail,
-    ErrorResponse,
+from .errors import ErrorDetail, ErrorResponse
+from .models import Model, ModelList
+from .server import (
+    EngineInfo,
+    GpuInfo,
     HealthStatus,
-    Model,
-    ModelList,
+    ResolvedEngineSettings,
     ServerInfo,
-    TokenizeRequest,
-    TokenizeResponse,
+    ServerMemory,
 )
+from .tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 __all__ = [
     "ChatChoiceLogprobs",
@@ -45,24 +51,34 @@ __all__ = [
     "ChatCompletionChunk",
     "ChatCompletionChunkChoice",
     "ChatCompletionMessage",
+    "ChatCompletionMessageToolCall",
     "ChatCompletionRequest",
     "ChatMessage",
     "ChatTokenLogprob",
     "ChoiceDelta",
+    "ChoiceDeltaFunctionCall",
+    "ChoiceDeltaToolCall",
     "Completion",
     "CompletionChoice",
     "CompletionLogprobs",
     "CompletionRequest",
     "DetokenizeRequest",
     "DetokenizeResponse",
+    "EngineInfo",
     "ErrorDetail",
     "ErrorResponse",
     "FinishReason",
+    "FunctionCall",
+    "GpuInfo",
     "HealthStatus",
     "Model",
     "ModelList",
+    "RequestModel",
+    "ResolvedEngineSettings",
+    "ResponseModel",
     "SamplingFields",
     "ServerInfo",
+    "ServerMemory",
     "StreamOptions",
     "TextContentPart",
     "TokenizeRequest",

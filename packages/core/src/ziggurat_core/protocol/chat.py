@@ -1,4 +1,4 @@
-"""`/v1/chat/completions` request, response and stream chunk."""
+"""`/v1/chat/completions` request, response, stream chunk and tool calls."""
 
 from __future__ import annotations
 
@@ -63,10 +63,21 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
+class FunctionCall(ResponseModel):
+    name: str
+    arguments: str  # JSON text, as the model wrote it (it may not parse)
+
+
+class ChatCompletionMessageToolCall(ResponseModel):
+    id: str
+    type: Literal["function"] | str = "function"
+    function: FunctionCall
+
+
 class ChatCompletionMessage(ResponseModel):
     role: str = "assistant"
     content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ChatCompletionMessageToolCall] | None = None
 
 
 class ChatCompletionChoice(ResponseModel):
@@ -81,15 +92,27 @@ class ChatCompletion(ResponseModel):
     object: Literal["chat.completion"] | str = "chat.completion"
     created: int
     model: str
+    system_fingerprint: str | None = None
     choices: list[ChatCompletionChoice] = Field(default_factory=list)
     usage: Usage | None = None
-    system_fingerprint: str | None = None
+
+
+class ChoiceDeltaFunctionCall(ResponseModel):
+    name: str | None = None
+    arguments: str | None = None  # the next piece of the arguments' JSON text
+
+
+class ChoiceDeltaToolCall(ResponseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | str | None = None
+    function: ChoiceDeltaFunctionCall | None = None
 
 
 class ChoiceDelta(ResponseModel):
     role: str | None = None
     content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ChoiceDeltaToolCall] | None = None
 
 
 class ChatCompletionChunkChoice(ResponseModel):
@@ -104,6 +127,6 @@ class ChatCompletionChunk(ResponseModel):
     object: Literal["chat.completion.chunk"] | str = "chat.completion.chunk"
     created: int
     model: str
+    system_fingerprint: str | None = None
     choices: list[ChatCompletionChunkChoice] = Field(default_factory=list)
     usage: Usage | None = None
-    system_fingerprint: str | None = None

@@ -48,6 +48,6 @@ class Completion(ResponseModel):
     object: Literal["text_completion"] | str = "text_completion"
     created: int
     model: str
+    system_fingerprint: str | None = None
     choices: list[CompletionChoice] = Field(default_factory=list)
     usage: Usage | None = None
-    system_fingerprint: str | None = None

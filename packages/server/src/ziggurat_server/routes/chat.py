@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from ziggurat_core.engine.inputs import PromptInput
 from ziggurat_core.protocol import ChatCompletionRequest
 
@@ -15,6 +15,7 @@ from ..sampling import chat_sampling_params, check_model_name
 from ..serving_engine import ServingEngine
 from ..sse import SSEResponse
 from ..streaming import stream_events
+from ..wire import ModelResponse
 from . import server_state
 
 router = APIRouter()
@@ -52,4 +53,4 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         finals = await generation.finals(firsts, request.receive)
     finally:
         await generation.close()
-    return JSONResponse(chat_completion_body(meta, finals))
+    return ModelResponse(chat_completion_body(meta, finals))

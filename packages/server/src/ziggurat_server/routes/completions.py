@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from ziggurat_core.engine.inputs import PromptInput
 from ziggurat_core.engine.outputs import RequestOutput
-from ziggurat_core.protocol import CompletionRequest
+from ziggurat_core.protocol import Completion, CompletionRequest
 
 from ..completion_format import CompletionChunker, completion_body
 from ..errors import bad_request
@@ -18,6 +16,7 @@ from ..sampling import check_model_name, completion_sampling_params
 from ..serving_engine import ServingEngine
 from ..sse import SSEResponse
 from ..streaming import stream_events
+from ..wire import ModelResponse
 from . import server_state
 
 router = APIRouter()
@@ -51,7 +50,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         chunker = CompletionChunker(meta)
         opening = None
         if body.echo:
-            def opening(index: int, output: RequestOutput) -> list[Any]:
+            def opening(index: int, output: RequestOutput) -> list[Completion]:
                 return chunker.echo_chunks(index, _prompt_text(engine, output))
         events = stream_events(generation, firsts, chunker, meta.include_usage,
                                prompt_opening=opening)
@@ -61,4 +60,4 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     finally:
         await generation.close()
     echo_texts = [_prompt_text(engine, output) for output in finals] if body.echo else None
-    return JSONResponse(completion_body(meta, finals, echo_texts))
+    return ModelResponse(completion_body(meta, finals, echo_texts))

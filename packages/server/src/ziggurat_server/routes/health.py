@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from ziggurat_core.engine.reports import DeviceInfo
+from ziggurat_core.protocol import HealthStatus
 
+from ..wire import ModelResponse
 from . import server_state
 
 router = APIRouter()
@@ -19,14 +18,13 @@ def _device_names(info: DeviceInfo) -> list[str]:
 
 
 @router.get("/health")
-async def health(request: Request) -> JSONResponse:
+async def health(request: Request) -> ModelResponse:
     state = server_state(request)
     status = state.status
     model = state.engine.model_name if state.engine is not None else state.settings.model
-    body: dict[str, Any] = {"status": status, "model": model, "devices": None}
     device_info = state.device_info()
-    if device_info is not None:
-        body["devices"] = _device_names(device_info)
+    devices = _device_names(device_info) if device_info is not None else None
+    body = HealthStatus(status=status, model=model, devices=devices)
     if status == "error" and state.load_error is not None:
-        body["error"] = state.load_error
-    return JSONResponse(body, status_code=200 if status == "ok" else 503)
+        body.error = state.load_error  # only then: the key is absent otherwise
+    return ModelResponse(body, status_code=200 if status == "ok" else 503)

@@ -4,58 +4,65 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
 
 from fastapi import APIRouter, Request
 from ziggurat_core.engine.reports import DeviceInfo, EngineStats
+from ziggurat_core.protocol import (
+    EngineInfo,
+    GpuInfo,
+    ResolvedEngineSettings,
+    ServerInfo,
+    ServerMemory,
+)
 
 from .. import __version__
+from ..wire import ModelResponse
 from . import server_state
 
 router = APIRouter()
 
 
-def _memory(device_info: DeviceInfo, engine_device: str, stats: EngineStats) -> dict[str, Any]:
+def _memory(device_info: DeviceInfo, engine_device: str, stats: EngineStats) -> ServerMemory:
     """Totals of the device the KV cache lives on: the first accelerator, else host memory."""
     if device_info.devices and engine_device.startswith("cuda"):
         total, free = device_info.devices[0].total_memory, device_info.devices[0].free_memory
     else:
         total, free = device_info.cpu.total_memory, device_info.cpu.available_memory
-    return {
-        "device": engine_device,
-        "total_bytes": total,
-        "used_bytes": total - free,
-        "kv_cache_bytes": stats.kv_cache_bytes,
-        "kv_blocks_total": stats.kv_blocks_total,
-        "kv_blocks_used": stats.kv_blocks_used,
-        "kv_usage": stats.kv_usage,
-    }
+    return ServerMemory(
+        device=engine_device,
+        total_bytes=total,
+        used_bytes=total - free,
+        kv_cache_bytes=stats.kv_cache_bytes,
+        kv_blocks_total=stats.kv_blocks_total,
+        kv_blocks_used=stats.kv_blocks_used,
+        kv_usage=stats.kv_usage,
+    )
 
 
 @router.get("/v1/info")
-async def server_info(request: Request) -> dict[str, Any]:
+async def server_info(request: Request) -> ModelResponse:
     state = server_state(request)
     engine = state.require_engine()
     stats = engine.stats()
     resolved = engine.resolved_settings
-    return {
-        "version": __version__,
-        "models": [engine.model_name],
-        "uptime_s": time.time() - state.started_at,
-        "memory": _memory(engine.device_info(), resolved.engine_device, stats),
-        "engine": {
-            "config": dataclasses.asdict(engine.engine_config),
+    return ModelResponse(ServerInfo(
+        version=__version__,
+        models=[engine.model_name],
+        uptime_s=time.time() - state.started_at,
+        memory=_memory(engine.device_info(), resolved.engine_device, stats),
+        engine=EngineInfo(
+            config=dataclasses.asdict(engine.engine_config),
             # What "auto" settings resolved to.
-            "resolved": dataclasses.asdict(resolved),
-            "max_model_len": engine.max_model_len,
-            "stats": dataclasses.asdict(stats),
-        },
-        "server": state.settings.public_dict(),
-    }
+            resolved=ResolvedEngineSettings(**dataclasses.asdict(resolved)),
+            max_model_len=engine.max_model_len,
+            stats=dataclasses.asdict(stats),
+        ),
+        server=state.settings.public_dict(),
+    ))
 
 
 @router.get("/v1/gpu/info")
-async def gpu_info(request: Request) -> dict[str, Any]:
+async def gpu_info(request: Request) -> ModelResponse:
     info = server_state(request).require_engine().device_info()
-    return {"devices": [dataclasses.asdict(device) for device in info.devices],
-            "cpu": dataclasses.asdict(info.cpu)}
+    return ModelResponse(GpuInfo(devices=[dataclasses.asdict(device) for device in info.devices],
+                                 cpu=dataclasses.asdict(info.cpu)))

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
-from ziggurat_core.protocol import DetokenizeRequest, TokenizeRequest
+from ziggurat_core.protocol import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 
 from ..errors import bad_request
 from ..sampling import check_model_name
+from ..wire import ModelResponse
 from . import server_state
 
 router = APIRouter()
 
 
 @router.post("/tokenize")
-async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
+async def tokenize(body: TokenizeRequest, request: Request) -> ModelResponse:
     engine = server_state(request).require_engine()
     check_model_name(body.model, engine.model_name)
     if (body.prompt is None) == (body.messages is None):
@@ -31,11 +35,12 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     else:
         assert body.prompt is not None
         tokens = engine.encode(body.prompt, add_special_tokens=body.add_special_tokens)
-    return {"tokens": list(tokens), "count": len(tokens), "max_model_len": engine.max_model_len}
+    return ModelResponse(TokenizeResponse(tokens=list(tokens), count=len(tokens),
+                                          max_model_len=engine.max_model_len))
 
 
 @router.post("/detokenize")
-async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
+async def detokenize(body: DetokenizeRequest, request: Request) -> ModelResponse:
     engine = server_state(request).require_engine()
     check_model_name(body.model, engine.model_name)
     vocab_size = engine.model_config.vocab_size
@@ -43,4 +48,4 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any
     if bad is not None:
         raise bad_request(f"token id {bad} is outside the vocabulary [0, {vocab_size})",
                           param="tokens")
-    return {"prompt": engine.decode(body.tokens)}
+    return ModelResponse(DetokenizeResponse(prompt=engine.decode(body.tokens)))

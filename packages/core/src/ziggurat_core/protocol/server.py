@@ -1,0 +1,61 @@
+"""`/health`, `/v1/info` and `/v1/gpu/info`: what the server runs and on what."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ._base import ResponseModel
+
+
+class HealthStatus(ResponseModel):
+    status: Literal["ok", "loading", "error"] | str
+    model: str | None = None
+    devices: list[str] | None = None  # "name (cuda:0)" or "cpu (name)"; None until loaded
+    error: str | None = None  # why loading failed, with status "error"
+
+
+class ServerMemory(ResponseModel):
+    """The device the KV cache lives on: the first accelerator, else host memory."""
+
+    device: str | None = None
+    total_bytes: int | None = None
+    used_bytes: int | None = None
+    kv_cache_bytes: int | None = None
+    kv_blocks_total: int | None = None
+    kv_blocks_used: int | None = None
+    kv_usage: float | None = None
+
+
+class ResolvedEngineSettings(ResponseModel):
+    """What the engine's "auto" settings resolved to on this machine."""
+
+    engine_device: str | None = None
+    dtype: str | None = None
+    attention_backend: str | None = None
+    quantization: str | None = None
+    kv_cache_dtype: str | None = None
+
+
+class EngineInfo(ResponseModel):
+    config: dict[str, Any] = Field(default_factory=dict)  # the engine settings as given
+    resolved: ResolvedEngineSettings = Field(default_factory=ResolvedEngineSettings)
+    max_model_len: int | None = None
+    stats: dict[str, Any] = Field(default_factory=dict)  # live scheduler and cache counters
+
+
+class ServerInfo(ResponseModel):
+    version: str | None = None
+    models: list[str] = Field(default_factory=list)
+    uptime_s: float | None = None
+    memory: ServerMemory | None = None
+    engine: EngineInfo | None = None
+    server: dict[str, Any] | None = None  # the server's settings, API key masked
+
+
+class GpuInfo(ResponseModel):
+    """The host's hardware as the engine reports it; `devices` is empty without a GPU."""
+
+    devices: list[dict[str, Any]] = Field(default_factory=list)
+    cpu: dict[str, Any] | None = None
