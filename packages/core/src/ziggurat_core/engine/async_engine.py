@@ -166,6 +166,8 @@ class AsyncEngine:
         info["attention_backend"] = self.engine.runner.attention.name
         info["quantization"] = self.engine.runner.quantization
         info["kv_cache_dtype"] = str(self.engine.runner.kv_cache_dtype).replace("torch.", "")
+        # The C kernel variant in use (cpu_kernels.ISAS); None on CUDA or without the kernels.
+        info["cpu_isa"] = self.engine.runner.cpu_isa
         return info
 
     def shutdown(self, timeout: float = 10.0) -> None:

@@ -34,7 +34,9 @@ def _memory(device_info: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any
     }
 
 
-_RESOLVED = ("engine_device", "dtype", "attention_backend", "quantization", "kv_cache_dtype")
+_RESOLVED = (
+    "engine_device", "dtype", "attention_backend", "quantization", "kv_cache_dtype", "cpu_isa",
+)
 
 
 @router.get("/v1/info")

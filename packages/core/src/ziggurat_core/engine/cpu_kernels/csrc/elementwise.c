@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vector_math.h"
+
 #define PARALLEL_MIN_ELEMENTS 65536
 
 static inline __attribute__((always_inline)) void norm_row(const float *restrict x,
