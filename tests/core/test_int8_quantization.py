@@ -370,18 +370,18 @@ def test_resolve_quantization(tiny_model_factory) -> None:
     assert not f32_gguf.weights_quantized and not safetensors.weights_quantized
 
     cpu, meta, cuda = torch.device("cpu"), torch.device("meta"), torch.device("cuda")
-    assert resolve_quantization("auto", quantised, cpu) == "int8"
-    assert resolve_quantization("auto", f32_gguf, cpu) == "none"
-    assert resolve_quantization("auto", safetensors, cpu) == "none"
+    assert resolve_quantization("auto", quantised, cpu, "avx2") == "int8"
+    assert resolve_quantization("auto", f32_gguf, cpu, "avx512vnni") == "none"
+    assert resolve_quantization("auto", safetensors, cpu, "avx512vnni") == "none"
     # int8 is a CPU format: auto never picks it elsewhere, and asking for it there fails.
-    assert resolve_quantization("auto", quantised, meta) == "none"
-    assert resolve_quantization("auto", quantised, cuda) == "none"
+    assert resolve_quantization("auto", quantised, meta, "avx512vnni") == "none"
+    assert resolve_quantization("auto", quantised, cuda, "avx512vnni") == "none"
     for device in (meta, cuda):
         with pytest.raises(ValueError, match="CPU"):
-            resolve_quantization("int8", f32_gguf, device)
-        assert resolve_quantization("none", quantised, device) == "none"
-    assert resolve_quantization("int8", f32_gguf, cpu) == "int8"
-    assert resolve_quantization("none", quantised, cpu) == "none"
+            resolve_quantization("int8", f32_gguf, device, "avx512vnni")
+        assert resolve_quantization("none", quantised, device, "avx512vnni") == "none"
+    assert resolve_quantization("int8", f32_gguf, cpu, "avx512vnni") == "int8"
+    assert resolve_quantization("none", quantised, cpu, "avx512vnni") == "none"
 
 
 def test_auto_engine_on_a_quantised_gguf_runs_int8(tiny_model_factory) -> None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from ziggurat_core.engine.reports import DeviceInfo
 
+from ziggurat_core.engine.errors import EngineError
+
 from .admission import AdmissionControl
 from .errors import engine_unavailable
 from .metrics import ServerMetrics
@@ -77,7 +79,9 @@ class ServerState:
         except Exception as exc:  # reported by /health (and on_error); never crashes the server
             progress.close()
             self.load_error = f"{type(exc).__name__}: {exc}"
-            logger.error("model load failed: %s", self.load_error, exc_info=exc)
+            # The engine's typed errors say what to fix; a traceback only buries the message.
+            logger.error("model load failed: %s", self.load_error,
+                         exc_info=None if isinstance(exc, EngineError) else exc)
             if on_error is not None:
                 on_error(self.load_error)
             return

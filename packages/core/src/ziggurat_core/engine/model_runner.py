@@ -14,6 +14,7 @@ import torch
 from .attention.base import StepLayout
 from .attention.selector import select_attention_backend
 from .config import KV_CACHE_DTYPES, EngineConfig, ModelConfig, parse_memory_size
+from .cpu_kernels import cpu_isa
 from .device import device_memory, dtype_name, resolve_device, resolve_dtype
 from .layers import pack_linears
 from .models.llama import build_model
@@ -85,11 +86,36 @@ def plan_kv_cache(
     return KVCacheSpec(int(num_blocks), config.block_size, per_block)
 
 
-def resolve_quantization(setting: str, checkpoint: Checkpoint, device: torch.device) -> str:
-    """'auto' -> 'int8' for an already-quantised checkpoint on CPU, else 'none'. int8 runs on
-    CPU only (`torch._int_mm` with per-token scales is not the fast path on CUDA)."""
+# The CPU kernel variants with an int8 GEMM of their own. Elsewhere an int8 layer would run
+# `torch._int_mm`, which is fast only where oneDNN finds AVX-512 VNNI and far slower than a
+# float32 matmul without it; the scalar variant's int8 GEMM is the portable reference loop.
+INT8_KERNEL_ISAS = ("avx512vnni", "avx2", "neon")
+
+
+def resolve_quantization(
+    setting: str, checkpoint: Checkpoint, device: torch.device, cpu_isa: str | None
+) -> str:
+    """'auto' -> 'int8' for an already-quantised checkpoint on CPU where the loaded C kernels
+    (`cpu_isa`, their variant; None without them) have an int8 GEMM, else 'none', so auto never
+    picks a path slower than float32. int8 runs on CPU only (`torch._int_mm` with per-token
+    scales is not the fast path on CUDA)."""
     if setting == "auto":
-        return "int8" if device.type == "cpu" and checkpoint.weights_quantized else "none"
+        if device.type != "cpu" or not checkpoint.weights_quantized:
+            return "none"
+        if cpu_isa in INT8_KERNEL_ISAS:
+            return "int8"
+        why = (
+            "the C kernels are not loaded (ZIGGURAT_CPU_KERNELS=0, no C compiler or a failed "
+            "build: see above)"
+            if cpu_isa is None
+            else f"the {cpu_isa} kernel variant has no fast int8 GEMM"
+        )
+        logger.warning(
+            "quantization=auto runs the linear layers in float32, not int8: %s, and int8 "
+            "would be slower than float32 here",
+            why,
+        )
+        return "none"
     if setting == "int8" and device.type != "cpu":
         raise ValueError(f"quantization='int8' runs on CPU only, the device is {device}")
     return setting
@@ -139,8 +165,13 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.device)
         if config.num_threads is not None and self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
+        # Built now on CPU (first use compiles them), never on CUDA, where no CPU kernel runs.
+        # Raises CpuIsaError for a ZIGGURAT_CPU_ISA this CPU cannot run.
+        self.cpu_isa = cpu_isa() if self.device.type == "cpu" else None
         # Resolved before anything is built: the KV cache dtype depends on the quantisation.
-        self.quantization = resolve_quantization(config.quantization, checkpoint, self.device)
+        self.quantization = resolve_quantization(
+            config.quantization, checkpoint, self.device, self.cpu_isa
+        )
         self.kv_cache_dtype = resolve_kv_cache_dtype(
             config.kv_cache_dtype, self.quantization, self.dtype
         )
@@ -176,10 +207,14 @@ class ModelRunner:
             pack_linears(self.model, "onednn")
         self.load_seconds = time.perf_counter() - started
         self.sampler = Sampler(mc.vocab_size, self.device, seed=config.seed)
+        kernels = ""
+        if self.device.type == "cpu":
+            kernels = f", cpu kernels: {self.cpu_isa or 'none, torch ops'}"
         logger.info(
-            "model loaded in %.2fs on %s (%s, linear layers: %s), attention=%s, "
+            "model loaded in %.2fs on %s (%s, linear layers: %s%s), attention=%s, "
             "kv cache %d blocks of %s (%.1f MiB)",
-            self.load_seconds, self.device, self.dtype, self.quantization, self.attention.name,
+            self.load_seconds, self.device, self.dtype, self.quantization, kernels,
+            self.attention.name,
             self.kv_spec.num_blocks, str(self.kv_cache_dtype).removeprefix("torch."),
             self.kv_spec.total_bytes / 2**20,
         )
@@ -192,6 +227,7 @@ class ModelRunner:
             attention_backend=self.attention.name,
             quantization=self.quantization,
             kv_cache_dtype=dtype_name(self.kv_cache_dtype),
+            cpu_isa=self.cpu_isa,
         )
 
     def _prefill_only(self, token_ids: list[int]) -> None:

@@ -70,3 +70,5 @@ class ResolvedSettings:
     attention_backend: str
     quantization: str  # "none" | "int8"
     kv_cache_dtype: str
+    # The C kernel variant in use (cpu_kernels.ISAS); None on CUDA or without the kernels.
+    cpu_isa: str | None

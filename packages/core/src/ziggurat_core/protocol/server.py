@@ -36,6 +36,7 @@ class ResolvedEngineSettings(ResponseModel):
     attention_backend: str | None = None
     quantization: str | None = None
     kv_cache_dtype: str | None = None
+    cpu_isa: str | None = None  # the CPU kernel variant: avx512vnni, avx2, neon, scalar
 
 
 class EngineInfo(ResponseModel):

@@ -2,9 +2,12 @@
 
 The library is compiled with the machine's C compiler (`cc`, or $CC) for this CPU
 (-march=native, OpenMP) into a per-user cache (ZIGGURAT_CACHE_DIR, else
-XDG_CACHE_HOME/ziggurat, else ~/.cache/ziggurat) and loaded with ctypes; calls release the GIL.
+XDG_CACHE_HOME/ziggurat, else ~/.cache/ziggurat; a private directory under the system's temporary
+directory where that one cannot be used) and loaded with ctypes; calls release the GIL.
 No compiler, a failed build, or ZIGGURAT_CPU_KERNELS=0 makes `load_cpu_library()` return None and
-every caller fall back to torch ops, with one warning in the log.
+every caller fall back to torch ops, with one warning in the log. A failed build leaves a
+`.failed` file holding the compiler's error beside where the library would be, so later processes
+do not compile the same sources with the same compiler and flags again; delete it to retry.
 
 Kernels with per-instruction-set code (`csrc/isa.h`) are built for the best variant the CPU has
 (`native_isa()`); ZIGGURAT_CPU_ISA=avx512vnni|avx2|neon|scalar forces a variant at or below it,
@@ -20,6 +23,7 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -29,11 +33,33 @@ from typing import TypeVar
 
 import torch
 
+from ..errors import EngineError
+
 logger = logging.getLogger("ziggurat.engine")
 
 _SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.c"))
 _HEADERS = sorted((Path(__file__).parent / "csrc").glob("*.h"))
-_FLAGS = ["-O3", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+# The float rules the kernels rely on, named one by one: -ffast-math (or -Ofast,
+# -funsafe-math-optimizations) would also link crtfastmath.o, whose constructor switches the whole
+# process, torch included, to flush denormals to zero. Reductions (sums, max) vectorise with
+# -fassociative-math (which needs -fno-signed-zeros and -fno-trapping-math) and
+# -ffinite-math-only; -fno-math-errno lets sqrtf and expf inline or vectorise (vector_math.h);
+# -ffp-contract=fast keeps the fused multiply-adds -ffast-math gave (-std=c11 turns them off).
+_FLAGS = [
+    "-O3",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-fassociative-math",
+    "-fno-signed-zeros",
+    "-ffinite-math-only",
+    "-ffp-contract=fast",
+    "-fopenmp",
+    "-shared",
+    "-fPIC",
+    "-std=c11",
+]
+# Longer than any healthy build; a compiler that hangs is remembered as a failed build.
+_COMPILE_TIMEOUT_S = 120
 ISAS = ("avx512vnni", "avx2", "neon", "scalar")
 # The variants a CPU whose best is the key can run, best first (one architecture each).
 _RUNNABLE = {
@@ -54,7 +80,7 @@ class KernelError(RuntimeError):
     """A kernel was handed tensors it cannot read (dtype, layout or device)."""
 
 
-class CpuIsaError(ValueError):
+class CpuIsaError(EngineError, ValueError):
     """ZIGGURAT_CPU_ISA names no variant, or one this CPU cannot run."""
 
 
@@ -194,52 +220,147 @@ def _build_and_load(compiler: str, isa: str) -> ctypes.CDLL | None:
         *(path.read_bytes() for path in _SOURCES),
         *(path.read_bytes() for path in _HEADERS),
         compiler.encode(),
+        _compiler_version(compiler).encode(),
         " ".join(flags).encode(),
         _cpu_identity().encode(),
     ]:
         digest.update(part + b"\0")
-    library_path = _cache_dir() / f"ziggurat_cpu-{digest.hexdigest()[:16]}.so"
-    try:
-        if not library_path.exists() and not _compile(compiler, flags, library_path):
+    cache_dir = _cache_dir()
+    if cache_dir is None:
+        return None
+    library_path = cache_dir / f"ziggurat_cpu-{digest.hexdigest()[:16]}.so"
+    failure_path = library_path.with_suffix(".failed")
+    if not library_path.exists():
+        if failure_path.exists():
+            logger.warning(
+                "building the CPU kernels failed before with this compiler and these flags "
+                "(the error is in %s; delete it to retry): falling back to slower torch ops",
+                failure_path,
+            )
             return None
+        try:
+            error = _compile(compiler, flags, library_path)
+        except OSError as exc:  # the directory, not the build: nothing to remember
+            logger.warning("CPU kernels unavailable, falling back to torch ops: %s", exc)
+            return None
+        if error is not None:
+            logger.warning(
+                "building the CPU kernels failed, falling back to slower torch ops: %s", error
+            )
+            _remember_failure(failure_path, compiler, flags, error)
+            return None
+    try:
         return ctypes.CDLL(str(library_path))
-    except (OSError, subprocess.SubprocessError) as exc:
+    except OSError as exc:
         logger.warning("CPU kernels unavailable, falling back to torch ops: %s", exc)
         return None
 
 
-def _compile(compiler: str, flags: list[str], library_path: Path) -> bool:
-    library_path.parent.mkdir(parents=True, exist_ok=True)
+def _compile(compiler: str, flags: list[str], library_path: Path) -> str | None:
+    """Builds the library at `library_path`; the compiler's error where that fails, else None.
+    Raises OSError where the directory cannot take the file."""
     # Build beside the target and rename: concurrent processes never load a half-written file.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=library_path.parent)
     os.close(fd)
     try:
-        result = subprocess.run(
-            [compiler, *flags, *(str(path) for path in _SOURCES), "-o", tmp, "-lm"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if result.returncode != 0:
-            logger.warning(
-                "building the CPU kernels failed, falling back to torch ops: %s",
-                result.stderr[-2000:],
+        try:
+            result = subprocess.run(
+                [compiler, *flags, *(str(path) for path in _SOURCES), "-o", tmp, "-lm"],
+                capture_output=True,
+                text=True,
+                timeout=_COMPILE_TIMEOUT_S,
+                check=False,
             )
-            return False
+        except subprocess.TimeoutExpired:
+            return f"{compiler} did not finish within {_COMPILE_TIMEOUT_S} s"
+        except OSError as exc:
+            return f"cannot run {compiler}: {exc}"
+        if result.returncode != 0:
+            return result.stderr[-2000:] or f"{compiler} exited with status {result.returncode}"
         os.replace(tmp, library_path)
-        return True
+        return None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _cache_dir() -> Path:
+def _remember_failure(failure_path: Path, compiler: str, flags: list[str], error: str) -> None:
+    command = " ".join([compiler, *flags, *(path.name for path in _SOURCES)])
+    try:
+        failure_path.write_text(f"{command}\n\n{error}\n")
+    except OSError as exc:  # only costs the next process another attempt
+        logger.debug("cannot record the failed build in %s: %s", failure_path, exc)
+
+
+_compiler_versions: dict[str, str] = {}
+
+
+def _compiler_version(compiler: str) -> str:
+    """The compiler's own description: an upgraded compiler rebuilds (and retries a failure)."""
+    if compiler not in _compiler_versions:
+        try:
+            result = subprocess.run(
+                [compiler, "--version"], capture_output=True, text=True, timeout=30, check=False
+            )
+            _compiler_versions[compiler] = result.stdout
+        except (OSError, subprocess.SubprocessError):
+            _compiler_versions[compiler] = ""
+    return _compiler_versions[compiler]
+
+
+def _cache_dir() -> Path | None:
+    """A writable directory for the built library: the configured cache, else a private one
+    under the system's temporary directory; None where neither can be made."""
+    configured = _configured_cache_dir()
+    if configured is not None:
+        try:
+            configured.mkdir(parents=True, exist_ok=True)
+            if os.access(configured, os.W_OK | os.X_OK):
+                return configured
+        except OSError:
+            pass
+    fallback = _private_temp_dir()
+    if fallback is None:
+        return None
+    logger.warning(
+        "the kernel cache %s is not writable: building the CPU kernels in %s instead "
+        "(set ZIGGURAT_CACHE_DIR to a writable directory to keep them)",
+        configured if configured is not None else "(no home directory)",
+        fallback,
+    )
+    return fallback
+
+
+def _configured_cache_dir() -> Path | None:
     explicit = os.environ.get("ZIGGURAT_CACHE_DIR")
     if explicit:
         return Path(explicit) / "kernels"
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "ziggurat" / "kernels"
+    if xdg:
+        return Path(xdg) / "ziggurat" / "kernels"
+    try:
+        home = Path.home()  # RuntimeError/KeyError: no HOME and no passwd entry for this user
+    except (RuntimeError, KeyError):
+        return None
+    return home / ".cache" / "ziggurat" / "kernels"
+
+
+def _private_temp_dir() -> Path | None:
+    """<tmp>/ziggurat-<uid>/kernels, owned by this user and closed to others (another user
+    could otherwise plant a library this process loads); a fresh directory where that one is
+    not ours."""
+    base = Path(tempfile.gettempdir()) / f"ziggurat-{os.getuid()}"
+    try:
+        base.mkdir(mode=0o700, exist_ok=True)
+        status = base.lstat()
+        if status.st_uid == os.getuid() and stat.S_ISDIR(status.st_mode) and not status.st_mode & 0o077:
+            path = base / "kernels"
+            path.mkdir(exist_ok=True)
+            return path
+        return Path(tempfile.mkdtemp(prefix="ziggurat-kernels-"))
+    except OSError as exc:
+        logger.warning("no writable directory for the CPU kernels (%s)", exc)
+        return None
 
 
 def _cpu_identity() -> str:

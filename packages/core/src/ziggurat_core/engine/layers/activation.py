@@ -12,8 +12,9 @@ from .kernels import elementwise_kernels
 
 class SiluAndMul(nn.Module):
     def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
-        kernels = elementwise_kernels()
-        if kernels is not None and fits(gate_up):
+        # `fits` first: a CUDA run never builds the CPU kernels.
+        kernels = elementwise_kernels() if fits(gate_up) else None
+        if kernels is not None:
             return kernels.silu_mul(gate_up)
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate).mul_(up)

@@ -16,8 +16,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernels = elementwise_kernels()
-        if kernels is not None and fits(x) and fits(self.weight, dim=1):
+        # `fits` first: it rules out CUDA tensors, and a CUDA run never builds the CPU kernels.
+        kernels = elementwise_kernels() if fits(x) and fits(self.weight, dim=1) else None
+        if kernels is not None:
             return kernels.rmsnorm(x, self.weight, self.eps)
         x32 = x.float()
         variance = x32.pow(2).mean(-1, keepdim=True)
@@ -28,8 +29,9 @@ class RMSNorm(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(x + residual), x + residual): the pre-norm block's residual add fused in.
         `x` is a fresh activation owned by the caller, so the sum is written into it."""
-        kernels = elementwise_kernels()
-        if kernels is not None and fits(x) and fits(residual) and fits(self.weight, dim=1):
+        fitting = fits(x) and fits(residual) and fits(self.weight, dim=1)
+        kernels = elementwise_kernels() if fitting else None
+        if kernels is not None:
             return kernels.add_rmsnorm_(x, residual, self.weight, self.eps), x
         summed = x.add_(residual)
         return self.forward(summed), summed

@@ -103,10 +103,8 @@ class RotaryEmbedding(nn.Module):
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate [num_tokens, heads, head_dim]: the first half of each head pairs with the second."""
-    kernels = elementwise_kernels()
-    if (
-        kernels is not None
-        and x.dtype == torch.float32
+    fitting = (
+        x.dtype == torch.float32
         and x.device.type == "cpu"
         and x.dim() == 3
         and x.stride(2) == 1
@@ -116,7 +114,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
         and cos.dtype == torch.float32
         and sin.dtype == torch.float32
         and cos.numel() == sin.numel() == x.shape[0] * x.shape[2] // 2
-    ):
+    )
+    # Checked before loading: a CUDA run never builds the CPU kernels.
+    kernels = elementwise_kernels() if fitting else None
+    if kernels is not None:
         return kernels.rotary(x, cos, sin)
     first, second = x.chunk(2, dim=-1)
     return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vector_math.h"
+
 #define PARALLEL_MIN_ELEMENTS 65536
 
 static inline __attribute__((always_inline)) void norm_row(const float *restrict x,
@@ -49,7 +51,7 @@ void silu_mul_f32(const float *gate_up, int64_t rows, int64_t cols, float *out, 
         const float *up = gate + cols;
         float *o = out + r * cols;
         for (int64_t c = 0; c < cols; c++) {
-            /* Clamped so expf stays finite (-ffast-math assumes no infinities); silu(-80) ~ 0. */
+            /* Clamped so expf stays finite (-ffinite-math-only assumes no infinities); silu(-80) ~ 0. */
             const float g = fmaxf(gate[c], -80.0f);
             o[c] = g / (1.0f + expf(-g)) * up[c];
         }
