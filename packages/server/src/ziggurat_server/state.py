@@ -9,9 +9,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ziggurat_core.engine.reports import DeviceInfo
-
 from ziggurat_core.engine.errors import EngineError
+from ziggurat_core.engine.reports import DeviceInfo
 
 from .admission import AdmissionControl
 from .errors import engine_unavailable
