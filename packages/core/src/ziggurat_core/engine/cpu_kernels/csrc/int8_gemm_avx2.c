@@ -100,7 +100,8 @@ static inline __attribute__((always_inline)) void row_tile(
                 for (int h = 0; h < 2; h++) {
                     /* int8_gemm_epilogue, lane by lane */
                     const __m256 v = _mm256_cvtepi32_ps(acc[r][2 * t + h]);
-                    const __m256 scale = _mm256_mul_ps(rs, cs[h]);
+                    __m256 scale = _mm256_mul_ps(rs, cs[h]);
+                    INT8_GEMM_OPAQUE(scale);
                     const __m256 y = bias != NULL ? _mm256_fmadd_ps(v, scale, b[h])
                                                   : _mm256_mul_ps(v, scale);
                     _mm256_storeu_ps(out + (m0 + r) * N + n0 + 8 * h, y);

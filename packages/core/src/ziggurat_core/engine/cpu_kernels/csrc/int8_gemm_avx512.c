@@ -83,7 +83,8 @@ static inline __attribute__((always_inline)) void row_tile(
         for (int r = 0; r < rows; r++) {
             /* int8_gemm_epilogue, lane by lane */
             const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][t], off));
-            const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(row_scale[m0 + r]), cs);
+            __m512 scale = _mm512_mul_ps(_mm512_set1_ps(row_scale[m0 + r]), cs);
+            INT8_GEMM_OPAQUE(scale);
             const __m512 y = bias != NULL ? _mm512_fmadd_ps(v, scale, b) : _mm512_mul_ps(v, scale);
             _mm512_mask_storeu_ps(out + (m0 + r) * N + n0, valid, y);
         }
