@@ -33,7 +33,7 @@ logger = logging.getLogger("ziggurat.engine")
 
 _SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.c"))
 _HEADERS = sorted((Path(__file__).parent / "csrc").glob("*.h"))
-_FLAGS = ["-O3", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 ISAS = ("avx512vnni", "avx2", "neon", "scalar")
 # The variants a CPU whose best is the key can run, best first (one architecture each).
 _RUNNABLE = {
