@@ -4,6 +4,7 @@ point over the instruction-set variant the library was built for, and the portab
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import torch
 
@@ -53,7 +54,7 @@ class PackedInt8Weight:
         ]
 
 
-_ARGTYPES = [
+_ARGTYPES: list[Any] = [
     ctypes.c_void_p,  # x
     ctypes.c_void_p,  # row_scale
     ctypes.c_int64,  # M
