@@ -7,10 +7,11 @@ Prints one JSON object, everything measured in one run so the ratios are fair:
     matmul (torch's `F.linear`, and the oneDNN-packed weight the engine uses for float32);
     with `--int-mm` also `torch._int_mm` (int32 output, no epilogue), which is how the
     AVX-512 VNNI threshold in `layers/packed.py` is chosen;
-  - the memory bandwidth of a large copy in the same run, and the time to read the model's
-    int8 weights once at it (the bound of a decode step that streams every weight).
+  - the memory bandwidth of a large copy in the same run, the time to read the model's int8
+    weights once at it (the bound of a decode step that streams every weight), and the time of
+    one single-sequence decode step's int8 GEMMs over every layer's own weights beside it.
 
-Usage: python benchmarks/int8_gemm.py [--rows 1 8 64 512] [--int-mm] [--seconds 0.3]
+Usage: python benchmarks/int8_gemm.py [--rows 1 8 64 512] [--int-mm] [--seconds 0.5]
 """
 
 from __future__ import annotations
@@ -40,19 +41,16 @@ SHAPES = [
 ]
 
 
-def best_seconds(fn: Callable[[], object], seconds: float, trials: int = 3) -> float:
-    """Seconds per call: the best of `trials` averages over at least `seconds` each."""
+def best_seconds(fn: Callable[[], object], seconds: float) -> float:
+    """Seconds of the fastest of the calls made in `seconds` (at least 3): on a shared host a
+    call whose OpenMP team lost a core to another process measures the host, not the code."""
     fn()
-    best = float("inf")
-    for _ in range(trials):
-        calls, start = 0, time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                break
-        best = min(best, elapsed / calls)
+    best, deadline, calls = float("inf"), time.perf_counter() + seconds, 0
+    while calls < 3 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+        calls += 1
     return best
 
 
@@ -104,14 +102,36 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def decode_step_seconds(seconds: float) -> float:
+    """One decode step's int8 GEMMs at one row: every layer's own weights (the whole model, far
+    beyond the caches), each streamed once, as a single-sequence step reads them."""
+    gemm = load_int8_gemm()
+    assert gemm is not None, "the CPU kernels did not build"
+    gen = torch.Generator().manual_seed(0)
+    calls = []
+    for _, k, n, count in SHAPES:
+        qx = torch.randint(0, 100, (1, k), dtype=gemm.input_dtype, generator=gen)
+        ones_m, ones_n = torch.ones(1), torch.ones(n)
+        for _ in range(count):
+            weight = PackedInt8Weight(torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen))
+            calls.append((qx, ones_m, weight, ones_n))
+
+    def step() -> None:
+        for qx, row_scale, weight, col_scale in calls:
+            gemm(qx, row_scale, weight, col_scale, None)
+
+    return best_seconds(step, seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 64, 512])
     parser.add_argument("--int-mm", action="store_true", help="also time torch._int_mm")
-    parser.add_argument("--seconds", type=float, default=0.3, help="per measurement and trial")
+    parser.add_argument("--seconds", type=float, default=0.5, help="per measurement")
     args = parser.parse_args()
 
     bandwidth = memory_bandwidth(args.seconds)
+    step_s = decode_step_seconds(max(args.seconds, 1.0))
     weight_bytes = sum(k * n * count for _, k, n, count in SHAPES)
     shapes = [
         {
@@ -131,6 +151,7 @@ def main() -> None:
                 "memory_bandwidth_gb_s": round(bandwidth / 1e9, 2),
                 "int8_weight_bytes": weight_bytes,
                 "int8_weights_read_once_ms": round(weight_bytes / bandwidth * 1e3, 2),
+                "decode_step_int8_gemms_ms": round(step_s * 1e3, 2),
                 "shapes": shapes,
             },
             indent=2,
