@@ -75,7 +75,7 @@ static inline __attribute__((always_inline)) void row_tile(
     const float *bias, float *out) {
     const int64_t groups = (K + 3) / 4, full = K / 4;
     const __m256i ones = _mm256_set1_epi16(1);
-    /* R >= rows register rows; ones past `rows` repeat the last row and are not stored. */
+    /* R >= rows register rows; those past `rows` repeat the last row and are not stored. */
     const int8_t *xr[ROWS];
     for (int r = 0; r < R; r++) xr[r] = x + (m0 + (r < rows ? r : rows - 1)) * K;
     const int8_t *w[2];

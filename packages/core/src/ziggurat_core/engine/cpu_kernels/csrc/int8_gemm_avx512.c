@@ -42,7 +42,7 @@ static inline __attribute__((always_inline)) void row_tile(
     const int8_t *packed, int64_t tile, const int TILES, const int R, const int32_t *offset,
     const float *col_scale, const float *bias, float *out) {
     const int64_t groups = (K + 3) / 4, full = K / 4;
-    /* R >= rows register rows; ones past `rows` repeat the last row and are not stored. */
+    /* R >= rows register rows; those past `rows` repeat the last row and are not stored. */
     const uint8_t *xr[ROWS];
     for (int r = 0; r < R; r++) xr[r] = x + (m0 + (r < rows ? r : rows - 1)) * K;
     const int8_t *w[2];
