@@ -2,7 +2,7 @@
 
 from .build import ISAS, CpuIsaError, KernelError, cpu_isa, load_cpu_library, native_isa
 from .elementwise import ElementwiseKernels, load_elementwise_kernels
-from .int8_gemm import Int8Gemm, VnniWeight, load_int8_gemm
+from .int8_gemm import Int8Gemm, PackedInt8Weight, load_int8_gemm
 from .int8_rows import Int8RowKernels, load_int8_row_kernels
 from .paged_decode import PagedAttentionKernel, load_paged_attention_kernel
 
@@ -13,8 +13,8 @@ __all__ = [
     "Int8Gemm",
     "Int8RowKernels",
     "KernelError",
+    "PackedInt8Weight",
     "PagedAttentionKernel",
-    "VnniWeight",
     "cpu_isa",
     "load_cpu_library",
     "load_elementwise_kernels",

@@ -41,15 +41,16 @@ _SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.c"))
 _HEADERS = sorted((Path(__file__).parent / "csrc").glob("*.h"))
 # The float rules the kernels rely on, named one by one: -ffast-math (or -Ofast,
 # -funsafe-math-optimizations) would also link crtfastmath.o, whose constructor switches the whole
-# process, torch included, to flush denormals to zero. Reductions (sums, max) vectorise with
-# -fassociative-math (which needs -fno-signed-zeros and -fno-trapping-math) and
-# -ffinite-math-only; -fno-math-errno lets sqrtf and expf inline or vectorise (vector_math.h);
-# -ffp-contract=fast keeps the fused multiply-adds -ffast-math gave (-std=c11 turns them off).
+# process, torch included, to flush denormals to zero. No -fassociative-math: a reduction the
+# compiler regroups at the vector width rounds differently in the avx2 and avx512vnni builds, and
+# every variant must compute the same bits (greedy output may not depend on the CPU's vector
+# width). Max reductions vectorise with -ffinite-math-only; -fno-math-errno lets sqrtf and expf
+# inline; -ffp-contract=fast keeps fused multiply-adds (-std=c11 turns them off), the same in
+# every x86 SIMD variant (all have FMA).
 _FLAGS = [
     "-O3",
     "-fno-math-errno",
     "-fno-trapping-math",
-    "-fassociative-math",
     "-fno-signed-zeros",
     "-ffinite-math-only",
     "-ffp-contract=fast",

@@ -1,96 +1,180 @@
-"""Few-row int8 GEMM from a VNNI-packed weight, scales and bias applied (`csrc/int8_gemm.c`)."""
+"""int8 GEMM from a packed weight, scales and bias applied (`csrc/int8_gemm.h`): one entry
+point over the instruction-set variant the library was built for, and the portable reference."""
 
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import torch
 
 from .build import KernelError, check_float_vectors, library_wrapper
 
+# The packed layout's block: 16 outputs x 4 consecutive inputs.
+_TILE_OUTPUTS, _GROUP_INPUTS = 16, 4
 
-class VnniWeight:
-    """An int8 weight [N, K] packed for the kernel: [N/16, K/4, 16, 4] plus 128 * row sums."""
+
+class PackedInt8Weight:
+    """An int8 weight [N, K] in the GEMM's layout: [ceil(N/16), ceil(K/4), 16, 4], zero past N
+    and K, plus `offset` = 128 * the row sums (the correction for unsigned activations)."""
 
     def __init__(self, qweight: torch.Tensor) -> None:
-        if qweight.dtype != torch.int8 or qweight.dim() != 2:
+        if qweight.dtype != torch.int8 or qweight.dim() != 2 or min(qweight.shape) == 0:
             raise KernelError(
-                f"VNNI packing needs a 2-D int8 weight, got {qweight.dtype} {tuple(qweight.shape)}"
+                f"int8 packing needs a non-empty 2-D int8 weight, got {qweight.dtype} "
+                f"{tuple(qweight.shape)}"
             )
         n, k = qweight.shape
-        if n % 16 or k % 4:
-            raise KernelError(f"VNNI packing needs N % 16 == 0 and K % 4 == 0, got N={n}, K={k}")
         self.out_features, self.in_features = n, k
+        tiles, groups = -(-n // _TILE_OUTPUTS), -(-k // _GROUP_INPUTS)
+        padded = qweight.contiguous()
+        if (tiles * _TILE_OUTPUTS, groups * _GROUP_INPUTS) != (n, k):
+            padded = torch.zeros((tiles * _TILE_OUTPUTS, groups * _GROUP_INPUTS), dtype=torch.int8)
+            padded[:n, :k] = qweight
         # Groups of 4 consecutive inputs move together: permute them as int32 (8x faster than
         # moving single bytes), then look at the result as bytes again.
-        groups = qweight.contiguous().view(torch.int32).reshape(n // 16, 16, k // 4)
+        words = padded.view(torch.int32).reshape(tiles, _TILE_OUTPUTS, groups)
+        # (flatten: a size-1 dimension may keep an odd stride, which `view` refuses)
         self.packed = (
-            groups.permute(0, 2, 1).contiguous().view(torch.int8).view(n // 16, k // 4, 16, 4)
+            words.permute(0, 2, 1)
+            .contiguous()
+            .flatten()
+            .view(torch.int8)
+            .view(tiles, groups, _TILE_OUTPUTS, _GROUP_INPUTS)
         )
         self.offset = (qweight.sum(dim=1, dtype=torch.int32) * 128).contiguous()
 
+    def unpack(self) -> torch.Tensor:
+        """The int8 weight [N, K] this layout holds."""
+        tiles, groups = self.packed.shape[:2]
+        words = self.packed.view(torch.int32).reshape(tiles, groups, _TILE_OUTPUTS)
+        rows = words.permute(0, 2, 1).contiguous().flatten().view(torch.int8)
+        return rows.reshape(tiles * _TILE_OUTPUTS, groups * _GROUP_INPUTS)[
+            : self.out_features, : self.in_features
+        ]
+
+
+_ARGTYPES: list[Any] = [
+    ctypes.c_void_p,  # x
+    ctypes.c_void_p,  # row_scale
+    ctypes.c_int64,  # M
+    ctypes.c_int64,  # K
+    ctypes.c_int64,  # N
+    ctypes.c_void_p,  # packed
+    ctypes.c_void_p,  # offset (int8_gemm only)
+    ctypes.c_void_p,  # col_scale
+    ctypes.c_void_p,  # bias or NULL
+    ctypes.c_void_p,  # out
+    ctypes.c_int,  # num_threads
+]
+
 
 class Int8Gemm:
+    """`int8_gemm` of the loaded library. `input_offset` 0: it takes signed int8 activations;
+    128: activations + 128 as uint8 (`Int8RowKernels.quantize(unsigned=True)` makes them)."""
+
     def __init__(self, library: ctypes.CDLL) -> None:
-        self.supported = bool(library.int8_gemm_supported())
-        fn = library.int8_gemm_vnni
+        isa = library.ziggurat_cpu_isa
+        isa.restype = ctypes.c_char_p
+        self.isa = str(isa().decode())  # the variant `int8_gemm` dispatches to (build.ISAS)
+        offset = library.int8_gemm_input_offset
+        offset.restype = ctypes.c_int
+        self.input_offset = int(offset())
+        self.input_dtype = torch.int8 if self.input_offset == 0 else torch.uint8
+        fn = library.int8_gemm
         fn.restype = ctypes.c_int
-        fn.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_int64,
-            ctypes.c_int64,
-            ctypes.c_int64,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_int,
-        ]
+        fn.argtypes = _ARGTYPES
+        reference = library.int8_gemm_reference
+        reference.restype = ctypes.c_int
+        reference.argtypes = [arg for i, arg in enumerate(_ARGTYPES) if i != 6]
         self._fn = fn
+        self._reference = reference
 
     def __call__(
         self,
-        qx: torch.Tensor,  # [M, K] uint8 (int8 + 128, `Int8RowKernels.quantize(unsigned=True)`)
+        qx: torch.Tensor,  # [M, K] `input_dtype`
         row_scale: torch.Tensor,  # [M] or [M, 1] float32
-        weight: VnniWeight,
+        weight: PackedInt8Weight,
         col_scale: torch.Tensor,  # [N] float32
         bias: torch.Tensor | None,  # [N] float32
     ) -> torch.Tensor:
         """float32 [M, N] = (qx @ W^T) * row_scale * col_scale (+ bias)."""
+        out = self._checked_output(qx, self.input_dtype, row_scale, weight, col_scale, bias)
+        if out.numel() > 0:
+            self._status(
+                self._fn(
+                    qx.data_ptr(),
+                    row_scale.data_ptr(),
+                    qx.shape[0],
+                    weight.in_features,
+                    weight.out_features,
+                    weight.packed.data_ptr(),
+                    weight.offset.data_ptr(),
+                    col_scale.data_ptr(),
+                    None if bias is None else bias.data_ptr(),
+                    out.data_ptr(),
+                    torch.get_num_threads(),
+                )
+            )
+        return out
+
+    def reference(
+        self,
+        qx: torch.Tensor,  # [M, K] int8
+        row_scale: torch.Tensor,
+        weight: PackedInt8Weight,
+        col_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The same product from the portable scalar reference (signed activations)."""
+        out = self._checked_output(qx, torch.int8, row_scale, weight, col_scale, bias)
+        if out.numel() > 0:
+            self._status(
+                self._reference(
+                    qx.data_ptr(),
+                    row_scale.data_ptr(),
+                    qx.shape[0],
+                    weight.in_features,
+                    weight.out_features,
+                    weight.packed.data_ptr(),
+                    col_scale.data_ptr(),
+                    None if bias is None else bias.data_ptr(),
+                    out.data_ptr(),
+                    torch.get_num_threads(),
+                )
+            )
+        return out
+
+    @staticmethod
+    def _checked_output(
+        qx: torch.Tensor,
+        dtype: torch.dtype,
+        row_scale: torch.Tensor,
+        weight: PackedInt8Weight,
+        col_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The empty output [M, N], after checking every input the C code will read."""
         if qx.dim() != 2 or qx.device.type != "cpu":
             raise KernelError("int8 GEMM: x must be a 2-D CPU tensor")
         m, k = qx.shape
         n = weight.out_features
-        if qx.dtype != torch.uint8 or not qx.is_contiguous() or k != weight.in_features:
-            raise KernelError(f"int8 GEMM: x must be contiguous uint8 [M, {weight.in_features}]")
+        if qx.dtype != dtype or not qx.is_contiguous() or k != weight.in_features:
+            raise KernelError(
+                f"int8 GEMM: x must be contiguous {dtype} [M, {weight.in_features}]"
+            )
         check_float_vectors(
             "int8 GEMM",
             (("row_scale", row_scale, m), ("col_scale", col_scale, n), ("bias", bias, n)),
         )
-        out = torch.empty((m, n), dtype=torch.float32)
-        status = self._fn(
-            qx.data_ptr(),
-            row_scale.data_ptr(),
-            m,
-            k,
-            n,
-            weight.packed.data_ptr(),
-            weight.offset.data_ptr(),
-            col_scale.data_ptr(),
-            None if bias is None else bias.data_ptr(),
-            out.data_ptr(),
-            torch.get_num_threads(),
-        )
+        return torch.empty((m, n), dtype=torch.float32)
+
+    @staticmethod
+    def _status(status: int) -> None:
         if status != 0:
-            raise KernelError(
-                "int8 GEMM: " + ("shape not supported" if status == 1 else "needs AVX-512 VNNI")
-            )
-        return out
+            raise KernelError(f"int8 GEMM: the kernel refused the shape (status {status})")
 
 
 def load_int8_gemm() -> Int8Gemm | None:
-    """The kernel where the library builds and the CPU has AVX-512 VNNI, else None."""
-    gemm = library_wrapper(Int8Gemm)
-    return gemm if gemm is not None and gemm.supported else None
+    """The kernel where the CPU library builds (every variant has one), else None."""
+    return library_wrapper(Int8Gemm)

@@ -3,26 +3,27 @@
 - `OneDnnWeight`: the float32 weight in oneDNN's blocked layout (same numbers, faster GEMM).
 - `Int8Weight`: W8A8 like llama.cpp's quantised dot products. Weights are int8 with one scale
   per output row; activations are quantised to int8 per token (one scale per row of the input)
-  at every call; the product accumulates in int32 (`torch._int_mm`, VNNI on x86) and is scaled
-  back to float. Integer accumulation is exact and each row's scale depends on that row only,
-  so a token's result does not depend on what else is in the batch (seeded sampling stays
-  reproducible across batch compositions). On a 2-core AVX-512 VNNI CPU the GEMMs of a
-  135M-parameter model run ~3x faster than oneDNN float32 and read 4x fewer weight bytes.
+  at every call; the product accumulates in int32 (the C int8 GEMM of this CPU's instruction
+  set, `cpu_kernels/int8_gemm.py`) and is scaled back to float. Integer accumulation is exact
+  and each row's scale depends on that row only, so a token's result does not depend on what
+  else is in the batch (seeded sampling stays reproducible across batch compositions), and
+  every kernel variant returns the same bits.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..cpu_kernels import VnniWeight
+from ..cpu_kernels import Int8Gemm, Int8RowKernels, PackedInt8Weight
 from .kernels import int8_gemm, int8_row_kernels
 
 # int8 range used on both sides: symmetric, so -128 is never produced.
 _INT8_MAX = 127.0
-# Inputs with at most this many rows (decode steps) use the VNNI kernel, larger ones _int_mm:
-# the kernel streams weights from memory up to 3x faster (measured 1-64 rows); _int_mm is as
-# fast from 128 rows and blocks large products better.
-VNNI_MAX_ROWS = 64
+# From this many rows on, a layer on an AVX-512 VNNI CPU calls `torch._int_mm` (oneDNN's int8
+# GEMM, which blocks large products for that CPU's caches better) instead of the C kernel, which
+# is faster below it (see docs/benchmarks.md for the measurement). On every other instruction set
+# oneDNN's int8 GEMM is a slow reference loop: the C kernel takes every row count there.
+INT_MM_MIN_ROWS = {"avx512vnni": 128}
 # Rows that are all zero get this scale instead of 0 (no division by zero, result still 0).
 _MIN_SCALE = 1e-12
 
@@ -40,8 +41,10 @@ class OneDnnWeight:
 
 
 class Int8Weight:
-    """A weight [out, in] as int8 (`qweight`: an [in, out] view, as `_int_mm` takes it) with
-    per-row scales.
+    """A weight [out, in] as int8 with per-row scales, in the C GEMM's packed layout
+    (`packed_weight`) where the CPU kernels are built, and as an [in, out] view for
+    `torch._int_mm` (`qweight`) where that is used: without the kernels, or for large inputs on
+    AVX-512 VNNI (`INT_MM_MIN_ROWS`).
 
     `smoothing` [in] (optional, all > 0): the weight's columns are stored multiplied by it and
     inputs are divided by it before quantisation; the product is unchanged in exact arithmetic
@@ -60,35 +63,38 @@ class Int8Weight:
             self.inv_smoothing = 1.0 / smoothing.float()
         scale = w.abs().amax(dim=1).clamp_(min=_MIN_SCALE) / _INT8_MAX  # [out]
         rows = torch.round(w / scale[:, None]).to(torch.int8)  # [out, in]
-        # [in, out] as a transposed view: _int_mm reads it as fast as a contiguous copy.
-        self.qweight = rows.t()
         self.scale = scale
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self.out_dtype = weight.dtype
-        # The same weight packed for the few-row VNNI kernel (decode steps), where the CPU has it.
-        self.vnni: VnniWeight | None = None
-        if int8_gemm() is not None and rows.shape[0] % 16 == 0 and rows.shape[1] % 4 == 0:
-            self.vnni = VnniWeight(rows)
+        gemm = int8_gemm()
+        self.packed_weight = None if gemm is None else PackedInt8Weight(rows)
+        # The rows from which `_int_mm` takes over; None: never (the kernel takes them all).
+        self.int_mm_min_rows: int | None = 0 if gemm is None else INT_MM_MIN_ROWS.get(gemm.isa)
+        # [in, out] as a transposed view: _int_mm reads it as fast as a contiguous copy. Held
+        # only where _int_mm runs: the weights are the bulk of the model's memory.
+        self.qweight: torch.Tensor | None = None if self.int_mm_min_rows is None else rows.t()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        kernels = int8_row_kernels()
+        kernels, gemm = int8_row_kernels(), int8_gemm()
         if (
             kernels is not None
-            and x.dtype == torch.float32
-            and x.stride(-1) == 1
+            and gemm is not None
+            and self.packed_weight is not None
             and x.device.type == "cpu"
         ):
-            gemm = int8_gemm()
-            if self.vnni is not None and gemm is not None and x.shape[0] <= VNNI_MAX_ROWS:
-                qx, row_scale = kernels.quantize(x, self.inv_smoothing, unsigned=True)
-                out = gemm(qx, row_scale, self.vnni, self.scale, self.bias)
-                return out.to(self.out_dtype)
+            if x.dtype != torch.float32 or x.stride(-1) != 1:
+                x = x.float().contiguous()
+            if self.int_mm_min_rows is None or x.shape[0] < self.int_mm_min_rows:
+                return self._kernel(gemm, kernels, x).to(self.out_dtype)
             # One C pass each side of the GEMM instead of ~8 torch ops.
+            assert self.qweight is not None
             qx, row_scale = kernels.quantize(x, self.inv_smoothing)
             out = kernels.dequantize_(
                 torch._int_mm(qx, self.qweight), row_scale, self.scale, self.bias
             )
             return out.to(self.out_dtype)
+        if self.qweight is None:
+            raise RuntimeError("this int8 weight was packed for the C kernels, now unavailable")
         if self.inv_smoothing is not None:
             x = x * self.inv_smoothing
         qx, row_scale = quantize_rows_int8(x)
@@ -98,9 +104,21 @@ class Int8Weight:
             out.add_(self.bias)
         return out.to(self.out_dtype)
 
+    def _kernel(self, gemm: Int8Gemm, kernels: Int8RowKernels, x: torch.Tensor) -> torch.Tensor:
+        assert self.packed_weight is not None
+        qx, row_scale = kernels.quantize(x, self.inv_smoothing, unsigned=gemm.input_offset != 0)
+        return gemm(qx, row_scale, self.packed_weight, self.scale, self.bias)
+
+    def int8_rows(self) -> torch.Tensor:
+        """The int8 weight [out, in] (stored multiplied by the smoothing, if any)."""
+        if self.qweight is not None:
+            return self.qweight.t()
+        assert self.packed_weight is not None
+        return self.packed_weight.unpack()
+
     def dequantize(self) -> torch.Tensor:
         """The float weight [out, in] this int8 form stands for (tests, error bounds)."""
-        w = self.qweight.t().float() * self.scale[:, None]
+        w = self.int8_rows().float() * self.scale[:, None]
         if self.inv_smoothing is not None:
             w = w * self.inv_smoothing[None, :]
         return w.to(self.out_dtype)

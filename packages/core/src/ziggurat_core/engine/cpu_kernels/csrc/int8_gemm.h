@@ -13,11 +13,38 @@
  *
  * Accumulation is exact int32 arithmetic and each row is computed on its own, so a row's
  * result never depends on the other rows (batch invariance) or on the thread count.
+ * Every variant turns an accumulator into its output with exactly the operations of
+ * int8_gemm_epilogue() below, in that order, so all variants return bitwise equal outputs
+ * (SIMD code uses the same multiply, INT8_GEMM_OPAQUE and fused multiply-add per lane).
  * Returns 0, or 1 when a shape is unusable (M, N or K <= 0).
  */
 #ifndef ZIGGURAT_INT8_GEMM_H
 #define ZIGGURAT_INT8_GEMM_H
+#include <math.h>
+#include <stddef.h>
 #include <stdint.h>
+
+/* An empty asm that claims to change v: the optimiser cannot see through it, so a build that
+ * allows reassociation (-ffast-math) cannot regroup acc * (row_scale * col_scale) into
+ * (acc * row_scale) * col_scale in one variant and not in another. Works on scalars and on
+ * SIMD vectors alike. */
+#if defined(__x86_64__) || defined(__i386__)
+#define INT8_GEMM_OPAQUE(v) __asm__("" : "+v"(v))
+#elif defined(__aarch64__)
+#define INT8_GEMM_OPAQUE(v) __asm__("" : "+w"(v))
+#else
+#define INT8_GEMM_OPAQUE(v) ((void)0)
+#endif
+
+/* out = acc * (row_scale * col_scale) (+ bias): one multiply for the scale, made opaque, then
+ * one multiply, or one fused multiply-add with the bias. The fma is explicit, never left to
+ * the compiler's contraction, which would differ between variants and compilers. */
+static inline float int8_gemm_epilogue(int32_t acc, float row_scale, float col_scale,
+                                       const float *bias_n) {
+    float scale = row_scale * col_scale;
+    INT8_GEMM_OPAQUE(scale);
+    return bias_n != NULL ? fmaf((float)acc, scale, *bias_n) : (float)acc * scale;
+}
 
 int int8_gemm(const void *x, const float *row_scale, int64_t M, int64_t K, int64_t N,
               const int8_t *packed, const int32_t *offset, const float *col_scale,

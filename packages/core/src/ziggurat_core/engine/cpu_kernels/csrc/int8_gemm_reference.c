@@ -1,5 +1,7 @@
 /* The portable int8 GEMM (see int8_gemm.h): the reference every SIMD variant is tested
- * against, and the path of CPUs with none of them. Plain loops over the packed layout. */
+ * against, and the path of CPUs with none of them. Plain loops over the packed layout; the
+ * 16 accumulators of a tile are independent, which lets the compiler vectorise the inner loop
+ * with whatever the baseline target offers. */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -16,14 +18,20 @@ int int8_gemm_reference(const int8_t *x, const float *row_scale, int64_t M, int6
         for (int64_t m = 0; m < M; m++) {
             const int8_t *xr = x + m * K;
             int32_t acc[16] = {0};
-            for (int64_t g = 0; g < groups; g++)
+            for (int64_t g = 0; g < groups; g++) {
+                /* The last group of a K that is not a multiple of 4 reads only K's inputs; the
+                 * packed weights past K are zero. */
+                int8_t x4[4] = {0, 0, 0, 0};
+                for (int i = 0; i < 4 && g * 4 + i < K; i++) x4[i] = xr[g * 4 + i];
+                const int8_t *wg = w + g * 64;
                 for (int j = 0; j < 16; j++)
-                    for (int i = 0; i < 4 && g * 4 + i < K; i++)
-                        acc[j] += (int32_t)xr[g * 4 + i] * (int32_t)w[(g * 16 + j) * 4 + i];
+                    for (int i = 0; i < 4; i++)
+                        acc[j] += (int32_t)x4[i] * (int32_t)wg[j * 4 + i];
+            }
             for (int j = 0; j < 16 && tile * 16 + j < N; j++) {
                 const int64_t n = tile * 16 + j;
-                out[m * N + n] = (float)acc[j] * row_scale[m] * col_scale[n] +
-                                 (bias != NULL ? bias[n] : 0.0f);
+                out[m * N + n] = int8_gemm_epilogue(acc[j], row_scale[m], col_scale[n],
+                                                    bias != NULL ? bias + n : NULL);
             }
         }
     }

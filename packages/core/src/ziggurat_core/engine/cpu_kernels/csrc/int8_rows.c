@@ -2,14 +2,22 @@
  * of the six to eight torch ops they take otherwise:
  *   quantize_rows_s8: x [rows, cols] float32 (row stride x_stride) -> q int8, scales [rows], with
  *     x[r, c] * inv_smoothing[c] ~= q[r, c] * scales[r] (inv_smoothing may be NULL);
- *   quantize_rows_u8: the same q stored as q + 128 in uint8, the input int8_gemm.c takes;
- *   dequantize_rows_s32: out[r, c] = acc[r, c] * row_scale[r] * col_scale[c] (+ bias[c]);
+ *   quantize_rows_u8: the same q stored as q + 128 in uint8, the input the AVX-512 VNNI GEMM takes;
+ *   dequantize_rows_s32: out[r, c] = acc[r, c] * row_scale[r] * col_scale[c] (+ bias[c]), as
+ *     int8_gemm_epilogue computes it;
  *     `out` may be the same memory as `acc` (each element is read before it is written).
  * Rows are independent, so results do not depend on how many rows come together.
  */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "int8_gemm.h"
+#include "isa.h"
+
+#if defined(ZIG_ISA_AVX512VNNI)
+#include <immintrin.h>
+#endif
 
 /* Below this many elements a parallel region costs more than it saves. */
 #define PARALLEL_MIN_ELEMENTS 65536
@@ -61,10 +69,23 @@ void dequantize_rows_s32(const int32_t *acc, int64_t rows, int64_t cols,
         const int32_t *ar = acc + r * cols;
         float *outr = out + r * cols;
         const float rs = row_scale[r];
-        if (bias != NULL) {
-            for (int64_t c = 0; c < cols; c++) outr[c] = (float)ar[c] * rs * col_scale[c] + bias[c];
-        } else {
-            for (int64_t c = 0; c < cols; c++) outr[c] = (float)ar[c] * rs * col_scale[c];
+        int64_t c = 0;
+#if defined(ZIG_ISA_AVX512VNNI)
+        /* Only AVX-512 VNNI builds run _int_mm (layers/packed.py): the epilogue vectorised by
+         * hand, as the opaque scale keeps the compiler from doing it. */
+        for (; c < cols; c += 16) {
+            const __mmask16 valid = cols - c >= 16 ? (__mmask16)0xFFFF
+                                                   : (__mmask16)((1u << (cols - c)) - 1u);
+            const __m512 v = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(valid, ar + c));
+            __m512 scale = _mm512_mul_ps(_mm512_set1_ps(rs), _mm512_maskz_loadu_ps(valid, col_scale + c));
+            INT8_GEMM_OPAQUE(scale);
+            const __m512 y = bias != NULL
+                                 ? _mm512_fmadd_ps(v, scale, _mm512_maskz_loadu_ps(valid, bias + c))
+                                 : _mm512_mul_ps(v, scale);
+            _mm512_mask_storeu_ps(outr + c, valid, y);
         }
+#endif
+        for (; c < cols; c++)
+            outr[c] = int8_gemm_epilogue(ar[c], rs, col_scale[c], bias != NULL ? bias + c : NULL);
     }
 }

@@ -1,0 +1,163 @@
+/* int8 GEMM with AVX2 (contract in int8_gemm.h), for decode steps and prefill alike.
+ *
+ * A 64-byte group of the packed weight (16 outputs x 4 inputs) is two ymm registers. vpmaddubsw
+ * multiplies unsigned by signed bytes and adds pairs into int16, saturating: with |w| as the
+ * unsigned operand and the weight's sign moved onto the activation (vpsignb), a pair sums to at
+ * most 2 * 128 * 127 < 2^15, so nothing saturates and the product is exact for activations in
+ * [-127, 127] and any weight. vpmaddwd by ones then widens the pairs to int32.
+ *
+ * A register tile is up to ROWS rows x 16 outputs over all of K (ROWS x 2 accumulators, plus the
+ * weights and their magnitudes, fit the 16 ymm registers); a few-row step (decode) takes two
+ * weight tiles at once instead, for more independent work per activation load. Rows go in
+ * blocks of ROW_BLOCK; within a block every thread sweeps its own weight tiles (the same ones for
+ * every block, static schedule), so a block's activations are read from cache for each tile and
+ * a thread's weights from its L2 for each block. A decode step is one block: each weight is
+ * streamed from memory once, prefetched ahead.
+ */
+#include "isa.h"
+
+#if defined(ZIG_ISA_AVX2)
+#include <immintrin.h>
+#include <string.h>
+
+#include "int8_gemm.h"
+
+#define ROWS 4
+/* Rows whose activations stay cached while a thread's weight tiles pass over them. */
+#define ROW_BLOCK 64
+/* Bytes ahead of the current position to prefetch in each weight stream. */
+#define PREFETCH_BYTES 1024
+
+/* The 4 activations of group g of a row; past K (the last group of a K that is not a multiple
+ * of 4) zero, without reading past the row: the weights there are zero anyway. */
+static inline __attribute__((always_inline)) int32_t group_of(const int8_t *xr, int64_t g,
+                                                              int64_t K) {
+    int32_t a4 = 0;
+    const int64_t k = g * 4;
+    memcpy(&a4, xr + k, K - k >= 4 ? 4 : (size_t)(K - k));
+    return a4;
+}
+
+/* acc + the 8 outputs x 4 inputs of w times the broadcast activations a, exactly. */
+static inline __attribute__((always_inline)) __m256i dot(__m256i acc, __m256i a, __m256i w,
+                                                         __m256i w_abs, __m256i ones) {
+    const __m256i pairs = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(a, w));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
+}
+
+/* Adds group g (4 inputs) of R rows x TILES weight tiles into acc; `tail`: the last group of
+ * a K that is not a multiple of 4. */
+static inline __attribute__((always_inline)) void group_step(
+    __m256i acc[][4], const int8_t *const *xr, const int8_t *const *w, int64_t g, int64_t K,
+    const int tail, const int TILES, const int R, const __m256i ones) {
+    __m256i wk[4], wk_abs[4];
+    for (int t = 0; t < TILES; t++) {
+        _mm_prefetch((const char *)(w[t] + g * 64 + PREFETCH_BYTES), _MM_HINT_T0);
+        for (int h = 0; h < 2; h++) {
+            wk[2 * t + h] = _mm256_loadu_si256((const __m256i *)(w[t] + g * 64 + 32 * h));
+            wk_abs[2 * t + h] = _mm256_abs_epi8(wk[2 * t + h]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        int32_t a4;
+        if (tail)
+            a4 = group_of(xr[r], g, K);
+        else
+            memcpy(&a4, xr[r] + g * 4, 4);
+        const __m256i a = _mm256_set1_epi32(a4);
+        for (int h = 0; h < 2 * TILES; h++) acc[r][h] = dot(acc[r][h], a, wk[h], wk_abs[h], ones);
+    }
+}
+
+static inline __attribute__((always_inline)) void row_tile(
+    const int8_t *x, const float *row_scale, int64_t m0, int64_t rows, int64_t K, int64_t N,
+    const int8_t *packed, int64_t tile, const int TILES, const int R, const float *col_scale,
+    const float *bias, float *out) {
+    const int64_t groups = (K + 3) / 4, full = K / 4;
+    const __m256i ones = _mm256_set1_epi16(1);
+    /* R >= rows register rows; those past `rows` repeat the last row and are not stored. */
+    const int8_t *xr[ROWS];
+    for (int r = 0; r < R; r++) xr[r] = x + (m0 + (r < rows ? r : rows - 1)) * K;
+    const int8_t *w[2];
+    for (int t = 0; t < TILES; t++) w[t] = packed + (tile + t) * groups * 64;
+    __m256i acc[ROWS][4];
+    for (int r = 0; r < R; r++)
+        for (int h = 0; h < 2 * TILES; h++) acc[r][h] = _mm256_setzero_si256();
+    for (int64_t g = 0; g < full; g++)
+        group_step(acc, xr, w, g, K, 0, TILES, R, ones);
+    if (full < groups) group_step(acc, xr, w, full, K, 1, TILES, R, ones);
+    for (int t = 0; t < TILES; t++) {
+        const int64_t n0 = (tile + t) * 16;
+        if (N - n0 >= 16) {
+            const __m256 cs[2] = {_mm256_loadu_ps(col_scale + n0), _mm256_loadu_ps(col_scale + n0 + 8)};
+            __m256 b[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+            if (bias != NULL) {
+                b[0] = _mm256_loadu_ps(bias + n0);
+                b[1] = _mm256_loadu_ps(bias + n0 + 8);
+            }
+            for (int r = 0; r < rows; r++) {
+                const __m256 rs = _mm256_set1_ps(row_scale[m0 + r]);
+                for (int h = 0; h < 2; h++) {
+                    /* int8_gemm_epilogue, lane by lane */
+                    const __m256 v = _mm256_cvtepi32_ps(acc[r][2 * t + h]);
+                    __m256 scale = _mm256_mul_ps(rs, cs[h]);
+                    INT8_GEMM_OPAQUE(scale);
+                    const __m256 y = bias != NULL ? _mm256_fmadd_ps(v, scale, b[h])
+                                                  : _mm256_mul_ps(v, scale);
+                    _mm256_storeu_ps(out + (m0 + r) * N + n0 + 8 * h, y);
+                }
+            }
+        } else {
+            /* The last tile of an N that is not a multiple of 16: only N's outputs. */
+            for (int r = 0; r < rows; r++) {
+                int32_t lanes[16];
+                _mm256_storeu_si256((__m256i *)lanes, acc[r][2 * t]);
+                _mm256_storeu_si256((__m256i *)(lanes + 8), acc[r][2 * t + 1]);
+                for (int64_t n = n0; n < N; n++)
+                    out[(m0 + r) * N + n] = int8_gemm_epilogue(
+                        lanes[n - n0], row_scale[m0 + r], col_scale[n],
+                        bias != NULL ? bias + n : NULL);
+            }
+        }
+    }
+}
+
+int int8_gemm_avx2(const int8_t *x, const float *row_scale, int64_t M, int64_t K, int64_t N,
+                   const int8_t *packed, const float *col_scale, const float *bias, float *out,
+                   int num_threads) {
+    if (M <= 0 || K <= 0 || N <= 0) return 1;
+    const int64_t tiles = (N + 15) / 16;
+    /* Decode-sized steps take two tiles per register tile (one row needs few registers). */
+    const int64_t step = M <= 2 ? 2 : 1;
+    const int64_t units = (tiles + step - 1) / step;
+#pragma omp parallel num_threads(num_threads)
+    for (int64_t b0 = 0; b0 < M; b0 += ROW_BLOCK) {
+        const int64_t b1 = M - b0 < ROW_BLOCK ? M : b0 + ROW_BLOCK;
+#pragma omp for schedule(static) nowait
+        for (int64_t unit = 0; unit < units; unit++) {
+            const int64_t tile = unit * step;
+            const int width = tile + 1 < tiles && step == 2 ? 2 : 1;
+            for (int64_t m0 = b0; m0 < b1; m0 += ROWS) {
+                const int64_t rows = b1 - m0 < ROWS ? b1 - m0 : ROWS;
+                /* Constant tile shapes so the loops unroll. */
+#define ROW_TILE(T, R)                                                                       \
+    row_tile(x, row_scale, m0, rows, K, N, packed, tile, T, R, col_scale, bias, out)
+                if (width == 2) {
+                    if (rows == 2) ROW_TILE(2, 2); else ROW_TILE(2, 1);
+                } else if (rows == 4) {
+                    ROW_TILE(1, 4);
+                } else if (rows == 3) {
+                    ROW_TILE(1, 3);
+                } else if (rows == 2) {
+                    ROW_TILE(1, 2);
+                } else {
+                    ROW_TILE(1, 1);
+                }
+#undef ROW_TILE
+            }
+        }
+    }
+    return 0;
+}
+
+#endif
