@@ -10,7 +10,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "vector_math.h"
 
 #define PARALLEL_MIN_ELEMENTS 65536
 

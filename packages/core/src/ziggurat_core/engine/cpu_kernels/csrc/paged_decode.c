@@ -28,7 +28,6 @@
 #include <immintrin.h>
 #endif
 
-#include "vector_math.h"
 
 #if defined(__F16C__) || defined(__FLT16_MAX__)
 #define HAVE_F16 1
