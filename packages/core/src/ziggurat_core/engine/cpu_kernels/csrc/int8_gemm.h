@@ -11,6 +11,9 @@
  * offset   [N] int32 = 128 * sum_k W[n, k]: the correction for offset inputs (unused otherwise).
  * col_scale [N] float32, bias [N] float32 or NULL, row_scale [M] float32, out [M, N] float32.
  *
+ * The float epilogue is fixed to the bit: out = fmaf((float)acc * row_scale[m], col_scale[n],
+ * bias[n] or 0), the product rounded, then one fused multiply-add, written explicitly (fmaf or
+ * an FMA intrinsic) so that no contraction or reassociation flag changes it.
  * Accumulation is exact int32 arithmetic and each row is computed on its own, so a row's
  * result never depends on the other rows (batch invariance) or on the thread count.
  * Returns 0, or 1 when a shape is unusable (M, N or K <= 0).

@@ -1,5 +1,6 @@
 /* The portable int8 GEMM (see int8_gemm.h): the reference every SIMD variant is tested
  * against, and the path of CPUs with none of them. Plain loops over the packed layout. */
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,8 +23,11 @@ int int8_gemm_reference(const int8_t *x, const float *row_scale, int64_t M, int6
                         acc[j] += (int32_t)xr[g * 4 + i] * (int32_t)w[(g * 16 + j) * 4 + i];
             for (int j = 0; j < 16 && tile * 16 + j < N; j++) {
                 const int64_t n = tile * 16 + j;
-                out[m * N + n] = (float)acc[j] * row_scale[m] * col_scale[n] +
-                                 (bias != NULL ? bias[n] : 0.0f);
+                /* Spelled out so that no compiler flag (contraction, reassociation) can change
+                 * the rounding: (float)acc * row_scale rounded, then one fused multiply-add;
+                 * every variant computes these same bits (int8_gemm.h). */
+                const float scaled = (float)acc[j] * row_scale[m];
+                out[m * N + n] = fmaf(scaled, col_scale[n], bias != NULL ? bias[n] : 0.0f);
             }
         }
     }
