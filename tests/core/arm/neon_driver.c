@@ -103,7 +103,8 @@ static int64_t gemm_case(int64_t M, int64_t N, int64_t K, enum fill fill, int wi
     for (int64_t i = 0; i < N * K; i++)
         w[i] = (int8_t)(fill == RANDOM ? random_int(-127, 127) : -127);
     /* Unit scales for the extreme fills: the output is then the integer dot product itself. */
-    for (int64_t m = 0; m < M; m++) row_scale[m] = fill == RANDOM ? random_float(1e-4f, 1e-1f) : 1.0f;
+    for (int64_t m = 0; m < M; m++)
+        row_scale[m] = fill == RANDOM ? random_float(1e-4f, 1e-1f) : 1.0f;
     for (int64_t n = 0; n < N; n++) {
         col_scale[n] = fill == RANDOM ? random_float(1e-4f, 1e-1f) : 1.0f;
         bias[n] = random_float(-2.0f, 2.0f);

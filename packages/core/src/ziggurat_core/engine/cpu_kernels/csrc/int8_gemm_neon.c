@@ -162,8 +162,9 @@ static inline __attribute__((always_inline)) void block(
                     int32_t lanes[4];
                     vst1q_s32(lanes, sums);
                     for (int j = 0; n0 + j < N; j++)
-                        out[m * N + n0 + j] = fmaf((float)lanes[j] * row_scale[m], col_scale[n0 + j],
-                                                   bias != NULL ? bias[n0 + j] : 0.0f);
+                        out[m * N + n0 + j] =
+                            fmaf((float)lanes[j] * row_scale[m], col_scale[n0 + j],
+                                 bias != NULL ? bias[n0 + j] : 0.0f);
                 }
             }
         }
@@ -191,7 +192,10 @@ int int8_gemm_neon(const int8_t *x, const float *row_scale, int64_t M, int64_t K
             } else {
                 for (int t = 0; t < width; t++) {
 #if defined(__ARM_FEATURE_DOTPROD)
-                    if (rows > 2) BLOCK(m0, rows, tile + t, 1, 4); else BLOCK(m0, rows, tile + t, 1, 2);
+                    if (rows > 2)
+                        BLOCK(m0, rows, tile + t, 1, 4);
+                    else
+                        BLOCK(m0, rows, tile + t, 1, 2);
 #else
                     /* Twice the accumulators per row without sdot: two rows at a time. */
                     BLOCK(m0, 2, tile + t, 1, 2);
