@@ -24,12 +24,19 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "isa.h"
 #if defined(__F16C__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#if defined(ZIG_ISA_NEON)
+/* AArch64 converts between half and float32 in hardware (fcvtl / fcvtn, 4 lanes at a time), in
+ * every NEON build: no _Float16 support needed from the compiler. */
+#include <arm_neon.h>
+#define ZIG_F16_NEON 1
+#endif
 
 
-#if defined(__F16C__) || defined(__FLT16_MAX__)
+#if defined(__F16C__) || defined(__FLT16_MAX__) || defined(ZIG_F16_NEON)
 #define HAVE_F16 1
 #else
 #define HAVE_F16 0
@@ -46,6 +53,23 @@ static inline void prefetch_bytes(const void *start, int64_t bytes) {
 /* n IEEE halves (raw bits) -> float32. */
 static inline void halves_to_floats(const uint16_t *restrict src, float *restrict dst, int64_t n) {
     int64_t i = 0;
+#if defined(ZIG_F16_NEON)
+    for (; i + 8 <= n; i += 8) {
+        const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(src + i));
+        vst1q_f32(dst + i, vcvt_f32_f16(vget_low_f16(h)));
+        vst1q_f32(dst + i + 4, vcvt_high_f32_f16(h));
+    }
+    if (i < n) {
+        /* The last n % 8 through a zero-padded vector: nothing read or written past n. */
+        uint16_t h[8] = {0};
+        float f[8];
+        memcpy(h, src + i, sizeof(uint16_t) * (size_t)(n - i));
+        const float16x8_t v = vreinterpretq_f16_u16(vld1q_u16(h));
+        vst1q_f32(f, vcvt_f32_f16(vget_low_f16(v)));
+        vst1q_f32(f + 4, vcvt_high_f32_f16(v));
+        memcpy(dst + i, f, sizeof(float) * (size_t)(n - i));
+    }
+#else
 #if defined(__AVX512F__)
     for (; i + 16 <= n; i += 16)
         _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
@@ -61,6 +85,7 @@ static inline void halves_to_floats(const uint16_t *restrict src, float *restric
         dst[i] = (float)h;
     }
 #endif
+#endif
 }
 #endif
 
@@ -68,6 +93,22 @@ static inline void halves_to_floats(const uint16_t *restrict src, float *restric
 /* n float32 -> IEEE halves (raw bits), rounded to nearest even as torch's .to(float16) does. */
 static inline void floats_to_halves(const float *restrict src, uint16_t *restrict dst, int64_t n) {
     int64_t i = 0;
+#if defined(ZIG_F16_NEON)
+    /* fcvtn rounds by FPCR's mode, which is round to nearest even unless a program changes it. */
+    for (; i + 8 <= n; i += 8) {
+        const float16x8_t h =
+            vcvt_high_f16_f32(vcvt_f16_f32(vld1q_f32(src + i)), vld1q_f32(src + i + 4));
+        vst1q_u16(dst + i, vreinterpretq_u16_f16(h));
+    }
+    if (i < n) {
+        float f[8] = {0};
+        uint16_t h[8];
+        memcpy(f, src + i, sizeof(float) * (size_t)(n - i));
+        vst1q_u16(h, vreinterpretq_u16_f16(
+                         vcvt_high_f16_f32(vcvt_f16_f32(vld1q_f32(f)), vld1q_f32(f + 4))));
+        memcpy(dst + i, h, sizeof(uint16_t) * (size_t)(n - i));
+    }
+#else
 #if defined(__AVX512F__)
     for (; i + 16 <= n; i += 16)
         _mm256_storeu_si256((__m256i *)(dst + i),
@@ -83,6 +124,7 @@ static inline void floats_to_halves(const float *restrict src, uint16_t *restric
         const _Float16 h = (_Float16)src[i];
         memcpy(dst + i, &h, sizeof h);
     }
+#endif
 #endif
 }
 #endif
@@ -268,9 +310,9 @@ int paged_decode_attention_f32(const float *query, const float *k_cache, const f
                         scale, num_threads);
 }
 
-/* The half cache needs F16C (x86-64) or the _Float16 type (GCC >= 12, clang; x86-64 and
- * AArch64). Without either only this entry point is left out, so the float32 kernel and every
- * other kernel in the library still build; callers ask paged_decode_has_f16() first. */
+/* The half cache needs F16C (x86-64), NEON (AArch64) or the _Float16 type (GCC >= 12, clang).
+ * Without any of them only this entry point is left out, so the float32 kernel and every other
+ * kernel in the library still build; callers ask paged_decode_has_f16() first. */
 #if HAVE_F16
 int paged_decode_attention_f16(const float *query, const uint16_t *k_cache,
                                const uint16_t *v_cache, const int64_t *block_tables,
