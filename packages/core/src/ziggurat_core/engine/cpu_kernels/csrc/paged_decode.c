@@ -28,6 +28,8 @@
 #include <immintrin.h>
 #endif
 
+#include "exp_approx.h"
+#include "lane_sum.h"
 
 #if defined(__F16C__) || defined(__FLT16_MAX__)
 #define HAVE_F16 1
@@ -159,9 +161,7 @@ static inline __attribute__((always_inline)) void attend_seq(
             for (int h = 0; h < num_heads; h++) {
                 const float *kv = k + (int64_t)(h / group) * head_dim;
                 const float *qh = q + (int64_t)h * head_dim;
-                float dot = 0.0f;
-                for (int d = 0; d < head_dim; d++) dot += qh[d] * kv[d];
-                scores[h * context_len + t0 + i] = dot * scale;
+                scores[h * context_len + t0 + i] = lane_dot(qh, kv, head_dim) * scale;
             }
         }
     }
@@ -169,12 +169,8 @@ static inline __attribute__((always_inline)) void attend_seq(
         float *s = scores + h * context_len;
         float m = s[0];
         for (int64_t t = 1; t < context_len; t++) m = s[t] > m ? s[t] : m;
-        float sum = 0.0f;
-        for (int64_t t = 0; t < context_len; t++) {
-            s[t] = expf(s[t] - m);
-            sum += s[t];
-        }
-        const float inv = 1.0f / sum;
+        for (int64_t t = 0; t < context_len; t++) s[t] = exp_approx(s[t] - m);
+        const float inv = 1.0f / lane_sum(s, context_len);
         for (int64_t t = 0; t < context_len; t++) s[t] *= inv;
     }
     float *o = out + q_row * num_heads * head_dim;
