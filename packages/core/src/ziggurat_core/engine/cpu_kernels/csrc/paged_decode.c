@@ -158,10 +158,11 @@ static inline __attribute__((always_inline)) void attend_seq(
             if (k_next != NULL) prefetch_bytes(k_next + i * token_bytes, token_bytes);
             const float *restrict k =
                 token_as_floats(k_cache, block + i * token_stride, token_stride, half, token_buf);
-            for (int h = 0; h < num_heads; h++) {
-                const float *kv = k + (int64_t)(h / group) * head_dim;
-                const float *qh = q + (int64_t)h * head_dim;
-                scores[h * context_len + t0 + i] = lane_dot(qh, kv, head_dim) * scale;
+            for (int kvh = 0; kvh < num_kv_heads; kvh++) {
+                const float *kv = k + (int64_t)kvh * head_dim;
+                for (int h = kvh * group; h < (kvh + 1) * group; h++)
+                    scores[h * context_len + t0 + i] =
+                        lane_dot(q + (int64_t)h * head_dim, kv, head_dim) * scale;
             }
         }
     }
@@ -185,11 +186,13 @@ static inline __attribute__((always_inline)) void attend_seq(
             if (v_next != NULL) prefetch_bytes(v_next + i * token_bytes, token_bytes);
             const float *restrict v =
                 token_as_floats(v_cache, block + i * token_stride, token_stride, half, token_buf);
-            for (int h = 0; h < num_heads; h++) {
-                const float *vv = v + (int64_t)(h / group) * head_dim;
-                const float p = scores[h * context_len + t0 + i];
-                float *oh = o + (int64_t)h * head_dim;
-                for (int d = 0; d < head_dim; d++) oh[d] += p * vv[d];
+            for (int kvh = 0; kvh < num_kv_heads; kvh++) {
+                const float *vv = v + (int64_t)kvh * head_dim;
+                for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+                    const float p = scores[h * context_len + t0 + i];
+                    float *oh = o + (int64_t)h * head_dim;
+                    for (int d = 0; d < head_dim; d++) oh[d] += p * vv[d];
+                }
             }
         }
     }
