@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 import torch
@@ -24,9 +26,11 @@ from ziggurat_core.engine.cpu_kernels import (
 )
 
 _SIMD_ISAS = [isa for isa in runnable_isas() if isa != "scalar"]
+_Loaded = TypeVar("_Loaded")
 
 
-def _with_isa(isa: str, loader):  # type: ignore[no-untyped-def]
+def _with_isa(isa: str, loader: Callable[[], _Loaded | None]) -> _Loaded:
+    """What `loader` gives for the library built for `isa`; skips where the kernels are off."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ZIGGURAT_CPU_ISA", isa)
         patch.delenv("ZIGGURAT_CPU_KERNELS", raising=False)
@@ -62,7 +66,9 @@ WIDTHS = [576, 5, 17, 100, 1000, 1031]
 
 
 @pytest.mark.parametrize("cols", WIDTHS)
-def test_rmsnorm_and_add_rmsnorm_same_bits(elementwise: dict[str, ElementwiseKernels], cols: int) -> None:
+def test_rmsnorm_and_add_rmsnorm_same_bits(
+    elementwise: dict[str, ElementwiseKernels], cols: int
+) -> None:
     gen = generator(cols)
     x = torch.randn(7, cols, generator=gen) * 3
     residual = torch.randn(7, cols, generator=gen)
