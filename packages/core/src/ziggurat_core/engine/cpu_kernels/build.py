@@ -44,8 +44,8 @@ _HEADERS = sorted((Path(__file__).parent / "csrc").glob("*.h"))
 # process, torch included, to flush denormals to zero. No -fassociative-math: a reduction the
 # compiler regroups at the vector width rounds differently in the avx2 and avx512vnni builds, and
 # every variant must compute the same bits (greedy output may not depend on the CPU's vector
-# width). Max reductions vectorise with -ffinite-math-only; -fno-math-errno lets sqrtf and expf
-# inline; -ffp-contract=fast keeps fused multiply-adds (-std=c11 turns them off), the same in
+# width); sums vectorise through csrc/lane_sum.h instead, which groups them the same way in every
+# build. Max reductions vectorise with -ffinite-math-only; -fno-math-errno lets sqrtf inline; -ffp-contract=fast keeps fused multiply-adds (-std=c11 turns them off), the same in
 # every x86 SIMD variant (all have FMA).
 _FLAGS = [
     "-O3",

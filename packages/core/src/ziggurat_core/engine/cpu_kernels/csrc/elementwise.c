@@ -4,12 +4,16 @@
  *   add_rmsnorm_f32:  x += residual (in place), then out = rmsnorm(x)                per row
  *   silu_mul_f32:     out[r, c] = silu(gate_up[r, c]) * gate_up[r, cols + c]        (SwiGLU)
  *   rotary_f32:       RoPE with the two halves of each head paired (Llama's rotate_half)
- * Rows are independent: results do not depend on the batch.
+ *   exp_f32:          out = exp(x), the approximation the kernels use (exp_approx.h)
+ * Rows are independent: results do not depend on the batch. Every build (AVX2, AVX-512) computes
+ * the same bits: sums go through lane_sum.h, exp through exp_approx.h.
  */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "exp_approx.h"
+#include "lane_sum.h"
 
 #define PARALLEL_MIN_ELEMENTS 65536
 
@@ -17,8 +21,7 @@ static inline __attribute__((always_inline)) void norm_row(const float *restrict
                                                            const float *restrict weight,
                                                            int64_t cols, float eps,
                                                            float *restrict out) {
-    float sum = 0.0f;
-    for (int64_t c = 0; c < cols; c++) sum += x[c] * x[c];
+    const float sum = lane_dot(x, x, cols);
     const float inv = 1.0f / sqrtf(sum / (float)cols + eps);
     for (int64_t c = 0; c < cols; c++) out[c] = x[c] * inv * weight[c];
 }
@@ -50,9 +53,8 @@ void silu_mul_f32(const float *gate_up, int64_t rows, int64_t cols, float *out, 
         const float *up = gate + cols;
         float *o = out + r * cols;
         for (int64_t c = 0; c < cols; c++) {
-            /* Clamped so expf stays finite (-ffinite-math-only assumes no infinities); silu(-80) ~ 0. */
-            const float g = fmaxf(gate[c], -80.0f);
-            o[c] = g / (1.0f + expf(-g)) * up[c];
+            const float g = gate[c];
+            o[c] = g / (1.0f + exp_approx(-g)) * up[c];
         }
     }
 }
@@ -76,4 +78,9 @@ void rotary_f32(const float *x, int64_t tokens, int64_t heads, int64_t head_dim,
             }
         }
     }
+}
+
+/* The kernels' exp over n values, for testing its accuracy. */
+void exp_f32(const float *x, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = exp_approx(x[i]);
 }

@@ -35,6 +35,8 @@
 #define ZIG_F16_NEON 1
 #endif
 
+#include "exp_approx.h"
+#include "lane_sum.h"
 
 #if defined(__F16C__) || defined(__FLT16_MAX__) || defined(ZIG_F16_NEON)
 #define HAVE_F16 1
@@ -198,12 +200,11 @@ static inline __attribute__((always_inline)) void attend_seq(
             if (k_next != NULL) prefetch_bytes(k_next + i * token_bytes, token_bytes);
             const float *restrict k =
                 token_as_floats(k_cache, block + i * token_stride, token_stride, half, token_buf);
-            for (int h = 0; h < num_heads; h++) {
-                const float *kv = k + (int64_t)(h / group) * head_dim;
-                const float *qh = q + (int64_t)h * head_dim;
-                float dot = 0.0f;
-                for (int d = 0; d < head_dim; d++) dot += qh[d] * kv[d];
-                scores[h * context_len + t0 + i] = dot * scale;
+            for (int kvh = 0; kvh < num_kv_heads; kvh++) {
+                const float *kv = k + (int64_t)kvh * head_dim;
+                for (int h = kvh * group; h < (kvh + 1) * group; h++)
+                    scores[h * context_len + t0 + i] =
+                        lane_dot(q + (int64_t)h * head_dim, kv, head_dim) * scale;
             }
         }
     }
@@ -211,12 +212,8 @@ static inline __attribute__((always_inline)) void attend_seq(
         float *s = scores + h * context_len;
         float m = s[0];
         for (int64_t t = 1; t < context_len; t++) m = s[t] > m ? s[t] : m;
-        float sum = 0.0f;
-        for (int64_t t = 0; t < context_len; t++) {
-            s[t] = expf(s[t] - m);
-            sum += s[t];
-        }
-        const float inv = 1.0f / sum;
+        for (int64_t t = 0; t < context_len; t++) s[t] = exp_approx(s[t] - m);
+        const float inv = 1.0f / lane_sum(s, context_len);
         for (int64_t t = 0; t < context_len; t++) s[t] *= inv;
     }
     float *o = out + q_row * num_heads * head_dim;
@@ -231,11 +228,13 @@ static inline __attribute__((always_inline)) void attend_seq(
             if (v_next != NULL) prefetch_bytes(v_next + i * token_bytes, token_bytes);
             const float *restrict v =
                 token_as_floats(v_cache, block + i * token_stride, token_stride, half, token_buf);
-            for (int h = 0; h < num_heads; h++) {
-                const float *vv = v + (int64_t)(h / group) * head_dim;
-                const float p = scores[h * context_len + t0 + i];
-                float *oh = o + (int64_t)h * head_dim;
-                for (int d = 0; d < head_dim; d++) oh[d] += p * vv[d];
+            for (int kvh = 0; kvh < num_kv_heads; kvh++) {
+                const float *vv = v + (int64_t)kvh * head_dim;
+                for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+                    const float p = scores[h * context_len + t0 + i];
+                    float *oh = o + (int64_t)h * head_dim;
+                    for (int d = 0; d < head_dim; d++) oh[d] += p * vv[d];
+                }
             }
         }
     }
