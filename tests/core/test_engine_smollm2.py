@@ -116,9 +116,18 @@ def test_bad_requests_are_refused_and_leave_nothing(engine: InferenceEngine) -> 
         engine.add_request("empty", prompt="")
     with pytest.raises(RequestValidationError, match="vocabulary"):
         engine.add_request("oov", prompt_token_ids=[10**9])
+    params = SamplingParams()
+    params.top_p = 0.0  # changed after construction: the engine checks again where it enters
+    with pytest.raises(RequestValidationError, match="top_p") as info:
+        engine.add_request("bad-params", prompt="hello", sampling_params=params)
+    assert info.value.param == "top_p"
+    with pytest.raises(RequestValidationError) as info:
+        engine.add_request("bad-stop", prompt="hello", sampling_params=SamplingParams(stop_token_ids=[10**9]))
+    assert info.value.param == "stop_token_ids"
     engine.add_request("dup", prompt="hello", sampling_params=SamplingParams(max_tokens=2))
     with pytest.raises(DuplicateRequestError):
         engine.add_request("dup", prompt="hello")
+    assert engine.get_num_unfinished_requests() == 1  # the refused duplicate left the first alone
     list(engine.get_outputs())
     assert engine.get_num_unfinished_requests() == 0
     assert engine.scheduler.block_manager.stats().num_used_blocks == used_before == 0

@@ -44,16 +44,23 @@ def fake_token(seq_id: int, position: int) -> int:
     return (seq_id * 7919 + position * 31) % 5
 
 
+def stop_at_max_tokens(seq: SequenceState) -> SequenceStatus | None:
+    max_tokens = seq.sampling_params.max_tokens
+    if max_tokens is not None and seq.num_output_tokens >= max_tokens:
+        return SequenceStatus.FINISHED_LENGTH
+    return None
+
+
+def fake_samples(out: SchedulerOutput) -> dict[int, int]:
+    """The 'model' samples a token for every chunk that reaches the end of its sequence."""
+    return {item.seq.seq_id: fake_token(item.seq.seq_id, len(item.seq))
+            for item in out.scheduled if item.samples}
+
+
 def run_step(scheduler: Scheduler) -> SchedulerOutput:
     """One engine step: schedule, 'compute', sample, finish sequences at max_tokens."""
     out = scheduler.schedule()
-    scheduler.on_step_done(out)
-    for item in out.scheduled:
-        if item.samples:
-            item.seq.append_token(fake_token(item.seq.seq_id, len(item.seq)))
-            max_tokens = item.seq.sampling_params.max_tokens
-            if max_tokens is not None and item.seq.num_output_tokens >= max_tokens:
-                scheduler.finish_sequence(item.seq, SequenceStatus.FINISHED_LENGTH)
+    scheduler.postprocess(out, fake_samples(out), stop_at_max_tokens)
     return out
 
 
@@ -95,9 +102,32 @@ def test_samples_flag_is_fixed_when_scheduled() -> None:
     (seq,) = make_request("a", [1, 2, 3])
     scheduler.add_request("a", [seq])
     out = scheduler.schedule()
-    scheduler.on_step_done(out)
+    scheduler.postprocess(out, {})
     assert out.scheduled[0].samples  # still true after num_computed_tokens moved on
     assert out.scheduled[0].start_position == 0
+
+
+def test_postprocess_appends_the_sampled_token_and_finishes_what_check_stop_ends() -> None:
+    config = make_config(max_num_batched_tokens=8)
+    scheduler = Scheduler(config, num_blocks=16, max_model_len=64)
+    (short,) = make_request("a", [1, 2, 3])
+    (chunked,) = make_request("b", list(range(10)))  # 5 of its 10 tokens fit after "a"
+    scheduler.add_request("a", [short])
+    scheduler.add_request("b", [chunked])
+    out = scheduler.schedule()
+    asked: list[int] = []
+
+    def stop_short(seq: SequenceState) -> SequenceStatus | None:
+        asked.append(seq.seq_id)
+        return SequenceStatus.FINISHED_STOPPED if seq is short else None
+
+    sampled = {short.seq_id: 4, chunked.seq_id: 0}  # a token for "b" mid-prompt is not taken
+    assert scheduler.postprocess(out, sampled, stop_short) == [short]
+    assert asked == [short.seq_id]
+    assert short.output_token_ids == [4] and short.status is SequenceStatus.FINISHED_STOPPED
+    assert short.block_table == []
+    assert chunked.output_token_ids == [] and chunked.num_computed_tokens == 5
+    assert scheduler.num_running == 1
 
 
 def test_second_request_with_same_prompt_reuses_cached_blocks() -> None:
@@ -326,14 +356,15 @@ def test_abort_keeps_samples_that_already_finished() -> None:
     assert seqs[0].status is SequenceStatus.FINISHED_STOPPED
 
 
-def test_aborted_step_output_is_ignored_by_on_step_done() -> None:
+def test_aborted_step_output_is_ignored_by_postprocess() -> None:
     scheduler = Scheduler(make_config(), num_blocks=16, max_model_len=64)
     (seq,) = make_request("a", list(range(9)))
     scheduler.add_request("a", [seq])
     out = scheduler.schedule()
     scheduler.abort_request("a")
-    scheduler.on_step_done(out)
+    assert scheduler.postprocess(out, fake_samples(out), stop_at_max_tokens) == []
     assert seq.num_computed_tokens == 0
+    assert seq.output_token_ids == []
     assert scheduler.block_manager.stats().num_cached_blocks == 0
 
 
@@ -354,24 +385,17 @@ def test_finish_sequence_frees_blocks_and_releases_held_siblings() -> None:
 
 def test_check_request_refuses_prompts_that_can_never_run() -> None:
     scheduler = Scheduler(make_config(block_size=4), num_blocks=4, max_model_len=32)
-    scheduler.check_request(15, max_tokens=100)  # 15 + 1 tokens fill the 16 slots exactly
-    with pytest.raises(PromptTooLongError):
-        scheduler.check_request(16, max_tokens=1)  # the first generated token has no slot
-    with pytest.raises(RequestValidationError):
-        scheduler.check_request(0, max_tokens=1)
-
-    roomy = Scheduler(make_config(block_size=4), num_blocks=64, max_model_len=32)
-    roomy.check_request(32, max_tokens=1)
+    scheduler.check_request(15)  # 15 + 1 tokens fill the 16 slots exactly
     with pytest.raises(PromptTooLongError) as info:
-        roomy.check_request(33, max_tokens=1)
+        scheduler.check_request(16)  # the first generated token has no slot
     assert info.value.param == "prompt"
 
     unchunked = Scheduler(
         make_config(max_num_batched_tokens=8, chunked=False), num_blocks=64, max_model_len=32
     )
-    unchunked.check_request(8, max_tokens=1)
+    unchunked.check_request(8)
     with pytest.raises(PromptTooLongError):
-        unchunked.check_request(9, max_tokens=1)
+        unchunked.check_request(9)
 
 
 def test_add_request_rejects_duplicates_and_bad_sequences() -> None:
@@ -411,15 +435,15 @@ class SimulatedEngine:
     def add(self, prompt: list[int], n: int, max_tokens: int) -> None:
         request_id = f"req-{self.num_added}"
         self.num_added += 1
+        if not prompt or len(prompt) >= self.max_model_len:
+            return  # refused where the request enters the engine, before the scheduler
         bs = self.config.block_size
         never_fits = (
-            len(prompt) == 0
-            or len(prompt) > self.max_model_len
-            or -(-(len(prompt) + 1) // bs) > self.num_blocks
+            -(-(len(prompt) + 1) // bs) > self.num_blocks
             or (not self.config.enable_chunked_prefill and len(prompt) > self.config.max_num_batched_tokens)
         )
         try:
-            self.scheduler.check_request(len(prompt), max_tokens)
+            self.scheduler.check_request(len(prompt))
         except RequestValidationError:
             assert never_fits
             return
@@ -446,15 +470,13 @@ class SimulatedEngine:
         self.check_output(out)
         self.outgrown.update(seq.seq_id for seq in out.finished_by_scheduler)
         self.fake_forward(out)
-        self.scheduler.on_step_done(out)
-        for item in out.scheduled:
-            seq = item.seq
-            if not item.samples:
-                continue
-            seq.append_token(fake_token(seq.seq_id, len(seq)))
-            if seq.num_output_tokens >= (seq.sampling_params.max_tokens or 0) or len(seq) >= self.max_model_len:
-                self.scheduler.finish_sequence(seq, SequenceStatus.FINISHED_LENGTH)
+        self.scheduler.postprocess(out, fake_samples(out), self.stop)
         self.check_state()
+
+    def stop(self, seq: SequenceState) -> SequenceStatus | None:
+        if seq.num_output_tokens >= (seq.sampling_params.max_tokens or 0) or len(seq) >= self.max_model_len:
+            return SequenceStatus.FINISHED_LENGTH
+        return None
 
     def slot(self, seq: SequenceState, position: int) -> int:
         bs = self.config.block_size

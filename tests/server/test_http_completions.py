@@ -184,6 +184,22 @@ def test_sampling_parameters_are_accepted(client: httpx.Client) -> None:
     assert body["usage"]["completion_tokens"] == 12
 
 
+@pytest.mark.parametrize(("fields", "param", "fragment"), [
+    # Refused by SamplingParams while the route builds them.
+    ({"min_tokens": 5, "max_tokens": 2}, "min_tokens", "must not exceed max_tokens"),
+    # Refused where the request enters the engine (only the engine knows the vocabulary).
+    ({"stop_token_ids": [99999]}, "stop_token_ids", "outside the vocabulary"),
+])
+def test_engine_refusals_are_400_naming_the_param(client: httpx.Client, fields: dict[str, Any],
+                                                  param: str, fragment: str) -> None:
+    response = client.post("/v1/completions", json={"prompt": "Hi", **fields})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+    assert fragment in error["message"]
+
+
 def test_suffix_is_not_supported(client: httpx.Client) -> None:
     response = client.post("/v1/completions", json={"prompt": "Hi", "suffix": "end"})
     assert response.status_code == 400

@@ -9,7 +9,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError as FastAPIValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ziggurat_core.engine.errors import EngineDeadError, RequestValidationError
-from ziggurat_core.engine.sampling_params import SamplingParamsError
 from ziggurat_core.protocol import ErrorDetail, ErrorResponse
 
 from .wire import ModelResponse
@@ -74,8 +73,6 @@ def from_engine_error(exc: Exception) -> ServerHTTPError:
         return exc
     if isinstance(exc, RequestValidationError):
         return bad_request(str(exc), param=exc.param)
-    if isinstance(exc, SamplingParamsError):
-        return bad_request(str(exc))
     if isinstance(exc, EngineDeadError):
         return engine_unavailable("The engine stopped after an internal error; the server must be "
                                   "restarted.", code="engine_dead")
@@ -119,6 +116,13 @@ async def _handle_server_http_error(request: Request, exc: Exception) -> ModelRe
     return error_response(exc, _request_id(request))
 
 
+async def _handle_engine_validation_error(request: Request, exc: Exception) -> ModelResponse:
+    """The engine's typed refusal (e.g. SamplingParams out of range) raised while a route
+    builds the request; the same 400 as when the engine refuses it later."""
+    assert isinstance(exc, RequestValidationError)
+    return error_response(from_engine_error(exc), _request_id(request))
+
+
 async def _handle_validation_error(request: Request, exc: Exception) -> ModelResponse:
     assert isinstance(exc, FastAPIValidationError)
     message, param = _validation_message(list(exc.errors()))
@@ -148,4 +152,5 @@ def _request_id(request: Request) -> str | None:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServerHTTPError, _handle_server_http_error)
     app.add_exception_handler(FastAPIValidationError, _handle_validation_error)
+    app.add_exception_handler(RequestValidationError, _handle_engine_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)

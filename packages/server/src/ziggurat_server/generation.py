@@ -26,9 +26,9 @@ logger = logging.getLogger("ziggurat_server")
 
 @dataclass
 class _Progress:
-    """Per-prompt bookkeeping for metrics: which samples finished, when the last token came."""
+    """Per-prompt bookkeeping for metrics: which samples finished, when the last token came.
+    (The first token's time is the engine's, in `RequestOutput.metrics`.)"""
 
-    first_token_at: float | None = None
     last_token_at: float | None = None
     finished: set[int] = field(default_factory=set)
     done: bool = False
@@ -145,9 +145,10 @@ class Generation:
         now = time.monotonic()
         new_tokens = sum(len(c.delta_token_ids) for c in output.outputs)
         if new_tokens:
-            if progress.first_token_at is None:
-                progress.first_token_at = now
-                metrics.time_to_first_token.observe(now - self.arrival)
+            if progress.last_token_at is None:
+                first_token_at = output.metrics.first_token_time if output.metrics else None
+                metrics.time_to_first_token.observe(
+                    (first_token_at if first_token_at is not None else now) - self.arrival)
                 new_tokens_after_first = new_tokens - 1
             else:
                 new_tokens_after_first = new_tokens

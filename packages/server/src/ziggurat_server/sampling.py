@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ziggurat_core.engine.sampling_params import SamplingParams, SamplingParamsError
+from ziggurat_core.engine.sampling_params import SamplingParams
 from ziggurat_core.protocol import ChatCompletionRequest, CompletionRequest
 from ziggurat_core.protocol.common import SamplingFields
 
@@ -13,8 +13,9 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 LOGIT_BIAS_LIMIT = 100.0
 
 
-def parse_logit_bias(logit_bias: dict[str, float] | None, vocab_size: int) -> dict[int, float] | None:
-    """OpenAI sends token ids as string keys; each must be an id in the vocabulary."""
+def parse_logit_bias(logit_bias: dict[str, float] | None) -> dict[int, float] | None:
+    """OpenAI sends token ids as string keys and caps the biases at +-100. Whether each id is in
+    the vocabulary is the engine's check, made where the request enters it."""
     if not logit_bias:
         return None
     parsed: dict[int, float] = {}
@@ -24,9 +25,6 @@ def parse_logit_bias(logit_bias: dict[str, float] | None, vocab_size: int) -> di
         except ValueError:
             raise bad_request(f"logit_bias keys must be token ids, got {key!r}",
                               param="logit_bias") from None
-        if not 0 <= token_id < vocab_size:
-            raise bad_request(f"logit_bias token id {token_id} is outside the vocabulary "
-                              f"[0, {vocab_size})", param="logit_bias")
         if not -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT:
             raise bad_request(f"logit_bias values must be in [-100, 100], got {bias} for token "
                               f"{token_id}", param="logit_bias")
@@ -34,65 +32,48 @@ def parse_logit_bias(logit_bias: dict[str, float] | None, vocab_size: int) -> di
     return parsed
 
 
-def _check_stop_token_ids(ids: list[int] | None, vocab_size: int) -> list[int]:
-    for token_id in ids or []:
-        if not 0 <= token_id < vocab_size:
-            raise bad_request(f"stop_token_ids entry {token_id} is outside the vocabulary "
-                              f"[0, {vocab_size})", param="stop_token_ids")
-    return list(ids or [])
-
-
-def _build(fields: SamplingFields, *, max_tokens: int | None, logprobs: int | None,
-           vocab_size: int) -> SamplingParams:
+def _build(fields: SamplingFields, *, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    """Out-of-range values raise the engine's SamplingParamsError (a RequestValidationError
+    naming the param); the app's error handler answers it with a 400."""
     # vLLM's extension; silently dropping it would hand back a response without what was asked.
     if (fields.model_extra or {}).get("prompt_logprobs") is not None:
         raise bad_request("prompt_logprobs is not supported (the engine does not compute "
                           "prompt logprobs)", param="prompt_logprobs")
-    try:
-        return SamplingParams(
-            n=fields.n,
-            temperature=1.0 if fields.temperature is None else fields.temperature,
-            top_p=1.0 if fields.top_p is None else fields.top_p,
-            top_k=-1 if fields.top_k is None else fields.top_k,
-            min_p=0.0 if fields.min_p is None else fields.min_p,
-            frequency_penalty=fields.frequency_penalty or 0.0,
-            presence_penalty=fields.presence_penalty or 0.0,
-            repetition_penalty=1.0 if fields.repetition_penalty is None else fields.repetition_penalty,
-            logit_bias=parse_logit_bias(fields.logit_bias, vocab_size),
-            seed=fields.seed,
-            max_tokens=max_tokens,
-            min_tokens=fields.min_tokens,
-            stop=fields.stop_list(),
-            stop_token_ids=_check_stop_token_ids(fields.stop_token_ids, vocab_size),
-            ignore_eos=fields.ignore_eos,
-            logprobs=logprobs,
-        )
-    except SamplingParamsError as exc:
-        raise bad_request(str(exc), param=_param_named_in(str(exc))) from None
+    return SamplingParams(
+        n=fields.n,
+        temperature=1.0 if fields.temperature is None else fields.temperature,
+        top_p=1.0 if fields.top_p is None else fields.top_p,
+        top_k=-1 if fields.top_k is None else fields.top_k,
+        min_p=0.0 if fields.min_p is None else fields.min_p,
+        frequency_penalty=fields.frequency_penalty or 0.0,
+        presence_penalty=fields.presence_penalty or 0.0,
+        repetition_penalty=1.0 if fields.repetition_penalty is None else fields.repetition_penalty,
+        logit_bias=parse_logit_bias(fields.logit_bias),
+        seed=fields.seed,
+        max_tokens=max_tokens,
+        min_tokens=fields.min_tokens,
+        stop=fields.stop_list(),
+        stop_token_ids=list(fields.stop_token_ids or []),
+        ignore_eos=fields.ignore_eos,
+        logprobs=logprobs,
+    )
 
 
-def _param_named_in(message: str) -> str | None:
-    # SamplingParamsError messages start with the parameter's name ("min_tokens (3) must ...").
-    first_word = message.split(" ", 1)[0]
-    return first_word if first_word.isidentifier() else None
-
-
-def completion_sampling_params(request: CompletionRequest, vocab_size: int) -> SamplingParams:
+def completion_sampling_params(request: CompletionRequest) -> SamplingParams:
     if request.suffix is not None:
         raise bad_request("suffix is not supported", param="suffix")
     if request.best_of is not None and request.best_of != request.n:
         raise bad_request("best_of is not supported (only best_of == n)", param="best_of")
     max_tokens = request.max_tokens if request.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
-    return _build(request, max_tokens=max_tokens, logprobs=request.logprobs, vocab_size=vocab_size)
+    return _build(request, max_tokens=max_tokens, logprobs=request.logprobs)
 
 
-def chat_sampling_params(request: ChatCompletionRequest, vocab_size: int) -> SamplingParams:
+def chat_sampling_params(request: ChatCompletionRequest) -> SamplingParams:
     if request.top_logprobs is not None and not request.logprobs:
         raise bad_request("top_logprobs requires logprobs to be true", param="top_logprobs")
     logprobs = (request.top_logprobs or 0) if request.logprobs else None
     # None means "up to the context window", as OpenAI does for chat.
-    return _build(request, max_tokens=request.effective_max_tokens(), logprobs=logprobs,
-                  vocab_size=vocab_size)
+    return _build(request, max_tokens=request.effective_max_tokens(), logprobs=logprobs)
 
 
 def check_model_name(requested: str | None, served_name: str) -> None:

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 from .calibration_text import CALIBRATION_TEXT
 from .config import EngineConfig, ModelConfig
 from .default_model import default_served_name, resolve_model_path
-from .errors import DuplicateRequestError, PromptTooLongError, RequestValidationError
+from .errors import PromptTooLongError, RequestValidationError
 from .inputs import ChatMessage, ToolDefinition
-from .output_processor import OutputProcessor, RequestState, SampleState
+from .output_processor import OutputProcessor, RequestState
 from .outputs import RequestMetrics, RequestOutput
 from .reports import EngineStats
 from .sampling_params import SamplingParams
@@ -67,9 +67,10 @@ class InferenceEngine:
         self.eos_token_ids = eos
         self.output_processor = OutputProcessor(self.tokenizer, eos, self.max_model_len)
         self.load_seconds = time.perf_counter() - started
+        # The output side of each request in flight (detokenizers, text, metrics); its
+        # sequences belong to the scheduler.
         self._requests: dict[str, RequestState] = {}
-        self._samples: dict[int, SampleState] = {}  # by seq_id
-        self.counters = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0, "preemptions": 0}
+        self.counters = {"prompt_tokens": 0, "generation_tokens": 0, "steps": 0}
         self.peak_kv_waste = 0.0
         self.peak_kv_usage = 0.0
         logger.info("engine ready in %.2fs: %s", self.load_seconds, self.model_name)
@@ -86,9 +87,10 @@ class InferenceEngine:
         tools: list[ToolDefinition] | None = None,
         arrival_time: float | None = None,
     ) -> None:
-        """Queue a request. Raises RequestValidationError (nothing is queued) if it cannot run."""
-        if request_id in self._requests:
-            raise DuplicateRequestError(f"request id {request_id!r} is already in flight", "request_id")
+        """Queue a request. Raises RequestValidationError (nothing is queued) if it cannot run.
+
+        This is where a request enters the engine, so every check of the prompt and the
+        sampling parameters is made here, once (the server relies on it too)."""
         params = sampling_params if sampling_params is not None else SamplingParams()
         params.validate()
         given = sum(x is not None for x in (prompt, prompt_token_ids, messages))
@@ -107,7 +109,7 @@ class InferenceEngine:
             assert prompt_token_ids is not None
             token_ids = list(prompt_token_ids)
         self._validate_tokens(token_ids, params)
-        self.scheduler.check_request(len(token_ids), params.max_tokens)
+        self.scheduler.check_request(len(token_ids))
 
         now = time.monotonic() if arrival_time is None else arrival_time
         seqs = [SequenceState(request_id, token_ids, params, index=i, arrival_time=now) for i in range(params.n)]
@@ -118,10 +120,8 @@ class InferenceEngine:
             samples=[self.output_processor.new_sample(seq) for seq in seqs],
             metrics=RequestMetrics(arrival_time=now),
         )
-        self.scheduler.add_request(request_id, seqs)
+        self.scheduler.add_request(request_id, seqs)  # raises DuplicateRequestError for a known id
         self._requests[request_id] = state
-        for sample in state.samples:
-            self._samples[sample.seq.seq_id] = sample
         self.counters["prompt_tokens"] += len(token_ids)
 
     def _validate_tokens(self, token_ids: list[int], params: SamplingParams) -> None:
@@ -152,10 +152,6 @@ class InferenceEngine:
         self.scheduler.abort_request(request_id)
         if state is None:
             return None
-        for sample in state.samples:
-            self._samples.pop(sample.seq.seq_id, None)
-            if sample.seq.status != SequenceStatus.FINISHED_ABORTED and not sample.seq.is_finished:
-                sample.seq.status = SequenceStatus.FINISHED_ABORTED
         return self.output_processor.make_output(state)
 
     # ------------------------------------------------------------------ stepping
@@ -163,38 +159,33 @@ class InferenceEngine:
         """Run one scheduling step; return the outputs of requests that progressed."""
         sched = self.scheduler.schedule()
         touched: dict[str, RequestState] = {}
-        self.counters["preemptions"] += len(sched.preempted)
         for seq in sched.finished_by_scheduler:
-            sample = self._samples.get(seq.seq_id)
-            if sample is not None:
-                self.output_processor.finish_without_token(sample)
-                touched[seq.request_id] = self._requests[seq.request_id]
+            state = self._requests.get(seq.request_id)
+            if state is not None:
+                self.output_processor.finish_without_token(state.samples[seq.index])
+                touched[seq.request_id] = state
         if sched.scheduled:
             self.counters["steps"] += 1
             self._track_kv_stats()
             results = self.runner.execute(sched.scheduled, self.eos_token_ids)
-            self.scheduler.on_step_done(sched)
+
+            def check_stop(seq: SequenceState) -> SequenceStatus | None:
+                sample = self._requests[seq.request_id].samples[seq.index]
+                return self.output_processor.process_token(sample, results[seq.seq_id])
+
+            sampled = {seq_id: result.token_id for seq_id, result in results.items()}
+            grown = self.scheduler.postprocess(sched, sampled, check_stop)
             now = time.monotonic()
-            for item in sched.scheduled:
-                seq = item.seq
-                result = results.get(seq.seq_id)
-                if result is None:
-                    continue
-                sample = self._samples[seq.seq_id]
+            for seq in grown:
                 state = self._requests[seq.request_id]
                 if state.metrics.first_token_time is None:
                     state.metrics.first_token_time = now
-                self.counters["generation_tokens"] += 1
-                status = self.output_processor.process_token(sample, result)
-                if status is not None:
-                    self.scheduler.finish_sequence(seq, status)
                 touched[seq.request_id] = state
+            self.counters["generation_tokens"] += len(grown)
         outputs = [OutputProcessor.make_output(state) for state in touched.values()]
         for output in outputs:
             if output.finished:
-                state = self._requests.pop(output.request_id)
-                for sample in state.samples:
-                    self._samples.pop(sample.seq.seq_id, None)
+                del self._requests[output.request_id]
         return outputs
 
     def _track_kv_stats(self) -> None:
@@ -216,10 +207,11 @@ class InferenceEngine:
         return len(self._requests)
 
     def stats(self) -> EngineStats:
-        kv = self.scheduler.block_manager.stats()
+        sched = self.scheduler.stats()
+        kv = sched.kv
         return EngineStats(
-            running=self.scheduler.num_running,
-            waiting=self.scheduler.num_waiting,
+            running=sched.num_running,
+            waiting=sched.num_waiting,
             kv_blocks_total=kv.num_blocks,
             kv_blocks_used=kv.num_used_blocks,
             kv_usage=kv.usage,
@@ -232,6 +224,6 @@ class InferenceEngine:
             prompt_tokens=self.counters["prompt_tokens"],
             generation_tokens=self.counters["generation_tokens"],
             steps=self.counters["steps"],
-            preemptions=self.counters["preemptions"],
+            preemptions=sched.num_preemptions,
             uptime_s=time.time() - self.started_at,
         )

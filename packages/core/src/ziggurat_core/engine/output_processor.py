@@ -1,4 +1,7 @@
-"""Turns sampled tokens into text and decides when a sample stops. No torch."""
+"""Turns sampled tokens into text and logprobs and decides when a sample stops. No torch.
+
+It never changes a SequenceState: the scheduler appends the token and finishes the sequence
+with the status `process_token` returns."""
 
 from __future__ import annotations
 
@@ -23,7 +26,9 @@ class SampleState:
     detokenizer: IncrementalDetokenizer
     stop_matcher: StopStringMatcher | None
     text: str = ""
+    stop_reason: str | int | None = None  # the stop string or stop token id that ended it
     logprobs: list[Logprob] | None = None
+    cumulative_logprob: float = 0.0
     delta_text: str = ""
     delta_token_ids: list[int] = field(default_factory=list)
     delta_logprobs: list[Logprob] | None = None
@@ -68,12 +73,12 @@ class OutputProcessor:
         )
 
     def process_token(self, sample: SampleState, result: SampleResult) -> SequenceStatus | None:
-        """Append one sampled token; return the finishing status if the sample is done."""
+        """Turn the token the scheduler just appended to the sample's sequence into text and
+        logprobs; return the finished status the sequence must take, or None."""
         seq, params = sample.seq, sample.seq.sampling_params
         token = result.token_id
-        seq.append_token(token)
         if result.logprob is not None:
-            seq.cumulative_logprob += result.logprob
+            sample.cumulative_logprob += result.logprob
         sample.delta_token_ids.append(token)
         if sample.logprobs is not None:
             entry = self._logprob_entry(result)
@@ -86,7 +91,7 @@ class OutputProcessor:
             self._finish_text(sample)
             return SequenceStatus.FINISHED_STOPPED
         if may_stop and token in params.stop_token_ids:
-            seq.stop_reason = token
+            sample.stop_reason = token
             self._finish_text(sample)
             return SequenceStatus.FINISHED_STOPPED
 
@@ -95,7 +100,7 @@ class OutputProcessor:
             emitted, matched = sample.stop_matcher.feed(piece)
             self._emit(sample, emitted)
             if matched is not None:
-                seq.stop_reason = matched
+                sample.stop_reason = matched
                 return SequenceStatus.FINISHED_STOPPED
         else:
             self._emit(sample, piece)
@@ -152,9 +157,9 @@ class OutputProcessor:
                     text=sample.text,
                     token_ids=list(seq.output_token_ids),
                     finish_reason=seq.status.finish_reason,
-                    stop_reason=seq.stop_reason,
+                    stop_reason=sample.stop_reason,
                     logprobs=list(sample.logprobs) if sample.logprobs is not None else None,
-                    cumulative_logprob=seq.cumulative_logprob if sample.logprobs is not None else None,
+                    cumulative_logprob=sample.cumulative_logprob if sample.logprobs is not None else None,
                     delta_text=delta_text,
                     delta_token_ids=delta_ids,
                     delta_logprobs=delta_logprobs,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .errors import RequestValidationError
 
-class SamplingParamsError(ValueError):
-    """A sampling parameter is out of range; the message names it and the allowed range."""
+
+class SamplingParamsError(RequestValidationError):
+    """A sampling parameter is out of range; `param` names it, the message gives the range."""
 
 
 @dataclass
@@ -36,30 +38,31 @@ class SamplingParams:
         self.validate()
 
     def validate(self) -> None:
-        checks: list[tuple[bool, str]] = [
-            (self.n >= 1, f"n must be >= 1, got {self.n}"),
-            (0.0 <= self.temperature <= 2.0, f"temperature must be in [0, 2], got {self.temperature}"),
-            (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.top_k >= -1, f"top_k must be -1 (disabled) or >= 0, got {self.top_k}"),
-            (0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}"),
-            (-2.0 <= self.frequency_penalty <= 2.0,
+        checks: list[tuple[bool, str, str]] = [
+            (self.n >= 1, "n", f"n must be >= 1, got {self.n}"),
+            (0.0 <= self.temperature <= 2.0, "temperature",
+             f"temperature must be in [0, 2], got {self.temperature}"),
+            (0.0 < self.top_p <= 1.0, "top_p", f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.top_k >= -1, "top_k", f"top_k must be -1 (disabled) or >= 0, got {self.top_k}"),
+            (0.0 <= self.min_p <= 1.0, "min_p", f"min_p must be in [0, 1], got {self.min_p}"),
+            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty",
              f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
-            (-2.0 <= self.presence_penalty <= 2.0,
+            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty",
              f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
-            (0.0 < self.repetition_penalty <= 2.0,
+            (0.0 < self.repetition_penalty <= 2.0, "repetition_penalty",
              f"repetition_penalty must be in (0, 2], got {self.repetition_penalty}"),
-            (self.max_tokens is None or self.max_tokens >= 1,
+            (self.max_tokens is None or self.max_tokens >= 1, "max_tokens",
              f"max_tokens must be >= 1, got {self.max_tokens}"),
-            (self.min_tokens >= 0, f"min_tokens must be >= 0, got {self.min_tokens}"),
-            (self.max_tokens is None or self.min_tokens <= self.max_tokens,
+            (self.min_tokens >= 0, "min_tokens", f"min_tokens must be >= 0, got {self.min_tokens}"),
+            (self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",
              f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})"),
-            (self.logprobs is None or 0 <= self.logprobs <= 20,
+            (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs",
              f"logprobs must be in [0, 20], got {self.logprobs}"),
-            (all(s != "" for s in self.stop), "stop strings must not be empty"),
+            (all(s != "" for s in self.stop), "stop", "stop strings must not be empty"),
         ]
-        for ok, message in checks:
+        for ok, param, message in checks:
             if not ok:
-                raise SamplingParamsError(message)
+                raise SamplingParamsError(message, param=param)
 
     @property
     def greedy(self) -> bool:

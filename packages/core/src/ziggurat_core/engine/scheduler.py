@@ -8,6 +8,10 @@ Every step it picks, per sequence, how many new tokens to compute under a token 
 2. running prefills that were chunked, oldest first;
 3. waiting sequences in FCFS order, while budget, seats and blocks allow (skipped in a step that
    had to preempt, since blocks are short).
+
+A step is schedule -> run the model -> `postprocess`, and `postprocess` is the one place where a
+sequence gains its sampled token, finishes and has its blocks freed. The scheduler owns every
+`SequenceState` and its life cycle; the engine only reads them.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .block_manager import BlockManager, BlockManagerStats
 from .config import EngineConfig
-from .errors import DuplicateRequestError, PromptTooLongError, RequestValidationError
+from .errors import DuplicateRequestError, PromptTooLongError
 from .sequence import SequenceState, SequenceStatus
 
 
@@ -29,7 +34,7 @@ class ScheduledSequence:
 
     seq: SequenceState
     num_new_tokens: int
-    # Captured when scheduled, so `samples` stays right after on_step_done advances the sequence.
+    # Captured when scheduled, so `samples` stays right after postprocess advances the sequence.
     start_position: int = field(init=False)
     samples: bool = field(init=False)  # the chunk reaches the end of token_ids: sample a token
 
@@ -48,6 +53,11 @@ class SchedulerOutput:
     # Finished with FINISHED_LENGTH by the scheduler: the sequence outgrew the whole KV cache or
     # the context window. The engine must emit their final outputs.
     finished_by_scheduler: list[SequenceState] = field(default_factory=list)
+
+
+# Called by `postprocess` after a sequence gained a token: the finished status it must take now,
+# or None to keep generating.
+StopCheck = Callable[[SequenceState], SequenceStatus | None]
 
 
 @dataclass(frozen=True)
@@ -80,19 +90,11 @@ class Scheduler:
 
     # ----- admission control -----
 
-    def check_request(self, num_prompt_tokens: int, max_tokens: int | None = None) -> None:
-        """Raise if a prompt of this length can never be scheduled. Call before creating state.
+    def check_request(self, num_prompt_tokens: int) -> None:
+        """Raise if the KV cache or the token budget can never hold a prompt of this length.
 
-        `max_tokens` is not checked against the context window: generation stops at
-        `max_model_len` with finish reason "length"."""
-        if num_prompt_tokens < 1:
-            raise RequestValidationError("the prompt must contain at least one token", param="prompt")
-        if num_prompt_tokens > self.max_model_len:
-            raise PromptTooLongError(
-                f"the prompt has {num_prompt_tokens} tokens, more than the model's context "
-                f"length of {self.max_model_len} tokens",
-                param="prompt",
-            )
+        Call before creating state. The prompt itself (empty, longer than the context window,
+        token ids in the vocabulary) is checked once, where the request enters the engine."""
         bm = self.block_manager
         # The prompt plus the first generated token must fit in the cache at the same time.
         needed_blocks = bm.blocks_for_tokens(num_prompt_tokens + 1)
@@ -150,9 +152,18 @@ class Scheduler:
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
         return out
 
-    def on_step_done(self, output: SchedulerOutput) -> None:
-        """Advance the scheduled sequences past the tokens the step computed."""
+    def postprocess(
+        self,
+        output: SchedulerOutput,
+        sampled: Mapping[int, int],
+        check_stop: StopCheck | None = None,
+    ) -> list[SequenceState]:
+        """The step's post-processing: advance the scheduled sequences past the tokens the step
+        computed, append the token sampled for each whose chunk reached its end (`sampled`, by
+        seq_id), then finish (and free) those `check_stop` says are done. Returns the sequences
+        that gained a token."""
         released: list[SequenceState] = []
+        sampling: list[SequenceState] = []
         for item in output.scheduled:
             seq = item.seq
             if seq.status is not SequenceStatus.RUNNING:
@@ -161,7 +172,20 @@ class Scheduler:
             self.block_manager.mark_computed(seq)
             if seq.num_computed_tokens >= seq.num_prompt_tokens:
                 released.extend(self._held_siblings.pop(seq.request_id, []))
+            if item.samples:
+                sampling.append(seq)
         self._release_siblings(released)
+        grown: list[SequenceState] = []
+        for seq in sampling:
+            token = sampled.get(seq.seq_id)
+            if token is None:
+                continue
+            seq.append_token(token)
+            grown.append(seq)
+            status = check_stop(seq) if check_stop is not None else None
+            if status is not None:
+                self.finish_sequence(seq, status)
+        return grown
 
     def finish_sequence(self, seq: SequenceState, status: SequenceStatus) -> None:
         """Finish `seq` (stop / length / abort): frees its blocks. Already finished: no-op."""

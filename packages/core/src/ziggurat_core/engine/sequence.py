@@ -38,6 +38,7 @@ class SequenceStatus(enum.Enum):
 class SequenceState:
     """Token ids, KV-cache bookkeeping and status of one generated sample.
 
+    Owned by the scheduler: only it appends tokens, changes the status and frees the blocks.
     Invariant: the KV of `token_ids[:num_computed_tokens]` is in the cache. A step computes
     `token_ids[num_computed_tokens : num_computed_tokens + n]`; when that reaches the end of
     `token_ids` the step also samples the next token.
@@ -63,8 +64,6 @@ class SequenceState:
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache
         self.block_table: list[int] = []
         self.status = SequenceStatus.WAITING
-        self.stop_reason: str | int | None = None
-        self.cumulative_logprob = 0.0
         # Per-sequence sampler state (e.g. a seeded torch.Generator), owned by the sampler.
         self.sampler_state: Any = None
 

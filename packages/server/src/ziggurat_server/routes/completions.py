@@ -37,7 +37,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     state = server_state(request)
     engine = state.require_engine()
     check_model_name(body.model, engine.model_name)
-    params = completion_sampling_params(body, engine.model_config.vocab_size)
+    params = completion_sampling_params(body)
     if body.echo and body.logprobs is not None:
         raise bad_request("echo together with logprobs is not supported (the engine does not "
                           "compute prompt logprobs)", param="echo")
