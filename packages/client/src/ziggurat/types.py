@@ -5,6 +5,7 @@ The response models are the very classes the server builds its bodies from
 """
 
 from ziggurat_core.protocol import (
+    AcceleratorDevice,
     ChatChoiceLogprobs,
     ChatCompletion,
     ChatCompletionChoice,
@@ -21,12 +22,14 @@ from ziggurat_core.protocol import (
     CompletionChoice,
     CompletionLogprobs,
     DetokenizeResponse,
+    EngineCounters,
     EngineInfo,
     ErrorDetail,
     ErrorResponse,
     FunctionCall,
     GpuInfo,
     HealthStatus,
+    HostCpu,
     Model,
     ModelList,
     ResolvedEngineSettings,
@@ -51,6 +54,7 @@ from ._params import (
 )
 
 __all__ = [
+    "AcceleratorDevice",
     "ChatChoiceLogprobs",
     "ChatCompletion",
     "ChatCompletionChoice",
@@ -71,12 +75,14 @@ __all__ = [
     "CompletionLogprobs",
     "CompletionParams",
     "DetokenizeResponse",
+    "EngineCounters",
     "EngineInfo",
     "ErrorDetail",
     "ErrorResponse",
     "FunctionCall",
     "GpuInfo",
     "HealthStatus",
+    "HostCpu",
     "MessageParam",
     "Model",
     "ModelList",

@@ -35,9 +35,12 @@ from .completions import Completion, CompletionChoice, CompletionRequest
 from .errors import ErrorDetail, ErrorResponse
 from .models import Model, ModelList
 from .server import (
+    AcceleratorDevice,
+    EngineCounters,
     EngineInfo,
     GpuInfo,
     HealthStatus,
+    HostCpu,
     ResolvedEngineSettings,
     ServerInfo,
     ServerMemory,
@@ -45,6 +48,7 @@ from .server import (
 from .tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 __all__ = [
+    "AcceleratorDevice",
     "ChatChoiceLogprobs",
     "ChatCompletion",
     "ChatCompletionChoice",
@@ -64,6 +68,7 @@ __all__ = [
     "CompletionRequest",
     "DetokenizeRequest",
     "DetokenizeResponse",
+    "EngineCounters",
     "EngineInfo",
     "ErrorDetail",
     "ErrorResponse",
@@ -71,6 +76,7 @@ __all__ = [
     "FunctionCall",
     "GpuInfo",
     "HealthStatus",
+    "HostCpu",
     "Model",
     "ModelList",
     "RequestModel",

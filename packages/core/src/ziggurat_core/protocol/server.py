@@ -39,11 +39,33 @@ class ResolvedEngineSettings(ResponseModel):
     cpu_isa: str | None = None  # the CPU kernel variant: avx512vnni, avx2, neon, scalar
 
 
+class EngineCounters(ResponseModel):
+    """Live scheduler and KV-cache counters (every field optional: other servers differ)."""
+
+    running: int | None = None  # sequences being decoded
+    waiting: int | None = None  # sequences waiting for a slot
+    kv_blocks_total: int | None = None
+    kv_blocks_used: int | None = None
+    kv_usage: float | None = None  # fraction of KV blocks in use
+    kv_waste: float | None = None  # fraction of the used blocks' slots holding no token
+    kv_cache_bytes: int | None = None
+    block_size: int | None = None
+    prefix_cache_hit_rate: float | None = None
+    peak_kv_usage: float | None = None
+    peak_kv_waste: float | None = None
+    prompt_tokens: int | None = None
+    generation_tokens: int | None = None
+    steps: int | None = None
+    preemptions: int | None = None
+    uptime_s: float | None = None
+    errored: bool | None = None  # the engine's serving loop died
+
+
 class EngineInfo(ResponseModel):
     config: dict[str, Any] = Field(default_factory=dict)  # the engine settings as given
     resolved: ResolvedEngineSettings = Field(default_factory=ResolvedEngineSettings)
     max_model_len: int | None = None
-    stats: dict[str, Any] = Field(default_factory=dict)  # live scheduler and cache counters
+    stats: EngineCounters = Field(default_factory=EngineCounters)
 
 
 class ServerInfo(ResponseModel):
@@ -55,8 +77,27 @@ class ServerInfo(ResponseModel):
     server: dict[str, Any] | None = None  # the server's settings, API key masked
 
 
+class AcceleratorDevice(ResponseModel):
+    id: int | None = None
+    name: str | None = None
+    total_memory: int | None = None  # bytes
+    free_memory: int | None = None  # bytes
+    compute_capability: str | None = None
+    driver_version: str | None = None
+    cuda_version: str | None = None
+
+
+class HostCpu(ResponseModel):
+    name: str | None = None
+    architecture: str | None = None
+    cores: int | None = None
+    torch_threads: int | None = None
+    total_memory: int | None = None  # bytes
+    available_memory: int | None = None  # bytes
+
+
 class GpuInfo(ResponseModel):
     """The host's hardware as the engine reports it; `devices` is empty without a GPU."""
 
-    devices: list[dict[str, Any]] = Field(default_factory=list)
-    cpu: dict[str, Any] | None = None
+    devices: list[AcceleratorDevice] = Field(default_factory=list)
+    cpu: HostCpu | None = None

@@ -8,8 +8,11 @@ import time
 from fastapi import APIRouter, Request
 from ziggurat_core.engine.reports import DeviceInfo, EngineStats
 from ziggurat_core.protocol import (
+    AcceleratorDevice,
+    EngineCounters,
     EngineInfo,
     GpuInfo,
+    HostCpu,
     ResolvedEngineSettings,
     ServerInfo,
     ServerMemory,
@@ -55,7 +58,7 @@ async def server_info(request: Request) -> ModelResponse:
             # What "auto" settings resolved to.
             resolved=ResolvedEngineSettings(**dataclasses.asdict(resolved)),
             max_model_len=engine.max_model_len,
-            stats=dataclasses.asdict(stats),
+            stats=EngineCounters(**dataclasses.asdict(stats)),
         ),
         server=state.settings.public_dict(),
     ))
@@ -64,5 +67,7 @@ async def server_info(request: Request) -> ModelResponse:
 @router.get("/v1/gpu/info")
 async def gpu_info(request: Request) -> ModelResponse:
     info = server_state(request).require_engine().device_info()
-    return ModelResponse(GpuInfo(devices=[dataclasses.asdict(device) for device in info.devices],
-                                 cpu=dataclasses.asdict(info.cpu)))
+    return ModelResponse(GpuInfo(
+        devices=[AcceleratorDevice(**dataclasses.asdict(device)) for device in info.devices],
+        cpu=HostCpu(**dataclasses.asdict(info.cpu)),
+    ))
