@@ -1,5 +1,5 @@
-"""Fused entry points for the decode step (`csrc/decode_fused.c`): one C call where the unfused
-path takes several, each the exact composition of the kernels it replaces."""
+"""RoPE and the KV-cache write in one call for the attention layers (`csrc/decode_fused.c`; the
+fused int8 linear layer of the same file is `Int8Gemm.bind`)."""
 
 from __future__ import annotations
 
@@ -8,97 +8,15 @@ import ctypes
 import torch
 
 from .build import KernelError, check_float_vectors, library_wrapper
-from .int8_gemm import PackedInt8Weight
-
-
-class BoundInt8Linear:
-    """One int8 linear layer bound to `int8_linear_f32`: float32 x [M, K] -> float32 [M, N] =
-    int8_gemm(quantize(x * inv_smoothing), W) with the weight's scales and bias, the same bits
-    as `Int8RowKernels.quantize` followed by `Int8Gemm`.
-
-    The weight-side tensors are checked once here and their addresses kept: a decode step calls
-    every layer's projections once, and checking them again each time was a large share of it.
-    The instance holds references to them, so the addresses stay valid."""
-
-    def __init__(
-        self,
-        fn: ctypes._CFuncPtr,  # type: ignore[name-defined]
-        weight: PackedInt8Weight,
-        col_scale: torch.Tensor,
-        bias: torch.Tensor | None,
-        inv_smoothing: torch.Tensor | None,
-    ) -> None:
-        n, k = weight.out_features, weight.in_features
-        check_float_vectors(
-            "int8 linear",
-            (("col_scale", col_scale, n), ("bias", bias, n), ("inv_smoothing", inv_smoothing, k)),
-        )
-        self.in_features, self.out_features = k, n
-        self._tensors = (weight.packed, weight.offset, col_scale, bias, inv_smoothing)
-        self._fn = fn
-        self._inv_smoothing = None if inv_smoothing is None else inv_smoothing.data_ptr()
-        self._packed = weight.packed.data_ptr()
-        self._offset = weight.offset.data_ptr()
-        self._col_scale = col_scale.data_ptr()
-        self._bias = None if bias is None else bias.data_ptr()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x: 2-D float32 CPU tensor [M, in_features] with contiguous rows (any row stride)."""
-        if (
-            x.dtype != torch.float32
-            or x.dim() != 2
-            or x.shape[1] != self.in_features
-            or x.stride(1) != 1
-            or x.device.type != "cpu"
-        ):
-            raise KernelError(
-                f"int8 linear: x must be float32 [M, {self.in_features}] on CPU with contiguous "
-                f"rows, got {x.dtype} {tuple(x.shape)}"
-            )
-        rows = x.shape[0]
-        out = torch.empty((rows, self.out_features), dtype=torch.float32)
-        if rows == 0:
-            return out
-        status = self._fn(
-            x.data_ptr(),
-            rows,
-            self.in_features,
-            x.stride(0),
-            self._inv_smoothing,
-            self.out_features,
-            self._packed,
-            self._offset,
-            self._col_scale,
-            self._bias,
-            out.data_ptr(),
-            torch.get_num_threads(),
-        )
-        if status != 0:
-            raise KernelError(f"int8 linear: the kernel failed (status {status})")
-        return out
 
 
 class DecodeFusedKernels:
     def __init__(self, library: ctypes.CDLL) -> None:
         p, i64 = ctypes.c_void_p, ctypes.c_int64
-        fn = library.int8_linear_f32
-        fn.restype = ctypes.c_int
-        fn.argtypes = [p, i64, i64, i64, p, i64, p, p, p, p, p, ctypes.c_int]
-        self._int8_linear = fn
         rope = library.rope_write_kv_f32
         rope.restype = ctypes.c_int
         rope.argtypes = [p, i64, i64, i64, i64, i64, p, p, p, p, p, p, ctypes.c_int, ctypes.c_int]
         self._rope_write_kv = rope
-
-    def int8_linear(
-        self,
-        weight: PackedInt8Weight,
-        col_scale: torch.Tensor,  # [N] float32
-        bias: torch.Tensor | None,  # [N] float32
-        inv_smoothing: torch.Tensor | None,  # [K] float32
-    ) -> BoundInt8Linear:
-        """The fused quantize + int8 GEMM for this weight (see `BoundInt8Linear`)."""
-        return BoundInt8Linear(self._int8_linear, weight, col_scale, bias, inv_smoothing)
 
     def rope_write_kv(
         self,

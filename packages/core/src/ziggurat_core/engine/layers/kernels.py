@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from ..cpu_kernels import (
-    DecodeFusedKernels,
     ElementwiseKernels,
     Int8Gemm,
     Int8RowKernels,
-    load_decode_fused_kernels,
     load_elementwise_kernels,
     load_int8_gemm,
     load_int8_row_kernels,
@@ -33,8 +31,3 @@ def int8_gemm() -> Int8Gemm | None:
         _loaded["int8_gemm"] = load_int8_gemm()
     return _loaded["int8_gemm"]  # type: ignore[return-value]
 
-
-def decode_fused_kernels() -> DecodeFusedKernels | None:
-    if "decode_fused" not in _loaded:
-        _loaded["decode_fused"] = load_decode_fused_kernels()
-    return _loaded["decode_fused"]  # type: ignore[return-value]

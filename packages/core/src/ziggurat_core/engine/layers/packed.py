@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..cpu_kernels import BoundInt8Linear, Int8Gemm, Int8RowKernels, PackedInt8Weight
-from .kernels import decode_fused_kernels, int8_gemm, int8_row_kernels
+from .kernels import int8_gemm, int8_row_kernels
 
 # int8 range used on both sides: symmetric, so -128 is never produced.
 _INT8_MAX = 127.0
@@ -70,12 +70,9 @@ class Int8Weight:
         self.packed_weight = None if gemm is None else PackedInt8Weight(rows)
         # Quantize + GEMM in one C call with the weight side checked once: the path of every
         # row count the C kernel takes (all of a decode step).
-        fused = decode_fused_kernels() if self.packed_weight is not None else None
         self.fused: BoundInt8Linear | None = None
-        if fused is not None and self.packed_weight is not None:
-            self.fused = fused.int8_linear(
-                self.packed_weight, self.scale, self.bias, self.inv_smoothing
-            )
+        if gemm is not None and self.packed_weight is not None:
+            self.fused = gemm.bind(self.packed_weight, self.scale, self.bias, self.inv_smoothing)
         # The rows from which `_int_mm` takes over; None: never (the kernel takes them all).
         self.int_mm_min_rows: int | None = 0 if gemm is None else INT_MM_MIN_ROWS.get(gemm.isa)
         # [in, out] as a transposed view: _int_mm reads it as fast as a contiguous copy. Held
