@@ -30,4 +30,3 @@ def int8_gemm() -> Int8Gemm | None:
     if "int8_gemm" not in _loaded:
         _loaded["int8_gemm"] = load_int8_gemm()
     return _loaded["int8_gemm"]  # type: ignore[return-value]
-
