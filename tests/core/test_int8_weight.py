@@ -20,6 +20,7 @@ from int8_helpers import (
     scales_and_bias,
 )
 from ziggurat_core.engine.cpu_kernels import (
+    BoundInt8Linear,
     Int8Gemm,
     Int8RowKernels,
     KernelError,
@@ -137,16 +138,22 @@ def test_dequantize_scales_int32_in_place_with_the_gemm_epilogue(
 def _count_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     calls = {"kernel": 0, "int_mm": 0}
     real_gemm, real_int_mm = Int8Gemm.__call__, torch._int_mm
+    real_linear = BoundInt8Linear.__call__
 
     def counting_gemm(self: Int8Gemm, *args: object) -> torch.Tensor:
         calls["kernel"] += 1
         return real_gemm(self, *args)  # type: ignore[arg-type]
+
+    def counting_linear(self: BoundInt8Linear, x: torch.Tensor) -> torch.Tensor:
+        calls["kernel"] += 1  # quantize + the same GEMM in one C call
+        return real_linear(self, x)
 
     def counting_int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         calls["int_mm"] += 1
         return real_int_mm(a, b)
 
     monkeypatch.setattr(Int8Gemm, "__call__", counting_gemm)
+    monkeypatch.setattr(BoundInt8Linear, "__call__", counting_linear)
     monkeypatch.setattr(torch, "_int_mm", counting_int_mm)
     return calls
 
@@ -174,6 +181,7 @@ def test_int8_weight_runs_the_kernel_of_its_variant_and_int_mm_only_above_the_vn
     layer = Int8Weight(weight, bias, smoothing)
     threshold = INT_MM_MIN_ROWS.get(gemm.isa)
     assert layer.packed_weight is not None
+    assert layer.fused is not None and layer.fused.isa == gemm.isa
     # Only the layout that runs is held.
     assert (layer.qweight is None) == (threshold is None)
     x = torch.randn(300, k, generator=gen) * (10 ** torch.linspace(-2, 2, 300))[:, None]

@@ -94,3 +94,19 @@ class AttentionBackend(ABC):
     ) -> torch.Tensor:
         """Write the new keys/values into the cache, then attend causally over each sequence's
         whole context (cached prefix + new tokens). Returns [num_tokens, num_heads, head_dim]."""
+
+    def forward_fused_qkv(
+        self,
+        qkv: torch.Tensor,  # [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim]
+        cos: torch.Tensor,  # as `RotaryEmbedding.cos_sin` returns them
+        sin: torch.Tensor,
+        num_heads: int,
+        kv_cache: torch.Tensor,
+        metadata: Any,
+        scale: float,
+    ) -> torch.Tensor | None:
+        """`forward` from a fused QKV projection's output, the query and key heads rotated
+        (`layers/rotary.apply_rotary`) on the way, where the backend does that in fewer passes
+        than rotating, splitting and storing one by one; None where it does not (the caller
+        then rotates and calls `forward`). The result is the same bits either way."""
+        return None

@@ -35,7 +35,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..cpu_kernels import PagedAttentionKernel, load_paged_attention_kernel
+from ..cpu_kernels import (
+    DecodeFusedKernels,
+    PagedAttentionKernel,
+    load_decode_fused_kernels,
+    load_paged_attention_kernel,
+)
 from .base import AttentionBackend, AttentionLayoutError, StepLayout
 from .torch_metadata import (
     DecodeBatch,
@@ -120,6 +125,8 @@ class PortableAttentionBackend(AttentionBackend):
         # first CPU decode.
         self.use_decode_kernel = decode_kernel
         self._kernel: PagedAttentionKernel | None = None
+        # RoPE + cache write in one call (`forward_fused_qkv`), loaded with the kernel.
+        self._fused: DecodeFusedKernels | None = None
         self._kernel_loaded = False
 
     # ---- per step ----
@@ -226,6 +233,45 @@ class PortableAttentionBackend(AttentionBackend):
                 )
         return out
 
+    def forward_fused_qkv(
+        self,
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        num_heads: int,
+        kv_cache: torch.Tensor,
+        metadata: PortableAttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor | None:
+        """On the C kernel path: RoPE of the query and key heads and the cache write in one
+        call, then the paged attention call (a step's Python per layer is a large share of a
+        single-stream decode step)."""
+        kernel = self._decode_kernel(qkv, kv_cache)
+        fused = self._fused
+        if (
+            kernel is None
+            or fused is None
+            or qkv.dim() != 2
+            or qkv.stride(1) != 1
+            or cos.dtype != torch.float32
+            or sin.dtype != torch.float32
+            or not cos.is_contiguous()
+            or not sin.is_contiguous()
+        ):
+            return None
+        num_kv_heads = kv_cache.shape[3]
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+        if qkv.shape[0] != metadata.num_tokens:
+            raise ValueError(f"qkv has {qkv.shape[0]} tokens, the step layout {metadata.num_tokens}")
+        if kv_cache.shape[2] != metadata.block_size:
+            raise ValueError(f"kv_cache blocks of {kv_cache.shape[2]}, the step layout {metadata.block_size}")
+        query = fused.rope_write_kv(qkv, num_heads, cos, sin, metadata.slot_mapping, kv_cache)
+        out = torch.empty_like(query)
+        tables, lens, rows = metadata.kernel_rows()
+        kernel(query, kv_cache, tables, lens, rows, out, scale)
+        return out
+
     def _decode_kernel(self, query: torch.Tensor, kv_cache: torch.Tensor) -> PagedAttentionKernel | None:
         """The C kernel for a float32 query over a float32 or (where the build has it) float16
         CPU cache; None for the torch path."""
@@ -235,6 +281,7 @@ class PortableAttentionBackend(AttentionBackend):
             return None
         if not self._kernel_loaded:
             self._kernel = load_paged_attention_kernel()
+            self._fused = load_decode_fused_kernels()
             self._kernel_loaded = True
         if self._kernel is None or kv_cache.dtype not in self._kernel.cache_dtypes:
             return None

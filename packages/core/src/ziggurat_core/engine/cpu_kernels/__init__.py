@@ -1,14 +1,17 @@
 """C kernels for the CPU hot paths torch ops cover poorly, compiled on first use (`build.py`)."""
 
 from .build import ISAS, CpuIsaError, KernelError, cpu_isa, load_cpu_library, native_isa
+from .decode_fused import DecodeFusedKernels, load_decode_fused_kernels
 from .elementwise import ElementwiseKernels, load_elementwise_kernels
-from .int8_gemm import Int8Gemm, PackedInt8Weight, load_int8_gemm
+from .int8_gemm import BoundInt8Linear, Int8Gemm, PackedInt8Weight, load_int8_gemm
 from .int8_rows import Int8RowKernels, load_int8_row_kernels
 from .paged_decode import PagedAttentionKernel, load_paged_attention_kernel
 
 __all__ = [
     "ISAS",
+    "BoundInt8Linear",
     "CpuIsaError",
+    "DecodeFusedKernels",
     "ElementwiseKernels",
     "Int8Gemm",
     "Int8RowKernels",
@@ -17,6 +20,7 @@ __all__ = [
     "PagedAttentionKernel",
     "cpu_isa",
     "load_cpu_library",
+    "load_decode_fused_kernels",
     "load_elementwise_kernels",
     "load_int8_gemm",
     "load_int8_row_kernels",

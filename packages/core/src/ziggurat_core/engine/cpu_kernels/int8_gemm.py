@@ -69,6 +69,75 @@ _ARGTYPES: list[Any] = [
 ]
 
 
+class BoundInt8Linear:
+    """One int8 linear layer bound to `int8_linear_f32` (`csrc/decode_fused.c`): float32 x [M, K] -> float32 [M, N] =
+    int8_gemm(quantize(x * inv_smoothing), W) with the weight's scales and bias, the same bits
+    as `Int8RowKernels.quantize` followed by `Int8Gemm`.
+
+    The weight-side tensors are checked once here and their addresses kept: a decode step calls
+    every layer's projections once, and checking them again each time was a large share of it.
+    The instance holds references to them, so the addresses stay valid."""
+
+    def __init__(
+        self,
+        fn: Any,  # the library's int8_linear_f32
+        isa: str,
+        weight: PackedInt8Weight,
+        col_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        inv_smoothing: torch.Tensor | None,
+    ) -> None:
+        n, k = weight.out_features, weight.in_features
+        check_float_vectors(
+            "int8 linear",
+            (("col_scale", col_scale, n), ("bias", bias, n), ("inv_smoothing", inv_smoothing, k)),
+        )
+        self.in_features, self.out_features = k, n
+        self.isa = isa  # the variant of the library `fn` belongs to
+        self._tensors = (weight.packed, weight.offset, col_scale, bias, inv_smoothing)
+        self._fn = fn
+        self._inv_smoothing = None if inv_smoothing is None else inv_smoothing.data_ptr()
+        self._packed = weight.packed.data_ptr()
+        self._offset = weight.offset.data_ptr()
+        self._col_scale = col_scale.data_ptr()
+        self._bias = None if bias is None else bias.data_ptr()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: 2-D float32 CPU tensor [M, in_features] with contiguous rows (any row stride)."""
+        if (
+            x.dtype != torch.float32
+            or x.dim() != 2
+            or x.shape[1] != self.in_features
+            or x.stride(1) != 1
+            or x.device.type != "cpu"
+        ):
+            raise KernelError(
+                f"int8 linear: x must be float32 [M, {self.in_features}] on CPU with contiguous "
+                f"rows, got {x.dtype} {tuple(x.shape)}"
+            )
+        rows = x.shape[0]
+        out = torch.empty((rows, self.out_features), dtype=torch.float32)
+        if rows == 0:
+            return out
+        status = self._fn(
+            x.data_ptr(),
+            rows,
+            self.in_features,
+            x.stride(0),
+            self._inv_smoothing,
+            self.out_features,
+            self._packed,
+            self._offset,
+            self._col_scale,
+            self._bias,
+            out.data_ptr(),
+            torch.get_num_threads(),
+        )
+        if status != 0:
+            raise KernelError(f"int8 linear: the kernel failed (status {status})")
+        return out
+
+
 class Int8Gemm:
     """`int8_gemm` of the loaded library. `input_offset` 0: it takes signed int8 activations;
     128: activations + 128 as uint8 (`Int8RowKernels.quantize(unsigned=True)` makes them)."""
@@ -89,6 +158,21 @@ class Int8Gemm:
         reference.argtypes = [arg for i, arg in enumerate(_ARGTYPES) if i != 6]
         self._fn = fn
         self._reference = reference
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        linear = library.int8_linear_f32
+        linear.restype = ctypes.c_int
+        linear.argtypes = [p, i64, i64, i64, p, i64, p, p, p, p, p, ctypes.c_int]
+        self._linear = linear
+
+    def bind(
+        self,
+        weight: PackedInt8Weight,
+        col_scale: torch.Tensor,  # [N] float32
+        bias: torch.Tensor | None,  # [N] float32
+        inv_smoothing: torch.Tensor | None,  # [K] float32
+    ) -> BoundInt8Linear:
+        """This library's quantize + GEMM in one call for one weight (see `BoundInt8Linear`)."""
+        return BoundInt8Linear(self._linear, self.isa, weight, col_scale, bias, inv_smoothing)
 
     def __call__(
         self,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..cpu_kernels import Int8Gemm, Int8RowKernels, PackedInt8Weight
+from ..cpu_kernels import BoundInt8Linear, Int8Gemm, Int8RowKernels, PackedInt8Weight
 from .kernels import int8_gemm, int8_row_kernels
 
 # int8 range used on both sides: symmetric, so -128 is never produced.
@@ -68,6 +68,11 @@ class Int8Weight:
         self.out_dtype = weight.dtype
         gemm = int8_gemm()
         self.packed_weight = None if gemm is None else PackedInt8Weight(rows)
+        # Quantize + GEMM in one C call with the weight side checked once: the path of every
+        # row count the C kernel takes (all of a decode step).
+        self.fused: BoundInt8Linear | None = None
+        if gemm is not None and self.packed_weight is not None:
+            self.fused = gemm.bind(self.packed_weight, self.scale, self.bias, self.inv_smoothing)
         # The rows from which `_int_mm` takes over; None: never (the kernel takes them all).
         self.int_mm_min_rows: int | None = 0 if gemm is None else INT_MM_MIN_ROWS.get(gemm.isa)
         # [in, out] as a transposed view: _int_mm reads it as fast as a contiguous copy. Held
@@ -75,6 +80,16 @@ class Int8Weight:
         self.qweight: torch.Tensor | None = None if self.int_mm_min_rows is None else rows.t()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.fused
+        if (
+            fused is not None
+            and x.dtype == torch.float32
+            and x.stride(-1) == 1
+            and x.device.type == "cpu"
+            and (self.int_mm_min_rows is None or x.shape[0] < self.int_mm_min_rows)
+        ):
+            out = fused(x)
+            return out if self.out_dtype == torch.float32 else out.to(self.out_dtype)
         kernels, gemm = int8_row_kernels(), int8_gemm()
         if (
             kernels is not None

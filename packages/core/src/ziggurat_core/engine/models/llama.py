@@ -49,11 +49,15 @@ class LlamaAttention(nn.Module):
     ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = apply_rotary(q.view(num_tokens, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rotary(k.view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        out = attn_backend.forward(q, k, v, kv_cache, attn_metadata, self.scale)
+        out = attn_backend.forward_fused_qkv(
+            qkv, cos, sin, self.num_heads, kv_cache, attn_metadata, self.scale
+        )
+        if out is None:
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = apply_rotary(q.view(num_tokens, self.num_heads, self.head_dim), cos, sin)
+            k = apply_rotary(k.view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin)
+            v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+            out = attn_backend.forward(q, k, v, kv_cache, attn_metadata, self.scale)
         return self.o_proj(out.reshape(num_tokens, self.q_size))
 
 
