@@ -31,8 +31,8 @@ class PackedInt8Weight:
         if (tiles * _TILE_OUTPUTS, groups * _GROUP_INPUTS) != (n, k):
             padded = torch.zeros((tiles * _TILE_OUTPUTS, groups * _GROUP_INPUTS), dtype=torch.int8)
             padded[:n, :k] = qweight
-        # Groups of 4 consecutive inputs move together: permute them as int32 (8x faster than
-        # moving single bytes), then look at the result as bytes again.
+        # Groups of 4 consecutive inputs move together: permute them as int32 (one element per
+        # group instead of four single bytes), then look at the result as bytes again.
         words = padded.view(torch.int32).reshape(tiles, _TILE_OUTPUTS, groups)
         # (flatten: a size-1 dimension may keep an odd stride, which `view` refuses)
         self.packed = (
