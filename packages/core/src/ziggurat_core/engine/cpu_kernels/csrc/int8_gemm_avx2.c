@@ -80,6 +80,11 @@ static inline __attribute__((always_inline)) void row_tile(
     for (int r = 0; r < R; r++) xr[r] = x + (m0 + (r < rows ? r : rows - 1)) * K;
     const int8_t *w[2];
     for (int t = 0; t < TILES; t++) w[t] = packed + (tile + t) * groups * 64;
+    /* The output lines this tile writes, fetched for writing while the sum runs: with a wide N
+     * each row's line is in a page of its own, and a store waiting for one would stall. */
+    for (int r = 0; r < rows; r++)
+        for (int t = 0; t < TILES; t++)
+            __builtin_prefetch(out + (m0 + r) * N + (tile + t) * 16, 1 /* write */, 3);
     __m256i acc[ROWS][4];
     for (int r = 0; r < R; r++)
         for (int h = 0; h < 2 * TILES; h++) acc[r][h] = _mm256_setzero_si256();
