@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,3 +38,15 @@ def tiny_llama(tiny_model_factory: TinyModelFactory) -> TinyModel:
 def tiny_qwen2(tiny_model_factory: TinyModelFactory) -> TinyModel:
     """Qwen2, GQA 4/2 heads, q/k/v biases, tied embeddings, F32 GGUF + HF folder."""
     return tiny_model_factory("qwen2")
+
+
+@pytest.fixture(scope="session")
+def cpu_kernels() -> None:
+    """For tests of behaviour that exists only with the C kernels loaded (a kernel's own output,
+    int8 chosen by quantization="auto", a forced ZIGGURAT_CPU_ISA). Skips, saying why, where the
+    kernels are turned off or cannot be built; a compiler that is present but fails to build
+    them is not skipped here, so the test that loads them fails."""
+    if os.environ.get("ZIGGURAT_CPU_KERNELS", "1") == "0":
+        pytest.skip("the CPU kernels are turned off (ZIGGURAT_CPU_KERNELS=0)")
+    if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler on this machine: the CPU kernels cannot be built")

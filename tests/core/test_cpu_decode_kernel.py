@@ -18,7 +18,6 @@ import platform
 import random
 import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,14 +189,10 @@ class CountingKernel:
 
 
 @pytest.fixture(scope="module")
-def kernel() -> Iterator[PagedAttentionKernel]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("ZIGGURAT_CPU_KERNELS", raising=False)
-        if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
-            pytest.skip("no C compiler on this machine")
-        loaded = load_paged_attention_kernel()
-        assert loaded is not None, "a C compiler is present but the kernel did not build"
-        yield loaded
+def kernel(cpu_kernels: None) -> PagedAttentionKernel:
+    loaded = load_paged_attention_kernel()
+    assert loaded is not None, "a C compiler is present but the kernel did not build"
+    return loaded
 
 
 def skip_without_half(kernel: PagedAttentionKernel, cache_dtype: torch.dtype) -> None:

@@ -75,6 +75,7 @@ def test_without_the_kernels_auto_runs_float32(
 
 
 def test_the_load_log_and_device_info_name_the_forced_variant(
+    cpu_kernels: None,
     tiny_model_factory: TinyFactory,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -105,6 +106,7 @@ def test_the_load_log_and_device_info_name_the_forced_variant(
     ],
 )
 def test_an_unrunnable_cpu_isa_stops_the_engine_at_start(
+    cpu_kernels: None,
     tiny_model_factory: TinyFactory, monkeypatch: pytest.MonkeyPatch, value: str, message: str
 ) -> None:
     monkeypatch.setenv("ZIGGURAT_CPU_ISA", value)

@@ -58,7 +58,7 @@ def _greedy_tokens(isa: str) -> list[list[int]]:
 @pytest.mark.skipif(
     len(_SIMD_ISAS) < 2, reason=f"one SIMD variant at most runs here: {_SIMD_ISAS or 'none'}"
 )
-def test_greedy_output_is_identical_with_every_simd_variant() -> None:
+def test_greedy_output_is_identical_with_every_simd_variant(cpu_kernels: None) -> None:
     outputs = {isa: _greedy_tokens(isa) for isa in _SIMD_ISAS}
     best, *others = _SIMD_ISAS
     assert all(len(tokens) == 40 for tokens in outputs[best])

@@ -384,7 +384,11 @@ def test_resolve_quantization(tiny_model_factory) -> None:
     assert resolve_quantization("none", quantised, cpu, "avx512vnni") == "none"
 
 
-def test_auto_engine_on_a_quantised_gguf_runs_int8(tiny_model_factory) -> None:
+def test_auto_engine_on_a_quantised_gguf_runs_int8(
+    cpu_kernels: None, tiny_model_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The decision with this CPU's own variant: a forced scalar one has no int8 GEMM to pick.
+    monkeypatch.delenv("ZIGGURAT_CPU_ISA", raising=False)
     tiny: TinyModel = tiny_model_factory("qwen2", "Q8_0")
     engine = InferenceEngine(
         EngineConfig(model=str(tiny.gguf_path), num_kv_blocks=64, block_size=4)
@@ -519,8 +523,12 @@ def _smollm2(**overrides: str) -> InferenceEngine:
 
 
 @pytest.fixture(scope="module")
-def smollm2_default() -> InferenceEngine:
-    return _smollm2()
+def smollm2_default(cpu_kernels: None) -> InferenceEngine:
+    # The default engine as it runs here: the kernels on in this CPU's own variant, so that
+    # quantization="auto" resolves to int8 (a forced scalar variant has no int8 GEMM to pick).
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("ZIGGURAT_CPU_ISA", raising=False)
+        return _smollm2()
 
 
 @pytest.fixture(scope="module")

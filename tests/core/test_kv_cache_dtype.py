@@ -135,6 +135,8 @@ def test_auto_is_float16_under_int8_and_the_run_dtype_otherwise(run_dtype: torch
     ids=["f32-gguf", "q8-gguf", "q8-gguf-float", "q8-gguf-f32-kv", "f16-kv", "bf16-kv"],
 )
 def test_engine_allocates_and_reports_the_resolved_kv_cache_dtype(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
     tiny_model_factory: TinyModelFactory,
     caplog: pytest.LogCaptureFixture,
     quant: str | None,
@@ -143,6 +145,9 @@ def test_engine_allocates_and_reports_the_resolved_kv_cache_dtype(
     linear: str,
     expected: torch.dtype,
 ) -> None:
+    if linear == "int8":  # auto picks int8 only with the kernels loaded, in a SIMD variant
+        request.getfixturevalue("cpu_kernels")
+        monkeypatch.delenv("ZIGGURAT_CPU_ISA", raising=False)
     tiny = tiny_model_factory("llama", quant)
     caplog.set_level(logging.INFO, logger="ziggurat.engine")
     config = EngineConfig(
@@ -308,12 +313,13 @@ def test_float16_cache_under_chunked_prefill_prefix_caching_and_preemption(
 
 
 def test_int8_engine_on_float16_cache_under_chunking_prefix_caching_and_preemption(
-    tiny_model_factory: TinyModelFactory,
+    cpu_kernels: None, tiny_model_factory: TinyModelFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same pressure on the int8 engine (a Q8_0 GGUF, float16 cache by default): every
     request completes and every block comes back. Its tokens are not compared with the roomy
     engine's: per-token int8 activations re-round under any change of float32 rounding, and on
     this tiny model that flips near-ties (top-2 logit margins of ~1e-3) with a float32 cache too."""
+    monkeypatch.delenv("ZIGGURAT_CPU_ISA", raising=False)  # auto picks int8 in a SIMD variant
     tiny = tiny_model_factory("llama", "Q8_0")
     prompts = shared_prefix_prompts(tiny.config.vocab_size, seed=3)
     engine = InferenceEngine(
@@ -347,8 +353,12 @@ _TEXT = (
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> InferenceEngine:
-    return InferenceEngine(EngineConfig(model="default", max_num_seqs=4, max_model_len=1024))
+def smollm2(cpu_kernels: None) -> InferenceEngine:
+    # The default engine as it runs here: the kernels on in this CPU's own variant, so that
+    # quantization="auto" resolves to int8 and the KV cache to float16.
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("ZIGGURAT_CPU_ISA", raising=False)
+        return InferenceEngine(EngineConfig(model="default", max_num_seqs=4, max_model_len=1024))
 
 
 @pytest.mark.slow
