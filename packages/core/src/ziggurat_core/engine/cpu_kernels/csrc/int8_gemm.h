@@ -23,6 +23,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* An empty asm that claims to change v: the optimiser cannot see through it, so a build that
  * allows reassociation (-ffast-math) cannot regroup acc * (row_scale * col_scale) into
@@ -44,6 +45,17 @@ static inline float int8_gemm_epilogue(int32_t acc, float row_scale, float col_s
     float scale = row_scale * col_scale;
     INT8_GEMM_OPAQUE(scale);
     return bias_n != NULL ? fmaf((float)acc, scale, *bias_n) : (float)acc * scale;
+}
+
+/* The 4 activation bytes of group g of a row, as one int32 to broadcast; past K (the last group
+ * of a K that is not a multiple of 4) zero, without reading past the row: the packed weights
+ * there are zero anyway. */
+static inline __attribute__((always_inline)) int32_t int8_gemm_group(const void *row, int64_t g,
+                                                                     int64_t K) {
+    int32_t a4 = 0;
+    const int64_t k = g * 4;
+    memcpy(&a4, (const char *)row + k, K - k >= 4 ? 4 : (size_t)(K - k));
+    return a4;
 }
 
 int int8_gemm(const void *x, const float *row_scale, int64_t M, int64_t K, int64_t N,

@@ -28,16 +28,6 @@
 /* Bytes ahead of the current position to prefetch in each weight stream. */
 #define PREFETCH_BYTES 1024
 
-/* The 4 activations of group g of a row; past K (the last group of a K that is not a multiple
- * of 4) zero, without reading past the row: the weights there are zero anyway. */
-static inline __attribute__((always_inline)) int32_t group_of(const int8_t *xr, int64_t g,
-                                                              int64_t K) {
-    int32_t a4 = 0;
-    const int64_t k = g * 4;
-    memcpy(&a4, xr + k, K - k >= 4 ? 4 : (size_t)(K - k));
-    return a4;
-}
-
 /* acc + the 8 outputs x 4 inputs of w times the broadcast activations a, exactly. */
 static inline __attribute__((always_inline)) __m256i dot(__m256i acc, __m256i a, __m256i w,
                                                          __m256i w_abs, __m256i ones) {
@@ -61,7 +51,7 @@ static inline __attribute__((always_inline)) void group_step(
     for (int r = 0; r < R; r++) {
         int32_t a4;
         if (tail)
-            a4 = group_of(xr[r], g, K);
+            a4 = int8_gemm_group(xr[r], g, K);
         else
             memcpy(&a4, xr[r] + g * 4, 4);
         const __m256i a = _mm256_set1_epi32(a4);

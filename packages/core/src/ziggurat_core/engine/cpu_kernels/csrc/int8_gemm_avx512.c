@@ -27,16 +27,6 @@
 /* Bytes ahead of the current position to prefetch in each weight stream. */
 #define PREFETCH_BYTES 1024
 
-/* The 4 activations of group g of a row; past K (the last group of a K that is not a multiple
- * of 4) zero, without reading past the row: the weights there are zero anyway. */
-static inline __attribute__((always_inline)) int32_t group_of(const uint8_t *xr, int64_t g,
-                                                              int64_t K) {
-    int32_t a4 = 0;
-    const int64_t k = g * 4;
-    memcpy(&a4, xr + k, K - k >= 4 ? 4 : (size_t)(K - k));
-    return a4;
-}
-
 static inline __attribute__((always_inline)) void row_tile(
     const uint8_t *x, const float *row_scale, int64_t m0, int64_t rows, int64_t K, int64_t N,
     const int8_t *packed, int64_t tile, const int TILES, const int R, const int32_t *offset,
@@ -65,7 +55,7 @@ static inline __attribute__((always_inline)) void row_tile(
     }
     if (full < groups) {
         for (int r = 0; r < R; r++) {
-            const __m512i a = _mm512_set1_epi32(group_of(xr[r], full, K));
+            const __m512i a = _mm512_set1_epi32(int8_gemm_group(xr[r], full, K));
             for (int t = 0; t < TILES; t++)
                 acc[r][t] = _mm512_dpbusd_epi32(
                     acc[r][t], a, _mm512_loadu_si512((const void *)(w[t] + full * 64)));
