@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "decode_parts.h"
 #include "exp_approx.h"
 #include "lane_sum.h"
 

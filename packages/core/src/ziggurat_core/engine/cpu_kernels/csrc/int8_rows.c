@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "decode_parts.h"
 #include "int8_gemm.h"
 #include "isa.h"
 

@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "decode_parts.h"
 #include "isa.h"
 #if defined(__F16C__) || defined(__AVX512F__)
 #include <immintrin.h>
