@@ -183,24 +183,7 @@ class Int8Gemm:
         bias: torch.Tensor | None,  # [N] float32
     ) -> torch.Tensor:
         """float32 [M, N] = (qx @ W^T) * row_scale * col_scale (+ bias)."""
-        out = self._checked_output(qx, self.input_dtype, row_scale, weight, col_scale, bias)
-        if out.numel() > 0:
-            self._status(
-                self._fn(
-                    qx.data_ptr(),
-                    row_scale.data_ptr(),
-                    qx.shape[0],
-                    weight.in_features,
-                    weight.out_features,
-                    weight.packed.data_ptr(),
-                    weight.offset.data_ptr(),
-                    col_scale.data_ptr(),
-                    None if bias is None else bias.data_ptr(),
-                    out.data_ptr(),
-                    torch.get_num_threads(),
-                )
-            )
-        return out
+        return self._run(self._fn, self.input_dtype, qx, row_scale, weight, col_scale, bias)
 
     def reference(
         self,
@@ -211,22 +194,39 @@ class Int8Gemm:
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
         """The same product from the portable scalar reference (signed activations)."""
-        out = self._checked_output(qx, torch.int8, row_scale, weight, col_scale, bias)
-        if out.numel() > 0:
-            self._status(
-                self._reference(
-                    qx.data_ptr(),
-                    row_scale.data_ptr(),
-                    qx.shape[0],
-                    weight.in_features,
-                    weight.out_features,
-                    weight.packed.data_ptr(),
-                    col_scale.data_ptr(),
-                    None if bias is None else bias.data_ptr(),
-                    out.data_ptr(),
-                    torch.get_num_threads(),
-                )
+        return self._run(self._reference, torch.int8, qx, row_scale, weight, col_scale, bias)
+
+    def _run(
+        self,
+        fn: Any,
+        dtype: torch.dtype,
+        qx: torch.Tensor,
+        row_scale: torch.Tensor,
+        weight: PackedInt8Weight,
+        col_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Check the inputs, then call `fn` (the dispatched GEMM, or the reference, which takes
+        no `offset` argument)."""
+        out = self._checked_output(qx, dtype, row_scale, weight, col_scale, bias)
+        if out.numel() == 0:
+            return out
+        offset = [weight.offset.data_ptr()] if fn is self._fn else []
+        self._status(
+            fn(
+                qx.data_ptr(),
+                row_scale.data_ptr(),
+                qx.shape[0],
+                weight.in_features,
+                weight.out_features,
+                weight.packed.data_ptr(),
+                *offset,
+                col_scale.data_ptr(),
+                None if bias is None else bias.data_ptr(),
+                out.data_ptr(),
+                torch.get_num_threads(),
             )
+        )
         return out
 
     @staticmethod
