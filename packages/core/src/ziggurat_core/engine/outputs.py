@@ -36,6 +36,9 @@ class CompletionOutput:
     delta_text: str = ""
     delta_token_ids: list[int] = field(default_factory=list)
     delta_logprobs: list[Logprob] | None = None
+    # The named captures of a structured-output grammar so far, in the order they closed, as
+    # (name, text): how tool calls are read without parsing the text afterwards.
+    captures: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:

@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import RequestValidationError
 
 
 class SamplingParamsError(RequestValidationError):
     """A sampling parameter is out of range; `param` names it, the message gives the range."""
+
+
+@dataclass(frozen=True)
+class StructuredOutputsParams:
+    """A constraint on the output's form, enforced token by token (never checked afterwards).
+
+    Exactly one kind is set; the names follow vLLM's structured-output options:
+    - `json`: a JSON schema (a dict, or its JSON text); the output is one document it accepts;
+    - `json_object`: any JSON object;
+    - `regex`: the whole output matches this regular expression;
+    - `choice`: the output is exactly one of these strings;
+    - `grammar`: a context-free grammar, in llguidance's Lark dialect or in GBNF.
+    """
+
+    json: dict[str, Any] | str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+    def __post_init__(self) -> None:
+        kinds = self.kinds()
+        if len(kinds) != 1:
+            raise SamplingParamsError(
+                "structured_outputs must set exactly one of json, json_object, regex, choice, "
+                f"grammar; got {', '.join(kinds) if kinds else 'none'}",
+                param="structured_outputs")
+
+    def kinds(self) -> list[str]:
+        """The names of the kinds that are set (exactly one in a valid instance)."""
+        values = {"json": self.json, "json_object": self.json_object or None,
+                  "regex": self.regex, "choice": self.choice, "grammar": self.grammar}
+        return [name for name, value in values.items() if value is not None]
 
 
 @dataclass
@@ -31,6 +65,7 @@ class SamplingParams:
     logprobs: int | None = None  # number of top logprobs per token; 0 = only the chosen one
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
