@@ -75,6 +75,18 @@ class StepLayout:
         return slots
 
 
+@dataclass(frozen=True)
+class KernelStepInputs:
+    """What the CPU kernels' paged attention needs for one step, the same for every layer:
+    every new token is one row (`PortableAttentionMetadata.kernel_rows`)."""
+
+    slot_mapping: torch.Tensor  # [num_tokens] int64
+    block_tables: torch.Tensor  # [rows, max_blocks] int64
+    context_lens: torch.Tensor  # [rows] int64
+    token_rows: torch.Tensor  # [rows] int64
+    block_size: int
+
+
 class AttentionBackend(ABC):
     name: str = "base"
 
@@ -109,4 +121,13 @@ class AttentionBackend(ABC):
         (`layers/rotary.apply_rotary`) on the way, where the backend does that in fewer passes
         than rotating, splitting and storing one by one; None where it does not (the caller
         then rotates and calls `forward`). The result is the same bits either way."""
+        return None
+
+    def kernel_step_inputs(
+        self, kv_caches: list[torch.Tensor], metadata: Any
+    ) -> KernelStepInputs | None:
+        """The step's inputs for a model that runs its layers in one CPU kernel call
+        (`cpu_kernels/decoder_layers.py`), where this backend attends with the CPU kernels'
+        paged attention on these caches (so the model's call computes what `forward_fused_qkv`
+        would); None where it does not."""
         return None

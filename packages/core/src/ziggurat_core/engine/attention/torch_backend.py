@@ -41,7 +41,7 @@ from ..cpu_kernels import (
     load_decode_fused_kernels,
     load_paged_attention_kernel,
 )
-from .base import AttentionBackend, AttentionLayoutError, StepLayout
+from .base import AttentionBackend, AttentionLayoutError, KernelStepInputs, StepLayout
 from .torch_metadata import (
     DecodeBatch,
     DecodeChunk,
@@ -272,10 +272,34 @@ class PortableAttentionBackend(AttentionBackend):
         kernel(query, kv_cache, tables, lens, rows, out, scale)
         return out
 
+    def kernel_step_inputs(
+        self, kv_caches: list[torch.Tensor], metadata: PortableAttentionMetadata
+    ) -> KernelStepInputs | None:
+        if not kv_caches:
+            return None
+        first = kv_caches[0]
+        if self._cache_kernel(first) is None or self._fused is None:
+            return None
+        if first.dim() != 5 or first.shape[2] != metadata.block_size:
+            return None
+        if any(
+            cache.shape != first.shape or cache.dtype != first.dtype or not cache.is_contiguous()
+            for cache in kv_caches
+        ):
+            return None
+        tables, lens, rows = metadata.kernel_rows()
+        return KernelStepInputs(metadata.slot_mapping, tables, lens, rows, metadata.block_size)
+
     def _decode_kernel(self, query: torch.Tensor, kv_cache: torch.Tensor) -> PagedAttentionKernel | None:
         """The C kernel for a float32 query over a float32 or (where the build has it) float16
         CPU cache; None for the torch path."""
-        if not self.use_decode_kernel or query.device.type != "cpu" or query.dtype != torch.float32:
+        if query.device.type != "cpu" or query.dtype != torch.float32:
+            return None
+        return self._cache_kernel(kv_cache)
+
+    def _cache_kernel(self, kv_cache: torch.Tensor) -> PagedAttentionKernel | None:
+        """The C kernel where it reads `kv_cache` (for a float32 query), else None."""
+        if not self.use_decode_kernel or kv_cache.device.type != "cpu":
             return None
         if kv_cache.dtype not in (torch.float32, torch.float16) or not kv_cache.is_contiguous():
             return None

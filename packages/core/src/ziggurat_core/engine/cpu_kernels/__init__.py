@@ -2,6 +2,13 @@
 
 from .build import ISAS, CpuIsaError, KernelError, cpu_isa, load_cpu_library, native_isa
 from .decode_fused import DecodeFusedKernels, load_decode_fused_kernels
+from .decoder_layers import (
+    BoundDecoderLayers,
+    DecoderLayerParts,
+    DecoderLayersKernel,
+    DecoderShape,
+    load_decoder_layers_kernel,
+)
 from .elementwise import ElementwiseKernels, load_elementwise_kernels
 from .int8_gemm import BoundInt8Linear, Int8Gemm, PackedInt8Weight, load_int8_gemm
 from .int8_rows import Int8RowKernels, load_int8_row_kernels
@@ -9,9 +16,13 @@ from .paged_decode import PagedAttentionKernel, load_paged_attention_kernel
 
 __all__ = [
     "ISAS",
+    "BoundDecoderLayers",
     "BoundInt8Linear",
     "CpuIsaError",
     "DecodeFusedKernels",
+    "DecoderLayerParts",
+    "DecoderLayersKernel",
+    "DecoderShape",
     "ElementwiseKernels",
     "Int8Gemm",
     "Int8RowKernels",
@@ -21,6 +32,7 @@ __all__ = [
     "cpu_isa",
     "load_cpu_library",
     "load_decode_fused_kernels",
+    "load_decoder_layers_kernel",
     "load_elementwise_kernels",
     "load_int8_gemm",
     "load_int8_row_kernels",

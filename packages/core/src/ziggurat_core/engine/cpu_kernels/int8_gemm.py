@@ -102,6 +102,12 @@ class BoundInt8Linear:
         self._col_scale = col_scale.data_ptr()
         self._bias = None if bias is None else bias.data_ptr()
 
+    def pointers(self) -> tuple[int, int, int, int | None, int | None]:
+        """(packed, offset, col_scale, bias, inv_smoothing) addresses, as `int8_linear_f32`
+        takes them (for callers that run this layer inside a larger C call; valid while this
+        instance lives)."""
+        return self._packed, self._offset, self._col_scale, self._bias, self._inv_smoothing
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: 2-D float32 CPU tensor [M, in_features] with contiguous rows (any row stride)."""
         if (

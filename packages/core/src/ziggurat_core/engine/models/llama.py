@@ -10,14 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from ..attention.base import AttentionBackend
 from ..config import ModelConfig
+from ..cpu_kernels import (
+    BoundDecoderLayers,
+    DecoderLayerParts,
+    DecoderShape,
+    KernelError,
+    load_decoder_layers_kernel,
+)
 from ..layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SiluAndMul, apply_rotary
+from ..layers.packed import Int8Weight
 from ..loader.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -111,6 +119,12 @@ class LlamaModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(
             config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
         )
+        self.config = config
+        # Whether a step may run every layer in one C call (`_layer_kernel_step`); tests turn it
+        # off to compare with the layer-by-layer path, which computes the same bits.
+        self.use_layer_kernel = True
+        # (the packed weight it was bound for, the bound layers or None, the most rows it takes)
+        self._layer_kernel: tuple[object, BoundDecoderLayers | None, int | None] | None = None
 
     def forward(
         self,
@@ -123,11 +137,108 @@ class LlamaModel(nn.Module):
         hidden = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb.cos_sin(positions, hidden.dtype)  # once per step, not per layer
         residual: torch.Tensor | None = None
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            hidden, residual = layer(hidden, residual, cos, sin, kv_cache, attn_backend, attn_metadata)
+        stepped = self._layer_kernel_step(hidden, cos, sin, kv_caches, attn_backend, attn_metadata)
+        if stepped is not None:
+            hidden, residual = stepped
+        else:
+            for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+                hidden, residual = layer(
+                    hidden, residual, cos, sin, kv_cache, attn_backend, attn_metadata
+                )
         if residual is None:  # a model without layers
             return self.norm(hidden)
         return self.norm.add_and_norm(hidden, residual)[0]
+
+    def _layer_kernel_step(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        attn_backend: AttentionBackend,
+        attn_metadata: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(last MLP output, residual) from every layer in one C call where the step runs on
+        the CPU kernels end to end (int8 layers, the C paged attention); None otherwise. At one
+        sequence the Python around each layer costs as much as the layer's weights take to
+        stream, so the step's layers run without it."""
+        if not self.use_layer_kernel or hidden.device.type != "cpu" or hidden.dtype != torch.float32:
+            return None
+        if cos.dtype != torch.float32 or sin.dtype != torch.float32:
+            return None
+        layers = self._decoder_layers()
+        key = layers[0].self_attn.qkv_proj.packed if layers else None
+        if self._layer_kernel is None or self._layer_kernel[0] is not key:
+            self._layer_kernel = (key, *self._bind_layer_kernel())
+        _, bound, max_rows = self._layer_kernel
+        if bound is None or (max_rows is not None and hidden.shape[0] >= max_rows):
+            return None
+        step = attn_backend.kernel_step_inputs(kv_caches, attn_metadata)
+        if step is None:
+            return None
+        return bound(
+            hidden.contiguous(),
+            cos.contiguous(),
+            sin.contiguous(),
+            kv_caches,
+            step.slot_mapping,
+            step.block_tables,
+            step.context_lens,
+            step.token_rows,
+            layers[0].self_attn.scale,
+        )
+
+    def _decoder_layers(self) -> list[LlamaDecoderLayer]:
+        return [cast(LlamaDecoderLayer, layer) for layer in self.layers]
+
+    def _bind_layer_kernel(self) -> tuple[BoundDecoderLayers | None, int | None]:
+        """The layers bound to the one-call kernel, and the most rows (exclusive) every int8
+        layer takes through its fused C path; (None, None) where a layer cannot run there."""
+        layers = self._decoder_layers()
+        kernel = load_decoder_layers_kernel() if layers else None
+        if kernel is None:
+            return None, None
+        parts: list[DecoderLayerParts] = []
+        max_rows: int | None = None
+        for layer in layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            bound = []
+            for linear in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj):
+                packed = linear.packed
+                if (
+                    not isinstance(packed, Int8Weight)
+                    or packed.fused is None
+                    or packed.out_dtype != torch.float32
+                ):
+                    return None, None
+                if packed.int_mm_min_rows is not None:
+                    limit = packed.int_mm_min_rows
+                    max_rows = limit if max_rows is None else min(max_rows, limit)
+                bound.append(packed.fused)
+            norms = (layer.input_layernorm, layer.post_attention_layernorm)
+            if any(n.weight.dtype != torch.float32 or n.weight.device.type != "cpu" for n in norms):
+                return None, None
+            parts.append(
+                DecoderLayerParts(
+                    layer.input_layernorm.weight.data,
+                    layer.input_layernorm.eps,
+                    layer.post_attention_layernorm.weight.data,
+                    layer.post_attention_layernorm.eps,
+                    *bound,
+                )
+            )
+        config = self.config
+        shape = DecoderShape(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+            config.intermediate_size,
+        )
+        try:
+            return kernel.bind(parts, shape), max_rows
+        except KernelError:
+            return None, None
 
 
 @dataclass(frozen=True)

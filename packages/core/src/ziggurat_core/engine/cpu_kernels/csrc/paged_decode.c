@@ -330,3 +330,23 @@ int paged_decode_attention_f16(const float *query, const uint16_t *k_cache,
 
 /* 1 when this build has paged_decode_attention_f16, else 0. */
 int paged_decode_has_f16(void) { return HAVE_F16; }
+
+int paged_decode_attention(const float *query, const void *k_cache, const void *v_cache,
+                           const int64_t *block_tables, const int64_t *context_lens,
+                           const int64_t *token_rows, float *out, int num_seqs, int max_blocks,
+                           int num_heads, int num_kv_heads, int head_dim, int block_size,
+                           float scale, int half, int num_threads) {
+    if (!half)
+        return paged_decode_attention_f32(query, (const float *)k_cache, (const float *)v_cache,
+                                          block_tables, context_lens, token_rows, out, num_seqs,
+                                          max_blocks, num_heads, num_kv_heads, head_dim,
+                                          block_size, scale, num_threads);
+#if HAVE_F16
+    return paged_decode_attention_f16(query, (const uint16_t *)k_cache, (const uint16_t *)v_cache,
+                                      block_tables, context_lens, token_rows, out, num_seqs,
+                                      max_blocks, num_heads, num_kv_heads, head_dim, block_size,
+                                      scale, num_threads);
+#else
+    return 3;
+#endif
+}
