@@ -25,8 +25,11 @@
 #define ROWS 4
 /* Rows whose activations stay cached while a thread's weight tiles pass over them. */
 #define ROW_BLOCK 64
-/* Bytes ahead of the current position to prefetch in each weight stream. */
-#define PREFETCH_BYTES 1024
+/* Bytes ahead of the current position to prefetch in each weight stream, into L2 (_MM_HINT_T1):
+ * a decode step streams every weight once, and one core keeps enough lines in flight to cover
+ * memory latency only when it asks this far ahead; asking into L2 leaves the L1's few miss
+ * buffers to the loads, which then find their lines in L2. */
+#define PREFETCH_BYTES 4096
 
 /* acc + the 8 outputs x 4 inputs of w times the broadcast activations a, exactly. */
 static inline __attribute__((always_inline)) __m256i dot(__m256i acc, __m256i a, __m256i w,
@@ -42,7 +45,7 @@ static inline __attribute__((always_inline)) void group_step(
     const int tail, const int TILES, const int R, const __m256i ones) {
     __m256i wk[4], wk_abs[4];
     for (int t = 0; t < TILES; t++) {
-        _mm_prefetch((const char *)(w[t] + g * 64 + PREFETCH_BYTES), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w[t] + g * 64 + PREFETCH_BYTES), _MM_HINT_T1);
         for (int h = 0; h < 2; h++) {
             wk[2 * t + h] = _mm256_loadu_si256((const __m256i *)(w[t] + g * 64 + 32 * h));
             wk_abs[2 * t + h] = _mm256_abs_epi8(wk[2 * t + h]);
