@@ -275,17 +275,12 @@ class PortableAttentionBackend(AttentionBackend):
     def kernel_step_inputs(
         self, kv_caches: list[torch.Tensor], metadata: PortableAttentionMetadata
     ) -> KernelStepInputs | None:
-        if not kv_caches:
-            return None
-        first = kv_caches[0]
-        if self._cache_kernel(first) is None or self._fused is None:
+        # The runner allocates every layer's cache alike: the first one stands for all (the
+        # caller checks each cache once when it binds them).
+        first = kv_caches[0] if kv_caches else None
+        if first is None or self._cache_kernel(first) is None or self._fused is None:
             return None
         if first.dim() != 5 or first.shape[2] != metadata.block_size:
-            return None
-        if any(
-            cache.shape != first.shape or cache.dtype != first.dtype or not cache.is_contiguous()
-            for cache in kv_caches
-        ):
             return None
         tables, lens, rows = metadata.kernel_rows()
         return KernelStepInputs(metadata.slot_mapping, tables, lens, rows, metadata.block_size)

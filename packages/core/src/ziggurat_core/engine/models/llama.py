@@ -166,12 +166,12 @@ class LlamaModel(nn.Module):
             return None
         if cos.dtype != torch.float32 or sin.dtype != torch.float32:
             return None
-        layers = self._decoder_layers()
-        key = layers[0].self_attn.qkv_proj.packed if layers else None
+        first = cast(LlamaDecoderLayer, self.layers[0]) if len(self.layers) else None
+        key = None if first is None else first.self_attn.qkv_proj.packed
         if self._layer_kernel is None or self._layer_kernel[0] is not key:
             self._layer_kernel = (key, *self._bind_layer_kernel())
         _, bound, max_rows = self._layer_kernel
-        if bound is None or (max_rows is not None and hidden.shape[0] >= max_rows):
+        if first is None or bound is None or (max_rows is not None and hidden.shape[0] >= max_rows):
             return None
         step = attn_backend.kernel_step_inputs(kv_caches, attn_metadata)
         if step is None:
@@ -185,7 +185,7 @@ class LlamaModel(nn.Module):
             step.block_tables,
             step.context_lens,
             step.token_rows,
-            layers[0].self_attn.scale,
+            first.self_attn.scale,
         )
 
     def _decoder_layers(self) -> list[LlamaDecoderLayer]:
