@@ -119,7 +119,8 @@ class InferenceEngine:
         # GrammarCompileError here, never a request that runs unconstrained.
         matcher = None
         if params.structured_outputs is not None:
-            matcher = self.structured_output.compile(params.structured_outputs)
+            spec = params.structured_outputs
+            matcher = self.structured_output.compile(spec, spec.param)
 
         now = time.monotonic() if arrival_time is None else arrival_time
         seqs = [SequenceState(request_id, token_ids, params, index=i, arrival_time=now) for i in range(params.n)]
