@@ -185,6 +185,7 @@ def test_unconstrained_rows_are_unchanged_by_constrained_neighbours(tiny_llama: 
     alone, _ = batch(with_neighbours=False)
     together, constrained = batch(with_neighbours=True)
     assert together == alone
+    assert engine.stats().preemptions > 0, "the cache was meant to be too small for the batch"
     assert len(constrained) == 8
     for text in texts(constrained):
         check_person(json.loads(text))
