@@ -277,6 +277,10 @@ def test_eos_only_where_the_grammar_accepts_and_ignore_eos_min_tokens(engine: In
     for output in run(engine, sampled(constraint, max_tokens=40, min_tokens=3)):
         assert len(output.outputs[0].token_ids) >= 3
         assert re.fullmatch(r"[0-9]{1,8}", output.outputs[0].text)
+    # The grammar wins over both: a complete grammar ends the output however short.
+    short = StructuredOutputsParams(choice=["ok"])
+    for output in run(engine, sampled(short, max_tokens=40, min_tokens=10, ignore_eos=True)[:3]):
+        assert (output.outputs[0].text, output.outputs[0].finish_reason) == ("ok", "stop")
 
 
 def test_stop_strings_and_logit_bias_with_a_grammar(engine: InferenceEngine) -> None:
