@@ -10,7 +10,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 import httpx
+from pydantic import BaseModel
 from ziggurat_core.protocol import ChatMessage, StreamOptions
+from ziggurat_core.protocol.structured import ResponseFormat, StructuredOutputsOptions
 
 MessageParam = ChatMessage | Mapping[str, Any]
 PromptParam = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
@@ -46,7 +48,19 @@ class SamplingParams(TypedDict, total=False):
     stop_token_ids: Sequence[int] | None
 
 
-class ChatCompletionParams(SamplingParams, total=False):
+class StructuredOutputParams(TypedDict, total=False):
+    """Output constraints (at most one): OpenAI's `response_format` (a mapping, or a pydantic
+    model class sent as a strict json_schema), vLLM's `structured_outputs` and `guided_*`."""
+
+    response_format: ResponseFormat | Mapping[str, Any] | type[BaseModel] | None
+    structured_outputs: StructuredOutputsOptions | Mapping[str, Any] | None
+    guided_json: Mapping[str, Any] | str | None
+    guided_regex: str | None
+    guided_choice: Sequence[str] | None
+    guided_grammar: str | None
+
+
+class ChatCompletionParams(SamplingParams, StructuredOutputParams, total=False):
     max_completion_tokens: int | None
     logprobs: bool | None
     top_logprobs: int | None
@@ -55,7 +69,7 @@ class ChatCompletionParams(SamplingParams, total=False):
     add_generation_prompt: bool | None
 
 
-class CompletionParams(SamplingParams, total=False):
+class CompletionParams(SamplingParams, StructuredOutputParams, total=False):
     echo: bool | None
     logprobs: int | None  # the legacy endpoint's "how many top log-probabilities"
     suffix: str | None

@@ -10,6 +10,7 @@ import httpx
 from pydantic import BaseModel
 
 from ._params import RequestOptionParams
+from ._parsing import response_format_body
 
 Timeout = float | httpx.Timeout
 HeaderOverrides = Mapping[str, str | None]
@@ -33,9 +34,10 @@ class RequestOptions:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Pydantic models, mappings and sequences as plain JSON values (models drop None fields)."""
+    """Pydantic models, mappings and sequences as plain JSON values (models drop None fields and
+    use their JSON names, e.g. "schema" for `schema_`)."""
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", exclude_none=True)
+        return value.model_dump(mode="json", exclude_none=True, by_alias=True)
     if isinstance(value, Mapping):
         return {str(key): to_jsonable(item) for key, item in value.items()}
     if isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray):
@@ -85,6 +87,8 @@ def create_request(
     per-call options (shared by every resource, sync and async)."""
     params, options = split_request_options(kwargs)
     check_known_params(params, known, method_name)
+    if params.get("response_format") is not None:
+        params["response_format"] = response_format_body(params["response_format"])
     if stream:
         required = {**required, "stream": True}
     return RequestOptions(

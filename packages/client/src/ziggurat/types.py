@@ -51,7 +51,9 @@ from ._params import (
     PromptParam,
     RequestOptionParams,
     SamplingParams,
+    StructuredOutputParams,
 )
+from ._parsing import ParsedChatCompletion, ParsedChatCompletionChoice, ParsedChatCompletionMessage
 
 __all__ = [
     "AcceleratorDevice",
@@ -86,6 +88,9 @@ __all__ = [
     "MessageParam",
     "Model",
     "ModelList",
+    "ParsedChatCompletion",
+    "ParsedChatCompletionChoice",
+    "ParsedChatCompletionMessage",
     "PromptParam",
     "RequestOptionParams",
     "ResolvedEngineSettings",
@@ -93,6 +98,7 @@ __all__ = [
     "ServerInfo",
     "ServerMemory",
     "StreamOptions",
+    "StructuredOutputParams",
     "TextContentPart",
     "TokenizeResponse",
     "TopLogprob",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from ziggurat_core.engine.sampling_params import SamplingParams
+from ziggurat_core.engine.sampling_params import SamplingParams, StructuredOutputsParams
 from ziggurat_core.protocol import ChatCompletionRequest, CompletionRequest
 from ziggurat_core.protocol.common import SamplingFields
 
 from .errors import bad_request, model_not_found
+from .structured_output import structured_outputs_params
 
 # OpenAI's legacy completions endpoint stops after 16 tokens when max_tokens is not given.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -32,7 +33,8 @@ def parse_logit_bias(logit_bias: dict[str, float] | None) -> dict[int, float] | 
     return parsed
 
 
-def _build(fields: SamplingFields, *, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+def _build(fields: SamplingFields, *, max_tokens: int | None, logprobs: int | None,
+           structured_outputs: StructuredOutputsParams | None = None) -> SamplingParams:
     """Out-of-range values raise the engine's SamplingParamsError (a RequestValidationError
     naming the param); the app's error handler answers it with a 400."""
     # vLLM's extension; silently dropping it would hand back a response without what was asked.
@@ -56,6 +58,7 @@ def _build(fields: SamplingFields, *, max_tokens: int | None, logprobs: int | No
         stop_token_ids=list(fields.stop_token_ids or []),
         ignore_eos=fields.ignore_eos,
         logprobs=logprobs,
+        structured_outputs=structured_outputs,
     )
 
 
@@ -65,7 +68,8 @@ def completion_sampling_params(request: CompletionRequest) -> SamplingParams:
     if request.best_of is not None and request.best_of != request.n:
         raise bad_request("best_of is not supported (only best_of == n)", param="best_of")
     max_tokens = request.max_tokens if request.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
-    return _build(request, max_tokens=max_tokens, logprobs=request.logprobs)
+    return _build(request, max_tokens=max_tokens, logprobs=request.logprobs,
+                  structured_outputs=structured_outputs_params(request))
 
 
 def chat_sampling_params(request: ChatCompletionRequest) -> SamplingParams:
@@ -73,7 +77,8 @@ def chat_sampling_params(request: ChatCompletionRequest) -> SamplingParams:
         raise bad_request("top_logprobs requires logprobs to be true", param="top_logprobs")
     logprobs = (request.top_logprobs or 0) if request.logprobs else None
     # None means "up to the context window", as OpenAI does for chat.
-    return _build(request, max_tokens=request.effective_max_tokens(), logprobs=logprobs)
+    return _build(request, max_tokens=request.effective_max_tokens(), logprobs=logprobs,
+                  structured_outputs=structured_outputs_params(request))
 
 
 def check_model_name(requested: str | None, served_name: str) -> None:

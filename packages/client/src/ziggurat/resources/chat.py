@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal, Unpack, overload
+from typing import TYPE_CHECKING, Literal, Unpack, cast, overload
 
 from ziggurat_core.protocol import ChatCompletion, ChatCompletionChunk
 
 from .._params import CHAT_COMPLETION_PARAM_NAMES, ChatCompletionCreateKwargs, MessageParam
+from .._parsing import ParsedChatCompletion, ParsedT, parse_chat_completion
 from .._request import RequestOptions, create_request
 from .._streaming import AsyncStream, Stream
 
@@ -79,6 +80,20 @@ class ChatCompletions:
             return self._client._request_stream(options, ChatCompletionChunk)
         return self._client._request(options, ChatCompletion)
 
+    def parse(  # type: ignore[misc]  # response_format is taken here, never left in kwargs
+        self,
+        model: str,
+        messages: Iterable[MessageParam],
+        *,
+        response_format: type[ParsedT],
+        **kwargs: Unpack[ChatCompletionCreateKwargs],
+    ) -> ParsedChatCompletion[ParsedT]:
+        """Create a chat completion constrained to `response_format`'s JSON schema; each
+        choice's `message.parsed` is the content as a `response_format` instance."""
+        params = cast(ChatCompletionCreateKwargs, {**kwargs, "response_format": response_format})
+        options = build_chat_request(model, messages, False, params)
+        return parse_chat_completion(self._client._request(options, ChatCompletion), response_format)
+
 
 class AsyncChatCompletions:
     def __init__(self, client: AsyncClient) -> None:
@@ -127,6 +142,21 @@ class AsyncChatCompletions:
         if stream:
             return await self._client._request_stream(options, ChatCompletionChunk)
         return await self._client._request(options, ChatCompletion)
+
+    async def parse(  # type: ignore[misc]  # response_format is taken here, never left in kwargs
+        self,
+        model: str,
+        messages: Iterable[MessageParam],
+        *,
+        response_format: type[ParsedT],
+        **kwargs: Unpack[ChatCompletionCreateKwargs],
+    ) -> ParsedChatCompletion[ParsedT]:
+        """Create a chat completion constrained to `response_format`'s JSON schema; each
+        choice's `message.parsed` is the content as a `response_format` instance."""
+        params = cast(ChatCompletionCreateKwargs, {**kwargs, "response_format": response_format})
+        options = build_chat_request(model, messages, False, params)
+        completion = await self._client._request(options, ChatCompletion)
+        return parse_chat_completion(completion, response_format)
 
 
 class Chat:

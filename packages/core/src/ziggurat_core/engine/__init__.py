@@ -13,6 +13,7 @@ from .errors import (
     DuplicateRequestError,
     EngineDeadError,
     EngineError,
+    GrammarCompileError,
     ModelNotFoundError,
     PromptTooLongError,
     RequestValidationError,
@@ -20,7 +21,7 @@ from .errors import (
 from .inputs import ChatMessage, PromptInput, ToolDefinition
 from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, TokenLogprob
 from .reports import AcceleratorInfo, CpuInfo, DeviceInfo, EngineStats, ResolvedSettings
-from .sampling_params import SamplingParams, SamplingParamsError
+from .sampling_params import SamplingParams, SamplingParamsError, StructuredOutputsParams
 
 if TYPE_CHECKING:
     from .async_engine import AsyncEngine
@@ -56,6 +57,7 @@ __all__ = [
     "EngineDeadError",
     "EngineError",
     "EngineStats",
+    "GrammarCompileError",
     "InferenceEngine",
     "Logprob",
     "ModelConfig",
@@ -68,6 +70,7 @@ __all__ = [
     "ResolvedSettings",
     "SamplingParams",
     "SamplingParamsError",
+    "StructuredOutputsParams",
     "TokenLogprob",
     "ToolDefinition",
 ]

@@ -23,6 +23,11 @@ class DuplicateRequestError(RequestValidationError):
     """A request with this id is already in flight."""
 
 
+class GrammarCompileError(RequestValidationError):
+    """A structured-output constraint (JSON schema, regex, choice or grammar) does not compile;
+    the message carries llguidance's own. The request never runs unconstrained."""
+
+
 class ModelNotFoundError(EngineError, FileNotFoundError):
     """The model path does not exist, or the default model package is not installed."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +17,11 @@ from .inputs import ChatMessage, ToolDefinition
 from .output_processor import OutputProcessor, RequestState
 from .outputs import RequestMetrics, RequestOutput
 from .reports import EngineStats
+from .sample_result import SampleResult
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler
+from .scheduler import Scheduler, SchedulerOutput
 from .sequence import SequenceState, SequenceStatus
+from .structured_output.manager import GrammarState, StructuredOutputManager
 from .tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -66,6 +69,8 @@ class InferenceEngine:
         eos = list(dict.fromkeys([*self.model_config.eos_token_ids, *self.tokenizer.eos_token_ids]))
         self.eos_token_ids = eos
         self.output_processor = OutputProcessor(self.tokenizer, eos, self.max_model_len)
+        # Matchers of constrained sequences; builds llguidance's tokenizer on first use only.
+        self.structured_output = StructuredOutputManager(self.tokenizer, self.model_config.vocab_size, eos)
         self.load_seconds = time.perf_counter() - started
         # The output side of each request in flight (detokenizers, text, metrics); its
         # sequences belong to the scheduler.
@@ -110,6 +115,12 @@ class InferenceEngine:
             token_ids = list(prompt_token_ids)
         self._validate_tokens(token_ids, params)
         self.scheduler.check_request(len(token_ids))
+        # Compiled before anything is allocated: a grammar that does not compile is a
+        # GrammarCompileError here, never a request that runs unconstrained.
+        matcher = None
+        if params.structured_outputs is not None:
+            spec = params.structured_outputs
+            matcher = self.structured_output.compile(spec, spec.param)
 
         now = time.monotonic() if arrival_time is None else arrival_time
         seqs = [SequenceState(request_id, token_ids, params, index=i, arrival_time=now) for i in range(params.n)]
@@ -121,6 +132,8 @@ class InferenceEngine:
             metrics=RequestMetrics(arrival_time=now),
         )
         self.scheduler.add_request(request_id, seqs)  # raises DuplicateRequestError for a known id
+        if matcher is not None:
+            self.structured_output.start(seqs, matcher)
         self._requests[request_id] = state
         self.counters["prompt_tokens"] += len(token_ids)
 
@@ -152,6 +165,7 @@ class InferenceEngine:
         self.scheduler.abort_request(request_id)
         if state is None:
             return None
+        self.structured_output.release(sample.seq.seq_id for sample in state.samples)
         return self.output_processor.make_output(state)
 
     # ------------------------------------------------------------------ stepping
@@ -167,14 +181,19 @@ class InferenceEngine:
         if sched.scheduled:
             self.counters["steps"] += 1
             self._track_kv_stats()
-            results = self.runner.execute(sched.scheduled, self.eos_token_ids)
+            structured = self.structured_output
+            token_mask = structured.fill_bitmask if structured.num_live else None
+            results = self.runner.execute(sched.scheduled, self.eos_token_ids, token_mask)
+            if structured.num_live:
+                grown = self._postprocess_constrained(sched, results)
+            else:
+                sampled = {seq_id: result.token_id for seq_id, result in results.items()}
 
-            def check_stop(seq: SequenceState) -> SequenceStatus | None:
-                sample = self._requests[seq.request_id].samples[seq.index]
-                return self.output_processor.process_token(sample, results[seq.seq_id])
+                def check_stop(seq: SequenceState) -> SequenceStatus | None:
+                    sample = self._requests[seq.request_id].samples[seq.index]
+                    return self.output_processor.process_token(sample, results[seq.seq_id])
 
-            sampled = {seq_id: result.token_id for seq_id, result in results.items()}
-            grown = self.scheduler.postprocess(sched, sampled, check_stop)
+                grown = self.scheduler.postprocess(sched, sampled, check_stop)
             now = time.monotonic()
             for seq in grown:
                 state = self._requests[seq.request_id]
@@ -185,8 +204,53 @@ class InferenceEngine:
         outputs = [OutputProcessor.make_output(state) for state in touched.values()]
         for output in outputs:
             if output.finished:
-                del self._requests[output.request_id]
+                state = self._requests.pop(output.request_id)
+                if self.structured_output.num_live:
+                    self.structured_output.release(sample.seq.seq_id for sample in state.samples)
         return outputs
+
+    def _postprocess_constrained(
+        self, sched: SchedulerOutput, results: dict[int, SampleResult]
+    ) -> list[SequenceState]:
+        """`scheduler.postprocess` for a step with constrained sequences: each token a sequence
+        gains also advances its grammar, a finished grammar stops the sequence ("stop"), and
+        the tokens the grammar forces next are appended for the next step to compute at once.
+        The results of a sequence's tokens are queued in the order it gains them: the sampled
+        one, then the forced ones (probability 1 under the grammar: logprob 0)."""
+        structured = self.structured_output
+        pending = {seq_id: deque([result]) for seq_id, result in results.items()}
+
+        def check_stop(seq: SequenceState) -> SequenceStatus | None:
+            sample = self._requests[seq.request_id].samples[seq.index]
+            token = seq.output_token_ids[-1]
+            grammar = structured.accept(seq, token)
+            status = self.output_processor.process_token(sample, pending[seq.seq_id].popleft())
+            if grammar is None:
+                return status
+            sample.captures = structured.captures(seq) or []
+            if status is None and grammar is GrammarState.COMPLETE:
+                self.output_processor.finish_without_token(sample)
+                return SequenceStatus.FINISHED_STOPPED
+            if status is None and grammar is GrammarState.ERROR:
+                self.output_processor.finish_without_token(sample)
+                return SequenceStatus.FINISHED_ABORTED
+            return status
+
+        def forced_tokens(seq: SequenceState) -> list[int]:
+            params = seq.sampling_params
+            limit = self.max_model_len - len(seq)
+            if params.max_tokens is not None:
+                limit = min(limit, params.max_tokens - seq.num_output_tokens)
+            tokens = structured.forced_tokens(seq, limit)
+            wants_logprobs = params.logprobs is not None
+            pending[seq.seq_id].extend(
+                SampleResult(token, 0.0 if wants_logprobs else None, {token: 0.0} if wants_logprobs else None)
+                for token in tokens
+            )
+            return tokens
+
+        sampled = {seq_id: result.token_id for seq_id, result in results.items()}
+        return self.scheduler.postprocess(sched, sampled, check_stop, forced_tokens)
 
     def _track_kv_stats(self) -> None:
         stats = self.scheduler.block_manager.stats()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,12 @@ from .sampler import Sampler, SampleResult
 if TYPE_CHECKING:
     from .loader import Checkpoint
     from .scheduler import ScheduledSequence
+    from .sequence import SequenceState
+    from .structured_output.manager import TokenBitmask
+
+# The grammar bitmask of a step's sampled sequences (row i = sequence i), None if none is
+# constrained; called once the forward pass is launched, so on a GPU it runs meanwhile.
+TokenMaskFn = Callable[[list["SequenceState"]], "TokenBitmask | None"]
 
 logger = logging.getLogger("ziggurat.engine")
 
@@ -241,8 +248,14 @@ class ModelRunner:
         self.model.compute_logits(hidden)  # the vocabulary head's inputs are calibrated too
 
     @torch.inference_mode()
-    def execute(self, scheduled: list[ScheduledSequence], eos_token_ids: list[int]) -> dict[int, SampleResult]:
-        """Run one forward pass over the scheduled chunks; sample where a chunk ends a sequence."""
+    def execute(
+        self,
+        scheduled: list[ScheduledSequence],
+        eos_token_ids: list[int],
+        token_mask: TokenMaskFn | None = None,
+    ) -> dict[int, SampleResult]:
+        """Run one forward pass over the scheduled chunks; sample where a chunk ends a sequence,
+        from the tokens `token_mask` allows (structured output)."""
         input_ids: list[int] = []
         positions: list[int] = []
         query_lens: list[int] = []
@@ -272,5 +285,10 @@ class ModelRunner:
             return {}
         rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
         logits = self.model.compute_logits(hidden.index_select(0, rows))
+        mask = token_mask(sample_seqs) if token_mask is not None else None
+        if mask is not None:
+            from .structured_output.bitmask import apply_token_bitmask
+
+            apply_token_bitmask(logits, mask)
         results = self.sampler(logits, sample_seqs, eos_token_ids)
         return {seq.seq_id: result for seq, result in zip(sample_seqs, results, strict=True)}

@@ -14,7 +14,7 @@ from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, T
 from .sequence import SequenceState, SequenceStatus
 
 if TYPE_CHECKING:
-    from .sampler import SampleResult
+    from .sample_result import SampleResult
     from .tokenizer import Tokenizer
 
 
@@ -32,6 +32,8 @@ class SampleState:
     delta_text: str = ""
     delta_token_ids: list[int] = field(default_factory=list)
     delta_logprobs: list[Logprob] | None = None
+    # The structured-output grammar's named captures so far (constrained samples only).
+    captures: list[tuple[str, str]] = field(default_factory=list)
 
     def take_delta(self) -> tuple[str, list[int], list[Logprob] | None]:
         delta = (self.delta_text, self.delta_token_ids, self.delta_logprobs)
@@ -163,6 +165,7 @@ class OutputProcessor:
                     delta_text=delta_text,
                     delta_token_ids=delta_ids,
                     delta_logprobs=delta_logprobs,
+                    captures=list(sample.captures),
                 )
             )
         finished = state.finished

@@ -13,10 +13,10 @@ row, so sample k of a request comes out the same whatever else is in the batch a
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 import torch
 
+from .sample_result import SampleResult
 from .sampling_metadata import (
     PenaltyInputs,
     RandomRows,
@@ -30,17 +30,6 @@ from .sequence import SequenceState
 # whole vocabulary only for rows whose nucleus is larger still: a partial top-k costs a fraction
 # of a full sort of the vocabulary (measurements in docs/benchmarks.md).
 CANDIDATE_WIDTHS = (256, 4096)
-
-
-@dataclass
-class SampleResult:
-    token_id: int
-    # Log-probability of the chosen token under the raw (unmodified) logits; None when the
-    # sequence did not ask for logprobs (it is only computed on request).
-    logprob: float | None
-    # Token id -> raw log-probability: the k most likely tokens when logprobs = k > 0, only the
-    # chosen token when logprobs = 0, None when logprobs is None.
-    top_logprobs: dict[int, float] | None
 
 
 def derive_seed(seed: int, index: int) -> int:

@@ -130,7 +130,9 @@ def build_sampling_metadata(
                     bias_rows.append(row)
                     bias_ids.append(token_id)
                     bias_values.append(float(bias))
-        if seq.num_output_tokens < params.min_tokens:
+        # A constrained row's grammar bitmask keeps EOS out instead (structured_output), unless
+        # EOS is all the grammar allows: masking it here too could leave no token at all.
+        if seq.num_output_tokens < params.min_tokens and params.structured_outputs is None:
             # With ignore_eos, EOS never ends the sequence, so there is no need to mask it.
             stoppers = set(params.stop_token_ids)
             if not params.ignore_eos:

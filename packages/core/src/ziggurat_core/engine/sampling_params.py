@@ -29,6 +29,9 @@ class StructuredOutputsParams:
     regex: str | None = None
     choice: list[str] | None = None
     grammar: str | None = None
+    # The request field the constraint came from (e.g. "response_format"), named by the errors
+    # about it; not part of the constraint itself.
+    param: str = field(default="structured_outputs", compare=False)
 
     def __post_init__(self) -> None:
         kinds = self.kinds()
@@ -36,7 +39,7 @@ class StructuredOutputsParams:
             raise SamplingParamsError(
                 "structured_outputs must set exactly one of json, json_object, regex, choice, "
                 f"grammar; got {', '.join(kinds) if kinds else 'none'}",
-                param="structured_outputs")
+                param=self.param)
 
     def kinds(self) -> list[str]:
         """The names of the kinds that are set (exactly one in a valid instance)."""

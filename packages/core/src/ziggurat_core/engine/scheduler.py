@@ -2,9 +2,10 @@
 
 Every step it picks, per sequence, how many new tokens to compute under a token budget
 (`max_num_batched_tokens`) and a seat limit (`max_num_seqs`):
-1. running decodes (1 token each), oldest first; when the KV cache is full the most recently
-   arrived running sequence is preempted (its blocks freed, recomputed later from the front of
-   the waiting queue);
+1. running decodes, oldest first: the token sampled last step, plus any tokens a grammar forced
+   after it (appended uncomputed, so a forced run costs one forward pass, not one each); when the
+   KV cache is full the most recently arrived running sequence is preempted (its blocks freed,
+   recomputed later from the front of the waiting queue);
 2. running prefills that were chunked, oldest first;
 3. waiting sequences in FCFS order, while budget, seats and blocks allow (skipped in a step that
    had to preempt, since blocks are short).
@@ -58,6 +59,9 @@ class SchedulerOutput:
 # Called by `postprocess` after a sequence gained a token: the finished status it must take now,
 # or None to keep generating.
 StopCheck = Callable[[SequenceState], SequenceStatus | None]
+# Called by `postprocess` after a sequence gained its sampled token and goes on: tokens to append
+# right after it without sampling (a grammar's forced run); computed in the next step.
+ForcedTokens = Callable[[SequenceState], list[int]]
 
 
 @dataclass(frozen=True)
@@ -157,11 +161,13 @@ class Scheduler:
         output: SchedulerOutput,
         sampled: Mapping[int, int],
         check_stop: StopCheck | None = None,
+        forced_tokens: ForcedTokens | None = None,
     ) -> list[SequenceState]:
         """The step's post-processing: advance the scheduled sequences past the tokens the step
         computed, append the token sampled for each whose chunk reached its end (`sampled`, by
-        seq_id), then finish (and free) those `check_stop` says are done. Returns the sequences
-        that gained a token."""
+        seq_id), then finish (and free) those `check_stop` says are done. A sequence that goes on
+        also gains the tokens `forced_tokens` gives, each checked by `check_stop` in turn.
+        Returns the sequences that gained a token."""
         released: list[SequenceState] = []
         sampling: list[SequenceState] = []
         for item in output.scheduled:
@@ -183,6 +189,12 @@ class Scheduler:
             seq.append_token(token)
             grown.append(seq)
             status = check_stop(seq) if check_stop is not None else None
+            if status is None and forced_tokens is not None:
+                for forced in forced_tokens(seq):
+                    seq.append_token(forced)
+                    status = check_stop(seq) if check_stop is not None else None
+                    if status is not None:
+                        break
             if status is not None:
                 self.finish_sequence(seq, status)
         return grown
@@ -244,14 +256,15 @@ class Scheduler:
         index = 0
         while index < len(self._running) and budget > 0:
             seq = self._running[index]
-            if seq.num_uncomputed_tokens != 1:
+            if not self._is_decode(seq):
                 index += 1  # a prefill (phase 2), or nothing new to compute yet
                 continue
+            num_new = min(seq.num_uncomputed_tokens, budget)
             if self._outgrown(seq):
                 self._finish(seq, SequenceStatus.FINISHED_LENGTH)
                 out.finished_by_scheduler.append(seq)
                 continue  # the list shifted left: same index is the next sequence
-            while not bm.can_append(seq, 1):
+            while not bm.can_append(seq, num_new):
                 # Newest arrival goes first; victims always sit at or after `index`, so nothing
                 # already scheduled in this step is taken back.
                 victim = self._running[-1]
@@ -260,9 +273,9 @@ class Scheduler:
                 if victim is seq:
                     break
             else:
-                bm.append(seq, 1)
-                out.scheduled.append(ScheduledSequence(seq, 1))
-                budget -= 1
+                bm.append(seq, num_new)
+                out.scheduled.append(ScheduledSequence(seq, num_new))
+                budget -= num_new
                 index += 1
         return budget
 
@@ -271,7 +284,7 @@ class Scheduler:
         for seq in self._running:
             if budget == 0:
                 break
-            if seq.num_uncomputed_tokens > 1:
+            if seq.num_uncomputed_tokens > 1 and not self._is_decode(seq):
                 num_new = min(seq.num_uncomputed_tokens, budget)
                 self.block_manager.append(seq, num_new)
                 out.scheduled.append(ScheduledSequence(seq, num_new))
@@ -307,6 +320,13 @@ class Scheduler:
         return budget
 
     # ----- helpers -----
+
+    @staticmethod
+    def _is_decode(seq: SequenceState) -> bool:
+        """Whether phase 1 computes `seq`: a last token, or generated tokens past a computed
+        prompt (a sampled token and a grammar's forced run, which may need new blocks)."""
+        uncomputed = seq.num_uncomputed_tokens
+        return uncomputed == 1 or (uncomputed > 1 and seq.num_computed_tokens >= seq.num_prompt_tokens)
 
     def _order_key(self, seq: SequenceState) -> tuple[int, int]:
         return (self._arrival[seq.seq_id], seq.index)

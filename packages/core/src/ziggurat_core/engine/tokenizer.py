@@ -241,6 +241,11 @@ class Tokenizer:
         """How the token displays on its own (logprobs): its bytes, invalid UTF-8 replaced."""
         return self.token_bytes(token_id).decode("utf-8", errors="replace")
 
+    def to_json(self) -> str:
+        """The backend tokenizer serialised as tokenizer.json text (how llguidance builds its
+        own tokenizer without transformers)."""
+        return str(self._backend.to_str())
+
     def is_skipped_when_decoding(self, token_id: int) -> bool:
         """Whether `decode(..., skip_special_tokens=True)` drops this id."""
         return token_id in self._added_special_ids

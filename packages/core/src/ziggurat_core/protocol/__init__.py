@@ -45,6 +45,15 @@ from .server import (
     ServerInfo,
     ServerMemory,
 )
+from .structured import (
+    ConstraintFieldsError,
+    JSONSchemaFormat,
+    OutputConstraint,
+    ResponseFormat,
+    StructuredOutputFields,
+    StructuredOutputsOptions,
+    output_constraint,
+)
 from .tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 __all__ = [
@@ -66,6 +75,7 @@ __all__ = [
     "CompletionChoice",
     "CompletionLogprobs",
     "CompletionRequest",
+    "ConstraintFieldsError",
     "DetokenizeRequest",
     "DetokenizeResponse",
     "EngineCounters",
@@ -77,18 +87,24 @@ __all__ = [
     "GpuInfo",
     "HealthStatus",
     "HostCpu",
+    "JSONSchemaFormat",
     "Model",
     "ModelList",
+    "OutputConstraint",
     "RequestModel",
     "ResolvedEngineSettings",
+    "ResponseFormat",
     "ResponseModel",
     "SamplingFields",
     "ServerInfo",
     "ServerMemory",
     "StreamOptions",
+    "StructuredOutputFields",
+    "StructuredOutputsOptions",
     "TextContentPart",
     "TokenizeRequest",
     "TokenizeResponse",
     "TopLogprob",
     "Usage",
+    "output_constraint",
 ]

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from ._base import RequestModel, ResponseModel
 from .common import ChatChoiceLogprobs, FinishReason, SamplingFields, Usage
+from .structured import StructuredOutputFields
 
 
 class TextContentPart(RequestModel):
@@ -42,7 +43,7 @@ class ChatMessage(RequestModel):
         return data
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, StructuredOutputFields):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False

@@ -8,11 +8,12 @@ from pydantic import Field, field_validator
 
 from ._base import ResponseModel
 from .common import CompletionLogprobs, FinishReason, SamplingFields, Usage
+from .structured import StructuredOutputFields
 
 PromptInput = str | list[str] | list[int] | list[list[int]]
 
 
-class CompletionRequest(SamplingFields):
+class CompletionRequest(SamplingFields, StructuredOutputFields):
     prompt: PromptInput
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
