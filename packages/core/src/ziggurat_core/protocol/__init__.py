@@ -46,6 +46,16 @@ from .server import (
     ServerMemory,
 )
 from .tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from .tools import (
+    ChatCompletionTool,
+    FunctionDefinition,
+    LegacyFunctionChoice,
+    NamedFunction,
+    NamedToolChoice,
+    ToolCallFunction,
+    ToolCallParam,
+    ToolChoice,
+)
 
 __all__ = [
     "AcceleratorDevice",
@@ -57,6 +67,7 @@ __all__ = [
     "ChatCompletionMessage",
     "ChatCompletionMessageToolCall",
     "ChatCompletionRequest",
+    "ChatCompletionTool",
     "ChatMessage",
     "ChatTokenLogprob",
     "ChoiceDelta",
@@ -74,11 +85,15 @@ __all__ = [
     "ErrorResponse",
     "FinishReason",
     "FunctionCall",
+    "FunctionDefinition",
     "GpuInfo",
     "HealthStatus",
     "HostCpu",
+    "LegacyFunctionChoice",
     "Model",
     "ModelList",
+    "NamedFunction",
+    "NamedToolChoice",
     "RequestModel",
     "ResolvedEngineSettings",
     "ResponseModel",
@@ -89,6 +104,9 @@ __all__ = [
     "TextContentPart",
     "TokenizeRequest",
     "TokenizeResponse",
+    "ToolCallFunction",
+    "ToolCallParam",
+    "ToolChoice",
     "TopLogprob",
     "Usage",
 ]
