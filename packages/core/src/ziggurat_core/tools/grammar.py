@@ -28,8 +28,11 @@ TOOL_NAME_CAPTURE = "__LIST_APPEND:tool_name"
 TOOL_ARGUMENTS_CAPTURE = "__LIST_APPEND:tool_arguments"
 # The arguments are written as json.dumps writes them (", " and ": ", no other whitespace):
 # what models see in their prompts, and no room for a weak model to emit whitespace forever.
+# \uXXXX escapes of any character are allowed: json.dumps writes them by default, so models do.
+_ARGUMENTS_FORMAT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ",
+                     "json_allow_general_unicode_escapes": True}
 QUOTE = '"'
-_ARGUMENTS_FORMAT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
 
 
 def arguments_schema(tool: FunctionDefinition) -> dict[str, Any]:
