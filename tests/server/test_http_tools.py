@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from engine_capabilities import skip_unless_engine_constrains
 from fixtures_models import TinyModel
 from server_helpers import DONE, parse_sse
 
@@ -122,22 +123,7 @@ def test_round_trip_messages_are_accepted(client: httpx.Client) -> None:
 
 @pytest.fixture(scope="module")
 def constrained_engine(tiny_model: TinyModel) -> None:
-    """Skips unless the engine keeps a `choice` constraint over several random samples."""
-    from ziggurat_core.engine import LLM, SamplingParams
-    from ziggurat_core.engine.sampling_params import StructuredOutputsParams
-
-    llm = LLM(model=str(tiny_model.gguf_path), num_kv_blocks=64)
-    params = [SamplingParams(temperature=1.0, seed=seed, max_tokens=6,
-                             structured_outputs=StructuredOutputsParams(choice=["yes", "no"]))
-              for seed in range(6)]
-    try:
-        outputs = llm.generate(["Answer:"] * len(params), params, use_tqdm=False)
-    except Exception as exc:  # the engine refuses constraints it cannot apply
-        pytest.skip(f"the engine does not enforce structured outputs yet ({exc!r})")
-    texts = [output.outputs[0].text for output in outputs]
-    if not all(text in ("yes", "no") for text in texts):
-        pytest.skip("the engine does not enforce structured outputs yet (branch so-engine): "
-                    f"a choice of yes/no produced {texts!r}")
+    skip_unless_engine_constrains(tiny_model.gguf_path)
 
 
 def valid_forecast(arguments: dict[str, Any]) -> bool:

@@ -10,7 +10,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 import httpx
-from ziggurat_core.protocol import ChatMessage, StreamOptions
+from ziggurat_core.protocol import (
+    ChatCompletionTool,
+    ChatMessage,
+    FunctionDefinition,
+    NamedFunction,
+    NamedToolChoice,
+    StreamOptions,
+)
 
 MessageParam = ChatMessage | Mapping[str, Any]
 PromptParam = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
@@ -50,8 +57,11 @@ class ChatCompletionParams(SamplingParams, total=False):
     max_completion_tokens: int | None
     logprobs: bool | None
     top_logprobs: int | None
-    tools: Sequence[Mapping[str, Any]] | None
-    tool_choice: str | Mapping[str, Any] | None
+    tools: Sequence[ChatCompletionTool | Mapping[str, Any]] | None
+    tool_choice: str | NamedToolChoice | Mapping[str, Any] | None  # none, auto, required or named
+    parallel_tool_calls: bool | None
+    functions: Sequence[FunctionDefinition | Mapping[str, Any]] | None  # legacy form of tools
+    function_call: str | NamedFunction | Mapping[str, Any] | None  # legacy form of tool_choice
     add_generation_prompt: bool | None
 
 
