@@ -1,7 +1,7 @@
 """Tool calling through the real server (tiny random-weight model).
 
 The validation tests run everywhere. The generation tests need the engine to enforce
-`SamplingParams.structured_outputs` (branch so-engine); until it does, the `constrained_engine`
+`SamplingParams.structured_outputs` (branch so-engine); until it does, the `tool_server`
 fixture finds that a `choice` constraint is not kept and skips them, saying so.
 """
 
@@ -16,7 +16,9 @@ import openai
 import pytest
 from engine_capabilities import skip_unless_engine_constrains
 from fixtures_models import TinyModel
+from long_context_model import long_context_copy
 from server_helpers import DONE, parse_sse
+from server_process import ServerProcess
 
 WEATHER_SCHEMA = {
     "type": "object",
@@ -122,8 +124,23 @@ def test_round_trip_messages_are_accepted(client: httpx.Client) -> None:
 
 
 @pytest.fixture(scope="module")
-def constrained_engine(tiny_model: TinyModel) -> None:
+def tool_server(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[ServerProcess]:
+    """The tiny model with room for the tools section (see long_context_model.py), once the
+    engine enforces grammars."""
     skip_unless_engine_constrains(tiny_model.gguf_path)
+    folder = long_context_copy(tiny_model, tmp_path_factory.mktemp("tool-model"))
+    server = ServerProcess(tmp_path_factory.mktemp("tool-server-logs"), "--model", str(folder),
+                           "--served-model-name", "tiny", "--num-kv-blocks", "512")
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def tool_client(tool_server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=tool_server.base_url, timeout=120.0) as http:
+        yield http
 
 
 def valid_forecast(arguments: dict[str, Any]) -> bool:
@@ -143,11 +160,10 @@ def valid_alarm(arguments: dict[str, Any]) -> bool:
 VALIDATORS = {"get_forecast": valid_forecast, "set_alarm": valid_alarm}
 
 
-@pytest.mark.usefixtures("constrained_engine")
-def test_required_calls_from_a_random_model_always_validate(client: httpx.Client) -> None:
+def test_required_calls_from_a_random_model_always_validate(tool_client: httpx.Client) -> None:
     complete = 0
     for seed in range(12):
-        response = chat(client, tools=[WEATHER, ALARM], tool_choice="required",
+        response = chat(tool_client, tools=[WEATHER, ALARM], tool_choice="required",
                         parallel_tool_calls=False, temperature=1.0, seed=seed, max_tokens=120)
         assert response.status_code == 200, response.text
         [choice] = response.json()["choices"]
@@ -164,10 +180,9 @@ def test_required_calls_from_a_random_model_always_validate(client: httpx.Client
     assert complete >= 6  # the schemas bound every call well under max_tokens
 
 
-@pytest.mark.usefixtures("constrained_engine")
-def test_named_choice_calls_that_tool(client: httpx.Client) -> None:
+def test_named_choice_calls_that_tool(tool_client: httpx.Client) -> None:
     for seed in range(6):
-        response = chat(client, tools=[WEATHER, ALARM], temperature=1.0, seed=seed,
+        response = chat(tool_client, tools=[WEATHER, ALARM], temperature=1.0, seed=seed,
                         tool_choice={"type": "function", "function": {"name": "set_alarm"}},
                         max_tokens=60)
         [choice] = response.json()["choices"]
@@ -177,10 +192,9 @@ def test_named_choice_calls_that_tool(client: httpx.Client) -> None:
         assert valid_alarm(json.loads(call["function"]["arguments"]))
 
 
-@pytest.mark.usefixtures("constrained_engine")
-def test_auto_content_never_holds_call_markup(client: httpx.Client) -> None:
+def test_auto_content_never_holds_call_markup(tool_client: httpx.Client) -> None:
     for seed in range(8):
-        response = chat(client, tools=[WEATHER, ALARM], tool_choice="auto", temperature=1.0,
+        response = chat(tool_client, tools=[WEATHER, ALARM], tool_choice="auto", temperature=1.0,
                         seed=seed, max_tokens=60)
         [choice] = response.json()["choices"]
         content = choice["message"]["content"] or ""
@@ -190,13 +204,12 @@ def test_auto_content_never_holds_call_markup(client: httpx.Client) -> None:
 
 
 @pytest.fixture()
-def sdk(tiny_server: Any) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{tiny_server.base_url}/v1", api_key="not-needed",
-                       max_retries=0) as client:
+def sdk(tool_server: ServerProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{tool_server.base_url}/v1", api_key="not-needed",
+                       max_retries=0, timeout=120) as client:
         yield client
 
 
-@pytest.mark.usefixtures("constrained_engine")
 def test_streamed_calls_accumulate_to_the_non_streamed_answer(sdk: openai.OpenAI) -> None:
     seen_calls = 0
     for seed in range(6):
@@ -220,9 +233,8 @@ def test_streamed_calls_accumulate_to_the_non_streamed_answer(sdk: openai.OpenAI
     assert seen_calls > 0
 
 
-@pytest.mark.usefixtures("constrained_engine")
-def test_streamed_call_deltas_have_openai_shape(client: httpx.Client) -> None:
-    response = chat(client, tools=[ALARM], tool_choice="required", temperature=1.0, seed=3,
+def test_streamed_call_deltas_have_openai_shape(tool_client: httpx.Client) -> None:
+    response = chat(tool_client, tools=[ALARM], tool_choice="required", temperature=1.0, seed=3,
                     max_tokens=60, stream=True)
     events = [event for event in parse_sse(response.text) if event != DONE]
     deltas = [choice["delta"] for event in events for choice in event["choices"]]
@@ -239,9 +251,8 @@ def test_streamed_call_deltas_have_openai_shape(client: httpx.Client) -> None:
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
-@pytest.mark.usefixtures("constrained_engine")
-def test_legacy_functions_answer_with_function_call(client: httpx.Client) -> None:
-    response = chat(client, functions=[ALARM["function"]], function_call={"name": "set_alarm"},
+def test_legacy_functions_answer_with_function_call(tool_client: httpx.Client) -> None:
+    response = chat(tool_client, functions=[ALARM["function"]], function_call={"name": "set_alarm"},
                     temperature=1.0, seed=1, max_tokens=60)
     [choice] = response.json()["choices"]
     assert choice["finish_reason"] == "function_call"

@@ -78,4 +78,4 @@ def test_streamed_weather_call_equals_the_plain_one(sdk: openai.OpenAI) -> None:
     assert got.finish_reason == expected.finish_reason == "tool_calls"
     assert [(c.function.name, c.function.arguments) for c in got.message.tool_calls or []] == [
         (c.function.name, c.function.arguments) for c in expected.message.tool_calls or []]
-    assert (got.message.content or None) == expected.message.content
+    assert got.message.content == expected.message.content

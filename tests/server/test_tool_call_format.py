@@ -89,7 +89,7 @@ def test_required_call_answer_and_stream_agree(smollm2: Any) -> None:
                                 "arguments": '{"city": "Pa</tool_call>ris"}'}
     [streamed] = accumulated.choices
     assert streamed.finish_reason == "tool_calls"
-    assert not streamed.message.content
+    assert streamed.message.content is None
     [got] = streamed.message.tool_calls
     assert (got.function.name, got.function.arguments) == ("get_weather", call["function"]["arguments"])
     assert got.id.startswith("call_") and got.type == "function"

@@ -95,7 +95,11 @@ class ChatChunker:
                                    choices=[choice])
 
     def role_chunks(self, num_choices: int) -> list[ChatCompletionChunk]:
-        return [self._chunk(i, ChoiceDelta(role="assistant", content="")) for i in range(num_choices)]
+        # With tools, content starts as null (as OpenAI sends it): an answer that is only calls
+        # then accumulates to content None, as in the non-streamed message.
+        content = None if self.plan.calls_possible else ""
+        return [self._chunk(i, ChoiceDelta(role="assistant", content=content))
+                for i in range(num_choices)]
 
     def output_chunks(self, prompt_index: int, output: RequestOutput) -> list[ChatCompletionChunk]:
         chunks = []
