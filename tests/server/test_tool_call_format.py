@@ -18,13 +18,19 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk as SdkChunk
 from ziggurat_core.engine.outputs import CompletionOutput, RequestOutput
-from ziggurat_core.protocol import ChatCompletionTool, FunctionDefinition
+from ziggurat_core.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionTool,
+    FunctionDefinition,
+)
 from ziggurat_core.tools import plan_tools, tool_call_grammar
 from ziggurat_core.tools.plan import ToolPlan
 from ziggurat_server.chat_format import ChatChunker, chat_completion_body
 from ziggurat_server.response_meta import ResponseMeta
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
+from test_http_wire_models import strict_parse  # noqa: E402
 from test_tokenizer import smollm2_metadata  # noqa: E402
 from ziggurat_core.engine.gguf_tokenizer import build_gguf_tokenizer  # noqa: E402
 
@@ -66,12 +72,15 @@ def answer_and_stream(parts: Any, plan: ToolPlan, answer: str, finish_reason: st
                       ) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
     outputs = engine_outputs(parts, plan, answer, finish_reason)
     meta = ResponseMeta("chatcmpl", "m", 1)
-    body = json.loads(chat_completion_body(meta, [outputs[-1]], plan).wire_json())
+    body_json = chat_completion_body(meta, [outputs[-1]], plan).wire_json()
+    strict_parse(ChatCompletion, body_json)  # the client's models declare every field sent
+    body = json.loads(body_json)
     chunker = ChatChunker(meta, plan)
     chunks = [*chunker.role_chunks(1)]
     for output in outputs:
         chunks.extend(chunker.output_chunks(0, output))
-    wire = [json.loads(chunk.wire_json()) for chunk in chunks]
+    wire = [json.loads(strict_parse(ChatCompletionChunk, chunk.wire_json()).model_dump_json(
+        exclude_unset=True)) for chunk in chunks]
     state: ChatCompletionStreamState[None] = ChatCompletionStreamState()
     for chunk in wire:
         state.handle_chunk(SdkChunk.model_validate(chunk))
