@@ -55,7 +55,7 @@ def test_weather_request_returns_a_valid_call(sdk: openai.OpenAI, tool_choice: s
     answer = sdk.chat.completions.create(
         model="SmolLM2-135M-Instruct", messages=QUESTION, tools=[WEATHER],
         tool_choice=tool_choice,  # type: ignore[arg-type]
-        temperature=0, max_tokens=80)
+        temperature=0, max_tokens=200)
     choice = answer.choices[0]
     if tool_choice == "auto" and not choice.message.tool_calls:
         assert "<tool_call>" not in (choice.message.content or "")
@@ -68,7 +68,7 @@ def test_weather_request_returns_a_valid_call(sdk: openai.OpenAI, tool_choice: s
 
 def test_streamed_weather_call_equals_the_plain_one(sdk: openai.OpenAI) -> None:
     request = dict(model="SmolLM2-135M-Instruct", messages=QUESTION, tools=[WEATHER],
-                   tool_choice="required", temperature=0, max_tokens=80)
+                   tool_choice="required", temperature=0, max_tokens=200)
     plain = sdk.chat.completions.create(**request)  # type: ignore[call-overload]
     with sdk.chat.completions.stream(**request) as stream:  # type: ignore[arg-type]
         for _ in stream:
