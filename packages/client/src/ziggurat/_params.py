@@ -11,7 +11,14 @@ from typing import Any, TypedDict
 
 import httpx
 from pydantic import BaseModel
-from ziggurat_core.protocol import ChatMessage, StreamOptions
+from ziggurat_core.protocol import (
+    ChatCompletionTool,
+    ChatMessage,
+    FunctionDefinition,
+    NamedFunction,
+    NamedToolChoice,
+    StreamOptions,
+)
 from ziggurat_core.protocol.structured import ResponseFormat, StructuredOutputsOptions
 
 MessageParam = ChatMessage | Mapping[str, Any]
@@ -64,8 +71,11 @@ class ChatCompletionParams(SamplingParams, StructuredOutputParams, total=False):
     max_completion_tokens: int | None
     logprobs: bool | None
     top_logprobs: int | None
-    tools: Sequence[Mapping[str, Any]] | None
-    tool_choice: str | Mapping[str, Any] | None
+    tools: Sequence[ChatCompletionTool | Mapping[str, Any]] | None
+    tool_choice: str | NamedToolChoice | Mapping[str, Any] | None  # none, auto, required or named
+    parallel_tool_calls: bool | None
+    functions: Sequence[FunctionDefinition | Mapping[str, Any]] | None  # legacy form of tools
+    function_call: str | NamedFunction | Mapping[str, Any] | None  # legacy form of tool_choice
     add_generation_prompt: bool | None
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 import jinja2.nodes
 import jinja2.parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -82,9 +83,14 @@ class ChatTemplate:
         self.source = source
         self.special_tokens: dict[str, str] = dict(special_tokens or {})
         try:
-            self._template = _environment().from_string(source)
+            environment = _environment()
+            self._template = environment.from_string(source)
+            variables = jinja2.meta.find_undeclared_variables(environment.parse(source))
         except jinja2.TemplateSyntaxError as exc:
             raise ChatTemplateError(f"chat template does not compile: {exc}") from exc
+        # A template that never reads `tools` cannot show them to the model; the tokenizer then
+        # spells tools, calls and results out in the messages instead (ziggurat_core.tools.hermes).
+        self.renders_tools = "tools" in variables
 
     def render(
         self,

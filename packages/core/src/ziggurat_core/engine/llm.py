@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence as SequenceABC
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
+from ..protocol.tools import ChatCompletionTool, ToolChoice
+from ..tools import ToolPlan, check_tool_schemas, plan_tools, tool_call_grammar
 from .config import EngineConfig
+from .errors import RequestValidationError
 from .inputs import ChatMessage, PromptInput, ToolDefinition
 from .llm_engine import InferenceEngine
 from .outputs import RequestOutput
-from .sampling_params import SamplingParams
+from .sampling_params import SamplingParams, StructuredOutputsParams
 from .tokenizer import Tokenizer
 
 Messages = list[ChatMessage]
@@ -56,11 +62,24 @@ class LLM:
         sampling_params: SamplingParams | list[SamplingParams] | None = None,
         use_tqdm: bool = True,
         tools: list[ToolDefinition] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
     ) -> list[RequestOutput]:
-        """One conversation (a list of messages) or a batch of them."""
+        """One conversation (a list of messages) or a batch of them.
+
+        `tools` and `tool_choice` take OpenAI's shapes. When a call can be made, the output is
+        constrained to well-formed calls (see ziggurat_core.tools); read them with
+        `ziggurat_core.tools.parsing.calls_from_captures(completion.captures)`.
+        """
         single = bool(messages) and isinstance(messages[0], dict)
         batch: list[Messages] = [messages] if single else messages  # type: ignore[assignment,list-item]
-        return self._run([{"messages": conv, "tools": tools} for conv in batch], sampling_params, use_tqdm)
+        plan = _tool_plan(tools, tool_choice, parallel_tool_calls)
+        grammar = tool_call_grammar(plan)
+        if grammar is not None:
+            sampling_params = _with_grammar(sampling_params, grammar)
+        prompt_tools = plan.prompt_tools()
+        return self._run([{"messages": conv, "tools": prompt_tools} for conv in batch],
+                         sampling_params, use_tqdm)
 
     def _run(
         self,
@@ -105,3 +124,33 @@ class LLM:
             if bar is not None:
                 bar.close()
         return [r for r in results if r is not None]
+
+
+def _tool_plan(tools: list[ToolDefinition] | None, tool_choice: str | dict[str, Any] | None,
+               parallel_tool_calls: bool) -> ToolPlan:
+    """The OpenAI-shaped arguments checked as the server checks a request's."""
+    try:
+        typed_tools = None if tools is None else [ChatCompletionTool.model_validate(t)
+                                                  for t in tools]
+        choice = None if tool_choice is None else TypeAdapter(ToolChoice).validate_python(
+            tool_choice)
+    except ValidationError as exc:
+        raise RequestValidationError(f"invalid tools or tool_choice: {exc}", "tools") from None
+    plan = plan_tools(typed_tools, choice, parallel_tool_calls)
+    check_tool_schemas(plan)
+    return plan
+
+
+def _with_grammar(sampling_params: SamplingParams | list[SamplingParams] | None,
+                  grammar: str) -> SamplingParams | list[SamplingParams]:
+    """Copies of the parameters constrained to the tool-call grammar (the caller's are kept)."""
+    def constrained(params: SamplingParams) -> SamplingParams:
+        if params.structured_outputs is not None:
+            raise RequestValidationError(
+                "structured_outputs cannot be combined with tool calls", "structured_outputs")
+        return dataclasses.replace(params,
+                                   structured_outputs=StructuredOutputsParams(grammar=grammar))
+
+    if isinstance(sampling_params, SequenceABC):
+        return [constrained(params) for params in sampling_params]
+    return constrained(sampling_params or SamplingParams())

@@ -15,6 +15,7 @@ from typing import Any
 
 from tokenizers import Tokenizer as BackendTokenizer
 
+from ..tools import hermes
 from .chat_template import ChatTemplate, NoChatTemplateError
 from .gguf_tokenizer import TokenizerKind, build_gguf_tokenizer, byte_level_piece_to_bytes
 
@@ -282,6 +283,9 @@ class Tokenizer:
             raise NoChatTemplateError(
                 "this model has no chat template; send a plain prompt (completions) instead"
             )
+        if not template.renders_tools and hermes.needs_rewrite(messages, tools):
+            messages = hermes.messages_with_tools(messages, tools)
+            tools = None
         return template.render(
             messages, add_generation_prompt=add_generation_prompt, tools=tools, **kwargs
         )

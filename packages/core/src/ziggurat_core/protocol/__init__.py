@@ -55,6 +55,16 @@ from .structured import (
     output_constraint,
 )
 from .tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from .tools import (
+    ChatCompletionTool,
+    FunctionDefinition,
+    LegacyFunctionChoice,
+    NamedFunction,
+    NamedToolChoice,
+    ToolCallFunction,
+    ToolCallParam,
+    ToolChoice,
+)
 
 __all__ = [
     "AcceleratorDevice",
@@ -66,6 +76,7 @@ __all__ = [
     "ChatCompletionMessage",
     "ChatCompletionMessageToolCall",
     "ChatCompletionRequest",
+    "ChatCompletionTool",
     "ChatMessage",
     "ChatTokenLogprob",
     "ChoiceDelta",
@@ -84,6 +95,7 @@ __all__ = [
     "ErrorResponse",
     "FinishReason",
     "FunctionCall",
+    "FunctionDefinition",
     "GpuInfo",
     "HealthStatus",
     "HostCpu",
@@ -91,6 +103,9 @@ __all__ = [
     "Model",
     "ModelList",
     "OutputConstraint",
+    "LegacyFunctionChoice",
+    "NamedFunction",
+    "NamedToolChoice",
     "RequestModel",
     "ResolvedEngineSettings",
     "ResponseFormat",
@@ -104,6 +119,9 @@ __all__ = [
     "TextContentPart",
     "TokenizeRequest",
     "TokenizeResponse",
+    "ToolCallFunction",
+    "ToolCallParam",
+    "ToolChoice",
     "TopLogprob",
     "Usage",
     "output_constraint",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -9,6 +10,13 @@ from pydantic import Field, field_validator
 from ._base import RequestModel, ResponseModel
 from .common import ChatChoiceLogprobs, FinishReason, SamplingFields, Usage
 from .structured import StructuredOutputFields
+from .tools import (
+    ChatCompletionTool,
+    FunctionDefinition,
+    LegacyFunctionChoice,
+    ToolCallParam,
+    ToolChoice,
+)
 
 
 class TextContentPart(RequestModel):
@@ -20,7 +28,7 @@ class ChatMessage(RequestModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallParam] | None = None
     tool_call_id: str | None = None
 
     def text(self) -> str:
@@ -37,10 +45,20 @@ class ChatMessage(RequestModel):
         if self.name is not None:
             data["name"] = self.name
         if self.tool_calls is not None:
-            data["tool_calls"] = self.tool_calls
+            data["tool_calls"] = [_template_tool_call(call) for call in self.tool_calls]
         if self.tool_call_id is not None:
             data["tool_call_id"] = self.tool_call_id
         return data
+
+
+def _template_tool_call(call: ToolCallParam) -> dict[str, Any]:
+    """Chat templates (Hugging Face's convention) read `arguments` as an object, not JSON text."""
+    try:
+        arguments: Any = json.loads(call.function.arguments)
+    except ValueError:
+        arguments = call.function.arguments
+    return {"id": call.id, "type": call.type,
+            "function": {"name": call.function.name, "arguments": arguments}}
 
 
 class ChatCompletionRequest(SamplingFields, StructuredOutputFields):
@@ -48,8 +66,11 @@ class ChatCompletionRequest(SamplingFields, StructuredOutputFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ChatCompletionTool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDefinition] | None = None  # legacy: tools of type function
+    function_call: LegacyFunctionChoice | None = None  # legacy: tool_choice
     add_generation_prompt: bool = True
 
     @field_validator("messages")
@@ -79,6 +100,7 @@ class ChatCompletionMessage(ResponseModel):
     role: str = "assistant"
     content: str | None = None
     tool_calls: list[ChatCompletionMessageToolCall] | None = None
+    function_call: FunctionCall | None = None  # legacy `functions` requests get this instead
 
 
 class ChatCompletionChoice(ResponseModel):
@@ -114,6 +136,7 @@ class ChoiceDelta(ResponseModel):
     role: str | None = None
     content: str | None = None
     tool_calls: list[ChoiceDeltaToolCall] | None = None
+    function_call: ChoiceDeltaFunctionCall | None = None  # legacy `functions` requests
 
 
 class ChatCompletionChunkChoice(ResponseModel):

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from ziggurat_core.engine.inputs import PromptInput
 from ziggurat_core.protocol import ChatCompletionRequest
+from ziggurat_core.tools import ToolPlan
 
 from ..chat_format import ChatChunker, chat_completion_body
 from ..errors import bad_request
@@ -15,20 +16,22 @@ from ..sampling import chat_sampling_params, check_model_name
 from ..serving_engine import ServingEngine
 from ..sse import SSEResponse
 from ..streaming import stream_events
+from ..tool_calls import constrain_to_tool_calls, tool_plan
 from ..wire import ModelResponse
 from . import server_state
 
 router = APIRouter()
 
 
-def chat_prompt(engine: ServingEngine, body: ChatCompletionRequest) -> PromptInput:
+def chat_prompt(engine: ServingEngine, body: ChatCompletionRequest, plan: ToolPlan) -> PromptInput:
     """The engine applies the model's chat template itself when it adds the assistant header."""
     messages = [message.to_template_dict() for message in body.messages]
+    tools = plan.prompt_tools()
     if body.add_generation_prompt:
-        return {"messages": messages, "tools": body.tools}
+        return {"messages": messages, "tools": tools}
     # The engine always adds the assistant header; without it, render the template here.
     try:
-        text = engine.apply_chat_template(messages, add_generation_prompt=False, tools=body.tools)
+        text = engine.apply_chat_template(messages, add_generation_prompt=False, tools=tools)
     except ValueError as exc:
         raise bad_request(f"chat template failed: {exc}", param="messages") from None
     return {"prompt_token_ids": engine.encode(text, add_special_tokens=False)}
@@ -39,13 +42,15 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     state = server_state(request)
     engine = state.require_engine()
     check_model_name(body.model, engine.model_name)
+    plan = tool_plan(body)
     params = chat_sampling_params(body)
+    constrain_to_tool_calls(params, plan)
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     meta = ResponseMeta("chatcmpl", engine.model_name, params.n, include_usage=include_usage)
-    generation = Generation(state, engine, [chat_prompt(engine, body)], params, "chatcmpl")
+    generation = Generation(state, engine, [chat_prompt(engine, body, plan)], params, "chatcmpl")
     firsts = await generation.start(request.receive)
     if body.stream:
-        chunker = ChatChunker(meta)
+        chunker = ChatChunker(meta, plan)
         events = stream_events(generation, firsts, chunker, meta.include_usage,
                                head=chunker.role_chunks(generation.num_sequences))
         return SSEResponse(events, on_close=generation.close)
@@ -53,4 +58,4 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         finals = await generation.finals(firsts, request.receive)
     finally:
         await generation.close()
-    return ModelResponse(chat_completion_body(meta, finals))
+    return ModelResponse(chat_completion_body(meta, finals, plan))
