@@ -26,6 +26,7 @@ from .common import (
     ChatTokenLogprob,
     CompletionLogprobs,
     FinishReason,
+    PromptTokensDetails,
     SamplingFields,
     StreamOptions,
     TopLogprob,
@@ -45,6 +46,7 @@ from .server import (
     ServerInfo,
     ServerMemory,
 )
+from .timings import Timings
 from .tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 __all__ = [
@@ -79,6 +81,7 @@ __all__ = [
     "HostCpu",
     "Model",
     "ModelList",
+    "PromptTokensDetails",
     "RequestModel",
     "ResolvedEngineSettings",
     "ResponseModel",
@@ -87,6 +90,7 @@ __all__ = [
     "ServerMemory",
     "StreamOptions",
     "TextContentPart",
+    "Timings",
     "TokenizeRequest",
     "TokenizeResponse",
     "TopLogprob",
