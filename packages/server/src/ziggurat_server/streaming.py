@@ -82,15 +82,3 @@ async def sse_events(chunks: AsyncGenerator[Chunk | ErrorResponse, None]) -> Asy
                 return
         yield DONE_EVENT
 
-
-def stream_events(
-    generation: Generation,
-    firsts: list[RequestOutput],
-    chunker: Chunker,
-    include_usage: bool,
-    head: Iterable[Chunk] = (),
-    prompt_opening: Callable[[int, RequestOutput], Iterable[Chunk]] | None = None,
-) -> AsyncIterator[str]:
-    """The whole SSE stream of a generation: `stream_chunks` as events."""
-    return sse_events(stream_chunks(generation, firsts, chunker, include_usage, head,
-                                    prompt_opening))
