@@ -27,6 +27,7 @@ from ziggurat_core.protocol import (
     ErrorResponse,
     RequestModel,
 )
+from ziggurat_core.protocol.common import SamplingFields
 
 from .response_cache import CachedResponse, ResponseCache
 from .response_meta import ResponseMeta
@@ -78,12 +79,11 @@ class RequestCaching:
         self.key = key
 
     @classmethod
-    def of(cls, state: ServerState, engine: ServingEngine, endpoint: str,
-           body: RequestModel, cache: bool | None, prompts: Sequence[PromptInput],
-           params: SamplingParams) -> RequestCaching | None:
-        """The request's caching, or None when it did not ask for the cache (`cache`, else the
-        server's --response-cache)."""
-        wanted = cache if cache is not None else state.settings.response_cache
+    def of(cls, state: ServerState, engine: ServingEngine, endpoint: str, body: SamplingFields,
+           prompts: Sequence[PromptInput], params: SamplingParams) -> RequestCaching | None:
+        """The request's caching, or None when it did not ask for the cache (its `cache`, else
+        the server's --response-cache)."""
+        wanted = body.cache if body.cache is not None else state.settings.response_cache
         if not wanted:
             return None
         if not reproducible(params):

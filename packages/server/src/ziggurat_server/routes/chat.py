@@ -44,7 +44,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     meta = ResponseMeta("chatcmpl", engine.model_name, params.n, include_usage=include_usage)
     prompts = [chat_prompt(engine, body)]
-    caching = RequestCaching.of(state, engine, "chat", body, body.cache, prompts, params)
+    caching = RequestCaching.of(state, engine, "chat", body, prompts, params)
     if caching is not None and (hit := caching.serve_hit(
             body.stream, meta, ChatCompletion, ChatCompletionChunk)) is not None:
         return hit

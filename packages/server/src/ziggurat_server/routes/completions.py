@@ -45,7 +45,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     meta = ResponseMeta("cmpl", engine.model_name, params.n, include_usage=include_usage)
     prompts = [_engine_prompt(prompt) for prompt in body.prompts()]
-    caching = RequestCaching.of(state, engine, "completions", body, body.cache, prompts, params)
+    caching = RequestCaching.of(state, engine, "completions", body, prompts, params)
     if caching is not None and (hit := caching.serve_hit(
             body.stream, meta, Completion, Completion)) is not None:
         return hit
