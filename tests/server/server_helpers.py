@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 from typing import Any
 
 DONE = "[DONE]"
@@ -44,3 +46,13 @@ def metric_value(exposition: str, name: str) -> float:
         if sample == name:
             return float(value)
     return 0.0
+
+
+_unique = itertools.count()
+
+
+def fresh_prompt(length: int) -> list[int]:
+    """Random token ids (of the tiny vocabulary's 300) that no other request sends, so neither
+    the prefix cache nor the response cache has seen them."""
+    draw = random.Random(f"fresh-prompt-{next(_unique)}")
+    return [draw.randrange(10, 290) for _ in range(length)]

@@ -37,8 +37,11 @@ def test_response_shape_and_usage(client: httpx.Client, reference_tokenizer: Tok
     assert choice["finish_reason"] == "length"
     assert choice["logprobs"] is None
     prompt_tokens = len(reference_tokenizer.encode("Hello world").ids)
+    cached = body["usage"]["prompt_tokens_details"]["cached_tokens"]  # earlier tests' prefix
     assert body["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 5,
-                             "total_tokens": prompt_tokens + 5}
+                             "total_tokens": prompt_tokens + 5,
+                             "prompt_tokens_details": {"cached_tokens": cached}}
+    assert 0 <= cached < prompt_tokens
 
 
 def test_max_tokens_defaults_to_16_like_openai(client: httpx.Client) -> None:

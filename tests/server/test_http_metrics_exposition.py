@@ -31,6 +31,16 @@ EXPECTED_SERIES = {
     "ziggurat_kv_cache_blocks_total": ("gauge", "KV blocks in the cache"),
     "ziggurat_prefix_cache_hit_rate": ("gauge",
                                        "fraction of prompt blocks served from the prefix cache"),
+    "ziggurat_response_cache_hits_total": ("counter", "requests served from the response cache"),
+    "ziggurat_response_cache_misses_total": (
+        "counter", "cacheable requests not found in the response cache"),
+    "ziggurat_response_cache_uncacheable_total": (
+        "counter", "requests that asked for the cache but whose output is not reproducible "
+                   "(sampled without a seed): never looked up nor stored"),
+    "ziggurat_response_cache_evictions_total": (
+        "counter", "responses dropped from the response cache, by reason"),
+    "ziggurat_response_cache_entries": ("gauge", "responses in the response cache"),
+    "ziggurat_response_cache_bytes": ("gauge", "bytes of response JSON in the response cache"),
 }
 
 LATENCY_BUCKETS = ("0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.25",

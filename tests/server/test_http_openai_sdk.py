@@ -72,3 +72,22 @@ def test_sdk_error_types(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         sdk.completions.create(model="tiny", prompt="x", temperature=3)
     assert "temperature" in bad.value.message
+
+
+def test_cache_and_timings_through_the_sdk(sdk: openai.OpenAI) -> None:
+    """`cache` travels in extra_body; `cached` and `timings` arrive as the SDK's extra fields."""
+    request: dict[str, Any] = {
+        "model": "tiny", "messages": [{"role": "user", "content": "cache me through the SDK"}],
+        "max_tokens": 3, "temperature": 0, "extra_body": {"ignore_eos": True, "cache": True}}
+    first = sdk.chat.completions.create(**request)
+    again = sdk.chat.completions.create(**request)
+    assert (first.model_extra or {})["cached"] is False
+    assert (again.model_extra or {})["cached"] is True
+    assert again.choices[0].message.content == first.choices[0].message.content
+    timings = (again.model_extra or {})["timings"]
+    assert timings["predicted_n"] == 3
+    assert first.usage is not None and first.usage.prompt_tokens_details is not None
+    assert first.usage.prompt_tokens_details.cached_tokens == timings["cache_n"]
+    with pytest.raises(openai.BadRequestError, match="prediction"):
+        sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                    prediction={"type": "content", "content": "Hi"})

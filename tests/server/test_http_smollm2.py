@@ -54,7 +54,12 @@ def test_chat_uses_the_chat_template(sdk: openai.OpenAI) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == answer.choices[0].message.content
     assert chunks[-1].usage is not None and answer.usage is not None
-    assert chunks[-1].usage.model_dump() == answer.usage.model_dump()
+    for count in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        assert getattr(chunks[-1].usage, count) == getattr(answer.usage, count)
+    # The streamed request found the first one's prompt blocks in the prefix cache.
+    details = chunks[-1].usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens is not None
+    assert details.cached_tokens > 0
 
 
 def test_completion_logprobs(smol_server: ServerProcess) -> None:

@@ -189,6 +189,22 @@ def test_chat_completions_streaming(http: httpx.Client, extra: dict[str, Any],
     assert (chunks[-1].usage is not None) == include_usage
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["body", "stream"])
+def test_cached_responses_and_their_replays(http: httpx.Client, stream: bool) -> None:
+    body = {**GREEDY, "messages": [{"role": "user", "content": f"wire cache {stream}"}],
+            "cache": True, "stream": stream, "stream_options": {"include_usage": stream}
+            if stream else None}
+    for expected in (False, True):  # generated, then replayed
+        response = http.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        if stream:
+            last = [strict_parse(ChatCompletionChunk, payload)
+                    for payload in sse_payloads(response.text)][-1]
+        else:
+            last = strict_parse(ChatCompletion, response.text)
+        assert last.cached is expected and last.timings is not None
+
+
 ERRORS: dict[str, tuple[str, str, Any, dict[str, str] | None, int]] = {
     "out-of-range": ("POST", "/v1/chat/completions",
                      {"messages": MESSAGES, "temperature": 5}, None, 400),
@@ -200,6 +216,11 @@ ERRORS: dict[str, tuple[str, str, Any, dict[str, str] | None, int]] = {
     "wrong-model": ("POST", "/v1/completions", {"model": "nope", "prompt": "x"}, None, 404),
     "unknown-route": ("GET", "/v1/nope", None, None, 404),
     "wrong-method": ("DELETE", "/v1/models", None, None, 405),
+    "unsupported-field": ("POST", "/v1/chat/completions",
+                          {"messages": MESSAGES, "prediction": {"type": "content"}}, None, 400),
+    "image-part": ("POST", "/v1/chat/completions",
+                   {"messages": [{"role": "user", "content": [
+                       {"type": "image_url", "image_url": {"url": "x"}}]}]}, None, 400),
 }
 
 

@@ -39,9 +39,12 @@ ROWS: list[tuple[str, str, Any, Any]] = [
     ("seed", "42", 42, 42),
     ("num_threads", "3", 3, 3),
     ("log_level", "DEBUG", "debug", "debug"),
+    ("response_cache_max_entries", "10", 10, 10),
+    ("response_cache_max_bytes", "1KiB", "1KiB", 1024),
+    ("response_cache_ttl", "2.5", 2.5, 2.5),
 ]
 FLAGS = {name: "--" + name.replace("_", "-") for name, *_ in ROWS} | {
-    "prefix_caching": "--prefix-caching"}
+    "prefix_caching": "--prefix-caching", "response_cache": "--response-cache"}
 ENV_VARS = {name: "ZIGGURAT_" + name.upper() for name in FLAGS}
 
 
@@ -69,6 +72,8 @@ def test_defaults(resolve: Any) -> None:
         "max_num_batched_tokens": 2048, "kv_cache_memory": None, "num_kv_blocks": None,
         "max_model_len": None, "block_size": 16, "prefix_caching": True, "max_queue": 256,
         "shutdown_timeout": 30, "seed": 0, "num_threads": None, "log_level": "info",
+        "response_cache": False, "response_cache_max_entries": 1024,
+        "response_cache_max_bytes": 64 * 1024 * 1024, "response_cache_ttl": 3600.0,
     }
 
 
@@ -99,6 +104,18 @@ def test_boolean_option_from_every_source(resolve: Any, tmp_path: Path) -> None:
     assert resolve(["--config", str(_yaml(tmp_path, "prefix-caching: no"))]).prefix_caching is False
     with pytest.raises(SettingsError, match="ZIGGURAT_PREFIX_CACHING"):
         resolve([], {"ZIGGURAT_PREFIX_CACHING": "maybe"})
+
+
+def test_response_cache_switch_from_every_source(resolve: Any, tmp_path: Path) -> None:
+    assert resolve([]).response_cache is False
+    assert resolve(["--response-cache"]).response_cache is True
+    assert resolve(["--no-response-cache"], {"ZIGGURAT_RESPONSE_CACHE": "on"}).response_cache is False
+    assert resolve([], {"ZIGGURAT_RESPONSE_CACHE": "yes"}).response_cache is True
+    assert resolve(["--config", str(_yaml(tmp_path, "response-cache: true"))]).response_cache is True
+    with pytest.raises(SettingsError, match="--response-cache-max-bytes"):
+        resolve(["--response-cache-max-bytes", "lots"])
+    with pytest.raises(SettingsError, match="--response-cache-ttl"):
+        resolve(["--response-cache-ttl", "0"])
 
 
 def test_engine_config_carries_the_engine_options(resolve: Any) -> None:
@@ -214,7 +231,8 @@ METAVARS = {
     "kv_cache_dtype": "DTYPE", "attention_backend": "NAME", "max_num_seqs": "N",
     "max_num_batched_tokens": "N", "kv_cache_memory": "SIZE", "num_kv_blocks": "N",
     "max_model_len": "N", "block_size": "N", "max_queue": "N", "shutdown_timeout": "SECONDS",
-    "seed": "N", "num_threads": "N", "log_level": "LEVEL",
+    "seed": "N", "num_threads": "N", "log_level": "LEVEL", "response_cache_max_entries": "N",
+    "response_cache_max_bytes": "SIZE", "response_cache_ttl": "SECONDS",
 }
 
 
@@ -227,6 +245,7 @@ def test_help_names_every_flag_metavar_variable_and_default() -> None:
     for name, metavar in METAVARS.items():
         assert f"{FLAGS[name]} {metavar} " in text, name
     assert "--prefix-caching, --no-prefix-caching " in text
+    assert "--response-cache, --no-response-cache " in text
     for name, variable in ENV_VARS.items():
         default = getattr(defaults, name)
         shown = f"[env {variable}]" if default is None else f"[env {variable}; default: {default}]"

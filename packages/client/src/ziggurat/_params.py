@@ -53,6 +53,9 @@ class SamplingParams(TypedDict, total=False):
     ignore_eos: bool | None
     min_tokens: int | None
     stop_token_ids: Sequence[int] | None
+    # Serve a repeat of a reproducible request (temperature 0 or a seed) from the server's
+    # response cache; the response's `cached` says whether it was.
+    cache: bool | None
 
 
 class StructuredOutputParams(TypedDict, total=False):

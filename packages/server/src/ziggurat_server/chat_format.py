@@ -28,6 +28,7 @@ from ziggurat_core.tools.parsing import (
 
 from .logprobs import chat_logprobs
 from .response_meta import ResponseMeta, usage_of
+from .timings import timings_of
 
 
 def _logprobs_or_none(entries: list[Logprob] | None) -> ChatChoiceLogprobs | None:
@@ -68,7 +69,7 @@ def chat_completion_body(meta: ResponseMeta, outputs: list[RequestOutput],
             ))
     choices.sort(key=lambda choice: choice.index)
     return ChatCompletion(**meta.envelope("chat.completion"), choices=choices,
-                          usage=usage_of(outputs))
+                          usage=usage_of(outputs), timings=timings_of(outputs))
 
 
 class ChatChunker:

@@ -7,6 +7,7 @@ from ziggurat_core.protocol import Completion, CompletionChoice, CompletionLogpr
 
 from .logprobs import completion_logprobs
 from .response_meta import ResponseMeta, usage_of
+from .timings import timings_of
 
 
 def _logprobs_or_none(entries: list[Logprob] | None, offset: int) -> CompletionLogprobs | None:
@@ -27,7 +28,8 @@ def completion_body(meta: ResponseMeta, outputs: list[RequestOutput],
                 finish_reason=completion.finish_reason,
             ))
     choices.sort(key=lambda choice: choice.index)
-    return Completion(**meta.envelope("text_completion"), choices=choices, usage=usage_of(outputs))
+    return Completion(**meta.envelope("text_completion"), choices=choices, usage=usage_of(outputs),
+                      timings=timings_of(outputs))
 
 
 class CompletionChunker:

@@ -64,6 +64,8 @@ class ServerMetrics:
                                      "fraction of prompt blocks served from the prefix cache",
                                      registry=registry)
 
+        self.response_cache = ResponseCacheMetrics(registry)
+
     def render(self, engine_stats: EngineStats | None) -> bytes:
         """The exposition; the engine gauges are read now (they keep their last value while the
         engine is not serving)."""
@@ -75,3 +77,27 @@ class ServerMetrics:
             self.kv_blocks_total.set(engine_stats.kv_blocks_total)
             self.prefix_hit_rate.set(engine_stats.prefix_cache_hit_rate)
         return generate_latest(self.registry)
+
+
+class ResponseCacheMetrics:
+    """The response cache's counters; the cache (server/response_cache.py) moves them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.hits = Counter("ziggurat_response_cache_hits", "requests served from the response cache",
+                            registry=registry)
+        self.misses = Counter("ziggurat_response_cache_misses",
+                              "cacheable requests not found in the response cache",
+                              registry=registry)
+        self.uncacheable = Counter(
+            "ziggurat_response_cache_uncacheable",
+            "requests that asked for the cache but whose output is not reproducible "
+            "(sampled without a seed): never looked up nor stored", registry=registry)
+        self.evictions = Counter("ziggurat_response_cache_evictions",
+                                 "responses dropped from the response cache, by reason",
+                                 ("reason",), registry=registry)
+        for reason in ("expired", "capacity"):  # exposed at 0 before the first eviction
+            self.evictions.labels(reason)
+        self.entries = Gauge("ziggurat_response_cache_entries", "responses in the response cache",
+                             registry=registry)
+        self.bytes = Gauge("ziggurat_response_cache_bytes",
+                           "bytes of response JSON in the response cache", registry=registry)

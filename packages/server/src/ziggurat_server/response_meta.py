@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ziggurat_core.engine.outputs import RequestOutput
-from ziggurat_core.protocol import Usage
+from ziggurat_core.protocol import PromptTokensDetails, Usage
 
 from . import __version__
 
@@ -49,5 +49,7 @@ class ResponseMeta:
 def usage_of(outputs: list[RequestOutput]) -> Usage:
     prompt_tokens = sum(len(output.prompt_token_ids) for output in outputs)
     completion_tokens = sum(len(c.token_ids) for output in outputs for c in output.outputs)
+    cached_tokens = sum(output.num_cached_tokens for output in outputs)
     return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                 total_tokens=prompt_tokens + completion_tokens)
+                 total_tokens=prompt_tokens + completion_tokens,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens))

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ByteSize,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -139,6 +146,16 @@ class ServerSettings(BaseSettings):
     num_threads: PositiveInt | None = _option(
         None, "CPU threads for torch (default: torch's choice)", "N")
     log_level: LogLevel = _option("info", "log level: " + ", ".join(LOG_LEVELS), "LEVEL")
+    response_cache: bool = _option(
+        False, "serve repeated reproducible requests (temperature 0 or a seed) from the response "
+        "cache, as if each sent cache: true (a request's cache: false still opts out)")
+    response_cache_max_entries: PositiveInt = _option(
+        1024, "most responses the response cache holds", "N")
+    response_cache_max_bytes: Annotated[ByteSize, Field(gt=0)] = _option(
+        64 * 1024 * 1024, "most bytes of response JSON the response cache holds (a byte count "
+        "or a size like 64MiB)", "SIZE")
+    response_cache_ttl: Annotated[float, Field(gt=0)] = _option(
+        3600.0, "seconds a cached response is served before it expires", "SECONDS")
 
     @classmethod
     def settings_customise_sources(

@@ -1,4 +1,5 @@
-"""Server-wide state: the engine (once loaded), the loading status, metrics and admission control."""
+"""Server-wide state: the engine (once loaded), the loading status, metrics, admission control
+and the response cache."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ziggurat_core.engine.reports import DeviceInfo
 from .admission import AdmissionControl
 from .errors import engine_unavailable
 from .metrics import ServerMetrics
+from .response_cache import ResponseCache
 from .serving_engine import ServingEngine
 from .settings import ServerSettings
 
@@ -31,12 +33,17 @@ class ServerState:
     engine: ServingEngine | None = None
     load_error: str | None = None
     admission: AdmissionControl = field(init=False)
+    response_cache: ResponseCache = field(init=False)
     _loader: threading.Thread | None = field(default=None, init=False, repr=False)
     _device_info: DeviceInfo | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.admission = AdmissionControl(
             max_running=self.settings.max_num_seqs, max_waiting=self.settings.max_queue)
+        self.response_cache = ResponseCache(
+            max_entries=self.settings.response_cache_max_entries,
+            max_bytes=int(self.settings.response_cache_max_bytes),
+            ttl_s=self.settings.response_cache_ttl, metrics=self.metrics.response_cache)
 
     # ------------------------------------------------------------------ status
     @property

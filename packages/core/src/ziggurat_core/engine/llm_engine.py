@@ -98,21 +98,8 @@ class InferenceEngine:
         sampling parameters is made here, once (the server relies on it too)."""
         params = sampling_params if sampling_params is not None else SamplingParams()
         params.validate()
-        given = sum(x is not None for x in (prompt, prompt_token_ids, messages))
-        if given != 1:
-            raise RequestValidationError("give exactly one of prompt, prompt_token_ids or messages", "prompt")
-        if messages is not None:
-            try:
-                prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
-            except ValueError as exc:
-                raise RequestValidationError(f"chat template failed: {exc}", "messages") from exc
-            # The template already wrote any BOS it wants.
-            token_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
-        elif prompt is not None:
-            token_ids = self.tokenizer.encode(prompt)
-        else:
-            assert prompt_token_ids is not None
-            token_ids = list(prompt_token_ids)
+        prompt, token_ids = self.render_prompt(
+            prompt, prompt_token_ids=prompt_token_ids, messages=messages, tools=tools)
         self._validate_tokens(token_ids, params)
         self.scheduler.check_request(len(token_ids))
         # Compiled before anything is allocated: a grammar that does not compile is a
@@ -136,6 +123,32 @@ class InferenceEngine:
             self.structured_output.start(seqs, matcher)
         self._requests[request_id] = state
         self.counters["prompt_tokens"] += len(token_ids)
+
+    def render_prompt(
+        self,
+        prompt: str | None = None,
+        *,
+        prompt_token_ids: list[int] | None = None,
+        messages: list[ChatMessage] | None = None,
+        tools: list[ToolDefinition] | None = None,
+    ) -> tuple[str | None, list[int]]:
+        """The prompt text (None when given as token ids) and the token ids the engine runs for
+        exactly one of `prompt`, `prompt_token_ids` or `messages`. Raises RequestValidationError.
+        Reads only the tokenizer, so any thread may call it."""
+        given = sum(x is not None for x in (prompt, prompt_token_ids, messages))
+        if given != 1:
+            raise RequestValidationError("give exactly one of prompt, prompt_token_ids or messages", "prompt")
+        if messages is not None:
+            try:
+                text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
+            except ValueError as exc:
+                raise RequestValidationError(f"chat template failed: {exc}", "messages") from exc
+            # The template already wrote any BOS it wants.
+            return text, self.tokenizer.encode(text, add_special_tokens=False)
+        if prompt is not None:
+            return prompt, self.tokenizer.encode(prompt)
+        assert prompt_token_ids is not None
+        return None, list(prompt_token_ids)
 
     def _validate_tokens(self, token_ids: list[int], params: SamplingParams) -> None:
         vocab = self.model_config.vocab_size
@@ -179,6 +192,11 @@ class InferenceEngine:
                 self.output_processor.finish_without_token(state.samples[seq.index])
                 touched[seq.request_id] = state
         if sched.scheduled:
+            scheduled_at = time.monotonic()
+            for item in sched.scheduled:
+                metrics = self._requests[item.seq.request_id].metrics
+                if metrics.first_scheduled_time is None:
+                    metrics.first_scheduled_time = scheduled_at
             self.counters["steps"] += 1
             self._track_kv_stats()
             structured = self.structured_output

@@ -47,7 +47,12 @@ class CompletionOutput:
 
 @dataclass
 class RequestMetrics:
+    """When a request reached each stage, on `time.monotonic()`'s clock."""
+
     arrival_time: float
+    # The first step that computed any of its tokens: the wait before it is queueing, the time
+    # from it to the first token is prompt processing.
+    first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finished_time: float | None = None
 

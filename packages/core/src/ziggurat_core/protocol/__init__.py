@@ -26,6 +26,7 @@ from .common import (
     ChatTokenLogprob,
     CompletionLogprobs,
     FinishReason,
+    PromptTokensDetails,
     SamplingFields,
     StreamOptions,
     TopLogprob,
@@ -54,6 +55,7 @@ from .structured import (
     StructuredOutputsOptions,
     output_constraint,
 )
+from .timings import Timings
 from .tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from .tools import (
     ChatCompletionTool,
@@ -106,6 +108,7 @@ __all__ = [
     "LegacyFunctionChoice",
     "NamedFunction",
     "NamedToolChoice",
+    "PromptTokensDetails",
     "RequestModel",
     "ResolvedEngineSettings",
     "ResponseFormat",
@@ -117,6 +120,7 @@ __all__ = [
     "StructuredOutputFields",
     "StructuredOutputsOptions",
     "TextContentPart",
+    "Timings",
     "TokenizeRequest",
     "TokenizeResponse",
     "ToolCallFunction",

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from ._base import RequestModel, ResponseModel
 from .common import ChatChoiceLogprobs, FinishReason, SamplingFields, Usage
 from .structured import StructuredOutputFields
+from .timings import Timings
 from .tools import (
     ChatCompletionTool,
     FunctionDefinition,
@@ -17,6 +18,9 @@ from .tools import (
     ToolCallParam,
     ToolChoice,
 )
+
+# OpenAI's content part types besides "text"; no model Ziggurat serves reads them.
+NON_TEXT_PART_TYPES = ("image_url", "input_audio", "file")
 
 
 class TextContentPart(RequestModel):
@@ -30,6 +34,17 @@ class ChatMessage(RequestModel):
     name: str | None = None
     tool_calls: list[ToolCallParam] | None = None
     tool_call_id: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value: Any) -> Any:
+        # Named here: the union's own error for an image part would not say what is wrong.
+        for part in value if isinstance(value, list) else ():
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in NON_TEXT_PART_TYPES:
+                raise ValueError(f"{kind} content parts are not supported: the served model "
+                                 "reads text only")
+        return value
 
     def text(self) -> str:
         """The content as one string: text parts are joined in order."""
@@ -118,6 +133,8 @@ class ChatCompletion(ResponseModel):
     system_fingerprint: str | None = None
     choices: list[ChatCompletionChoice] = Field(default_factory=list)
     usage: Usage | None = None
+    timings: Timings | None = None
+    cached: bool | None = None  # present when the response cache was asked for
 
 
 class ChoiceDeltaFunctionCall(ResponseModel):
@@ -154,3 +171,5 @@ class ChatCompletionChunk(ResponseModel):
     system_fingerprint: str | None = None
     choices: list[ChatCompletionChunkChoice] = Field(default_factory=list)
     usage: Usage | None = None
+    timings: Timings | None = None
+    cached: bool | None = None  # present when the response cache was asked for

@@ -11,10 +11,15 @@ from ._base import RequestModel, ResponseModel
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call", "abort"]
 
 
+class PromptTokensDetails(ResponseModel):
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
+
+
 class Usage(ResponseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class StreamOptions(RequestModel):
@@ -69,6 +74,8 @@ class SamplingFields(RequestModel):
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
     stop_token_ids: list[int] | None = None
+    # Serve and keep this response in the server's response cache (None: the server's default).
+    cache: bool | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from ._base import ResponseModel
 from .common import CompletionLogprobs, FinishReason, SamplingFields, Usage
 from .structured import StructuredOutputFields
+from .timings import Timings
 
 PromptInput = str | list[str] | list[int] | list[list[int]]
 
@@ -52,3 +53,5 @@ class Completion(ResponseModel):
     system_fingerprint: str | None = None
     choices: list[CompletionChoice] = Field(default_factory=list)
     usage: Usage | None = None
+    timings: Timings | None = None
+    cached: bool | None = None  # present when the response cache was asked for

@@ -5,17 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from ziggurat_core.engine.inputs import PromptInput
-from ziggurat_core.protocol import ChatCompletionRequest
+from ziggurat_core.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from ziggurat_core.tools import ToolPlan
 
 from ..chat_format import ChatChunker, chat_completion_body
 from ..errors import bad_request
 from ..generation import Generation
+from ..response_caching import RequestCaching
 from ..response_meta import ResponseMeta
 from ..sampling import chat_sampling_params, check_model_name
 from ..serving_engine import ServingEngine
 from ..sse import SSEResponse
-from ..streaming import stream_events
+from ..streaming import sse_events, stream_chunks
 from ..tool_calls import constrain_to_tool_calls, tool_plan
 from ..wire import ModelResponse
 from . import server_state
@@ -47,15 +48,24 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     constrain_to_tool_calls(params, plan)
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     meta = ResponseMeta("chatcmpl", engine.model_name, params.n, include_usage=include_usage)
-    generation = Generation(state, engine, [chat_prompt(engine, body, plan)], params, "chatcmpl")
+    prompts = [chat_prompt(engine, body, plan)]
+    caching = RequestCaching.of(state, engine, "chat", body, prompts, params)
+    if caching is not None and (hit := caching.serve_hit(
+            body.stream, meta, ChatCompletion, ChatCompletionChunk)) is not None:
+        return hit
+    generation = Generation(state, engine, prompts, params, "chatcmpl")
     firsts = await generation.start(request.receive)
     if body.stream:
         chunker = ChatChunker(meta, plan)
-        events = stream_events(generation, firsts, chunker, meta.include_usage,
-                               head=chunker.role_chunks(generation.num_sequences))
-        return SSEResponse(events, on_close=generation.close)
+        chunks = stream_chunks(generation, firsts, chunker, meta.include_usage,
+                               head=chunker.role_chunks(generation.num_sequences),
+                               cached=None if caching is None else False)
+        if caching is not None:
+            chunks = caching.recording(chunks)
+        return SSEResponse(sse_events(chunks), on_close=generation.close)
     try:
         finals = await generation.finals(firsts, request.receive)
     finally:
         await generation.close()
-    return ModelResponse(chat_completion_body(meta, finals, plan))
+    response = chat_completion_body(meta, finals, plan)
+    return ModelResponse(response if caching is None else caching.keep_body(response))

@@ -11,11 +11,12 @@ from ziggurat_core.protocol import Completion, CompletionRequest
 from ..completion_format import CompletionChunker, completion_body
 from ..errors import bad_request
 from ..generation import Generation
+from ..response_caching import RequestCaching
 from ..response_meta import ResponseMeta
 from ..sampling import check_model_name, completion_sampling_params
 from ..serving_engine import ServingEngine
 from ..sse import SSEResponse
-from ..streaming import stream_events
+from ..streaming import sse_events, stream_chunks
 from ..wire import ModelResponse
 from . import server_state
 
@@ -44,6 +45,10 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     meta = ResponseMeta("cmpl", engine.model_name, params.n, include_usage=include_usage)
     prompts = [_engine_prompt(prompt) for prompt in body.prompts()]
+    caching = RequestCaching.of(state, engine, "completions", body, prompts, params)
+    if caching is not None and (hit := caching.serve_hit(
+            body.stream, meta, Completion, Completion)) is not None:
+        return hit
     generation = Generation(state, engine, prompts, params, "cmpl")
     firsts = await generation.start(request.receive)
     if body.stream:
@@ -52,12 +57,15 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         if body.echo:
             def opening(index: int, output: RequestOutput) -> list[Completion]:
                 return chunker.echo_chunks(index, _prompt_text(engine, output))
-        events = stream_events(generation, firsts, chunker, meta.include_usage,
-                               prompt_opening=opening)
-        return SSEResponse(events, on_close=generation.close)
+        chunks = stream_chunks(generation, firsts, chunker, meta.include_usage,
+                               prompt_opening=opening, cached=None if caching is None else False)
+        if caching is not None:
+            chunks = caching.recording(chunks)
+        return SSEResponse(sse_events(chunks), on_close=generation.close)
     try:
         finals = await generation.finals(firsts, request.receive)
     finally:
         await generation.close()
     echo_texts = [_prompt_text(engine, output) for output in finals] if body.echo else None
-    return ModelResponse(completion_body(meta, finals, echo_texts))
+    response = completion_body(meta, finals, echo_texts)
+    return ModelResponse(response if caching is None else caching.keep_body(response))
