@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError as FastAPIValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ziggurat_core.engine.errors import EngineDeadError, RequestValidationError
-from ziggurat_core.protocol import ErrorDetail, ErrorResponse
+from ziggurat_core.protocol import INVALID_UTF8, ErrorDetail, ErrorResponse
 
 from .wire import ModelResponse
 
@@ -94,6 +94,12 @@ def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
         location = [str(item) for item in error.get("loc", ()) if item != "body"]
         if error.get("type") == "json_invalid":
             return f"The request body is not valid JSON: {error.get('msg', '')}".rstrip(": "), None
+        if error.get("type") == INVALID_UTF8:
+            # Raised for the whole body, before any field: the field is in the context.
+            field = str(error.get("ctx", {}).get("field", "body"))
+            first_param = first_param or field
+            parts.append(str(error.get("msg", "invalid string")))
+            continue
         if error.get("type") == "model_attributes_type" or not location:
             parts.append(f"The request body must be a JSON object ({error.get('msg', 'invalid')})")
             continue

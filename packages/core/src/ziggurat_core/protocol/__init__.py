@@ -5,7 +5,7 @@ client parses every body it receives with them, so the two cannot drift apart.
 This package must never import torch: the client depends on it.
 """
 
-from ._base import RequestModel, ResponseModel
+from ._base import INVALID_UTF8, RequestModel, ResponseModel
 from .chat import (
     ChatCompletion,
     ChatCompletionChoice,
@@ -48,6 +48,7 @@ from .server import (
 from .tokenization import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 __all__ = [
+    "INVALID_UTF8",
     "AcceleratorDevice",
     "ChatChoiceLogprobs",
     "ChatCompletion",

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
+
+# The pydantic error type of a string that cannot be encoded as UTF-8; its context names the
+# field, so the server can answer with `param` set (see `RequestModel._text_is_utf8`).
+INVALID_UTF8 = "string_not_utf8"
 
 
 class ResponseModel(BaseModel):
@@ -22,6 +30,56 @@ class ResponseModel(BaseModel):
 
 
 class RequestModel(BaseModel):
-    """A request body: extra fields are allowed (OpenAI clients send vendor extras) but kept."""
+    """A request body: extra fields are allowed (OpenAI clients send vendor extras) but kept.
+
+    Every string in the body, vendor extras and free-form objects included, must
+    be encodable as UTF-8: JSON can carry a lone surrogate (`"\\ud800"`), a tokenizer cannot.
+    """
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_is_utf8(cls, data: Any) -> Any:
+        # Runs on the raw input, before any field: the outermost model sees the whole body, so
+        # the path it reports starts at the top. (Nested models repeat the walk on their part.)
+        for path, text in _strings(data, ()):
+            if not _is_utf8(text):
+                field = ".".join(_printable(item) for item in path) or "body"
+                raise PydanticCustomError(
+                    INVALID_UTF8,
+                    "{field}: the string cannot be encoded as UTF-8 (it holds a lone surrogate "
+                    "such as \\ud800)",
+                    {"field": field},
+                )
+        return data
+
+
+def _strings(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Every string in a JSON-like value (object keys too) with the path that leads to it."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                yield (*path, key), key
+            yield from _strings(item, (*path, key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _strings(item, (*path, index))
+
+
+def _printable(item: str | int) -> str:
+    # An object key can be the bad string itself; name it with its escapes written out.
+    text = str(item)
+    return text if _is_utf8(text) else text.encode("utf-8", "backslashreplace").decode()
+
+
+def _is_utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

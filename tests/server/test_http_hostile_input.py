@@ -1,0 +1,76 @@
+"""Hostile or careless input: each a clear OpenAI-shaped 4xx naming the field, never a 500, and
+the server keeps serving afterwards."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+LONE = "\ud800"  # valid JSON ("\ud800"), not encodable as UTF-8
+MESSAGES = [{"role": "user", "content": "Hi"}]
+
+
+def post_json(client: httpx.Client, path: str, body: Any) -> httpx.Response:
+    # json.dumps escapes the surrogate as `\ud800`, as a hostile client would send it.
+    return client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+
+
+def assert_400(response: httpx.Response, param: str | None) -> dict[str, Any]:
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    error: dict[str, Any] = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    if param is not None:
+        assert param in error["message"]
+    assert "Traceback" not in error["message"]
+    return error
+
+
+def assert_still_serving(client: httpx.Client) -> None:
+    response = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 2
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a" + LONE}]},
+     "messages.0.content"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "ok"}, {"type": "text", "text": LONE}]}]},
+     "messages.0.content.1.text"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi", "name": LONE}]},
+     "messages.0.name"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "stream": True, "stop": ["x", LONE]},
+     "stop.1"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "tools": [{"type": "function", "function": {
+        "name": "f", "description": LONE, "parameters": {"type": "object"}}}]},
+     "tools.0.function.description"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "vendor_extra": {"deep": [LONE]}},
+     "vendor_extra.deep.0"),
+    ("/v1/completions", {"prompt": LONE}, "prompt"),
+    ("/v1/completions", {"prompt": ["fine", "bad" + LONE], "stream": True}, "prompt.1"),
+    ("/v1/completions", {"prompt": "Hi", "stop": LONE}, "stop"),
+    ("/v1/completions", {"prompt": "Hi", "user": LONE}, "user"),
+    ("/v1/completions", {"prompt": "Hi", "logit_bias": {LONE: 1}}, "logit_bias.\\ud800"),
+    ("/tokenize", {"prompt": LONE}, "prompt"),
+    ("/tokenize", {"messages": [{"role": "user", "content": LONE}]}, "messages.0.content"),
+    ("/detokenize", {"tokens": [1], "model": LONE}, "model"),
+])
+def test_string_not_encodable_as_utf8_is_400(client: httpx.Client, path: str, body: Any,
+                                              param: str) -> None:
+    error = assert_400(post_json(client, path, body), param)
+    assert "UTF-8" in error["message"]
+    assert_still_serving(client)
+
+
+def test_body_bytes_not_utf8_is_400(client: httpx.Client) -> None:
+    response = client.post("/v1/completions", content=b'{"prompt": "\xff\xfe"}',
+                           headers={"content-type": "application/json"})
+    assert_400(response, None)
+    assert_still_serving(client)
