@@ -74,3 +74,60 @@ def test_body_bytes_not_utf8_is_400(client: httpx.Client) -> None:
                            headers={"content-type": "application/json"})
     assert_400(response, None)
     assert_still_serving(client)
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/chat/completions", {"messages": MESSAGES, "stream": "yes"}, "stream"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "stream": 1}, "stream"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "logprobs": "true"}, "logprobs"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "max_tokens": True}, "max_tokens"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "max_completion_tokens": "5"},
+     "max_completion_tokens"),
+    ("/v1/completions", {"prompt": "Hi", "max_tokens": 2.0}, "max_tokens"),
+    ("/v1/completions", {"prompt": "Hi", "n": "2"}, "n"),
+    ("/v1/completions", {"prompt": "Hi", "seed": True}, "seed"),
+    ("/v1/completions", {"prompt": "Hi", "echo": 0}, "echo"),
+    ("/v1/completions", {"prompt": "Hi", "temperature": "0.5"}, "temperature"),
+    ("/v1/completions", {"prompt": "Hi", "stream_options": {"include_usage": "yes"}},
+     "stream_options.include_usage"),
+    ("/v1/completions", {"prompt": [1, True]}, "prompt"),
+    ("/v1/completions", {"prompt": 42}, "prompt"),
+    ("/tokenize", {"prompt": "Hi", "add_special_tokens": "no"}, "add_special_tokens"),
+    ("/detokenize", {"tokens": [1, 2.0]}, "tokens.1"),
+])
+def test_values_of_the_wrong_json_type_are_400(client: httpx.Client, path: str, body: Any,
+                                                param: str) -> None:
+    assert_400(client.post(path, json=body), param)
+    assert_still_serving(client)
+
+
+@pytest.mark.parametrize("message", [
+    {"role": "user"},
+    {"role": "user", "content": None},
+    {"role": "system", "content": None},
+    {"role": "tool", "tool_call_id": "call_1"},
+    {"role": "assistant", "content": None},
+])
+def test_message_without_content_is_400(client: httpx.Client, message: dict[str, Any]) -> None:
+    body = {"messages": [{"role": "user", "content": "Hi"}, message]}
+    error = assert_400(client.post("/v1/chat/completions", json=body), "messages.1.content")
+    assert "needs content" in error["message"]
+    assert_still_serving(client)
+
+
+def test_floats_accept_integers(client: httpx.Client) -> None:
+    body = {"messages": MESSAGES, "max_tokens": 2, "temperature": 1, "top_p": 1,
+            "presence_penalty": 0, "logit_bias": {"5": 1}}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+
+
+def test_assistant_turn_with_tool_calls_may_have_null_content(client: httpx.Client) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    body = {"max_tokens": 2, "messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+    ]}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text

@@ -8,9 +8,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
-# The pydantic error type of a string that cannot be encoded as UTF-8; its context names the
-# field, so the server can answer with `param` set (see `RequestModel._text_is_utf8`).
+# The pydantic error type of a string that cannot be encoded as UTF-8.
 INVALID_UTF8 = "string_not_utf8"
+# A model-level check about one of the model's fields puts the field's path (below the model's
+# own location) in its error context under this key, so the server can name it in `param`.
+FIELD_CONTEXT_KEY = "field_path"
+
+
+def field_error(error_type: str, field: str, message: str) -> PydanticCustomError:
+    """A validation error raised by a model validator about `field` (a dotted path)."""
+    return PydanticCustomError(error_type, message, {FIELD_CONTEXT_KEY: field})
 
 
 class ResponseModel(BaseModel):
@@ -32,11 +39,13 @@ class ResponseModel(BaseModel):
 class RequestModel(BaseModel):
     """A request body: extra fields are allowed (OpenAI clients send vendor extras) but kept.
 
-    Every string in the body, vendor extras and free-form objects included, must
+    Validation is strict, as OpenAI's is: a boolean field takes only `true`/`false`, an integer
+    field only integers, a string only strings (a float field still takes an integer, as JSON
+    numbers do). Every string in the body, vendor extras and free-form objects included, must
     be encodable as UTF-8: JSON can carry a lone surrogate (`"\\ud800"`), a tokenizer cannot.
     """
 
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    model_config = ConfigDict(extra="allow", protected_namespaces=(), strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -46,12 +55,8 @@ class RequestModel(BaseModel):
         for path, text in _strings(data, ()):
             if not _is_utf8(text):
                 field = ".".join(_printable(item) for item in path) or "body"
-                raise PydanticCustomError(
-                    INVALID_UTF8,
-                    "{field}: the string cannot be encoded as UTF-8 (it holds a lone surrogate "
-                    "such as \\ud800)",
-                    {"field": field},
-                )
+                raise field_error(INVALID_UTF8, field, "the string cannot be encoded as UTF-8 (it "
+                                  "holds a lone surrogate such as \\ud800)")
         return data
 
 

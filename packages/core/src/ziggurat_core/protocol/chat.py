@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from ._base import RequestModel, ResponseModel
+from ._base import RequestModel, ResponseModel, field_error
 from .common import ChatChoiceLogprobs, FinishReason, SamplingFields, Usage
 
 
@@ -21,6 +21,15 @@ class ChatMessage(RequestModel):
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> ChatMessage:
+        # As OpenAI: only an assistant turn that calls tools may leave its content out.
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            needs = " (or tool_calls)" if self.role == "assistant" else ""
+            raise field_error("missing_content", "content",
+                              f"a message with role '{self.role}' needs content{needs}; got null or nothing")
+        return self
 
     def text(self) -> str:
         """The content as one string: text parts are joined in order."""
