@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from . import __version__
+from .body_limit import BodySizeLimitMiddleware
 from .disconnect import ClientDisconnected
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
@@ -57,6 +58,8 @@ def create_app(
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     app.add_exception_handler(ClientDisconnected, client_gone)
+    # The last added runs first: ids, auth and metrics wrap the body limit.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics, api_key=settings.api_key)
     for module in (health, models, completions, chat, info, tokenize, metrics):
         app.include_router(module.router)

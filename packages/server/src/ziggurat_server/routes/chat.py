@@ -8,8 +8,8 @@ from ziggurat_core.engine.inputs import PromptInput
 from ziggurat_core.protocol import ChatCompletionRequest
 
 from ..chat_format import ChatChunker, chat_completion_body
-from ..errors import bad_request
 from ..generation import Generation
+from ..prompts import encode_chat
 from ..response_meta import ResponseMeta
 from ..sampling import chat_sampling_params, check_model_name
 from ..serving_engine import ServingEngine
@@ -21,17 +21,12 @@ from . import server_state
 router = APIRouter()
 
 
-def chat_prompt(engine: ServingEngine, body: ChatCompletionRequest) -> PromptInput:
-    """The engine applies the model's chat template itself when it adds the assistant header."""
+async def chat_prompt(engine: ServingEngine, body: ChatCompletionRequest) -> PromptInput:
+    """The conversation rendered and tokenised off the event loop (see prompts.py)."""
     messages = [message.to_template_dict() for message in body.messages]
-    if body.add_generation_prompt:
-        return {"messages": messages, "tools": body.tools}
-    # The engine always adds the assistant header; without it, render the template here.
-    try:
-        text = engine.apply_chat_template(messages, add_generation_prompt=False, tools=body.tools)
-    except ValueError as exc:
-        raise bad_request(f"chat template failed: {exc}", param="messages") from None
-    return {"prompt_token_ids": engine.encode(text, add_special_tokens=False)}
+    token_ids = await encode_chat(engine, messages, add_generation_prompt=body.add_generation_prompt,
+                                  tools=body.tools)
+    return {"prompt_token_ids": token_ids}
 
 
 @router.post("/v1/chat/completions")
@@ -42,7 +37,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     params = chat_sampling_params(body)
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     meta = ResponseMeta("chatcmpl", engine.model_name, params.n, include_usage=include_usage)
-    generation = Generation(state, engine, [chat_prompt(engine, body)], params, "chatcmpl")
+    generation = Generation(state, engine, [await chat_prompt(engine, body)], params, "chatcmpl")
     firsts = await generation.start(request.receive)
     if body.stream:
         chunker = ChatChunker(meta)

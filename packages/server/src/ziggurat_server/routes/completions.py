@@ -11,6 +11,7 @@ from ziggurat_core.protocol import Completion, CompletionRequest
 from ..completion_format import CompletionChunker, completion_body
 from ..errors import bad_request
 from ..generation import Generation
+from ..prompts import decode_tokens, encode_text
 from ..response_meta import ResponseMeta
 from ..sampling import check_model_name, completion_sampling_params
 from ..serving_engine import ServingEngine
@@ -22,14 +23,16 @@ from . import server_state
 router = APIRouter()
 
 
-def _engine_prompt(prompt: str | list[int]) -> PromptInput:
-    return {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": prompt}
+async def _engine_prompt(engine: ServingEngine, prompt: str | list[int]) -> PromptInput:
+    """Text is tokenised off the event loop (see prompts.py); token ids go as they are."""
+    if isinstance(prompt, str):
+        return {"prompt_token_ids": await encode_text(engine, prompt)}
+    return {"prompt_token_ids": prompt}
 
 
-def _prompt_text(engine: ServingEngine, output: RequestOutput) -> str:
-    if output.prompt is not None:
-        return output.prompt
-    return engine.decode(output.prompt_token_ids)
+async def _echo_text(engine: ServingEngine, prompt: str | list[int]) -> str:
+    """The prompt as the client wrote it; token ids as the tokenizer reads them."""
+    return prompt if isinstance(prompt, str) else await decode_tokens(engine, prompt)
 
 
 @router.post("/v1/completions")
@@ -43,15 +46,17 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
                           "compute prompt logprobs)", param="echo")
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     meta = ResponseMeta("cmpl", engine.model_name, params.n, include_usage=include_usage)
-    prompts = [_engine_prompt(prompt) for prompt in body.prompts()]
+    given = body.prompts()
+    prompts = [await _engine_prompt(engine, prompt) for prompt in given]
+    echo_texts = [await _echo_text(engine, prompt) for prompt in given] if body.echo else None
     generation = Generation(state, engine, prompts, params, "cmpl")
     firsts = await generation.start(request.receive)
     if body.stream:
         chunker = CompletionChunker(meta)
         opening = None
-        if body.echo:
+        if echo_texts is not None:
             def opening(index: int, output: RequestOutput) -> list[Completion]:
-                return chunker.echo_chunks(index, _prompt_text(engine, output))
+                return chunker.echo_chunks(index, echo_texts[index])
         events = stream_events(generation, firsts, chunker, meta.include_usage,
                                prompt_opening=opening)
         return SSEResponse(events, on_close=generation.close)
@@ -59,5 +64,4 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         finals = await generation.finals(firsts, request.receive)
     finally:
         await generation.close()
-    echo_texts = [_prompt_text(engine, output) for output in finals] if body.echo else None
     return ModelResponse(completion_body(meta, finals, echo_texts))
