@@ -131,3 +131,17 @@ def test_assistant_turn_with_tool_calls_may_have_null_content(client: httpx.Clie
     ]}
     response = client.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
+
+
+def test_model_default_is_retrievable_like_the_served_model(client: httpx.Client) -> None:
+    # `model: "default"` works for generation, so the same name answers here.
+    served = client.get("/v1/models/tiny")
+    alias = client.get("/v1/models/default")
+    assert served.status_code == alias.status_code == 200, alias.text
+    assert alias.json() == served.json()
+    assert alias.json()["id"] == "tiny"
+    generated = client.post("/v1/completions", json={"model": "default", "prompt": "Hi",
+                                                     "max_tokens": 1})
+    assert generated.status_code == 200 and generated.json()["model"] == "tiny"
+    missing = client.get("/v1/models/defaults")
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"

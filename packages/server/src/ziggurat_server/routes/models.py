@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from ziggurat_core.protocol import Model, ModelList
 
-from ..errors import model_not_found
+from ..sampling import check_model_name
 from ..serving_engine import ServingEngine
 from ..wire import ModelResponse
 from . import server_state
@@ -38,6 +38,6 @@ async def list_models(request: Request) -> ModelResponse:
 async def retrieve_model(model_id: str, request: Request) -> ModelResponse:
     state = server_state(request)
     engine = state.require_engine()
-    if model_id != engine.model_name:
-        raise model_not_found(model_id, engine.model_name)
+    # The names generation accepts ("default" too) answer here with the served model's card.
+    check_model_name(model_id, engine.model_name)
     return ModelResponse(_model_card(engine, int(state.started_at)))
