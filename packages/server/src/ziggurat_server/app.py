@@ -39,6 +39,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.drain.attach()
         if state.engine is None:
             factory = engine_factory or (lambda: load_async_engine(settings.engine_config()))
             state.start_loading(factory, on_ready, on_load_error)

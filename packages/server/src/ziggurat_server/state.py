@@ -17,6 +17,7 @@ from .errors import engine_unavailable
 from .metrics import ServerMetrics
 from .serving_engine import ServingEngine
 from .settings import ServerSettings
+from .shutdown import ServerShuttingDown, ShutdownDrain
 
 logger = logging.getLogger("ziggurat_server")
 
@@ -31,12 +32,14 @@ class ServerState:
     engine: ServingEngine | None = None
     load_error: str | None = None
     admission: AdmissionControl = field(init=False)
+    drain: ShutdownDrain = field(init=False)
     _loader: threading.Thread | None = field(default=None, init=False, repr=False)
     _device_info: DeviceInfo | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.admission = AdmissionControl(
             max_running=self.settings.max_num_seqs, max_waiting=self.settings.max_queue)
+        self.drain = ShutdownDrain(self.settings.shutdown_timeout)
 
     # ------------------------------------------------------------------ status
     @property
@@ -50,6 +53,8 @@ class ServerState:
 
     def require_engine(self) -> ServingEngine:
         """The engine, or a 503 that says why there is none."""
+        if self.drain.expired:
+            raise ServerShuttingDown()
         if self.load_error is not None:
             raise engine_unavailable(f"The model failed to load: {self.load_error}",
                                      code="model_load_failed")

@@ -10,6 +10,7 @@ from ziggurat_core.protocol import ResponseModel, Usage
 
 from .generation import Generation, engine_error_to_api
 from .response_meta import usage_of
+from .shutdown import ServerShuttingDown
 from .sse import DONE_EVENT, sse_event
 
 
@@ -49,3 +50,5 @@ async def stream_events(
     except Exception as exc:
         # Headers are gone already: the error travels as an event, then the stream ends.
         yield sse_event(engine_error_to_api(exc).body())
+        if isinstance(exc, ServerShuttingDown):
+            yield DONE_EVENT  # ended on purpose, not broken: the stream closes as usual
