@@ -14,6 +14,7 @@ from .body_limit import BodySizeLimitMiddleware
 from .disconnect import ClientDisconnected
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
+from .openapi import common_errors, drop_validation_422
 from .routes import chat, completions, health, info, metrics, models, tokenize
 from .serving_engine import ServingEngine, load_async_engine
 from .settings import ServerSettings
@@ -63,5 +64,7 @@ def create_app(
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics, api_key=settings.api_key)
     for module in (health, models, completions, chat, info, tokenize, metrics):
-        app.include_router(module.router)
+        needs_key = settings.api_key is not None and module is not health
+        app.include_router(module.router, responses=common_errors(needs_key=needs_key))
+    drop_validation_422(app)
     return app

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from ziggurat_core.engine.inputs import PromptInput
-from ziggurat_core.protocol import ChatCompletionRequest
+from ziggurat_core.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 
 from ..chat_format import ChatChunker, chat_completion_body
 from ..generation import Generation
+from ..openapi import errors, ok
 from ..prompts import encode_chat
 from ..response_meta import ResponseMeta
 from ..sampling import chat_sampling_params, check_model_name
@@ -29,7 +30,8 @@ async def chat_prompt(engine: ServingEngine, body: ChatCompletionRequest) -> Pro
     return {"prompt_token_ids": token_ids}
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses={
+    **ok(ChatCompletion, streamed=ChatCompletionChunk), **errors(400, 404, 413, 429, 503)})
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     state = server_state(request)
     engine = state.require_engine()

@@ -11,6 +11,7 @@ from ziggurat_core.protocol import Completion, CompletionRequest
 from ..completion_format import CompletionChunker, completion_body
 from ..errors import bad_request
 from ..generation import Generation
+from ..openapi import errors, ok
 from ..prompts import decode_tokens, encode_text
 from ..response_meta import ResponseMeta
 from ..sampling import check_model_name, completion_sampling_params
@@ -35,7 +36,8 @@ async def _echo_text(engine: ServingEngine, prompt: str | list[int]) -> str:
     return prompt if isinstance(prompt, str) else await decode_tokens(engine, prompt)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses={
+    **ok(Completion, streamed=Completion), **errors(400, 404, 413, 429, 503)})
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     state = server_state(request)
     engine = state.require_engine()

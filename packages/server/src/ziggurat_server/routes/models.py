@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from ziggurat_core.protocol import Model, ModelList
 
+from ..openapi import errors, ok
 from ..sampling import check_model_name
 from ..serving_engine import ServingEngine
 from ..wire import ModelResponse
@@ -27,14 +28,14 @@ def _model_card(engine: ServingEngine, created: int) -> Model:
     )
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses={**ok(ModelList), **errors(503)})
 async def list_models(request: Request) -> ModelResponse:
     state = server_state(request)
     engine = state.require_engine()
     return ModelResponse(ModelList(object="list", data=[_model_card(engine, int(state.started_at))]))
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id:path}", responses={**ok(Model), **errors(404, 503)})
 async def retrieve_model(model_id: str, request: Request) -> ModelResponse:
     state = server_state(request)
     engine = state.require_engine()

@@ -11,6 +11,7 @@ from ziggurat_core.protocol import (
 )
 
 from ..errors import bad_request
+from ..openapi import errors, ok
 from ..prompts import decode_tokens, encode_chat, encode_text
 from ..sampling import check_model_name
 from ..wire import ModelResponse
@@ -19,7 +20,7 @@ from . import server_state
 router = APIRouter()
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", responses={**ok(TokenizeResponse), **errors(400, 404, 413, 503)})
 async def tokenize(body: TokenizeRequest, request: Request) -> ModelResponse:
     engine = server_state(request).require_engine()
     check_model_name(body.model, engine.model_name)
@@ -35,7 +36,8 @@ async def tokenize(body: TokenizeRequest, request: Request) -> ModelResponse:
                                           max_model_len=engine.max_model_len))
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", responses={**ok(DetokenizeResponse),
+                                          **errors(400, 404, 413, 503)})
 async def detokenize(body: DetokenizeRequest, request: Request) -> ModelResponse:
     engine = server_state(request).require_engine()
     check_model_name(body.model, engine.model_name)
