@@ -33,7 +33,8 @@ def assert_400(response: httpx.Response, param: str | None) -> dict[str, Any]:
 
 
 def assert_still_serving(client: httpx.Client) -> None:
-    response = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+    response = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2,
+                                                    "ignore_eos": True})
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] == 2
 

@@ -63,7 +63,7 @@ def test_chunked_body_over_the_limit_is_413(tiny_server: ServerProcess) -> None:
 
 
 def test_chunked_body_under_the_limit_is_served(client: httpx.Client) -> None:
-    body = json.dumps({"prompt": "Hi", "max_tokens": 2}).encode()
+    body = json.dumps({"prompt": "Hi", "max_tokens": 2, "ignore_eos": True}).encode()
     response = client.post("/v1/completions", content=_chunks(body, 7),
                            headers={"content-type": "application/json"})
     assert "content-length" not in response.request.headers
