@@ -35,6 +35,7 @@ ROWS: list[tuple[str, str, Any, Any]] = [
     ("max_model_len", "99", 99, 99),
     ("block_size", "32", 32, 32),
     ("max_queue", "0", 0, 0),
+    ("max_request_bytes", "1048576", 1048576, 1048576),
     ("shutdown_timeout", "5", 5, 5),
     ("seed", "42", 42, 42),
     ("num_threads", "3", 3, 3),
@@ -71,7 +72,8 @@ def test_defaults(resolve: Any) -> None:
         "quantization": "auto", "kv_cache_dtype": "auto", "max_num_seqs": 64,
         "max_num_batched_tokens": 2048, "kv_cache_memory": None, "num_kv_blocks": None,
         "max_model_len": None, "block_size": 16, "prefix_caching": True, "max_queue": 256,
-        "shutdown_timeout": 30, "seed": 0, "num_threads": None, "log_level": "info",
+        "max_request_bytes": 4 * 1024 * 1024, "shutdown_timeout": 30, "seed": 0,
+        "num_threads": None, "log_level": "info",
         "response_cache": False, "response_cache_max_entries": 1024,
         "response_cache_max_bytes": 64 * 1024 * 1024, "response_cache_ttl": 3600.0,
     }

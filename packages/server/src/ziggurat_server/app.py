@@ -10,9 +10,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from . import __version__
+from .body_limit import BodySizeLimitMiddleware
 from .disconnect import ClientDisconnected
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
+from .openapi import common_errors, drop_validation_422
 from .routes import chat, completions, health, info, metrics, models, tokenize
 from .serving_engine import ServingEngine, load_async_engine
 from .settings import ServerSettings
@@ -38,6 +40,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.drain.attach()
         if state.engine is None:
             factory = engine_factory or (lambda: load_async_engine(settings.engine_config()))
             state.start_loading(factory, on_ready, on_load_error)
@@ -57,7 +60,11 @@ def create_app(
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     app.add_exception_handler(ClientDisconnected, client_gone)
+    # The last added runs first: ids, auth and metrics wrap the body limit.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=state.metrics, api_key=settings.api_key)
     for module in (health, models, completions, chat, info, tokenize, metrics):
-        app.include_router(module.router)
+        needs_key = settings.api_key is not None and module is not health
+        app.include_router(module.router, responses=common_errors(needs_key=needs_key))
+    drop_validation_422(app)
     return app

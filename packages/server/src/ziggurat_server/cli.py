@@ -8,8 +8,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import FrameType
 
+import uvicorn
 from ziggurat_core.engine.default_model import resolve_model_path
 from ziggurat_core.engine.errors import ModelNotFoundError
 
@@ -26,6 +28,20 @@ from .settings import (
 PROG = "ziggurat-server"
 EXIT_USAGE = 2  # bad options or a missing model, like argparse
 EXIT_FAILURE = 1
+# Seconds uvicorn waits past --shutdown-timeout, for the answers the app sends then.
+SHUTDOWN_GRACE_S = 2
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the app when a shutdown signal starts the drain."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self.on_exit()  # the first call starts the countdown; later ones change nothing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,8 +105,6 @@ def _configure_logging(level: str) -> None:
 
 
 def serve(settings: ServerSettings) -> int:
-    import uvicorn
-
     from .app import create_app
 
     _configure_logging(settings.log_level)
@@ -119,10 +133,12 @@ def serve(settings: ServerSettings) -> int:
         # uvicorn's own start-up chatter is noise next to the progress bar and the URL line.
         log_level=settings.log_level if verbose else "warning",
         access_log=verbose,
-        timeout_graceful_shutdown=settings.shutdown_timeout,
+        # The app ends what is still running at --shutdown-timeout (shutdown.py); uvicorn only
+        # cancels what is left after the grace that lets those answers go out.
+        timeout_graceful_shutdown=settings.shutdown_timeout + SHUTDOWN_GRACE_S,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, on_exit=app.state.server.drain.begin)
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to its previous handler;
     # a no-op handler there turns a clean drain into exit code 0.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError as FastAPIValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ziggurat_core.engine.errors import EngineDeadError, RequestValidationError
-from ziggurat_core.protocol import ErrorDetail, ErrorResponse
+from ziggurat_core.protocol import FIELD_CONTEXT_KEY, ErrorDetail, ErrorResponse
 
 from .wire import ModelResponse
 
@@ -92,6 +92,10 @@ def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     first_param: str | None = None
     for error in errors:
         location = [str(item) for item in error.get("loc", ()) if item != "body"]
+        # A model-level check names its field in the context (see protocol.field_error).
+        context_field = (error.get("ctx") or {}).get(FIELD_CONTEXT_KEY)
+        if context_field is not None:
+            location = [*location, str(context_field)]
         if error.get("type") == "json_invalid":
             return f"The request body is not valid JSON: {error.get('msg', '')}".rstrip(": "), None
         if error.get("type") == "model_attributes_type" or not location:

@@ -19,6 +19,7 @@ from ziggurat_core.engine.sampling_params import SamplingParams
 from .disconnect import ClientDisconnected, run_unless_disconnected
 from .errors import ServerHTTPError, from_engine_error
 from .serving_engine import ServingEngine
+from .shutdown import ServerShuttingDown, ShutdownDrain
 from .state import ServerState
 
 logger = logging.getLogger("ziggurat_server")
@@ -69,7 +70,8 @@ class Generation:
             for request_id, prompt in zip(self.request_ids, self.prompts, strict=True)
         ]
         try:
-            firsts = await run_unless_disconnected(receive, self._first_outputs())
+            firsts = await run_unless_disconnected(
+                receive, self.state.drain.unless_expired(self._first_outputs()))
         except (ClientDisconnected, ServerHTTPError, asyncio.CancelledError):
             await self.close()
             raise
@@ -92,15 +94,11 @@ class Generation:
         return [r for r in results if isinstance(r, RequestOutput)]
 
     async def rest(self) -> AsyncIterator[tuple[int, RequestOutput]]:
-        """Outputs after the first ones, tagged with their prompt index, as they arrive."""
+        """Outputs after the first ones, tagged with their prompt index, as they arrive; raises
+        ServerShuttingDown when the shutdown timeout expires first."""
         pending = [i for i, progress in enumerate(self._progress) if not progress.done]
-        if len(pending) == 1:
-            index = pending[0]
-            async for output in self._iterators[index]:
-                self.observe(index, output)
-                yield index, output
-            return
-        async for index, output in _merge({i: self._iterators[i] for i in pending}):
+        iterators = {i: self._iterators[i] for i in pending}
+        async for index, output in _merge(iterators, self.state.drain):
             self.observe(index, output)
             yield index, output
 
@@ -168,10 +166,14 @@ class Generation:
             metrics.request_latency.observe(now - self.arrival)
 
 
-async def _merge(iterators: dict[int, AsyncIterator[RequestOutput]],
+async def _merge(iterators: dict[int, AsyncIterator[RequestOutput]], drain: ShutdownDrain,
                  ) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """Interleave several engine streams in arrival order."""
+    """Interleave engine streams in arrival order, until the shutdown timeout expires."""
     queue: asyncio.Queue[tuple[int, RequestOutput | BaseException | None]] = asyncio.Queue()
+
+    async def expire() -> None:
+        await drain.wait_expired()
+        await queue.put((-1, ServerShuttingDown()))
 
     async def pump(index: int, iterator: AsyncIterator[RequestOutput]) -> None:
         try:
@@ -184,6 +186,7 @@ async def _merge(iterators: dict[int, AsyncIterator[RequestOutput]],
 
     tasks = [asyncio.ensure_future(pump(i, it)) for i, it in iterators.items()]
     remaining = len(tasks)
+    tasks.append(asyncio.ensure_future(expire()))
     try:
         while remaining:
             index, item = await queue.get()

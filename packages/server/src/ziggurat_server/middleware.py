@@ -47,6 +47,16 @@ def api_key_matches(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
+async def send_error(send: Send, error: ServerHTTPError) -> None:
+    """Answer with `error`'s OpenAI-shaped body, from a middleware (outside FastAPI's handlers)."""
+    body = error.body().wire_json().encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, metrics: ServerMetrics, api_key: str | None) -> None:
         self.app = app
@@ -74,7 +84,7 @@ class RequestContextMiddleware:
 
         try:
             if self._needs_key(scope) and not api_key_matches(_bearer_token(scope), self.api_key or ""):
-                await self._send_error(send_with_id, ServerHTTPError(
+                await send_error(send_with_id, ServerHTTPError(
                     401, "Missing or incorrect API key. Send 'Authorization: Bearer <key>'.",
                     code="invalid_api_key"))
                 return
@@ -82,22 +92,13 @@ class RequestContextMiddleware:
         except Exception:
             logger.exception("unhandled error in request %s", request_id)
             if not started:
-                await self._send_error(send_with_id, internal_error())
+                await send_error(send_with_id, internal_error())
             # Once the response started there is nothing more to say: the connection closes.
         finally:
             self._count(scope, status)
 
     def _needs_key(self, scope: Scope) -> bool:
         return self.api_key is not None and scope["path"] not in OPEN_PATHS
-
-    @staticmethod
-    async def _send_error(send: Send, error: ServerHTTPError) -> None:
-        body = error.body().wire_json().encode()
-        headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(body)).encode())]
-        headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-        await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
     def _count(self, scope: Scope, status: int) -> None:
         route: Any = scope.get("route")

@@ -89,7 +89,8 @@ class RequestCaching:
         if not reproducible(params):
             state.metrics.response_cache.uncacheable.inc()
             return cls(state.response_cache, None)
-        token_ids = [engine.prompt_token_ids(**prompt) for prompt in prompts]
+        # The routes hand the engine token ids (rendered and tokenised in prompts.py).
+        token_ids = [prompt["prompt_token_ids"] for prompt in prompts]
         return cls(state.response_cache, cache_key(endpoint, engine.model_name, token_ids, params,
                                                    body))
 

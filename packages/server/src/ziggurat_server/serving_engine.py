@@ -47,18 +47,6 @@ class ServingEngine(Protocol):
         """The prompt text of a conversation (raises ValueError when the template fails)."""
         ...
 
-    def prompt_token_ids(
-        self,
-        *,
-        prompt: str | None = None,
-        prompt_token_ids: list[int] | None = None,
-        messages: list[ChatMessage] | None = None,
-        tools: list[ToolDefinition] | None = None,
-    ) -> list[int]:
-        """The token ids `generate` would run for this prompt, rendered and tokenized as it
-        would (raises the engine's RequestValidationError when the prompt cannot be run)."""
-        ...
-
     def generate(
         self,
         request_id: str,

@@ -39,6 +39,8 @@ ENV_PREFIX = "ZIGGURAT_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 ATTENTION_BACKENDS = ("auto", "torch", "xformers")
+# Room for a prompt at the largest context windows served, far below what would hurt memory.
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
 class SettingsError(ValueError):
@@ -140,6 +142,9 @@ class ServerSettings(BaseSettings):
     prefix_caching: bool = _option(True, "reuse KV blocks of shared prompt prefixes")
     max_queue: NonNegativeInt = _option(
         256, "most sequences waiting for a slot; beyond it requests get 429 with Retry-After", "N")
+    max_request_bytes: PositiveInt = _option(
+        DEFAULT_MAX_REQUEST_BYTES, "largest request body in bytes; a larger one gets 413 before "
+        "it is read", "BYTES")
     shutdown_timeout: NonNegativeInt = _option(
         30, "seconds in-flight requests get to finish after SIGTERM", "SECONDS")
     seed: Int = _option(0, "engine random seed (requests without a seed draw from it)", "N")

@@ -19,6 +19,7 @@ from .metrics import ServerMetrics
 from .response_cache import ResponseCache
 from .serving_engine import ServingEngine
 from .settings import ServerSettings
+from .shutdown import ServerShuttingDown, ShutdownDrain
 
 logger = logging.getLogger("ziggurat_server")
 
@@ -34,6 +35,7 @@ class ServerState:
     load_error: str | None = None
     admission: AdmissionControl = field(init=False)
     response_cache: ResponseCache = field(init=False)
+    drain: ShutdownDrain = field(init=False)
     _loader: threading.Thread | None = field(default=None, init=False, repr=False)
     _device_info: DeviceInfo | None = field(default=None, init=False, repr=False)
 
@@ -44,6 +46,7 @@ class ServerState:
             max_entries=self.settings.response_cache_max_entries,
             max_bytes=int(self.settings.response_cache_max_bytes),
             ttl_s=self.settings.response_cache_ttl, metrics=self.metrics.response_cache)
+        self.drain = ShutdownDrain(self.settings.shutdown_timeout)
 
     # ------------------------------------------------------------------ status
     @property
@@ -57,6 +60,8 @@ class ServerState:
 
     def require_engine(self) -> ServingEngine:
         """The engine, or a 503 that says why there is none."""
+        if self.drain.expired:
+            raise ServerShuttingDown()
         if self.load_error is not None:
             raise engine_unavailable(f"The model failed to load: {self.load_error}",
                                      code="model_load_failed")

@@ -11,6 +11,7 @@ from ziggurat_core.protocol import ChatCompletionChunk, Completion, ErrorRespons
 
 from .generation import Generation, engine_error_to_api
 from .response_meta import usage_of
+from .shutdown import SHUTDOWN_ERROR_CODE
 from .sse import DONE_EVENT, sse_event
 from .timings import timings_of
 
@@ -73,12 +74,14 @@ async def stream_chunks(
 
 
 async def sse_events(chunks: AsyncGenerator[Chunk | ErrorResponse, None]) -> AsyncIterator[str]:
-    """Each chunk as an event's data, then `[DONE]`; an error event ends the stream without it.
+    """Each chunk as an event's data, then `[DONE]`. An error event ends the stream without it,
+    except the shutdown's: that stream was ended on purpose, not broken, so it closes as usual.
     Closing the events closes `chunks` at once."""
     async with aclosing(chunks):
         async for chunk in chunks:
             yield sse_event(chunk)
             if isinstance(chunk, ErrorResponse):
+                if chunk.error.code == SHUTDOWN_ERROR_CODE:
+                    yield DONE_EVENT
                 return
         yield DONE_EVENT
-

@@ -110,19 +110,6 @@ class AsyncEngine:
         return self.engine.tokenizer.apply_chat_template(
             messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
-    def prompt_token_ids(
-        self,
-        *,
-        prompt: str | None = None,
-        prompt_token_ids: list[int] | None = None,
-        messages: list[ChatMessage] | None = None,
-        tools: list[ToolDefinition] | None = None,
-    ) -> list[int]:
-        """The token ids `generate` would run for this prompt (RequestValidationError if none)."""
-        _, token_ids = self.engine.render_prompt(
-            prompt, prompt_token_ids=prompt_token_ids, messages=messages, tools=tools)
-        return token_ids
-
     # ------------------------------------------------------------------ public API
     async def generate(
         self,

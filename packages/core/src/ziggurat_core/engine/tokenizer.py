@@ -191,7 +191,10 @@ class Tokenizer:
         their ids; `add_special_tokens` adds BOS/EOS only where the model asks for them."""
         if not isinstance(text, str):
             raise TypeError(f"encode() takes a str, got {type(text).__name__}")
-        ids: list[int] = self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        # encode_batch releases the GIL while it works (encode holds it): a long prompt being
+        # tokenised in one thread must not stall the others (the server's event loop).
+        encoding = self._backend.encode_batch([text], add_special_tokens=add_special_tokens)[0]
+        ids: list[int] = encoding.ids
         if add_special_tokens:
             if self._prepend_bos:
                 assert self.bos_token_id is not None

@@ -5,7 +5,7 @@ client parses every body it receives with them, so the two cannot drift apart.
 This package must never import torch: the client depends on it.
 """
 
-from ._base import RequestModel, ResponseModel
+from ._base import FIELD_CONTEXT_KEY, INVALID_UTF8, RequestModel, ResponseModel, field_error
 from .chat import (
     ChatCompletion,
     ChatCompletionChoice,
@@ -69,6 +69,8 @@ from .tools import (
 )
 
 __all__ = [
+    "FIELD_CONTEXT_KEY",
+    "INVALID_UTF8",
     "AcceleratorDevice",
     "ChatChoiceLogprobs",
     "ChatCompletion",
@@ -95,6 +97,7 @@ __all__ = [
     "EngineInfo",
     "ErrorDetail",
     "ErrorResponse",
+    "field_error",
     "FinishReason",
     "FunctionCall",
     "FunctionDefinition",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from ._base import RequestModel, ResponseModel
+from ._base import RequestModel, ResponseModel, field_error
 from .common import ChatChoiceLogprobs, FinishReason, SamplingFields, Usage
 from .structured import StructuredOutputFields
 from .timings import Timings
@@ -45,6 +45,15 @@ class ChatMessage(RequestModel):
                 raise ValueError(f"{kind} content parts are not supported: the served model "
                                  "reads text only")
         return value
+
+    @model_validator(mode="after")
+    def _has_content(self) -> ChatMessage:
+        # As OpenAI: only an assistant turn that calls tools may leave its content out.
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            needs = " (or tool_calls)" if self.role == "assistant" else ""
+            raise field_error("missing_content", "content",
+                              f"a message with role '{self.role}' needs content{needs}; got null or nothing")
+        return self
 
     def text(self) -> str:
         """The content as one string: text parts are joined in order."""

@@ -9,8 +9,9 @@ from ziggurat_core.protocol import ChatCompletion, ChatCompletionChunk, ChatComp
 from ziggurat_core.tools import ToolPlan
 
 from ..chat_format import ChatChunker, chat_completion_body
-from ..errors import bad_request
 from ..generation import Generation
+from ..openapi import errors, ok
+from ..prompts import encode_chat
 from ..response_caching import RequestCaching
 from ..response_meta import ResponseMeta
 from ..sampling import chat_sampling_params, check_model_name
@@ -24,21 +25,18 @@ from . import server_state
 router = APIRouter()
 
 
-def chat_prompt(engine: ServingEngine, body: ChatCompletionRequest, plan: ToolPlan) -> PromptInput:
-    """The engine applies the model's chat template itself when it adds the assistant header."""
+async def chat_prompt(engine: ServingEngine, body: ChatCompletionRequest, plan: ToolPlan,
+                      ) -> PromptInput:
+    """The conversation rendered and tokenised off the event loop (see prompts.py), with the
+    tools the plan puts in the prompt."""
     messages = [message.to_template_dict() for message in body.messages]
-    tools = plan.prompt_tools()
-    if body.add_generation_prompt:
-        return {"messages": messages, "tools": tools}
-    # The engine always adds the assistant header; without it, render the template here.
-    try:
-        text = engine.apply_chat_template(messages, add_generation_prompt=False, tools=tools)
-    except ValueError as exc:
-        raise bad_request(f"chat template failed: {exc}", param="messages") from None
-    return {"prompt_token_ids": engine.encode(text, add_special_tokens=False)}
+    token_ids = await encode_chat(engine, messages, add_generation_prompt=body.add_generation_prompt,
+                                  tools=plan.prompt_tools())
+    return {"prompt_token_ids": token_ids}
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses={
+    **ok(ChatCompletion, streamed=ChatCompletionChunk), **errors(400, 404, 413, 429, 503)})
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     state = server_state(request)
     engine = state.require_engine()
@@ -48,7 +46,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     constrain_to_tool_calls(params, plan)
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     meta = ResponseMeta("chatcmpl", engine.model_name, params.n, include_usage=include_usage)
-    prompts = [chat_prompt(engine, body, plan)]
+    prompts = [await chat_prompt(engine, body, plan)]
     caching = RequestCaching.of(state, engine, "chat", body, prompts, params)
     if caching is not None and (hit := caching.serve_hit(
             body.stream, meta, ChatCompletion, ChatCompletionChunk)) is not None:

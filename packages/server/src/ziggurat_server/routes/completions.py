@@ -11,6 +11,8 @@ from ziggurat_core.protocol import Completion, CompletionRequest
 from ..completion_format import CompletionChunker, completion_body
 from ..errors import bad_request
 from ..generation import Generation
+from ..openapi import errors, ok
+from ..prompts import decode_tokens, encode_text
 from ..response_caching import RequestCaching
 from ..response_meta import ResponseMeta
 from ..sampling import check_model_name, completion_sampling_params
@@ -23,17 +25,20 @@ from . import server_state
 router = APIRouter()
 
 
-def _engine_prompt(prompt: str | list[int]) -> PromptInput:
-    return {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": prompt}
+async def _engine_prompt(engine: ServingEngine, prompt: str | list[int]) -> PromptInput:
+    """Text is tokenised off the event loop (see prompts.py); token ids go as they are."""
+    if isinstance(prompt, str):
+        return {"prompt_token_ids": await encode_text(engine, prompt)}
+    return {"prompt_token_ids": prompt}
 
 
-def _prompt_text(engine: ServingEngine, output: RequestOutput) -> str:
-    if output.prompt is not None:
-        return output.prompt
-    return engine.decode(output.prompt_token_ids)
+async def _echo_text(engine: ServingEngine, prompt: str | list[int]) -> str:
+    """The prompt as the client wrote it; token ids as the tokenizer reads them."""
+    return prompt if isinstance(prompt, str) else await decode_tokens(engine, prompt)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses={
+    **ok(Completion, streamed=Completion), **errors(400, 404, 413, 429, 503)})
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     state = server_state(request)
     engine = state.require_engine()
@@ -44,7 +49,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
                           "compute prompt logprobs)", param="echo")
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     meta = ResponseMeta("cmpl", engine.model_name, params.n, include_usage=include_usage)
-    prompts = [_engine_prompt(prompt) for prompt in body.prompts()]
+    given = body.prompts()
+    prompts = [await _engine_prompt(engine, prompt) for prompt in given]
+    echo_texts = [await _echo_text(engine, prompt) for prompt in given] if body.echo else None
     caching = RequestCaching.of(state, engine, "completions", body, prompts, params)
     if caching is not None and (hit := caching.serve_hit(
             body.stream, meta, Completion, Completion)) is not None:
@@ -54,9 +61,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     if body.stream:
         chunker = CompletionChunker(meta)
         opening = None
-        if body.echo:
+        if echo_texts is not None:
             def opening(index: int, output: RequestOutput) -> list[Completion]:
-                return chunker.echo_chunks(index, _prompt_text(engine, output))
+                return chunker.echo_chunks(index, echo_texts[index])
         chunks = stream_chunks(generation, firsts, chunker, meta.include_usage,
                                prompt_opening=opening, cached=None if caching is None else False)
         if caching is not None:
@@ -66,6 +73,5 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         finals = await generation.finals(firsts, request.receive)
     finally:
         await generation.close()
-    echo_texts = [_prompt_text(engine, output) for output in finals] if body.echo else None
     response = completion_body(meta, finals, echo_texts)
     return ModelResponse(response if caching is None else caching.keep_body(response))

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from ziggurat_core.engine.reports import DeviceInfo
 from ziggurat_core.protocol import HealthStatus
 
+from ..openapi import ok
 from ..wire import ModelResponse
 from . import server_state
 
@@ -17,7 +18,10 @@ def _device_names(info: DeviceInfo) -> list[str]:
     return names or [f"cpu ({info.cpu.name or 'unknown'})"]
 
 
-@router.get("/health")
+@router.get("/health", responses={
+    **ok(HealthStatus),
+    503: {"model": HealthStatus, "description": "Loading, failed to load, or the engine stopped "
+                                                "(`status` says which; `error` says why)."}})
 async def health(request: Request) -> ModelResponse:
     state = server_state(request)
     status = state.status

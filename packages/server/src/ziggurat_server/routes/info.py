@@ -19,6 +19,7 @@ from ziggurat_core.protocol import (
 )
 
 from .. import __version__
+from ..openapi import errors, ok
 from ..wire import ModelResponse
 from . import server_state
 
@@ -42,7 +43,7 @@ def _memory(device_info: DeviceInfo, engine_device: str, stats: EngineStats) -> 
     )
 
 
-@router.get("/v1/info")
+@router.get("/v1/info", responses={**ok(ServerInfo), **errors(503)})
 async def server_info(request: Request) -> ModelResponse:
     state = server_state(request)
     engine = state.require_engine()
@@ -64,7 +65,7 @@ async def server_info(request: Request) -> ModelResponse:
     ))
 
 
-@router.get("/v1/gpu/info")
+@router.get("/v1/gpu/info", responses={**ok(GpuInfo), **errors(503)})
 async def gpu_info(request: Request) -> ModelResponse:
     info = server_state(request).require_engine().device_info()
     return ModelResponse(GpuInfo(

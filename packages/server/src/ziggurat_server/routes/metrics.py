@@ -11,7 +11,8 @@ from . import server_state
 router = APIRouter()
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={
+    200: {"description": "Prometheus text format", "content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}})
 async def metrics(request: Request) -> Response:
     state = server_state(request)
     stats = state.engine.stats() if state.status == "ok" and state.engine is not None else None

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from ziggurat_core.protocol import Model, ModelList
 
-from ..errors import model_not_found
+from ..openapi import errors, ok
+from ..sampling import check_model_name
 from ..serving_engine import ServingEngine
 from ..wire import ModelResponse
 from . import server_state
@@ -27,17 +28,17 @@ def _model_card(engine: ServingEngine, created: int) -> Model:
     )
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses={**ok(ModelList), **errors(503)})
 async def list_models(request: Request) -> ModelResponse:
     state = server_state(request)
     engine = state.require_engine()
     return ModelResponse(ModelList(object="list", data=[_model_card(engine, int(state.started_at))]))
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id:path}", responses={**ok(Model), **errors(404, 503)})
 async def retrieve_model(model_id: str, request: Request) -> ModelResponse:
     state = server_state(request)
     engine = state.require_engine()
-    if model_id != engine.model_name:
-        raise model_not_found(model_id, engine.model_name)
+    # The names generation accepts ("default" too) answer here with the served model's card.
+    check_model_name(model_id, engine.model_name)
     return ModelResponse(_model_card(engine, int(state.started_at)))

@@ -11,6 +11,8 @@ from ziggurat_core.protocol import (
 )
 
 from ..errors import bad_request
+from ..openapi import errors, ok
+from ..prompts import decode_tokens, encode_chat, encode_text
 from ..sampling import check_model_name
 from ..wire import ModelResponse
 from . import server_state
@@ -18,28 +20,24 @@ from . import server_state
 router = APIRouter()
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", responses={**ok(TokenizeResponse), **errors(400, 404, 413, 503)})
 async def tokenize(body: TokenizeRequest, request: Request) -> ModelResponse:
     engine = server_state(request).require_engine()
     check_model_name(body.model, engine.model_name)
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("give exactly one of prompt or messages", param="prompt")
     if body.messages is not None:
-        try:
-            text = engine.apply_chat_template(
-                body.messages, add_generation_prompt=body.add_generation_prompt)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise bad_request(f"chat template failed: {exc}", param="messages") from None
-        # The template writes any BOS it wants, as the engine does for chat requests.
-        tokens = engine.encode(text, add_special_tokens=False)
+        tokens = await encode_chat(engine, list(body.messages),
+                                   add_generation_prompt=body.add_generation_prompt)
     else:
         assert body.prompt is not None
-        tokens = engine.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        tokens = await encode_text(engine, body.prompt, add_special_tokens=body.add_special_tokens)
     return ModelResponse(TokenizeResponse(tokens=list(tokens), count=len(tokens),
                                           max_model_len=engine.max_model_len))
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", responses={**ok(DetokenizeResponse),
+                                          **errors(400, 404, 413, 503)})
 async def detokenize(body: DetokenizeRequest, request: Request) -> ModelResponse:
     engine = server_state(request).require_engine()
     check_model_name(body.model, engine.model_name)
@@ -48,4 +46,4 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> ModelResponse
     if bad is not None:
         raise bad_request(f"token id {bad} is outside the vocabulary [0, {vocab_size})",
                           param="tokens")
-    return ModelResponse(DetokenizeResponse(prompt=engine.decode(body.tokens)))
+    return ModelResponse(DetokenizeResponse(prompt=await decode_tokens(engine, body.tokens)))
