@@ -1,12 +1,11 @@
 """`LLM.chat(tools=..., tool_choice=...)`: the request is checked as the server checks it, and the
-output is constrained to calls (once the engine enforces grammars, branch so-engine)."""
+output is constrained to calls."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from engine_capabilities import skip_unless_engine_constrains
 from fixtures_models import TinyModel
 from long_context_model import long_context_copy
 from ziggurat_core.engine import LLM, RequestValidationError, SamplingParams
@@ -48,7 +47,6 @@ def test_the_callers_sampling_params_are_left_as_they_were(llm: LLM) -> None:
 
 
 def test_required_output_is_a_valid_call(llm: LLM, tiny_llama: TinyModel) -> None:
-    skip_unless_engine_constrains(tiny_llama.gguf_path)
     # A set_alarm call is bounded (one integer 0-23): it fits in 400 tokens however written.
     params = [SamplingParams(temperature=1.0, seed=seed, max_tokens=400) for seed in range(6)]
     outputs = llm.chat([ASK] * len(params), params, tools=[ALARM], tool_choice="required",

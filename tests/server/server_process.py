@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 
 START_TIMEOUT_S = 180.0
 
@@ -78,3 +81,17 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+@contextlib.contextmanager
+def default_model_sdk(log_dir: Path) -> Iterator[openai.OpenAI]:
+    """A server of the default model (SmolLM2) and an openai SDK client for it, for the tests
+    that need a model which follows instructions; stopped on exit."""
+    server = ServerProcess(log_dir, "--model", "default")
+    server.wait_ready()
+    try:
+        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0,
+                           timeout=600) as client:
+            yield client
+    finally:
+        server.stop()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from server_process import ServerProcess
+from server_process import default_model_sdk
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +25,8 @@ CITY_SCHEMA = {
 
 @pytest.fixture(scope="module")
 def sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
-    server = ServerProcess(tmp_path_factory.mktemp("smollm2-structured-logs"), "--model", "default")
-    server.wait_ready()
-    try:
-        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0,
-                           timeout=600) as client:
-            yield client
-    finally:
-        server.stop()
+    with default_model_sdk(tmp_path_factory.mktemp("smollm2-structured-logs")) as client:
+        yield client
 
 
 def test_json_schema_response_is_parseable_and_valid(sdk: openai.OpenAI) -> None:

@@ -1,7 +1,5 @@
 """SmolLM2 (the default model, no tools in its own template) asked for the weather through the
-openai SDK: the Hermes prompt plus the grammar give a valid call, streamed or not.
-
-Needs the engine to enforce grammars (branch so-engine); skips until it does."""
+openai SDK: the Hermes prompt plus the grammar give a valid call, streamed or not."""
 
 from __future__ import annotations
 
@@ -10,10 +8,8 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from engine_capabilities import skip_unless_engine_constrains
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
-from server_process import ServerProcess
-from ziggurat_core.engine.default_model import default_model_path
+from server_process import default_model_sdk
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +26,8 @@ QUESTION: list[ChatCompletionMessageParam] = [
 
 @pytest.fixture(scope="module")
 def sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
-    skip_unless_engine_constrains(default_model_path())
-    server = ServerProcess(tmp_path_factory.mktemp("smollm2-tools-logs"), "--model", "default")
-    server.wait_ready()
-    try:
-        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0,
-                           timeout=600) as client:
-            yield client
-    finally:
-        server.stop()
+    with default_model_sdk(tmp_path_factory.mktemp("smollm2-tools-logs")) as client:
+        yield client
 
 
 def check_weather_call(call_name: str, arguments_text: str) -> dict[str, object]:

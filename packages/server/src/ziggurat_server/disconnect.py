@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from starlette.types import Receive
+
+from .racing import unless_first
 
 T = TypeVar("T")
 
@@ -26,17 +26,4 @@ async def wait_for_disconnect(receive: Receive) -> None:
 
 async def run_unless_disconnected(receive: Receive, awaitable: Awaitable[T]) -> T:
     """Await `awaitable`; if the client disconnects first, cancel it and raise ClientDisconnected."""
-    work: asyncio.Future[T] = asyncio.ensure_future(awaitable)
-    watcher: asyncio.Future[None] = asyncio.ensure_future(wait_for_disconnect(receive))
-    both: list[asyncio.Future[Any]] = [work, watcher]
-    try:
-        await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-        if work.done():
-            return work.result()
-        raise ClientDisconnected()
-    finally:
-        for task in both:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+    return await unless_first(awaitable, wait_for_disconnect(receive), ClientDisconnected)

@@ -9,11 +9,11 @@ gives uvicorn a little longer than the timeout, so these answers go out first.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .errors import ServerHTTPError
+from .racing import unless_first
 
 T = TypeVar("T")
 
@@ -70,17 +70,4 @@ class ShutdownDrain:
         """Await `awaitable`; if the timeout expires first, cancel it and raise ServerShuttingDown."""
         if self.expired:
             raise ServerShuttingDown()
-        work: asyncio.Future[T] = asyncio.ensure_future(awaitable)
-        expiry: asyncio.Future[None] = asyncio.ensure_future(self.wait_expired())
-        both: list[asyncio.Future[Any]] = [work, expiry]
-        try:
-            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-            if work.done():
-                return work.result()
-            raise ServerShuttingDown()
-        finally:
-            for task in both:
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+        return await unless_first(awaitable, self.wait_expired(), ServerShuttingDown)
