@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-import torch
 import ziggurat_server
 from fixtures_models import TinyModel
 from server_helpers import TINY_NUM_KV_BLOCKS, metric_value, render_chatml
@@ -61,14 +60,8 @@ def test_info_reports_model_memory_and_settings(client: httpx.Client,
 
 def test_gpu_info_is_honest(client: httpx.Client) -> None:
     info = client.get("/v1/gpu/info").json()
-    if torch.cuda.is_available():
-        assert len(info["devices"]) == torch.cuda.device_count()
-        for device in info["devices"]:
-            for key in ("name", "total_memory", "free_memory", "compute_capability",
-                        "driver_version", "cuda_version"):
-                assert key in device
-    else:
-        assert info["devices"] == []
+    # The engine runs on the CPU: it reports (and touches) no GPU, even where the host has one.
+    assert info["devices"] == []
     assert info["cpu"]["cores"] >= 1
     assert info["cpu"]["total_memory"] > 0
 
