@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-import torch
 import ziggurat_server
 from fixtures_models import TinyModel
 from server_helpers import TINY_NUM_KV_BLOCKS, metric_value, render_chatml
@@ -55,20 +54,15 @@ def test_info_reports_model_memory_and_settings(client: httpx.Client,
     resolved = dict(info["engine"]["resolved"])
     assert resolved.pop("cpu_isa") in ("avx512vnni", "avx2", "neon", "scalar")
     assert resolved == {"engine_device": "cpu", "dtype": "float32", "attention_backend": "torch",
-                        "quantization": "none", "kv_cache_dtype": "float32"}
+                        "quantization": "none", "kv_cache_dtype": "float32",
+                        "memory_profile": None}  # the KV cache is profiled on CUDA only
     assert info["server"]["api_key"] is None
 
 
 def test_gpu_info_is_honest(client: httpx.Client) -> None:
     info = client.get("/v1/gpu/info").json()
-    if torch.cuda.is_available():
-        assert len(info["devices"]) == torch.cuda.device_count()
-        for device in info["devices"]:
-            for key in ("name", "total_memory", "free_memory", "compute_capability",
-                        "driver_version", "cuda_version"):
-                assert key in device
-    else:
-        assert info["devices"] == []
+    # The engine runs on the CPU: it reports (and touches) no GPU, even where the host has one.
+    assert info["devices"] == []
     assert info["cpu"]["cores"] >= 1
     assert info["cpu"]["total_memory"] > 0
 

@@ -32,6 +32,7 @@ ROWS: list[tuple[str, str, Any, Any]] = [
     ("max_num_batched_tokens", "256", 256, 256),
     ("kv_cache_memory", "2GiB", "2GiB", "2GiB"),
     ("num_kv_blocks", "77", 77, 77),
+    ("gpu_memory_utilization", "0.75", 0.75, 0.75),
     ("max_model_len", "99", 99, 99),
     ("block_size", "32", 32, 32),
     ("max_queue", "0", 0, 0),
@@ -71,6 +72,7 @@ def test_defaults(resolve: Any) -> None:
         "api_key": None, "device": "auto", "dtype": "auto", "attention_backend": "auto",
         "quantization": "auto", "kv_cache_dtype": "auto", "max_num_seqs": 64,
         "max_num_batched_tokens": 2048, "kv_cache_memory": None, "num_kv_blocks": None,
+        "gpu_memory_utilization": 0.9,
         "max_model_len": None, "block_size": 16, "prefix_caching": True, "max_queue": 256,
         "max_request_bytes": 4 * 1024 * 1024, "shutdown_timeout": 30, "seed": 0,
         "num_threads": None, "log_level": "info",
@@ -130,6 +132,8 @@ def test_engine_config_carries_the_engine_options(resolve: Any) -> None:
     assert (config.dtype, config.device, config.max_model_len) == ("bfloat16", "cpu", 99)
     assert (config.quantization, config.kv_cache_dtype) == ("auto", "auto")
     assert config.enable_prefix_caching is False
+    assert config.gpu_memory_utilization == 0.9
+    assert resolve(["--gpu-memory-utilization", "0.6"]).engine_config().gpu_memory_utilization == 0.6
     tuned = resolve(["--quantization", "none", "--kv-cache-dtype", "float16"]).engine_config()
     assert (tuned.quantization, tuned.kv_cache_dtype) == ("none", "float16")
 
@@ -201,6 +205,8 @@ def test_memory_sizes_and_fractions_are_kept_as_given(resolve: Any, tmp_path: Pa
     (["--model", "  "], {}, None, ["--model"]),
     (["--block-size", "12"], {}, None, ["block_size"]),
     (["--num-kv-blocks", "0"], {}, None, ["--num-kv-blocks"]),
+    (["--gpu-memory-utilization", "1.5"], {}, None, ["--gpu-memory-utilization"]),
+    (["--gpu-memory-utilization", "0"], {}, None, ["--gpu-memory-utilization"]),
     ([], {"ZIGGURAT_MAX_QUEUE": "-1"}, None, ["--max-queue", "ZIGGURAT_MAX_QUEUE"]),
     ([], {"ZIGGURAT_SHUTDOWN_TIMEOUT": "soon"}, None, ["ZIGGURAT_SHUTDOWN_TIMEOUT"]),
     ([], {}, "prot: 8000\n", ["unknown option 'prot'"]),

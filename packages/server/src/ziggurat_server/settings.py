@@ -136,6 +136,10 @@ class ServerSettings(BaseSettings):
                 "memory like 0.5 (default: the engine's choice)", "SIZE"))
     num_kv_blocks: PositiveInt | None = _option(
         None, "exact number of KV blocks (wins over --kv-cache-memory)", "N")
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = _option(
+        0.9, "CUDA: fraction of the device's total memory the engine may use; the KV cache gets "
+        "what the weights and a profiled step at --max-num-batched-tokens leave of it (unless "
+        "--kv-cache-memory or --num-kv-blocks sets its size)", "FRACTION")
     max_model_len: PositiveInt | None = _option(
         None, "context window cap (default: the model's)", "N")
     block_size: PositiveInt = _option(16, "tokens per KV block (a power of two)", "N")
@@ -194,6 +198,7 @@ class ServerSettings(BaseSettings):
             kv_cache_dtype=self.kv_cache_dtype,
             kv_cache_memory=self.kv_cache_memory,
             num_kv_blocks=self.num_kv_blocks,
+            gpu_memory_utilization=self.gpu_memory_utilization,
             max_model_len=self.max_model_len,
             max_num_seqs=self.max_num_seqs,
             max_num_batched_tokens=self.max_num_batched_tokens,

@@ -20,7 +20,14 @@ from .errors import (
 )
 from .inputs import ChatMessage, PromptInput, ToolDefinition
 from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput, TokenLogprob
-from .reports import AcceleratorInfo, CpuInfo, DeviceInfo, EngineStats, ResolvedSettings
+from .reports import (
+    AcceleratorInfo,
+    CpuInfo,
+    DeviceInfo,
+    EngineStats,
+    MemoryProfile,
+    ResolvedSettings,
+)
 from .sampling_params import SamplingParams, SamplingParamsError, StructuredOutputsParams
 
 if TYPE_CHECKING:
@@ -67,6 +74,7 @@ __all__ = [
     "RequestMetrics",
     "RequestOutput",
     "RequestValidationError",
+    "MemoryProfile",
     "ResolvedSettings",
     "SamplingParams",
     "SamplingParamsError",

@@ -169,10 +169,10 @@ class AsyncEngine:
                                    errored=self.errored)
 
     def device_info(self) -> DeviceInfo:
-        """The hardware as it is now (free memory changes)."""
+        """The engine's own devices and the host's CPU as they are now (free memory changes)."""
         from .device import device_info
 
-        return device_info()
+        return device_info([self.engine.runner.device])
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stopping = True

@@ -102,6 +102,10 @@ class EngineConfig:
     # linear layers run int8 (as llama.cpp's default f16 cache; decode attention reads half the
     # bytes and the cache holds twice the tokens), else the run dtype.
     kv_cache_dtype: str = "auto"
+    # On CUDA without kv_cache_memory / num_kv_blocks: the fraction of the device's total
+    # memory the whole engine may use (vLLM's meaning); the KV cache gets what the weights and
+    # a profiled step at max_num_batched_tokens leave of it (memory_profile.py).
+    gpu_memory_utilization: float = 0.9
 
     def validate(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -120,6 +124,10 @@ class EngineConfig:
             choices = ", ".join(KV_CACHE_DTYPES)
             raise ValueError(
                 f"kv_cache_dtype must be one of {choices}, got {self.kv_cache_dtype!r}"
+            )
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
             )
         if self.attention_backend not in ("auto", "torch", "xformers"):
             raise ValueError(f"attention_backend must be auto, torch or xformers, got {self.attention_backend!r}")

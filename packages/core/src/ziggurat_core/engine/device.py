@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Sequence
 
 import torch
 
@@ -68,11 +69,16 @@ def device_memory(device: torch.device) -> tuple[int, int]:
     return available_host_memory(), total_host_memory()
 
 
-def device_info() -> DeviceInfo:
-    """Accelerators (an honest empty list on a CPU-only host) and the CPU."""
+def device_info(engine_devices: Sequence[torch.device]) -> DeviceInfo:
+    """The accelerators among `engine_devices` (the devices the engine runs on; an empty list
+    for a CPU engine) and the host's CPU.
+
+    Only the engine's own GPUs are read: `mem_get_info` creates a CUDA context (hundreds of MB
+    of device memory) on every device it touches, which on a shared host belongs to others."""
     devices: list[AcceleratorInfo] = []
-    if torch.cuda.is_available():
-        for index in range(torch.cuda.device_count()):
+    indices = sorted({cuda_index(device) for device in engine_devices if device.type == "cuda"})
+    if indices:
+        for index in indices:
             props = torch.cuda.get_device_properties(index)
             free, total = torch.cuda.mem_get_info(index)
             devices.append(AcceleratorInfo(
@@ -93,6 +99,11 @@ def device_info() -> DeviceInfo:
         available_memory=available_host_memory(),
     )
     return DeviceInfo(devices=devices, cpu=cpu)
+
+
+def cuda_index(device: torch.device) -> int:
+    """The ordinal of a CUDA device; a bare "cuda" means the current device."""
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -18,9 +18,10 @@ from .config import KV_CACHE_DTYPES, EngineConfig, ModelConfig, parse_memory_siz
 from .cpu_kernels import cpu_isa
 from .device import device_memory, dtype_name, resolve_device, resolve_dtype
 from .layers import pack_linears
+from .memory_profiler import profile_cuda_memory, profile_query_lens
 from .models.llama import build_model
 from .quantization import measure_input_absmax, quantize_linears_int8
-from .reports import ResolvedSettings
+from .reports import MemoryProfile, ResolvedSettings
 from .sampler import Sampler, SampleResult
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ logger = logging.getLogger("ziggurat.engine")
 
 # Without a setting, the CPU KV cache takes this much (or a fifth of free memory if less).
 _DEFAULT_CPU_KV_BYTES = 2 * 2**30
-_DEFAULT_CUDA_KV_FRACTION = 0.85
 
 
 @dataclass
@@ -67,9 +67,11 @@ def plan_kv_cache(
     device: torch.device,
     kv_dtype: torch.dtype,
     max_model_len: int,
+    profiled: MemoryProfile | None = None,
 ) -> KVCacheSpec:
-    """How many blocks of `kv_dtype` to allocate: an explicit count, a byte size, a fraction, or
-    a default (a byte budget holds twice the blocks in a 2-byte dtype as in float32)."""
+    """How many blocks of `kv_dtype` to allocate: an explicit count, a byte size, a fraction, the
+    profiled share on CUDA (`profiled`, see memory_profile.py), or the CPU default (a byte
+    budget holds twice the blocks in a 2-byte dtype as in float32)."""
     per_block = kv_bytes_per_block(model, config.block_size, kv_dtype)
     if config.num_kv_blocks is not None:
         return KVCacheSpec(config.num_kv_blocks, config.block_size, per_block)
@@ -77,8 +79,10 @@ def plan_kv_cache(
     if config.kv_cache_memory is not None:
         size = parse_memory_size(config.kv_cache_memory)
         budget = int(size * (free if device.type == "cuda" else total)) if isinstance(size, float) else size
+    elif profiled is not None:
+        budget = profiled.kv_cache_bytes
     elif device.type == "cuda":
-        budget = int(free * _DEFAULT_CUDA_KV_FRACTION)
+        raise ValueError("a CUDA KV cache without a size needs the memory profile")
     else:
         budget = min(_DEFAULT_CPU_KV_BYTES, free // 5)
         # No point holding more than every seat filled to the context window.
@@ -197,14 +201,13 @@ class ModelRunner:
         started = time.perf_counter()
         self.model = build_model(checkpoint, self.device, self.dtype)
         self.attention = select_attention_backend(backend, self.device, self.dtype)
+        self.memory_profile = self._profile_memory(max_model_len)
         self.kv_spec = plan_kv_cache(
-            config, self.model_config, self.device, self.kv_cache_dtype, max_model_len
+            config, self.model_config, self.device, self.kv_cache_dtype, max_model_len,
+            self.memory_profile,
         )
+        self.kv_caches = self._make_kv_caches(self.kv_spec.num_blocks)
         mc = self.model_config
-        shape = (2, self.kv_spec.num_blocks, config.block_size, mc.num_key_value_heads, mc.head_dim)
-        self.kv_caches = [
-            zeroed_tensor(shape, self.kv_cache_dtype, self.device) for _ in range(mc.num_hidden_layers)
-        ]
         # The calibration pass runs through the attention layers, so the cache exists first.
         if self.quantization == "int8":
             ids = (calibration_token_ids or [])[: min(max_model_len, self.kv_spec.num_slots)]
@@ -226,6 +229,37 @@ class ModelRunner:
             self.kv_spec.total_bytes / 2**20,
         )
 
+    def _make_kv_caches(self, num_blocks: int) -> list[torch.Tensor]:
+        mc = self.model_config
+        shape = (2, num_blocks, self.config.block_size, mc.num_key_value_heads, mc.head_dim)
+        return [
+            zeroed_tensor(shape, self.kv_cache_dtype, self.device) for _ in range(mc.num_hidden_layers)
+        ]
+
+    def _profile_memory(self, max_model_len: int) -> MemoryProfile | None:
+        """On CUDA with no cache size given: the KV cache's share from a profiled dummy step
+        at max_num_batched_tokens (memory_profiler.py); None elsewhere."""
+        config = self.config
+        if self.device.type != "cuda" or config.num_kv_blocks is not None or config.kv_cache_memory is not None:
+            return None
+        query_lens = profile_query_lens(config.max_num_batched_tokens, config.max_num_seqs, max_model_len)
+        profile = profile_cuda_memory(
+            self.model, self.attention, self.device, query_lens, config.block_size,
+            self._make_kv_caches,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            bytes_per_block=kv_bytes_per_block(self.model_config, config.block_size, self.kv_cache_dtype),
+        )
+        gib = 2**30
+        logger.info(
+            "memory profile of %s: %.2f GiB total x gpu_memory_utilization %.2f; weights "
+            "%.2f GiB, peak of a %d-token step %.2f GiB, outside torch %.2f GiB -> KV cache "
+            "%.2f GiB (%d blocks)",
+            self.device, profile.total_bytes / gib, profile.gpu_memory_utilization,
+            profile.weights_bytes / gib, sum(query_lens), profile.peak_activation_bytes / gib,
+            profile.non_torch_bytes / gib, profile.kv_cache_bytes / gib, profile.num_kv_blocks,
+        )
+        return profile
+
     @torch.inference_mode()
     def resolved_settings(self) -> ResolvedSettings:
         return ResolvedSettings(
@@ -235,6 +269,7 @@ class ModelRunner:
             quantization=self.quantization,
             kv_cache_dtype=dtype_name(self.kv_cache_dtype),
             cpu_isa=self.cpu_isa,
+            memory_profile=self.memory_profile,
         )
 
     def _prefill_only(self, token_ids: list[int]) -> None:

@@ -62,6 +62,20 @@ class DeviceInfo:
 
 
 @dataclass(frozen=True)
+class MemoryProfile:
+    """How the KV cache was sized on CUDA (`memory_profile.py`): the engine's share of the
+    device, what the weights and the largest step take of it, and what the cache got."""
+
+    total_bytes: int  # the device's memory
+    gpu_memory_utilization: float  # the engine's fraction of total_bytes
+    weights_bytes: int
+    peak_activation_bytes: int  # the profiled step's peak above the weights
+    non_torch_bytes: int  # memory outside torch's allocator (CUDA context, libraries)
+    kv_cache_bytes: int
+    num_kv_blocks: int
+
+
+@dataclass(frozen=True)
 class ResolvedSettings:
     """What the engine's "auto" settings resolved to on this host."""
 
@@ -72,3 +86,5 @@ class ResolvedSettings:
     kv_cache_dtype: str
     # The C kernel variant in use (cpu_kernels.ISAS); None on CUDA or without the kernels.
     cpu_isa: str | None
+    # How the KV cache was sized by profiling; None where it was not (CPU, or a size given).
+    memory_profile: MemoryProfile | None = None

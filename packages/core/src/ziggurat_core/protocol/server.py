@@ -28,6 +28,19 @@ class ServerMemory(ResponseModel):
     kv_usage: float | None = None
 
 
+class EngineMemoryProfile(ResponseModel):
+    """How the KV cache was sized on CUDA: the engine's share (gpu_memory_utilization) of the
+    device's memory, less the weights, the largest step's peak and memory outside torch."""
+
+    total_bytes: int | None = None
+    gpu_memory_utilization: float | None = None
+    weights_bytes: int | None = None
+    peak_activation_bytes: int | None = None
+    non_torch_bytes: int | None = None
+    kv_cache_bytes: int | None = None
+    num_kv_blocks: int | None = None
+
+
 class ResolvedEngineSettings(ResponseModel):
     """What the engine's "auto" settings resolved to on this machine."""
 
@@ -37,6 +50,7 @@ class ResolvedEngineSettings(ResponseModel):
     quantization: str | None = None
     kv_cache_dtype: str | None = None
     cpu_isa: str | None = None  # the CPU kernel variant: avx512vnni, avx2, neon, scalar
+    memory_profile: EngineMemoryProfile | None = None  # None where the cache was not profiled
 
 
 class EngineCounters(ResponseModel):

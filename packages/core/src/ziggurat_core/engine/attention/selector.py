@@ -6,7 +6,11 @@ import torch
 
 from .base import AttentionBackend
 from .torch_backend import PortableAttentionBackend
-from .xformers_backend import XFormersAttentionBackend, xformers_unavailable_reason
+from .xformers_backend import (
+    PAGED_BLOCK_MULTIPLE,
+    XFormersAttentionBackend,
+    xformers_unavailable_reason,
+)
 
 BACKEND_NAMES = ("auto", "torch", "xformers")
 
@@ -28,3 +32,15 @@ def select_attention_backend(name: str, device: torch.device, dtype: torch.dtype
     if name == "xformers":
         raise ValueError(f"attention backend 'xformers' is unavailable: {reason}")
     return PortableAttentionBackend()
+
+
+# Tokens per KV block where nothing asks for another size: small blocks waste the least cache
+# on partly filled blocks and suit the CPU kernels.
+DEFAULT_BLOCK_SIZE = 16
+
+
+def default_block_size(backend_name: str) -> int:
+    """The block size when the setting is left to the engine: xformers (CUDA only) reads the
+    paged cache directly only at a multiple of PAGED_BLOCK_MULTIPLE, and otherwise gathers
+    every sequence's context per layer and step; every other backend takes 16."""
+    return PAGED_BLOCK_MULTIPLE if backend_name == "xformers" else DEFAULT_BLOCK_SIZE

@@ -84,10 +84,15 @@ class RotaryEmbedding(nn.Module):
         self.max_positions = max_positions
         self.theta = theta
         self.rope_scaling = rope_scaling
-        inv_freq = rope_inv_freq(head_dim, theta, rope_scaling)
-        angles = torch.outer(
-            torch.arange(max_positions, dtype=torch.float32), inv_freq.to(torch.float32)
-        )
+        self.build_tables(None)
+
+    def build_tables(self, device: torch.device | None) -> None:
+        """(Re)compute the float32 tables on `device` (None: the default device). A model built
+        on `meta` calls this once it has a real device: the tables are derived from the config,
+        never read from a checkpoint."""
+        inv_freq = rope_inv_freq(self.head_dim, self.theta, self.rope_scaling).to(device)
+        positions = torch.arange(self.max_positions, dtype=torch.float32, device=device)
+        angles = torch.outer(positions, inv_freq.to(torch.float32))
         # Not persistent: derived from the config, never part of a checkpoint.
         self.register_buffer("cos_cache", angles.cos(), persistent=False)
         self.register_buffer("sin_cache", angles.sin(), persistent=False)

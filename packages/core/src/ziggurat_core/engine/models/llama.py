@@ -27,6 +27,7 @@ from ..cpu_kernels import (
 from ..layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SiluAndMul, apply_rotary
 from ..layers.packed import Int8Weight
 from ..loader.errors import CheckpointError
+from .materialize import materialize_parameters
 
 if TYPE_CHECKING:
     from ..loader import Checkpoint
@@ -334,10 +335,16 @@ class LlamaForCausalLM(nn.Module):
 def build_model(
     checkpoint: Checkpoint, device: torch.device | str, dtype: torch.dtype
 ) -> LlamaForCausalLM:
-    """Construct the model for `checkpoint.model_config` on `device` in `dtype` and load weights."""
-    with torch.device(device):
+    """Construct the model for `checkpoint.model_config` on `device` in `dtype` and load weights.
+
+    Built on `meta` (shapes only), then given storage in `dtype` on `device` and filled tensor by
+    tensor: peak memory is the model plus one checkpoint tensor, never a float32 model that is
+    cast afterwards.
+    """
+    with torch.device("meta"):
         model = LlamaForCausalLM(checkpoint.model_config)
-    model.to(dtype=dtype)
+    materialize_parameters(model, device, dtype)
+    model.model.rotary_emb.build_tables(torch.device(device))
     try:
         model.load_weights(checkpoint.weights())
     except CheckpointError as exc:

@@ -1,0 +1,291 @@
+"""One command for the first GPU: is the CUDA path right, and how fast is it? Prints one JSON report.
+
+On a machine without CUDA it says so (`"cuda": false`) and exits 0. With CUDA it:
+  - loads the default model (and `--hf-folder`, a Hugging Face safetensors folder, if given) in
+    bfloat16 on the first GPU, reporting load time, weights and the KV cache's memory profile;
+  - checks greedy parity against the CPU float32 engine (float linear layers, no int8) on a set
+    of prompts: a bfloat16 output may leave the reference only where the reference itself was
+    close to a tie (the token the GPU took within `--tie-nats` of the one the CPU took, by the
+    CPU's own log-probabilities); after that first differing token the contexts differ, so
+    drift is allowed;
+  - checks batch invariance (greedy alone == greedy in a batch) and seeded sampling (a seeded
+    request samples the same tokens alone and in a batch of unseeded ones);
+  - runs the xformers GPU tests (pytest tests/core/test_attention_xformers.py);
+  - sweeps 1, 8, 64 and 256 concurrent streams: decode tokens/s, time to first token, and at
+    batch 1 the memory bandwidth reached (weight bytes read per decode step / step time) as a
+    fraction of the device's peak.
+
+The exit status is 1 where a correctness check failed, else 0.
+
+Usage: python benchmarks/gpu_check.py [--hf-folder PATH] [--max-tokens 32] [--tie-nats 0.25]
+       [--streams 1,8,64,256] [--skip-pytest]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from machine import machine_info
+
+PARITY_PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "The three primary colours are",
+    "Water boils at a temperature of",
+    "List three uses of a paperclip:",
+    "In 1969, the first humans",
+    "The quick brown fox",
+]
+# Peak memory bandwidth (bytes/s) by device name, from the vendors' data sheets; used where
+# torch does not report the memory clock and bus width.
+KNOWN_PEAK_BANDWIDTH = {
+    "H200": 4.8e12,
+    "H100 SXM": 3.35e12,
+    "H100 PCIe": 2.0e12,
+    "H100 NVL": 3.9e12,
+    "A100-SXM4-80GB": 2.039e12,
+    "A100-SXM4-40GB": 1.555e12,
+    "A100-PCIE-80GB": 1.935e12,
+    "A100-PCIE-40GB": 1.555e12,
+    "L40S": 0.864e12,
+    "L4": 0.3e12,
+    "A10G": 0.6e12,
+    "T4": 0.32e12,
+    "RTX 4090": 1.008e12,
+}
+
+
+# ---------------------------------------------------------------------- pure helpers (tested)
+def no_cuda_report(reason: str) -> dict[str, Any]:
+    return {"cuda": False, "reason": reason, "checks": {}, "passed": None}
+
+
+def first_difference(reference: list[int], candidate: list[int]) -> int | None:
+    """The first position where the two token lists differ (a length difference counts at
+    the shorter one's end); None where they are equal."""
+    for position, (ref, cand) in enumerate(zip(reference, candidate, strict=False)):
+        if ref != cand:
+            return position
+    if len(reference) != len(candidate):
+        return min(len(reference), len(candidate))
+    return None
+
+
+def judge_greedy_parity(
+    reference: list[int],
+    candidate: list[int],
+    reference_top_logprobs: list[dict[int, float]],
+    tie_nats: float,
+) -> dict[str, Any]:
+    """Whether `candidate` (bfloat16 greedy) agrees with `reference` (float32 greedy).
+
+    Equal lists pass. Otherwise the first differing token must be a near-tie in the reference:
+    the candidate's token is among the reference's top log-probabilities at that position
+    (`reference_top_logprobs[i]`: token id -> logprob) and within `tie_nats` of the reference's
+    token. Tokens after that one are not compared: their contexts differ."""
+    position = first_difference(reference, candidate)
+    if position is None:
+        return {"passed": True, "identical": True, "first_difference": None}
+    verdict: dict[str, Any] = {"passed": False, "identical": False, "first_difference": position}
+    if position >= min(len(reference), len(candidate)):
+        verdict["why"] = "one output stops early where the other continues"
+        return verdict
+    if position >= len(reference_top_logprobs):
+        verdict["why"] = "no reference log-probabilities at the first difference"
+        return verdict
+    top = reference_top_logprobs[position]
+    ref_token, cand_token = reference[position], candidate[position]
+    if ref_token not in top or cand_token not in top:
+        verdict["why"] = f"token {cand_token} is not among the reference's top tokens there"
+        return verdict
+    gap = top[ref_token] - top[cand_token]
+    verdict["logprob_gap"] = gap
+    verdict["passed"] = gap <= tie_nats
+    if not verdict["passed"]:
+        verdict["why"] = f"the reference preferred its token by {gap:.3f} nats > {tie_nats}"
+    return verdict
+
+
+def peak_bandwidth(name: str, memory_clock_khz: int | None, bus_width_bits: int | None) -> tuple[float | None, str]:
+    """The device's peak memory bandwidth in bytes/s and where the figure came from: the
+    memory clock and bus width torch reports (double data rate), else the data-sheet table."""
+    if memory_clock_khz and bus_width_bits:
+        return 2 * memory_clock_khz * 1e3 * bus_width_bits / 8, "memory clock x bus width"
+    for known, value in sorted(KNOWN_PEAK_BANDWIDTH.items(), key=lambda kv: -len(kv[0])):
+        if known in name:
+            return value, f"data sheet ({known})"
+    return None, "unknown device"
+
+
+def bandwidth_fraction(bytes_per_step: int, step_seconds: float, peak_bytes_per_s: float | None) -> float | None:
+    """Bytes read per decode step over the step's time, as a fraction of the peak."""
+    if peak_bytes_per_s is None or step_seconds <= 0:
+        return None
+    return bytes_per_step / step_seconds / peak_bytes_per_s
+
+
+# ---------------------------------------------------------------------- the checks (CUDA only)
+def _llm(model: str, **settings: Any) -> Any:
+    from ziggurat_core.engine import LLM
+
+    return LLM(model=model, **settings)
+
+
+def _greedy(llm: Any, prompts: list[str], max_tokens: int, logprobs: int | None = None) -> list[Any]:
+    from ziggurat_core.engine import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, logprobs=logprobs)
+    return [out.outputs[0] for out in llm.generate(prompts, params, use_tqdm=False)]
+
+
+def check_parity(gpu: Any, cpu: Any, max_tokens: int, tie_nats: float) -> dict[str, Any]:
+    reference = _greedy(cpu, PARITY_PROMPTS, max_tokens, logprobs=5)
+    candidate = _greedy(gpu, PARITY_PROMPTS, max_tokens)
+    prompts = []
+    for prompt, ref, cand in zip(PARITY_PROMPTS, reference, candidate, strict=True):
+        tops = [
+            {top.token_id: top.logprob for top in step.top_logprobs} | {step.token_id: step.logprob}
+            for step in ref.logprobs or []
+        ]
+        verdict = judge_greedy_parity(ref.token_ids, cand.token_ids, tops, tie_nats)
+        prompts.append({"prompt": prompt, **verdict})
+    return {"passed": all(p["passed"] for p in prompts), "tie_nats": tie_nats, "prompts": prompts}
+
+
+def check_batch_invariance(gpu: Any, max_tokens: int) -> dict[str, Any]:
+    together = [o.token_ids for o in _greedy(gpu, PARITY_PROMPTS, max_tokens)]
+    alone = [_greedy(gpu, [p], max_tokens)[0].token_ids for p in PARITY_PROMPTS]
+    differing = [p for p, a, b in zip(PARITY_PROMPTS, together, alone, strict=True) if a != b]
+    return {"passed": not differing, "differing_prompts": differing}
+
+
+def check_seeded_sampling(gpu: Any, max_tokens: int) -> dict[str, Any]:
+    from ziggurat_core.engine import SamplingParams
+
+    seeded = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=max_tokens, seed=1234, ignore_eos=True)
+    noise = SamplingParams(temperature=1.0, max_tokens=max_tokens, ignore_eos=True)
+    prompt = "Tell me a story about a dragon."
+    alone = gpu.generate([prompt], seeded, use_tqdm=False)[0].outputs[0].token_ids
+    batch = gpu.generate(["Hello there", prompt, "What is 2+2?"], [noise, seeded, noise], use_tqdm=False)
+    return {"passed": batch[1].outputs[0].token_ids == alone}
+
+
+def run_xformers_tests() -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/core/test_attention_xformers.py", "-q", "-rs"],
+        cwd=root, capture_output=True, text=True, timeout=1800,
+    )
+    lines = done.stdout.strip().splitlines()
+    return {"passed": done.returncode == 0, "returncode": done.returncode, "summary": lines[-1] if lines else ""}
+
+
+def throughput_sweep(gpu: Any, streams: list[int], max_tokens: int, weight_bytes: int, peak: float | None) -> list[dict[str, Any]]:
+    from ziggurat_core.engine import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    rows = []
+    for count in streams:
+        prompts = [f"Request {i}: write a short paragraph about {PARITY_PROMPTS[i % len(PARITY_PROMPTS)]}" for i in range(count)]
+        started = time.perf_counter()
+        outputs = gpu.generate(prompts, params, use_tqdm=False)
+        elapsed = time.perf_counter() - started
+        ttfts = sorted(t for o in outputs if (t := o.time_to_first_token) is not None)
+        decode = [o.metrics.finished_time - o.metrics.first_token_time for o in outputs
+                  if o.metrics and o.metrics.finished_time and o.metrics.first_token_time]
+        decode_window = max(decode) if decode else 0.0
+        tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+        row: dict[str, Any] = {
+            "streams": count,
+            "output_tokens": tokens,
+            "wall_s": elapsed,
+            "decode_tokens_per_s": (tokens - len(outputs)) / decode_window if decode_window else None,
+            "ttft_median_s": ttfts[len(ttfts) // 2] if ttfts else None,
+            "ttft_max_s": ttfts[-1] if ttfts else None,
+        }
+        if count == 1 and decode_window and max_tokens > 1:
+            step = decode_window / (max_tokens - 1)
+            row["decode_step_s"] = step
+            row["bandwidth_fraction"] = bandwidth_fraction(weight_bytes, step, peak)
+        rows.append(row)
+    return rows
+
+
+def run_on_gpu(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device("cuda", 0)
+    props = torch.cuda.get_device_properties(device)
+    peak, peak_source = peak_bandwidth(
+        props.name, getattr(props, "memory_clock_rate", None), getattr(props, "memory_bus_width", None)
+    )
+    streams = [int(s) for s in args.streams.split(",")]
+    report: dict[str, Any] = {
+        "cuda": True,
+        "device": {"name": props.name, "total_memory": props.total_memory,
+                   "compute_capability": f"{props.major}.{props.minor}",
+                   "peak_bandwidth_bytes_per_s": peak, "peak_bandwidth_source": peak_source},
+        "torch": torch.__version__,
+        "machine": machine_info(),
+        "models": {},
+    }
+    models = ["default"] + ([args.hf_folder] if args.hf_folder else [])
+    for model in models:
+        started = time.perf_counter()
+        gpu = _llm(model, device="cuda:0", dtype="bfloat16", max_num_seqs=max(streams))
+        load_s = time.perf_counter() - started
+        runner = gpu.engine.runner
+        weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+        resolved = gpu.engine.resolved_settings
+        cpu = _llm(model, device="cpu", dtype="float32", quantization="none")
+        checks = {
+            "greedy_parity": check_parity(gpu, cpu, args.max_tokens, args.tie_nats),
+            "batch_invariance": check_batch_invariance(gpu, args.max_tokens),
+            "seeded_sampling": check_seeded_sampling(gpu, args.max_tokens),
+        }
+        del cpu
+        report["models"][model] = {
+            "load_s": load_s,
+            "weight_bytes": weight_bytes,
+            "attention_backend": resolved.attention_backend,
+            "memory_profile": None if resolved.memory_profile is None else asdict(resolved.memory_profile),
+            "checks": checks,
+            "throughput": throughput_sweep(gpu, streams, args.max_tokens, weight_bytes, peak),
+        }
+        del gpu
+        torch.cuda.empty_cache()
+    if not args.skip_pytest:
+        report["xformers_tests"] = run_xformers_tests()
+    verdicts = [c["passed"] for m in report["models"].values() for c in m["checks"].values()]
+    if "xformers_tests" in report:
+        verdicts.append(report["xformers_tests"]["passed"])
+    report["passed"] = all(verdicts)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hf-folder", help="a Hugging Face safetensors folder to check too")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--tie-nats", type=float, default=0.25,
+                        help="how close to a tie the first differing token must be in the reference")
+    parser.add_argument("--streams", default="1,8,64,256")
+    parser.add_argument("--skip-pytest", action="store_true", help="do not run the xformers tests")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print(json.dumps(no_cuda_report(f"torch {torch.__version__} sees no CUDA device"), indent=2))
+        return 0
+    report = run_on_gpu(args)
+    print(json.dumps(report, indent=2, default=str))
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

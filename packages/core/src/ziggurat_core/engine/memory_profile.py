@@ -1,0 +1,68 @@
+"""How much device memory the KV cache gets on CUDA, from a profiled step. No torch.
+
+vLLM's rule and meaning: `gpu_memory_utilization` is the fraction of the device's *total*
+memory the whole engine may use (weights, the activations of the largest step, memory outside
+torch's allocator such as the CUDA context, and the KV cache). The cache gets what is left of
+that share once the rest is measured. The measuring (a dummy step at
+`max_num_batched_tokens`) is in `memory_profiler.py`; this file is only the arithmetic, so it
+is tested with the measured numbers injected.
+"""
+
+from __future__ import annotations
+
+from .reports import MemoryProfile
+
+
+class InsufficientMemoryError(ValueError):
+    """The engine's share of device memory does not hold the model, its largest step and one
+    KV block."""
+
+
+def validate_gpu_memory_utilization(value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {value}")
+
+
+def profile_kv_cache_memory(
+    *,
+    total_bytes: int,
+    weights_bytes: int,
+    peak_activation_bytes: int,
+    non_torch_bytes: int,
+    gpu_memory_utilization: float,
+    bytes_per_block: int,
+) -> MemoryProfile:
+    """The KV cache's share of `gpu_memory_utilization * total_bytes` after the weights, the
+    largest step's activations (its peak above the weights) and the memory torch does not
+    allocate; raises InsufficientMemoryError where that leaves less than one block."""
+    validate_gpu_memory_utilization(gpu_memory_utilization)
+    for name, value in (
+        ("total_bytes", total_bytes),
+        ("weights_bytes", weights_bytes),
+        ("peak_activation_bytes", peak_activation_bytes),
+        ("non_torch_bytes", non_torch_bytes),
+    ):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if bytes_per_block < 1:
+        raise ValueError(f"bytes_per_block must be >= 1, got {bytes_per_block}")
+    engine_bytes = int(total_bytes * gpu_memory_utilization)
+    kv_cache_bytes = engine_bytes - weights_bytes - peak_activation_bytes - non_torch_bytes
+    if kv_cache_bytes < bytes_per_block:
+        raise InsufficientMemoryError(
+            f"gpu_memory_utilization={gpu_memory_utilization} gives the engine {engine_bytes} of "
+            f"{total_bytes} bytes; weights ({weights_bytes}), the largest step's activations "
+            f"({peak_activation_bytes}) and memory outside torch ({non_torch_bytes}) leave "
+            f"{max(kv_cache_bytes, 0)} bytes, less than one KV block of {bytes_per_block}: raise "
+            "gpu_memory_utilization or lower max_num_batched_tokens"
+        )
+    num_blocks = kv_cache_bytes // bytes_per_block
+    return MemoryProfile(
+        total_bytes=total_bytes,
+        gpu_memory_utilization=gpu_memory_utilization,
+        weights_bytes=weights_bytes,
+        peak_activation_bytes=peak_activation_bytes,
+        non_torch_bytes=non_torch_bytes,
+        kv_cache_bytes=num_blocks * bytes_per_block,
+        num_kv_blocks=num_blocks,
+    )
