@@ -102,6 +102,8 @@ class EngineConfig:
     # linear layers run int8 (as llama.cpp's default f16 cache; decode attention reads half the
     # bytes and the cache holds twice the tokens), else the run dtype.
     kv_cache_dtype: str = "auto"
+    # Ranks the model is split across (engine/distributed); 1: one process, no torch.distributed.
+    tensor_parallel_size: int = 1
 
     def validate(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -121,5 +123,10 @@ class EngineConfig:
             raise ValueError(
                 f"kv_cache_dtype must be one of {choices}, got {self.kv_cache_dtype!r}"
             )
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.tensor_parallel_size > 1 and self.quantization == "int8":
+            raise ValueError("quantization='int8' runs with tensor_parallel_size=1 only; "
+                             "use quantization='none' or 'auto' (float32 under tensor parallelism)")
         if self.attention_backend not in ("auto", "torch", "xformers"):
             raise ValueError(f"attention_backend must be auto, torch or xformers, got {self.attention_backend!r}")
