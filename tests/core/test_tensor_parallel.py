@@ -122,3 +122,43 @@ def test_size_one_starts_no_process_and_no_group(tiny_llama: TinyModel) -> None:
     assert type(engine.runner) is ModelRunner
     assert not dist.is_initialized()
     assert multiprocessing.active_children() == []
+
+
+def test_a_rank_that_fails_to_load_fails_the_start(tiny_llama: TinyModel) -> None:
+    # kv_cache_memory too small for one block: every rank's ModelRunner raises; the engine
+    # reports it and leaves no process or process group behind.
+    import multiprocessing
+
+    import torch.distributed as dist
+
+    with pytest.raises(ValueError, match="holds no block"):
+        InferenceEngine(_config(tiny_llama, 2, num_kv_blocks=None, kv_cache_memory=16))
+    assert not dist.is_initialized()
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_tokens_equal_one_process() -> None:
+    """SmolLM2-135M (9 query heads, 3 KV heads) across 3 ranks, float32 linears: the Q4_1
+    GGUF is dequantised, and quantization='auto' picks float32 under tensor parallelism."""
+    prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time"]
+    params = SamplingParams(max_tokens=MAX_NEW, temperature=0.0, ignore_eos=True)
+
+    def run(tp: int, quantization: str) -> tuple[list[list[int]], str]:
+        engine = InferenceEngine(
+            model="default", device="cpu", num_threads=1, max_num_seqs=4, max_model_len=256,
+            tensor_parallel_size=tp, quantization=quantization,
+        )
+        try:
+            for i, prompt in enumerate(prompts):
+                engine.add_request(f"s{i}", prompt, params)
+            done = {out.request_id: out for out in engine.get_outputs() if out.finished}
+            tokens = [list(done[f"s{i}"].outputs[0].token_ids) for i in range(len(prompts))]
+            return tokens, engine.resolved_settings.quantization
+        finally:
+            engine.close()
+
+    expected, _ = run(1, "none")
+    tokens, quantization = run(3, "auto")
+    assert quantization == "none"
+    assert tokens == expected

@@ -3,9 +3,11 @@ ranks as processes, sends them each step's inputs and samples from the gathered 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("ziggurat.engine")
 
+_T = TypeVar("_T")
+
 
 class TensorParallelRankError(EngineDeadError):
     """A tensor-parallel rank died or stopped answering; the engine cannot run another step."""
@@ -44,6 +48,11 @@ class TensorParallelRunner:
     ) -> None:
         size = config.tensor_parallel_size
         check_tensor_parallel(checkpoint.model_config, size)  # before any process starts
+        if dist.is_initialized():
+            raise group.TensorParallelError(
+                "this process already runs a torch.distributed group (one tensor-parallel "
+                "engine per process: close the other first)"
+            )
         self.size = size
         self._dead: str | None = None
         self._closed = False
@@ -69,8 +78,6 @@ class TensorParallelRunner:
             self._stop_workers()
             raise
         shard = TensorShard(0, size)
-        runner: ModelRunner | None = None
-        error: str | None = None
         try:
             runner = ModelRunner(
                 rank_config(config, 0),
@@ -79,21 +86,18 @@ class TensorParallelRunner:
                 parallelize=partial(parallelize_llama, shard=shard),
             )
         except Exception as exc:
-            error = f"rank 0: {type(exc).__name__}: {exc}"
-            failure: Exception | None = exc
-        else:
-            failure = None
+            # The other ranks learn it from the agreement below and stop too.
+            with contextlib.suppress(RuntimeError):
+                agree_ready(f"rank 0: {type(exc).__name__}: {exc}", size)
+            self._abandon("rank 0 failed to load")
+            raise
         try:
-            errors = agree_ready(error, size)
+            failed = [error for error in agree_ready(None, size) if error]
         except RuntimeError as exc:
-            self.close()
+            self._abandon("a rank failed to start")
             raise TensorParallelRankError(f"a tensor-parallel rank failed to start: {exc}") from exc
-        if failure is not None or runner is None:
-            self.close()
-            raise failure if failure is not None else RuntimeError("rank 0 did not load")
-        failed = [e for e in errors if e]
         if failed:
-            self.close()
+            self._abandon("a rank failed to load")
             raise TensorParallelRankError("; ".join(failed))
         self.local = runner
         self.kv_spec: KVCacheSpec = runner.kv_spec
@@ -147,7 +151,7 @@ class TensorParallelRunner:
         self._check_alive()
         self._collective(partial(dist.broadcast_object_list, [command], src=0))
 
-    def _collective(self, run):  # type: ignore[no-untyped-def]
+    def _collective(self, run: Callable[[], _T]) -> _T:
         self._check_alive()
         try:
             return run()
@@ -171,14 +175,17 @@ class TensorParallelRunner:
         if self._closed:
             return
         if self._dead is None and all(w.is_alive() for w in self.workers) and dist.is_initialized():
-            try:
+            with contextlib.suppress(RuntimeError):  # a rank died meanwhile: stopped below
                 dist.broadcast_object_list([Stop()], src=0)
-            except RuntimeError:
-                pass  # a rank died meanwhile; it is stopped below
         self._closed = True
         self._stop_workers()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+    def _abandon(self, reason: str) -> None:
+        """Close after a failed start: the other ranks stop on their own, no Stop is sent."""
+        self._dead = reason
+        self.close()
 
     def _stop_workers(self) -> None:
         for worker in self.workers:
