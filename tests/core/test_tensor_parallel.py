@@ -162,3 +162,38 @@ def test_smollm2_greedy_tokens_equal_one_process() -> None:
     tokens, quantization = run(3, "auto")
     assert quantization == "none"
     assert tokens == expected
+
+
+def test_async_engine_serves_then_reports_a_dead_rank(tiny_llama: TinyModel) -> None:
+    """The server's path: the loop thread builds and steps the engine; a killed rank ends the
+    stream with EngineDeadError, and shutdown leaves no process or group behind."""
+    import asyncio
+    import multiprocessing
+
+    import torch.distributed as dist
+    from ziggurat_core.engine.async_engine import AsyncEngine
+    from ziggurat_core.engine.errors import EngineDeadError
+
+    engine = AsyncEngine.from_config(_config(tiny_llama, 2))
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+
+    async def tokens(request_id: str) -> list[int]:
+        last = None
+        async for out in engine.generate(request_id, prompt_token_ids=[5, 6, 7], sampling_params=params):
+            last = out
+        assert last is not None and last.finished
+        return list(last.outputs[0].token_ids)
+
+    try:
+        assert len(asyncio.run(tokens("ok"))) == 4
+        worker = engine.engine.runner.workers[0]  # type: ignore[union-attr]
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join()
+        with pytest.raises(EngineDeadError):
+            asyncio.run(tokens("after"))
+        assert engine.errored
+    finally:
+        engine.shutdown()
+    assert not dist.is_initialized()
+    assert multiprocessing.active_children() == []
