@@ -40,6 +40,7 @@ ROWS: list[tuple[str, str, Any, Any]] = [
     ("shutdown_timeout", "5", 5, 5),
     ("seed", "42", 42, 42),
     ("num_threads", "3", 3, 3),
+    ("tensor_parallel_size", "2", 2, 2),
     ("log_level", "DEBUG", "debug", "debug"),
     ("response_cache_max_entries", "10", 10, 10),
     ("response_cache_max_bytes", "1KiB", "1KiB", 1024),
@@ -75,7 +76,7 @@ def test_defaults(resolve: Any) -> None:
         "gpu_memory_utilization": 0.9,
         "max_model_len": None, "block_size": 16, "prefix_caching": True, "max_queue": 256,
         "max_request_bytes": 4 * 1024 * 1024, "shutdown_timeout": 30, "seed": 0,
-        "num_threads": None, "log_level": "info",
+        "num_threads": None, "tensor_parallel_size": 1, "log_level": "info",
         "response_cache": False, "response_cache_max_entries": 1024,
         "response_cache_max_bytes": 64 * 1024 * 1024, "response_cache_ttl": 3600.0,
     }
@@ -136,6 +137,10 @@ def test_engine_config_carries_the_engine_options(resolve: Any) -> None:
     assert resolve(["--gpu-memory-utilization", "0.6"]).engine_config().gpu_memory_utilization == 0.6
     tuned = resolve(["--quantization", "none", "--kv-cache-dtype", "float16"]).engine_config()
     assert (tuned.quantization, tuned.kv_cache_dtype) == ("none", "float16")
+    assert resolve(["--tensor-parallel-size", "2"]).engine_config().tensor_parallel_size == 2
+    # int8 linears are not split per rank: refused where the settings come in.
+    with pytest.raises(SettingsError, match="tensor_parallel_size"):
+        resolve(["--tensor-parallel-size", "2", "--quantization", "int8"])
 
 
 def test_public_settings_hide_the_api_key(resolve: Any) -> None:
@@ -239,7 +244,7 @@ METAVARS = {
     "kv_cache_dtype": "DTYPE", "attention_backend": "NAME", "max_num_seqs": "N",
     "max_num_batched_tokens": "N", "kv_cache_memory": "SIZE", "num_kv_blocks": "N",
     "max_model_len": "N", "block_size": "N", "max_queue": "N", "shutdown_timeout": "SECONDS",
-    "seed": "N", "num_threads": "N", "log_level": "LEVEL", "response_cache_max_entries": "N",
+    "seed": "N", "num_threads": "N", "tensor_parallel_size": "N", "log_level": "LEVEL", "response_cache_max_entries": "N",
     "response_cache_max_bytes": "SIZE", "response_cache_ttl": "SECONDS",
 }
 

@@ -154,6 +154,8 @@ class ServerSettings(BaseSettings):
     seed: Int = _option(0, "engine random seed (requests without a seed draw from it)", "N")
     num_threads: PositiveInt | None = _option(
         None, "CPU threads for torch (default: torch's choice)", "N")
+    tensor_parallel_size: PositiveInt = _option(
+        1, "split the model across N local processes (torch.distributed; float32 linears)", "N")
     log_level: LogLevel = _option("info", "log level: " + ", ".join(LOG_LEVELS), "LEVEL")
     response_cache: bool = _option(
         False, "serve repeated reproducible requests (temperature 0 or a seed) from the response "
@@ -206,6 +208,7 @@ class ServerSettings(BaseSettings):
             enable_prefix_caching=self.prefix_caching,
             seed=self.seed,
             num_threads=self.num_threads,
+            tensor_parallel_size=self.tensor_parallel_size,
         )
 
     def public_dict(self) -> dict[str, Any]:

@@ -242,6 +242,8 @@ class AsyncEngine:
                 stream.put(dead)
             self._streams.clear()
             self._fail_pending(dead)
+        finally:
+            engine.close()  # tensor-parallel ranks stop with the loop that drives them
 
     def _fail_pending(self, error: BaseException) -> None:
         while True:

@@ -106,6 +106,8 @@ class EngineConfig:
     # memory the whole engine may use (vLLM's meaning); the KV cache gets what the weights and
     # a profiled step at max_num_batched_tokens leave of it (memory_profile.py).
     gpu_memory_utilization: float = 0.9
+    # Ranks the model is split across (engine/distributed); 1: one process, no torch.distributed.
+    tensor_parallel_size: int = 1
 
     def validate(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -129,5 +131,10 @@ class EngineConfig:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
             )
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.tensor_parallel_size > 1 and self.quantization == "int8":
+            raise ValueError("quantization='int8' runs with tensor_parallel_size=1 only; "
+                             "use quantization='none' or 'auto' (float32 under tensor parallelism)")
         if self.attention_backend not in ("auto", "torch", "xformers"):
             raise ValueError(f"attention_backend must be auto, torch or xformers, got {self.attention_backend!r}")

@@ -25,7 +25,9 @@ from .structured_output.manager import GrammarState, StructuredOutputManager
 from .tokenizer import Tokenizer
 
 if TYPE_CHECKING:
+    from .distributed import TensorParallelRunner
     from .loader import Checkpoint
+    from .model_runner import ModelRunner
 
 logger = logging.getLogger("ziggurat.engine")
 
@@ -61,9 +63,15 @@ class InferenceEngine:
         self.tokenizer = load_tokenizer(checkpoint)
         model_len = self.model_config.max_position_embeddings
         self.max_model_len = min(config.max_model_len or model_len, model_len)
-        self.runner = ModelRunner(
-            config, checkpoint, self.max_model_len, self.tokenizer.encode(CALIBRATION_TEXT)
-        )
+        self.runner: ModelRunner | TensorParallelRunner
+        if config.tensor_parallel_size > 1:
+            from .distributed import TensorParallelRunner
+
+            self.runner = TensorParallelRunner(config, checkpoint, self.max_model_len)
+        else:
+            self.runner = ModelRunner(
+                config, checkpoint, self.max_model_len, self.tokenizer.encode(CALIBRATION_TEXT)
+            )
         self.resolved_settings = self.runner.resolved_settings()
         self.scheduler = Scheduler(config, self.runner.kv_spec.num_blocks, self.max_model_len)
         eos = list(dict.fromkeys([*self.model_config.eos_token_ids, *self.tokenizer.eos_token_ids]))
@@ -280,6 +288,10 @@ class InferenceEngine:
         """Step until every request is finished, yielding outputs as they are produced."""
         while self.has_unfinished_requests():
             yield from self.step()
+
+    def close(self) -> None:
+        """Stop the tensor-parallel ranks, if any (a one-process engine holds nothing to stop)."""
+        self.runner.close()
 
     # ------------------------------------------------------------------ introspection
     def has_unfinished_requests(self) -> bool:

@@ -41,6 +41,18 @@ _DEFAULT_CPU_KV_BYTES = 2 * 2**30
 
 
 @dataclass
+class StepInputs:
+    """One step's forward-pass inputs, as plain lists (picklable)."""
+
+    input_ids: list[int]
+    positions: list[int]
+    query_lens: list[int]
+    context_lens: list[int]
+    block_tables: list[list[int]]
+    sample_rows: list[int]  # flat-batch rows whose logits are sampled
+
+
+@dataclass
 class KVCacheSpec:
     num_blocks: int
     block_size: int
@@ -161,7 +173,8 @@ def zeroed_tensor(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devi
 
 class ModelRunner:
     """`calibration_token_ids`: text run once through the float model before int8 packing to
-    measure input ranges (see `quantization.py`); without it int8 packs without smoothing."""
+    measure input ranges (see `quantization.py`); without it int8 packs without smoothing.
+    `parallelize`: run on the loaded model before anything else (tensor-parallel sharding)."""
 
     def __init__(
         self,
@@ -169,6 +182,7 @@ class ModelRunner:
         checkpoint: Checkpoint,
         max_model_len: int,
         calibration_token_ids: list[int] | None = None,
+        parallelize: Callable[[torch.nn.Module], None] | None = None,
     ) -> None:
         self.config = config
         self.model_config = checkpoint.model_config
@@ -200,6 +214,8 @@ class ModelRunner:
         torch.manual_seed(config.seed)
         started = time.perf_counter()
         self.model = build_model(checkpoint, self.device, self.dtype)
+        if parallelize is not None:  # tensor parallelism: this rank's shard (engine/distributed)
+            parallelize(self.model)
         self.attention = select_attention_backend(backend, self.device, self.dtype)
         self.memory_profile = self._profile_memory(max_model_len)
         self.kv_spec = plan_kv_cache(
@@ -272,6 +288,9 @@ class ModelRunner:
             memory_profile=self.memory_profile,
         )
 
+    def close(self) -> None:
+        """Nothing to stop in one process (TensorParallelRunner stops its ranks here)."""
+
     def _prefill_only(self, token_ids: list[int]) -> None:
         """One sequence's forward pass from the first cache slots, logits for every position,
         nothing sampled; the cache contents it leaves are never read (no block is allocated yet)."""
@@ -282,7 +301,59 @@ class ModelRunner:
         hidden = self.model(ids, torch.arange(n, device=self.device), self.kv_caches, self.attention, metadata)
         self.model.compute_logits(hidden)  # the vocabulary head's inputs are calibrated too
 
+    def prepare_step(
+        self, scheduled: list[ScheduledSequence]
+    ) -> tuple[StepInputs, list[SequenceState]]:
+        """The forward pass's inputs for the scheduled chunks (plain lists, so tensor-parallel
+        rank 0 can send them to the other ranks), and the sequences sampled after it."""
+        inputs = StepInputs([], [], [], [], [], [])
+        sample_seqs = []
+        offset = 0
+        for item in scheduled:
+            seq, start = item.seq, item.seq.num_computed_tokens
+            end = start + item.num_new_tokens
+            inputs.input_ids.extend(seq.token_ids[start:end])
+            inputs.positions.extend(range(start, end))
+            inputs.query_lens.append(item.num_new_tokens)
+            inputs.context_lens.append(end)
+            inputs.block_tables.append(seq.block_table)
+            offset += item.num_new_tokens
+            if end == len(seq.token_ids):
+                inputs.sample_rows.append(offset - 1)
+                sample_seqs.append(seq)
+        return inputs, sample_seqs
+
     @torch.inference_mode()
+    def forward_step(self, inputs: StepInputs) -> torch.Tensor | None:
+        """The logits of the step's sampled rows; None if it samples nothing."""
+        layout = StepLayout(
+            inputs.query_lens, inputs.context_lens, inputs.block_tables, self.config.block_size
+        )
+        metadata = self.attention.prepare(layout, self.device)
+        ids = torch.tensor(inputs.input_ids, dtype=torch.long, device=self.device)
+        pos = torch.tensor(inputs.positions, dtype=torch.long, device=self.device)
+        hidden = self.model(ids, pos, self.kv_caches, self.attention, metadata)
+        if not inputs.sample_rows:
+            return None
+        rows = torch.tensor(inputs.sample_rows, dtype=torch.long, device=self.device)
+        return self.model.compute_logits(hidden.index_select(0, rows))
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        logits: torch.Tensor,
+        sample_seqs: list[SequenceState],
+        eos_token_ids: list[int],
+        token_mask: TokenMaskFn | None = None,
+    ) -> dict[int, SampleResult]:
+        mask = token_mask(sample_seqs) if token_mask is not None else None
+        if mask is not None:
+            from .structured_output.bitmask import apply_token_bitmask
+
+            apply_token_bitmask(logits, mask)
+        results = self.sampler(logits, sample_seqs, eos_token_ids)
+        return {seq.seq_id: result for seq, result in zip(sample_seqs, results, strict=True)}
+
     def execute(
         self,
         scheduled: list[ScheduledSequence],
@@ -291,39 +362,8 @@ class ModelRunner:
     ) -> dict[int, SampleResult]:
         """Run one forward pass over the scheduled chunks; sample where a chunk ends a sequence,
         from the tokens `token_mask` allows (structured output)."""
-        input_ids: list[int] = []
-        positions: list[int] = []
-        query_lens: list[int] = []
-        context_lens: list[int] = []
-        block_tables: list[list[int]] = []
-        sample_rows: list[int] = []
-        sample_seqs = []
-        offset = 0
-        for item in scheduled:
-            seq, start = item.seq, item.seq.num_computed_tokens
-            end = start + item.num_new_tokens
-            input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
-            query_lens.append(item.num_new_tokens)
-            context_lens.append(end)
-            block_tables.append(seq.block_table)
-            offset += item.num_new_tokens
-            if end == len(seq.token_ids):
-                sample_rows.append(offset - 1)
-                sample_seqs.append(seq)
-        layout = StepLayout(query_lens, context_lens, block_tables, self.config.block_size)
-        metadata = self.attention.prepare(layout, self.device)
-        ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
-        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
-        hidden = self.model(ids, pos, self.kv_caches, self.attention, metadata)
-        if not sample_seqs:
+        inputs, sample_seqs = self.prepare_step(scheduled)
+        logits = self.forward_step(inputs)
+        if logits is None:
             return {}
-        rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
-        logits = self.model.compute_logits(hidden.index_select(0, rows))
-        mask = token_mask(sample_seqs) if token_mask is not None else None
-        if mask is not None:
-            from .structured_output.bitmask import apply_token_bitmask
-
-            apply_token_bitmask(logits, mask)
-        results = self.sampler(logits, sample_seqs, eos_token_ids)
-        return {seq.seq_id: result for seq, result in zip(sample_seqs, results, strict=True)}
+        return self.sample(logits, sample_seqs, eos_token_ids, token_mask)
