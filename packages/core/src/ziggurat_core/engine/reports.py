@@ -72,3 +72,15 @@ class ResolvedSettings:
     kv_cache_dtype: str
     # The C kernel variant in use (cpu_kernels.ISAS); None on CUDA or without the kernels.
     cpu_isa: str | None
+
+
+@dataclass(frozen=True)
+class ReplicaReport:
+    """One engine replica of a replica set (engine/replicas) as last seen."""
+
+    id: int
+    state: str  # "up" | "starting" | "restarting"
+    node: str | None  # the Ray node it runs on
+    pid: int | None
+    stats: EngineStats | None  # None until it first reported
+    outstanding: int  # requests routed to it and not finished

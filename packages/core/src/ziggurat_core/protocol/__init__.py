@@ -43,6 +43,7 @@ from .server import (
     HealthStatus,
     HostCpu,
     ResolvedEngineSettings,
+    ReplicaStatus,
     ServerInfo,
     ServerMemory,
 )
@@ -117,6 +118,7 @@ __all__ = [
     "ResponseFormat",
     "ResponseModel",
     "SamplingFields",
+    "ReplicaStatus",
     "ServerInfo",
     "ServerMemory",
     "StreamOptions",
