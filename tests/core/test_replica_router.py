@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ziggurat_core.engine.reports import EngineStats
 from ziggurat_core.engine.replicas.router import ReplicaRouter, prefix_key
 from ziggurat_core.engine.replicas.stats import combine_stats
+from ziggurat_core.engine.reports import EngineStats
 
 
 def test_short_prompts_have_no_affinity_key() -> None:

@@ -42,8 +42,8 @@ from .server import (
     GpuInfo,
     HealthStatus,
     HostCpu,
-    ResolvedEngineSettings,
     ReplicaStatus,
+    ResolvedEngineSettings,
     ServerInfo,
     ServerMemory,
 )

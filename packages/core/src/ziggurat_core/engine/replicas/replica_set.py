@@ -99,7 +99,8 @@ class ReplicaSet:
             actor_class = ray.remote(ReplicaActor).options(
                 num_cpus=config.replica_cpus, num_gpus=config.replica_gpus,
                 max_restarts=MAX_RESTARTS, max_task_retries=0, max_concurrency=MAX_CONCURRENCY)
-            actors = [actor_class.remote(replica_config) for _ in range(config.num_replicas)]
+            actors: list[Any] = [actor_class.remote(replica_config)
+                                 for _ in range(config.num_replicas)]
             try:
                 descriptions = ray.get([actor.describe.remote() for actor in actors])
             except RayTaskError as exc:
