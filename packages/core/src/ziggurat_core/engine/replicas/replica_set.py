@@ -251,7 +251,10 @@ class ReplicaSet:
 
     def _heartbeat_loop(self) -> None:
         while not self._stopping.is_set():
-            self._poll_heartbeats(timeout=HEARTBEAT_INTERVAL_S)
+            try:
+                self._poll_heartbeats(timeout=HEARTBEAT_INTERVAL_S)
+            except Exception:  # a failed poll must not end the polling: states would freeze
+                logger.exception("replica heartbeat failed")
             self._stopping.wait(HEARTBEAT_INTERVAL_S)
 
     def _poll_heartbeats(self, timeout: float) -> None:
@@ -275,6 +278,8 @@ class ReplicaSet:
                     continue
                 raise
             with self._lock:
+                if replica.heartbeat is not None and replica.heartbeat.pid != heartbeat.pid:
+                    self._router.forget(replica.index)  # a new process: an empty prefix cache
                 if replica.state != "up":
                     logger.info("replica %d is up (pid %d)", replica.index, heartbeat.pid)
                 replica.state = "up"
