@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+from ziggurat_core.engine.config import EngineConfig
 from ziggurat_core.engine.replicas.router import ReplicaRouter, prefix_key
 from ziggurat_core.engine.replicas.stats import combine_stats
 from ziggurat_core.engine.reports import EngineStats
@@ -100,3 +102,10 @@ def test_combined_stats_add_counts_and_weigh_rates() -> None:
 def test_combined_stats_of_no_replica_are_empty() -> None:
     combined = combine_stats([], uptime_s=1.0, errored=False)
     assert combined.kv_blocks_total == 0 and combined.kv_usage == 0.0
+
+
+def test_the_in_process_engine_refuses_replica_settings() -> None:
+    from ziggurat_core.engine import InferenceEngine
+
+    with pytest.raises(ValueError, match="replica set"):
+        InferenceEngine(EngineConfig(model="unused.gguf", num_replicas=2))
