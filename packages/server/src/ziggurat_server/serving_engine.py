@@ -13,7 +13,7 @@ from typing import Protocol
 from ziggurat_core.engine.config import EngineConfig, ModelConfig
 from ziggurat_core.engine.inputs import ChatMessage, ToolDefinition
 from ziggurat_core.engine.outputs import RequestOutput
-from ziggurat_core.engine.reports import DeviceInfo, EngineStats, ResolvedSettings
+from ziggurat_core.engine.reports import DeviceInfo, EngineStats, ReplicaReport, ResolvedSettings
 from ziggurat_core.engine.sampling_params import SamplingParams
 
 
@@ -64,11 +64,22 @@ class ServingEngine(Protocol):
 
     def device_info(self) -> DeviceInfo: ...
 
+    def replicas(self) -> list[ReplicaReport]:
+        """Each engine replica of a replica set; empty for the single in-process engine."""
+        ...
+
     def shutdown(self) -> None: ...
 
 
 def load_async_engine(config: EngineConfig) -> ServingEngine:
-    """Build the real engine (blocking: loads the weights). Imported here so torch stays lazy."""
+    """Build the real engine (blocking: loads the weights): replicas on Ray when asked for, else
+    the in-process engine. Imported here so torch and Ray stay lazy (and Ray never loads on the
+    default path)."""
+    if config.uses_ray:
+        from ziggurat_core.engine.replicas.replica_set import ReplicaSet
+
+        replica_set: ServingEngine = ReplicaSet.start(config)
+        return replica_set
     from ziggurat_core.engine.async_engine import AsyncEngine
 
     engine: ServingEngine = AsyncEngine.from_config(config)

@@ -156,6 +156,16 @@ class ServerSettings(BaseSettings):
         None, "CPU threads for torch (default: torch's choice)", "N")
     tensor_parallel_size: PositiveInt = _option(
         1, "split the model across N local processes (torch.distributed; float32 linears)", "N")
+    num_replicas: PositiveInt = _option(
+        1, "engine replicas, each a Ray actor with its own model copy and KV cache (1 without "
+        "--ray-address: the in-process engine, no Ray)", "N")
+    ray_address: Text | None = _option(
+        None, "Ray cluster to place the replicas on, e.g. ray://head:10001 or auto (default: a "
+        "local Ray instance when --num-replicas > 1)", "ADDRESS")
+    replica_cpus: Annotated[float, Field(ge=0)] = _option(
+        1.0, "Ray CPUs each replica reserves (also its torch threads unless --num-threads)", "N")
+    replica_gpus: Annotated[float, Field(ge=0)] = _option(
+        0.0, "Ray GPUs each replica reserves", "N")
     log_level: LogLevel = _option("info", "log level: " + ", ".join(LOG_LEVELS), "LEVEL")
     response_cache: bool = _option(
         False, "serve repeated reproducible requests (temperature 0 or a seed) from the response "
@@ -209,6 +219,10 @@ class ServerSettings(BaseSettings):
             seed=self.seed,
             num_threads=self.num_threads,
             tensor_parallel_size=self.tensor_parallel_size,
+            num_replicas=self.num_replicas,
+            ray_address=self.ray_address,
+            replica_cpus=self.replica_cpus,
+            replica_gpus=self.replica_gpus,
         )
 
     def public_dict(self) -> dict[str, Any]:

@@ -51,12 +51,16 @@ class ServerState:
     # ------------------------------------------------------------------ status
     @property
     def status(self) -> str:
-        """'ok', 'loading' or 'error' (load failed, or the engine loop died)."""
+        """'ok', 'loading', 'error' (load failed, or the engine loop died) or 'degraded' (some
+        replicas of a replica set are down; the others serve)."""
         if self.load_error is not None:
             return "error"
         if self.engine is None:
             return "loading"
-        return "error" if self.engine.errored else "ok"
+        if self.engine.errored:
+            return "error"
+        replicas = self.engine.replicas()
+        return "degraded" if any(r.state != "up" for r in replicas) else "ok"
 
     def require_engine(self) -> ServingEngine:
         """The engine, or a 503 that says why there is none."""

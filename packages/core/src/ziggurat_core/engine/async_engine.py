@@ -23,7 +23,7 @@ from .errors import EngineDeadError
 from .inputs import ChatMessage, ToolDefinition
 from .llm_engine import InferenceEngine
 from .outputs import RequestOutput
-from .reports import DeviceInfo, EngineStats, ResolvedSettings
+from .reports import DeviceInfo, EngineStats, ReplicaReport, ResolvedSettings
 from .sampling_params import SamplingParams
 from .tokenizer import Tokenizer
 
@@ -173,6 +173,10 @@ class AsyncEngine:
         from .device import device_info
 
         return device_info([self.engine.runner.device])
+
+    def replicas(self) -> list[ReplicaReport]:
+        """One engine in this process: no replica set (engine/replicas) to report."""
+        return []
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stopping = True

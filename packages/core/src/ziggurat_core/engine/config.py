@@ -108,6 +108,17 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     # Ranks the model is split across (engine/distributed); 1: one process, no torch.distributed.
     tensor_parallel_size: int = 1
+    # Replicas (data parallel, engine/replicas): with more than one, or with a Ray address, each
+    # replica is a Ray actor with its own model copy and KV cache; one without an address is
+    # today's in-process engine, and Ray is never imported.
+    num_replicas: int = 1
+    ray_address: str | None = None  # join this Ray cluster; None: start a local Ray instance
+    replica_cpus: float = 1.0  # Ray CPUs reserved for each replica
+    replica_gpus: float = 0.0  # Ray GPUs reserved for each replica
+
+    @property
+    def uses_ray(self) -> bool:
+        return self.num_replicas > 1 or self.ray_address is not None
 
     def validate(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -136,5 +147,10 @@ class EngineConfig:
         if self.tensor_parallel_size > 1 and self.quantization == "int8":
             raise ValueError("quantization='int8' runs with tensor_parallel_size=1 only; "
                              "use quantization='none' or 'auto' (float32 under tensor parallelism)")
+        if self.num_replicas < 1:
+            raise ValueError(f"num_replicas must be >= 1, got {self.num_replicas}")
+        if self.replica_cpus < 0 or self.replica_gpus < 0:
+            raise ValueError("replica_cpus and replica_gpus must be >= 0, got "
+                             f"{self.replica_cpus} and {self.replica_gpus}")
         if self.attention_backend not in ("auto", "torch", "xformers"):
             raise ValueError(f"attention_backend must be auto, torch or xformers, got {self.attention_backend!r}")

@@ -34,3 +34,8 @@ class ModelNotFoundError(EngineError, FileNotFoundError):
 
 class EngineDeadError(EngineError, RuntimeError):
     """The background engine loop stopped after an internal error; requests cannot be served."""
+
+
+class ReplicaUnavailableError(EngineError, RuntimeError):
+    """No replica could serve the request: its replica stopped while it ran, or none is up (the
+    server answers 503; Ray restarts stopped replicas, so a retry may succeed)."""

@@ -52,6 +52,10 @@ class InferenceEngine:
         # A copy: the caller's config stays as they wrote it, whatever the overrides say.
         config = dataclasses.replace(config if config is not None else EngineConfig(), **overrides)
         config.validate()
+        if config.uses_ray:
+            raise ValueError("num_replicas > 1 and ray_address are served by a replica set "
+                             "(ziggurat_core.engine.replicas.ReplicaSet.start); InferenceEngine "
+                             "is one engine in this process")
         self.config = config
         self.started_at = time.time()
         started = time.perf_counter()

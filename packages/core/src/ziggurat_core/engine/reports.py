@@ -88,3 +88,15 @@ class ResolvedSettings:
     cpu_isa: str | None
     # How the KV cache was sized by profiling; None where it was not (CPU, or a size given).
     memory_profile: MemoryProfile | None = None
+
+
+@dataclass(frozen=True)
+class ReplicaReport:
+    """One engine replica of a replica set (engine/replicas) as last seen."""
+
+    id: int
+    state: str  # "up" | "starting" | "restarting"
+    node: str | None  # the Ray node it runs on
+    pid: int | None
+    stats: EngineStats | None  # None until it first reported
+    outstanding: int  # requests routed to it and not finished

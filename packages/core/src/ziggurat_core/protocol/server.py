@@ -10,7 +10,7 @@ from ._base import ResponseModel
 
 
 class HealthStatus(ResponseModel):
-    status: Literal["ok", "loading", "error"] | str
+    status: Literal["ok", "degraded", "loading", "error"] | str
     model: str | None = None
     devices: list[str] | None = None  # "name (cuda:0)" or "cpu (name)"; None until loaded
     error: str | None = None  # why loading failed, with status "error"
@@ -82,6 +82,23 @@ class EngineInfo(ResponseModel):
     stats: EngineCounters = Field(default_factory=EngineCounters)
 
 
+class ReplicaStatus(ResponseModel):
+    """One engine replica of a replica set (`--num-replicas`)."""
+
+    id: int | None = None
+    node: str | None = None  # the Ray node id
+    pid: int | None = None
+    state: Literal["up", "starting", "restarting"] | str | None = None
+    outstanding: int | None = None  # requests the router sent it that have not finished
+    running: int | None = None
+    waiting: int | None = None
+    kv_blocks_total: int | None = None
+    kv_blocks_used: int | None = None
+    kv_usage: float | None = None
+    prompt_tokens: int | None = None  # totals since this replica's process started
+    generation_tokens: int | None = None
+
+
 class ServerInfo(ResponseModel):
     version: str | None = None
     models: list[str] = Field(default_factory=list)
@@ -89,6 +106,7 @@ class ServerInfo(ResponseModel):
     memory: ServerMemory | None = None
     engine: EngineInfo | None = None
     server: dict[str, Any] | None = None  # the server's settings, API key masked
+    replicas: list[ReplicaStatus] | None = None  # only with a replica set
 
 
 class AcceleratorDevice(ResponseModel):

@@ -31,4 +31,5 @@ async def health(request: Request) -> ModelResponse:
     body = HealthStatus(status=status, model=model, devices=devices)
     if status == "error" and state.load_error is not None:
         body.error = state.load_error  # only then: the key is absent otherwise
-    return ModelResponse(body, status_code=200 if status == "ok" else 503)
+    # Degraded still serves (on the replicas that are up): a load balancer keeps sending.
+    return ModelResponse(body, status_code=200 if status in ("ok", "degraded") else 503)

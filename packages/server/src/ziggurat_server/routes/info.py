@@ -6,13 +6,14 @@ import dataclasses
 import time
 
 from fastapi import APIRouter, Request
-from ziggurat_core.engine.reports import DeviceInfo, EngineStats
+from ziggurat_core.engine.reports import DeviceInfo, EngineStats, ReplicaReport
 from ziggurat_core.protocol import (
     AcceleratorDevice,
     EngineCounters,
     EngineInfo,
     GpuInfo,
     HostCpu,
+    ReplicaStatus,
     ResolvedEngineSettings,
     ServerInfo,
     ServerMemory,
@@ -43,12 +44,28 @@ def _memory(device_info: DeviceInfo, engine_device: str, stats: EngineStats) -> 
     )
 
 
+def _replica_status(report: ReplicaReport) -> ReplicaStatus:
+    stats = report.stats
+    return ReplicaStatus(
+        id=report.id, node=report.node, pid=report.pid, state=report.state,
+        outstanding=report.outstanding,
+        running=stats.running if stats else None,
+        waiting=stats.waiting if stats else None,
+        kv_blocks_total=stats.kv_blocks_total if stats else None,
+        kv_blocks_used=stats.kv_blocks_used if stats else None,
+        kv_usage=stats.kv_usage if stats else None,
+        prompt_tokens=stats.prompt_tokens if stats else None,
+        generation_tokens=stats.generation_tokens if stats else None,
+    )
+
+
 @router.get("/v1/info", responses={**ok(ServerInfo), **errors(503)})
 async def server_info(request: Request) -> ModelResponse:
     state = server_state(request)
     engine = state.require_engine()
     stats = engine.stats()
     resolved = engine.resolved_settings
+    replicas = engine.replicas()
     return ModelResponse(ServerInfo(
         version=__version__,
         models=[engine.model_name],
@@ -62,6 +79,7 @@ async def server_info(request: Request) -> ModelResponse:
             stats=EngineCounters(**dataclasses.asdict(stats)),
         ),
         server=state.settings.public_dict(),
+        replicas=[_replica_status(report) for report in replicas] if replicas else None,
     ))
 
 
