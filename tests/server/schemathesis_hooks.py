@@ -13,7 +13,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 # conversation the chat template accepts). A schema-valid request may break one of them; its
 # 400 must then name the field. Written from the routes' checks (docs/server.md lists them).
 CROSS_FIELD_PARAMS = frozenset({
-    "guided_regex", "guided_grammar", "guided_json", "structured_outputs", "response_format",
+    "guided_regex", "guided_grammar", "guided_json", "guided_choice", "structured_outputs", "response_format",
     "tools", "tool_choice", "functions", "function_call", "min_tokens", "max_tokens",
     "max_completion_tokens", "best_of", "top_logprobs", "echo", "suffix", "messages", "prompt",
 })
