@@ -14,7 +14,7 @@ from .body_limit import BodySizeLimitMiddleware
 from .disconnect import ClientDisconnected
 from .errors import install_error_handlers
 from .middleware import RequestContextMiddleware
-from .openapi import common_errors, drop_validation_422
+from .openapi import ModelBounds, common_errors, install_openapi
 from .routes import chat, completions, health, info, metrics, models, tokenize
 from .serving_engine import ServingEngine, load_async_engine
 from .settings import ServerSettings
@@ -66,5 +66,12 @@ def create_app(
     for module in (health, models, completions, chat, info, tokenize, metrics):
         needs_key = settings.api_key is not None and module is not health
         app.include_router(module.router, responses=common_errors(needs_key=needs_key))
-    drop_validation_422(app)
+
+    def model_bounds() -> ModelBounds | None:
+        engine = state.engine
+        if state.status != "ok" or engine is None:
+            return None
+        return engine.model_config.vocab_size, engine.max_model_len
+
+    install_openapi(app, model_bounds)
     return app

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
 # The pydantic error type of a string that cannot be encoded as UTF-8.
@@ -18,6 +18,21 @@ FIELD_CONTEXT_KEY = "field_path"
 def field_error(error_type: str, field: str, message: str) -> PydanticCustomError:
     """A validation error raised by a model validator about `field` (a dotted path)."""
     return PydanticCustomError(error_type, message, {FIELD_CONTEXT_KEY: field})
+
+
+def _integral_number(value: Any) -> Any:
+    # JSON has one number type and JSON Schema's "integer" admits 2.0; strict pydantic would not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer request field takes a JSON number without a fractional part (2 or 2.0), never a
+# boolean or a string, as the schema's "integer" says. Bounds go before INTEGRAL inside one
+# Annotated (`Annotated[int, Field(ge=0), INTEGRAL]`): put outside, pydantic writes them into
+# the JSON schema as "ge"/"le" instead of "minimum"/"maximum".
+INTEGRAL = BeforeValidator(_integral_number)
+Integer = Annotated[int, INTEGRAL]
 
 
 class ResponseModel(BaseModel):

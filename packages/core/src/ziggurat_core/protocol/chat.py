@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, JsonValue, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from ._base import RequestModel, ResponseModel, field_error
-from .common import ChatChoiceLogprobs, FinishReason, SamplingFields, Usage
+from .common import ChatChoiceLogprobs, FinishReason, MaxTokens, SamplingFields, TopLogprobs, Usage
 from .structured import StructuredOutputFields
 from .timings import Timings
 from .tools import (
@@ -28,7 +29,19 @@ class TextContentPart(RequestModel):
     text: str
 
 
+# As OpenAI: every message needs content, except an assistant turn that calls tools. Said in the
+# schema (so a generated client knows) and checked by `_has_content`.
+_NOT_NULL: JsonDict = {"not": {"type": "null"}}
+_CONTENT_RULE: list[JsonValue] = [
+    {"required": ["content"], "properties": {"content": _NOT_NULL}},
+    {"required": ["role", "tool_calls"], "properties": {
+        "role": {"const": "assistant"}, "tool_calls": {"type": "array", "minItems": 1}}},
+]
+
+
 class ChatMessage(RequestModel):
+    model_config = {**RequestModel.model_config, "json_schema_extra": {"anyOf": _CONTENT_RULE}}
+
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
@@ -86,23 +99,17 @@ def _template_tool_call(call: ToolCallParam) -> dict[str, Any]:
 
 
 class ChatCompletionRequest(SamplingFields, StructuredOutputFields):
-    messages: list[ChatMessage]
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[ChatCompletionTool] | None = None
+    top_logprobs: TopLogprobs | None = None
+    # As OpenAI: a tools list, when given, names at least one tool.
+    tools: list[ChatCompletionTool] | None = Field(default=None, min_length=1)
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    functions: list[FunctionDefinition] | None = None  # legacy: tools of type function
+    functions: list[FunctionDefinition] | None = Field(default=None, min_length=1)  # legacy: tools of type function
     function_call: LegacyFunctionChoice | None = None  # legacy: tool_choice
     add_generation_prompt: bool = True
-
-    @field_validator("messages")
-    @classmethod
-    def _messages_not_empty(cls, value: list[ChatMessage]) -> list[ChatMessage]:
-        if not value:
-            raise ValueError("messages must contain at least one message")
-        return value
 
     def effective_max_tokens(self) -> int | None:
         """`max_completion_tokens` is OpenAI's newer name; it wins when both are given."""

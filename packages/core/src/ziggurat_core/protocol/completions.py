@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from ._base import ResponseModel
-from .common import CompletionLogprobs, FinishReason, SamplingFields, Usage
+from ._base import INTEGRAL, ResponseModel
+from .common import CompletionLogprobs, FinishReason, SamplingFields, TokenId, TopLogprobs, Usage
 from .structured import StructuredOutputFields
 from .timings import Timings
 
-PromptInput = str | list[str] | list[int] | list[list[int]]
+# A prompt must hold at least one token: the model needs a position to predict from. Each shape
+# is therefore non-empty, and so is each prompt in a batch.
+_Text = Annotated[str, Field(min_length=1)]
+_TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+PromptInput = (_Text | Annotated[list[_Text], Field(min_length=1)] | _TokenIds
+               | Annotated[list[_TokenIds], Field(min_length=1)])
 
 
 class CompletionRequest(SamplingFields, StructuredOutputFields):
     prompt: PromptInput
     echo: bool = False
-    logprobs: int | None = Field(default=None, ge=0, le=20)
+    logprobs: TopLogprobs | None = None
     suffix: str | None = None
-    best_of: int | None = Field(default=None, ge=1)
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_not_empty(cls, value: PromptInput) -> PromptInput:
-        if isinstance(value, list) and len(value) == 0:
-            raise ValueError("prompt must not be an empty list")
-        return value
+    best_of: Annotated[int, Field(ge=1), INTEGRAL] | None = None
 
     def prompts(self) -> list[str | list[int]]:
         """Normalise the four accepted prompt shapes into a list of single prompts."""

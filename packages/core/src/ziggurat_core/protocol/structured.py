@@ -4,11 +4,14 @@ object and vLLM's older top-level `guided_*` fields. No torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from ._base import RequestModel
+
+# A choice constraint lists the strings the output may be, each non-empty.
+Choices = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
 
 ConstraintKind = Literal["json", "json_object", "regex", "choice", "grammar"]
 
@@ -47,7 +50,7 @@ class StructuredOutputsOptions(RequestModel):
     json_: dict[str, Any] | str | None = Field(default=None, alias="json")
     json_object: bool | None = None
     regex: str | None = None
-    choice: list[str] | None = None
+    choice: Choices | None = None
     grammar: str | None = None
 
     model_config = {**RequestModel.model_config, "populate_by_name": True}
@@ -66,7 +69,7 @@ class StructuredOutputFields(RequestModel):
     structured_outputs: StructuredOutputsOptions | None = None
     guided_json: dict[str, Any] | str | None = None
     guided_regex: str | None = None
-    guided_choice: list[str] | None = None
+    guided_choice: Choices | None = None
     guided_grammar: str | None = None
 
 

@@ -24,10 +24,9 @@ router = APIRouter()
 async def tokenize(body: TokenizeRequest, request: Request) -> ModelResponse:
     engine = server_state(request).require_engine()
     check_model_name(body.model, engine.model_name)
-    if (body.prompt is None) == (body.messages is None):
-        raise bad_request("give exactly one of prompt or messages", param="prompt")
     if body.messages is not None:
-        tokens = await encode_chat(engine, list(body.messages),
+        messages = [message.to_template_dict() for message in body.messages]
+        tokens = await encode_chat(engine, messages,
                                    add_generation_prompt=body.add_generation_prompt)
     else:
         assert body.prompt is not None
