@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -13,6 +14,7 @@ import openai
 import pytest
 from fixtures_models import TinyModel
 from server_process import ServerProcess, clean_environment
+from stress_scenarios import auth_sweep
 
 API_KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -104,3 +106,10 @@ def test_full_queue_is_429_with_retry_after(http: httpx.Client,
     assert queued_result == {"status": 200}
     assert http.post("/v1/completions", headers=AUTH,
                      json={"prompt": "Hi", "max_tokens": 1}).status_code == 200
+
+
+def test_every_documented_route_but_health_needs_the_key(guarded_server: ServerProcess) -> None:
+    # The sweep reads the OpenAPI document, so a route added later is swept too.
+    report = asyncio.run(auth_sweep(guarded_server.base_url, API_KEY))
+    assert report.problems == []
+    assert report.figures["operations"] > 10

@@ -31,6 +31,9 @@ EXPECTED_SERIES = {
     "ziggurat_kv_cache_blocks_total": ("gauge", "KV blocks in the cache"),
     "ziggurat_prefix_cache_hit_rate": ("gauge",
                                        "fraction of prompt blocks served from the prefix cache"),
+    "ziggurat_preemptions_total": (
+        "counter", "sequences preempted (KV blocks freed, recomputed later) because the KV cache "
+                   "ran out"),
     "ziggurat_response_cache_hits_total": ("counter", "requests served from the response cache"),
     "ziggurat_response_cache_misses_total": (
         "counter", "cacheable requests not found in the response cache"),

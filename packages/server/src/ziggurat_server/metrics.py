@@ -5,6 +5,8 @@ in one process (tests, embedding) count separately and never collide on a name."
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -13,7 +15,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 from ziggurat_core.engine.reports import EngineStats
 
 # The classic text format, as /metrics has always served it.
@@ -64,6 +68,9 @@ class ServerMetrics:
                                      "fraction of prompt blocks served from the prefix cache",
                                      registry=registry)
 
+        self.engine_totals = EngineTotals()
+        registry.register(self.engine_totals)
+
         self.response_cache = ResponseCacheMetrics(registry)
 
     def render(self, engine_stats: EngineStats | None) -> bytes:
@@ -76,7 +83,21 @@ class ServerMetrics:
             self.kv_blocks_used.set(engine_stats.kv_blocks_used)
             self.kv_blocks_total.set(engine_stats.kv_blocks_total)
             self.prefix_hit_rate.set(engine_stats.prefix_cache_hit_rate)
+            self.engine_totals.preemptions = engine_stats.preemptions
         return generate_latest(self.registry)
+
+
+class EngineTotals(Collector):
+    """Counters whose total the engine keeps (its stats own them); the exposition reports the
+    last total read rather than counting a second copy here."""
+
+    def __init__(self) -> None:
+        self.preemptions = 0
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "ziggurat_preemptions", "sequences preempted (KV blocks freed, recomputed later) "
+            "because the KV cache ran out", value=self.preemptions)
 
 
 class ResponseCacheMetrics:

@@ -86,7 +86,9 @@ class RequestContextMiddleware:
             if self._needs_key(scope) and not api_key_matches(_bearer_token(scope), self.api_key or ""):
                 await send_error(send_with_id, ServerHTTPError(
                     401, "Missing or incorrect API key. Send 'Authorization: Bearer <key>'.",
-                    code="invalid_api_key"))
+                    code="invalid_api_key",
+                    # RFC 9110: a 401 names the scheme the client should authenticate with.
+                    headers={"WWW-Authenticate": "Bearer"}))
                 return
             await self.app(scope, receive, send_with_id)
         except Exception:

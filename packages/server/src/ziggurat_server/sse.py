@@ -22,9 +22,16 @@ DONE_EVENT = "[DONE]"
 AppStatus.disable_automatic_graceful_drain()
 
 
+# Characters JSON leaves raw inside strings but `str.splitlines` (and so httpx's `aiter_lines`,
+# which many hand-written clients read SSE with) breaks lines at: sent raw, a generated U+2028
+# cuts the event in two and the client fails to parse it. Escaped, the JSON means the same.
+_SPLITLINES_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def sse_event(payload: ResponseModel) -> str:
-    """The data of one event: the model's wire JSON (compact, as OpenAI sends it)."""
-    return payload.wire_json()
+    """The data of one event: the model's wire JSON (compact, as OpenAI sends it), on one line
+    by any reader's definition of a line."""
+    return payload.wire_json().translate(_SPLITLINES_BREAKS)
 
 
 async def _framed(events: AsyncIterator[str | bytes]) -> AsyncIterator[ServerSentEvent]:
