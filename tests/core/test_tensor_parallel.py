@@ -186,6 +186,9 @@ def test_async_engine_serves_then_reports_a_dead_rank(tiny_llama: TinyModel) -> 
 
     try:
         assert len(asyncio.run(tokens("ok"))) == 4
+        # /v1/info's device report reads the engine's own device through the runner.
+        info = engine.device_info()  # a CPU run: no accelerators, the host's CPU
+        assert info.devices == [] and info.cpu is not None
         worker = engine.engine.runner.workers[0]  # type: ignore[union-attr]
         assert worker.pid is not None
         os.kill(worker.pid, signal.SIGKILL)

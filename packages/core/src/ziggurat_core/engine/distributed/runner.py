@@ -105,6 +105,11 @@ class TensorParallelRunner:
         logger.info("tensor parallel: %d ranks (%s)", size, dist.get_backend())
 
     # ------------------------------------------------------------------ the ModelRunner interface
+    @property
+    def device(self) -> torch.device:
+        """Rank 0's device (the other ranks' are alike on one host)."""
+        return self.local.device
+
     def resolved_settings(self) -> ResolvedSettings:
         return self.local.resolved_settings()
 
