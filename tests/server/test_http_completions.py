@@ -94,15 +94,16 @@ def test_logit_bias_forces_a_token(client: httpx.Client, reference_tokenizer: To
 
 @pytest.mark.parametrize("bias, fragment", [
     ({"100000": 5}, "outside the vocabulary"),
-    ({"-1": 5}, "outside the vocabulary"),
-    ({"abc": 5}, "token ids"),
-    ({"5": 500}, "[-100, 100]"),
+    # The request model refuses keys that are not token ids and biases beyond +-100.
+    ({"-1": 5}, "should match pattern"),
+    ({"abc": 5}, "should match pattern"),
+    ({"5": 500}, "less than or equal to 100"),
 ])
 def test_bad_logit_bias_is_400(client: httpx.Client, bias: dict[str, float], fragment: str) -> None:
     response = client.post("/v1/completions", json={"prompt": "Hi", "logit_bias": bias})
     assert response.status_code == 400
     error = response.json()["error"]
-    assert error["param"] == "logit_bias"
+    assert error["param"].split(".")[0] == "logit_bias"
     assert fragment in error["message"]
 
 

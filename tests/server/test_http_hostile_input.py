@@ -84,7 +84,7 @@ def test_body_bytes_not_utf8_is_400(client: httpx.Client) -> None:
     ("/v1/chat/completions", {"messages": MESSAGES, "max_tokens": True}, "max_tokens"),
     ("/v1/chat/completions", {"messages": MESSAGES, "max_completion_tokens": "5"},
      "max_completion_tokens"),
-    ("/v1/completions", {"prompt": "Hi", "max_tokens": 2.0}, "max_tokens"),
+    ("/v1/completions", {"prompt": "Hi", "max_tokens": 2.5}, "max_tokens"),  # 2.0 is an integer
     ("/v1/completions", {"prompt": "Hi", "n": "2"}, "n"),
     ("/v1/completions", {"prompt": "Hi", "seed": True}, "seed"),
     ("/v1/completions", {"prompt": "Hi", "echo": 0}, "echo"),
@@ -94,7 +94,7 @@ def test_body_bytes_not_utf8_is_400(client: httpx.Client) -> None:
     ("/v1/completions", {"prompt": [1, True]}, "prompt"),
     ("/v1/completions", {"prompt": 42}, "prompt"),
     ("/tokenize", {"prompt": "Hi", "add_special_tokens": "no"}, "add_special_tokens"),
-    ("/detokenize", {"tokens": [1, 2.0]}, "tokens.1"),
+    ("/detokenize", {"tokens": [1, 2.5]}, "tokens.1"),
 ])
 def test_values_of_the_wrong_json_type_are_400(client: httpx.Client, path: str, body: Any,
                                                 param: str) -> None:
