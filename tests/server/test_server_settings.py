@@ -76,7 +76,8 @@ def test_defaults(resolve: Any) -> None:
         "gpu_memory_utilization": 0.9,
         "max_model_len": None, "block_size": 16, "prefix_caching": True, "max_queue": 256,
         "max_request_bytes": 4 * 1024 * 1024, "shutdown_timeout": 30, "seed": 0,
-        "num_threads": None, "tensor_parallel_size": 1, "log_level": "info",
+        "num_threads": None, "tensor_parallel_size": 1, "num_replicas": 1, "ray_address": None,
+        "replica_cpus": 1.0, "replica_gpus": 0.0, "log_level": "info",
         "response_cache": False, "response_cache_max_entries": 1024,
         "response_cache_max_bytes": 64 * 1024 * 1024, "response_cache_ttl": 3600.0,
     }
