@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -14,8 +15,10 @@ from ..inputs import ChatMessage, ToolDefinition
 from ..outputs import RequestOutput
 from ..reports import DeviceInfo, EngineStats, ResolvedSettings
 from ..sampling_params import SamplingParams
+from .deltas import DeltaEncoder, OutputDelta
 
 logger = logging.getLogger("ziggurat.replicas")
+MAX_EARLY_ABORTS = 4096
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,14 @@ class ReplicaDescription:
     resolved_settings: ResolvedSettings
     model_name: str
     max_model_len: int
+
+
+@dataclass(frozen=True)
+class RequestFailure:
+    """The error that refused or ended a request on its replica (a bad prompt, a dead engine)."""
+
+    request_id: str
+    error: Exception
 
 
 @dataclass(frozen=True)
@@ -40,15 +51,27 @@ class ReplicaHeartbeat:
 
 class ReplicaActor:
     """Loads the model in its constructor (Ray restarts the actor, and so reloads, after a crash)
-    and serves requests as streaming generators."""
+    and serves requests: `add` starts one, and `outputs`, one streaming generator per replica,
+    carries every request's outputs to the set.
+
+    One Ray item per engine step for all requests, instead of one per request and token: each
+    item is a Ray object (a remote call's worth of CPU in this process, the raylet and the
+    server), and on a small host that CPU is taken from the replicas' own steps.
+    """
 
     def __init__(self, config: EngineConfig) -> None:
         from ..async_engine import AsyncEngine
 
         self.engine = AsyncEngine.from_config(config)
-        # The task streaming each request: aborting cancels it, and the engine's generator frees
-        # the request's blocks on the way out.
-        self._tasks: dict[str, asyncio.Task[object]] = {}
+        # The task streaming each request from the engine: aborting cancels it, and the
+        # engine's generator frees the request's blocks on the way out.
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        # What `outputs` has yet to send, in the order the engine made it.
+        self._outbox: list[OutputDelta | RequestFailure] = []
+        self._ready = asyncio.Event()
+        # Aborts that arrived before their request's `add` (Ray does not keep the order of an
+        # async actor's calls), oldest first; bounded, as most are of requests already finished.
+        self._early_aborts: OrderedDict[str, None] = OrderedDict()
 
     def describe(self) -> ReplicaDescription:
         return ReplicaDescription(model_config=self.engine.model_config,
@@ -66,25 +89,53 @@ class ReplicaActor:
         return ReplicaHeartbeat(node=ray.get_runtime_context().get_node_id(), pid=os.getpid(),
                                 stats=self.engine.stats(), device_info=self.engine.device_info())
 
-    async def generate(self, request_id: str, prompt: str | None,
-                       prompt_token_ids: list[int] | None, messages: list[ChatMessage] | None,
-                       tools: list[ToolDefinition] | None,
-                       sampling_params: SamplingParams | None) -> AsyncIterator[RequestOutput]:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks[request_id] = task
+    async def add(self, request_id: str, prompt: str | None, prompt_token_ids: list[int] | None,
+                  messages: list[ChatMessage] | None, tools: list[ToolDefinition] | None,
+                  sampling_params: SamplingParams | None) -> None:
+        """Start the request; its outputs, or the error that refused or ended it, go out
+        through `outputs`."""
+        if request_id in self._early_aborts:
+            del self._early_aborts[request_id]
+            return
+        self._tasks[request_id] = asyncio.create_task(self._stream(
+            request_id, self.engine.generate(
+                request_id, prompt=prompt, prompt_token_ids=prompt_token_ids,
+                messages=messages, tools=tools, sampling_params=sampling_params)))
+
+    async def _stream(self, request_id: str, outputs: AsyncIterator[RequestOutput]) -> None:
+        encoder = DeltaEncoder()
         try:
-            async for output in self.engine.generate(
-                    request_id, prompt=prompt, prompt_token_ids=prompt_token_ids,
-                    messages=messages, tools=tools, sampling_params=sampling_params):
-                yield output
+            async for output in outputs:
+                self._send(encoder.encode(output))
+        except asyncio.CancelledError:
+            pass  # aborted: the set no longer waits for it
+        except Exception as exc:
+            self._send(RequestFailure(request_id, exc))
         finally:
             self._tasks.pop(request_id, None)
+
+    def _send(self, item: OutputDelta | RequestFailure) -> None:
+        self._outbox.append(item)
+        self._ready.set()
+
+    async def outputs(self) -> AsyncIterator[list[OutputDelta | RequestFailure]]:
+        """Everything the engine produced since the previous item, for all requests (one item
+        per step while the set keeps up). One consumer at a time: the set's."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            items, self._outbox = self._outbox, []
+            if items:
+                yield items
 
     def abort(self, request_id: str) -> None:
         task = self._tasks.pop(request_id, None)
         if task is not None:
             task.cancel()
+        else:
+            self._early_aborts[request_id] = None
+            while len(self._early_aborts) > MAX_EARLY_ABORTS:
+                self._early_aborts.popitem(last=False)
         self.engine.abort(request_id)  # ignored when the request is already gone
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:

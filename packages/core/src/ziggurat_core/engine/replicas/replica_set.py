@@ -1,6 +1,7 @@
 """`ReplicaSet`: N engine replicas, each a Ray actor, behind the server's `ServingEngine`
-interface. It routes each request (router.py), streams its outputs through a Ray streaming
-generator, aborts it on its replica, and keeps each replica's state from a periodic heartbeat.
+interface. It routes each request (router.py), adds it on its replica, hands it the outputs that
+arrive on the replica's one output stream (a Ray streaming generator, read by a thread per
+replica), aborts it on its replica, and keeps each replica's state from a periodic heartbeat.
 
 Ray restarts a replica whose process dies (`max_restarts`); meanwhile its requests in flight end
 with `ReplicaUnavailableError` (the server's 503), a request that had produced nothing yet goes to
@@ -9,12 +10,14 @@ another replica, and new requests go to the live ones.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import ray
@@ -27,7 +30,8 @@ from ..outputs import RequestOutput
 from ..reports import DeviceInfo, EngineStats, ReplicaReport, ResolvedSettings
 from ..sampling_params import SamplingParams
 from . import ray_runtime
-from .actor import ReplicaActor, ReplicaDescription, ReplicaHeartbeat
+from .actor import ReplicaActor, ReplicaDescription, ReplicaHeartbeat, RequestFailure
+from .deltas import OutputAssembler, OutputDelta
 from .router import ReplicaRouter, prefix_key
 from .stats import combine_stats
 
@@ -39,11 +43,36 @@ HEARTBEAT_INTERVAL_S = 0.5
 MAX_RESTARTS = -1
 # Concurrent calls one replica actor takes (its streams, heartbeats and tokenizer calls).
 MAX_CONCURRENCY = 10_000
+# How often a stream thread looks whether its restarting replica is back.
+STREAM_REOPEN_POLL_S = 0.05
+STREAM_JOIN_TIMEOUT_S = 5.0
 _LOST = (RayActorError, ActorUnavailableError)
 
 
 class _ReplicaLost(Exception):
     """The replica's process went away under a call (internal: becomes a retry or a 503)."""
+
+
+@dataclass
+class _Inbox:
+    """Where a request's outputs wait for its `generate`, filled from a stream thread."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[RequestOutput | BaseException]
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        # A closed consumer loop raises RuntimeError: nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+@dataclass
+class _InFlight:
+    """A request placed on a replica: where its outputs go, and what its deltas add up to."""
+
+    index: int
+    deliver: Callable[[RequestOutput | BaseException], None]
+    assembler: OutputAssembler = field(default_factory=OutputAssembler)
 
 
 @dataclass
@@ -75,13 +104,18 @@ class ReplicaSet:
         # Guards replica states and router counts: the event loop, tokenizer worker threads and
         # the heartbeat thread all read or change them.
         self._lock = threading.Lock()
-        self._placements: dict[str, int] = {}  # request id -> replica serving it
+        self._requests: dict[str, _InFlight] = {}  # by request id
         self._stopping = threading.Event()
         self.started_at = time.time()
         self._heartbeats = threading.Thread(target=self._heartbeat_loop, daemon=True,
                                             name="ziggurat-replica-heartbeat")
         self._poll_heartbeats(timeout=30.0)
         self._heartbeats.start()
+        self._streams = [threading.Thread(target=self._consume, args=(replica,), daemon=True,
+                                          name=f"ziggurat-replica-{replica.index}-outputs")
+                         for replica in self._replicas]
+        for thread in self._streams:
+            thread.start()
 
     @classmethod
     def start(cls, config: EngineConfig) -> ReplicaSet:
@@ -184,19 +218,20 @@ class ReplicaSet:
         key = prefix_key(prompt_token_ids, self._router.prefix_tokens)
         tried: set[int] = set()
         while True:
-            index = self._place(request_id, key, tried)
+            inbox = _Inbox(asyncio.get_running_loop(), asyncio.Queue())
+            index = self._place(request_id, key, tried, inbox.put)
             replica = self._replicas[index]
-            stream = replica.actor.generate.options(num_returns="streaming").remote(
-                request_id, prompt, prompt_token_ids, messages, tools, sampling_params)
             produced = finished = False
             try:
-                async for ref in stream:
-                    output: RequestOutput = await ref
+                await replica.actor.add.remote(request_id, prompt, prompt_token_ids, messages,
+                                               tools, sampling_params)
+                while not finished:
+                    item = await inbox.queue.get()
+                    if isinstance(item, BaseException):
+                        raise item
                     produced = True
-                    finished = output.finished
-                    yield output
-                    if finished:
-                        return
+                    finished = item.finished
+                    yield item
                 return
             except Exception as exc:
                 error = _unwrap(exc)
@@ -213,27 +248,69 @@ class ReplicaSet:
                 if not finished:
                     replica.actor.abort.remote(request_id)  # no-op if the replica is gone
 
-    def _place(self, request_id: str, key: bytes | None, tried: set[int]) -> int:
+    def _place(self, request_id: str, key: bytes | None, tried: set[int],
+               deliver: Callable[[RequestOutput | BaseException], None]) -> int:
         with self._lock:
             live = [r.index for r in self._replicas if r.state == "up" and r.index not in tried]
             index = self._router.choose(key, live)
             if index is None:
                 raise self._unavailable()
             self._router.start(index, key)
-            self._placements[request_id] = index
+            self._requests[request_id] = _InFlight(index, deliver)
             return index
 
     def _release(self, request_id: str, index: int) -> None:
         with self._lock:
             self._router.finish(index)
-            if self._placements.get(request_id) == index:
-                del self._placements[request_id]
+            in_flight = self._requests.get(request_id)
+            if in_flight is not None and in_flight.index == index:
+                del self._requests[request_id]
 
     def abort(self, request_id: str) -> None:
         with self._lock:
-            index = self._placements.get(request_id)
-        if index is not None:
-            self._replicas[index].actor.abort.remote(request_id)
+            in_flight = self._requests.get(request_id)
+        if in_flight is not None:
+            self._replicas[in_flight.index].actor.abort.remote(request_id)
+
+    # ------------------------------------------------------------------ output streams
+    def _consume(self, replica: _Replica) -> None:
+        """The replica's output stream, handed out to its requests (a thread per replica).
+        When the replica is lost, its requests get `_ReplicaLost`, and the stream is opened
+        again once Ray has restarted it."""
+        while not self._stopping.is_set():
+            if replica.state != "up":
+                self._stopping.wait(STREAM_REOPEN_POLL_S)
+                continue
+            stream = replica.actor.outputs.options(num_returns="streaming").remote()
+            try:
+                for ref in stream:
+                    self._dispatch(replica.index, ray.get(ref))
+                raise _ReplicaLost("the replica's output stream ended")
+            except Exception as exc:
+                if self._stopping.is_set():
+                    return
+                error = _unwrap(exc)
+                if not isinstance(error, _ReplicaLost):
+                    logger.error("replica %d output stream failed: %r", replica.index, error)
+                self._mark_lost(replica.index)
+                self._fail_requests(replica.index, _ReplicaLost(str(error)))
+
+    def _dispatch(self, index: int, items: list[OutputDelta | RequestFailure]) -> None:
+        with self._lock:
+            targets = [self._requests.get(item.request_id) for item in items]
+        for item, in_flight in zip(items, targets, strict=True):
+            if in_flight is None or in_flight.index != index:
+                continue  # aborted, or handed to another replica meanwhile
+            if isinstance(item, RequestFailure):
+                in_flight.deliver(item.error)
+            else:
+                in_flight.deliver(in_flight.assembler.apply(item))
+
+    def _fail_requests(self, index: int, error: BaseException) -> None:
+        with self._lock:
+            lost = [r for r in self._requests.values() if r.index == index]
+        for in_flight in lost:
+            in_flight.deliver(error)
 
     def _unavailable(self) -> ReplicaUnavailableError:
         states = ", ".join(f"{r.index}: {r.state}" for r in self._replicas)
@@ -315,4 +392,6 @@ class ReplicaSet:
             self._heartbeats.join()
         for replica in self._replicas:
             ray.kill(replica.actor, no_restart=True)
+        for thread in self._streams:
+            thread.join(STREAM_JOIN_TIMEOUT_S)
         self._connection.close()
