@@ -28,6 +28,8 @@ from .sampling_params import SamplingParams
 from .tokenizer import Tokenizer
 
 logger = logging.getLogger("ziggurat.engine")
+# Where a request's outputs go, called on the loop thread: each output, or the error ending it.
+OutputSink = Callable[[RequestOutput | BaseException], None]
 
 
 @dataclass
@@ -53,7 +55,7 @@ class AsyncEngine:
             queue.SimpleQueue()
         )
         self._wakeup = threading.Event()
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, OutputSink] = {}  # by request id; used by the loop thread only
         self._stopping = False
         self.errored = False
         self.error: BaseException | None = None
@@ -122,21 +124,9 @@ class AsyncEngine:
         sampling_params: SamplingParams | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Yield the request's outputs (with deltas) until it finishes; leaving early aborts it."""
-        self._check_alive()
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-
-        def add() -> None:
-            self.engine.add_request(
-                request_id, prompt, sampling_params,
-                prompt_token_ids=prompt_token_ids, messages=messages, tools=tools,
-            )
-            self._streams[request_id] = stream
-
-        try:
-            await asyncio.wrap_future(self._submit(add))
-        except asyncio.CancelledError:
-            self.abort(request_id)  # it may have been added before the cancellation landed
-            raise
+        await self.add(request_id, stream.put, prompt=prompt, prompt_token_ids=prompt_token_ids,
+                       messages=messages, tools=tools, sampling_params=sampling_params)
         finished = False
         try:
             while True:
@@ -150,6 +140,35 @@ class AsyncEngine:
         finally:
             if not finished:
                 self.abort(request_id)
+
+    async def add(
+        self,
+        request_id: str,
+        deliver: OutputSink,
+        *,
+        prompt: str | None = None,
+        prompt_token_ids: list[int] | None = None,
+        messages: list[ChatMessage] | None = None,
+        tools: list[ToolDefinition] | None = None,
+        sampling_params: SamplingParams | None = None,
+    ) -> None:
+        """Queue the request (raising what `InferenceEngine.add_request` raises). The loop thread
+        then calls `deliver` with each of its outputs, or with the error that ends it, until it
+        finishes or is aborted; `deliver` must return at once."""
+        self._check_alive()
+
+        def add() -> None:
+            self.engine.add_request(
+                request_id, prompt, sampling_params,
+                prompt_token_ids=prompt_token_ids, messages=messages, tools=tools,
+            )
+            self._streams[request_id] = deliver
+
+        try:
+            await asyncio.wrap_future(self._submit(add))
+        except asyncio.CancelledError:
+            self.abort(request_id)  # it may have been added before the cancellation landed
+            raise
 
     def abort(self, request_id: str) -> None:
         """Abort from any thread; returns at once, the loop frees the blocks before its next step."""
@@ -182,8 +201,8 @@ class AsyncEngine:
         self._stopping = True
         self._wakeup.set()
         self._thread.join(timeout)
-        for stream in list(self._streams.values()):
-            stream.put(EngineDeadError("the engine was shut down"))
+        for deliver in list(self._streams.values()):
+            deliver(EngineDeadError("the engine was shut down"))
         self._streams.clear()
 
     # ------------------------------------------------------------------ loop thread
@@ -232,9 +251,9 @@ class AsyncEngine:
                 outputs = self.engine.step()
                 self._snapshot = self.engine.stats()
                 for output in outputs:
-                    stream = self._streams.get(output.request_id)
-                    if stream is not None:
-                        stream.put(output)
+                    deliver = self._streams.get(output.request_id)
+                    if deliver is not None:
+                        deliver(output)
                         if output.finished:
                             del self._streams[output.request_id]
         except BaseException as exc:
@@ -242,8 +261,8 @@ class AsyncEngine:
             self.error = exc
             self.errored = True
             dead = EngineDeadError(f"the engine stopped after an internal error: {exc!r}")
-            for stream in list(self._streams.values()):
-                stream.put(dead)
+            for deliver in list(self._streams.values()):
+                deliver(dead)
             self._streams.clear()
             self._fail_pending(dead)
         finally:

@@ -4,6 +4,7 @@ it a Ray actor, so this module imports neither Ray nor torch until an actor buil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections import OrderedDict
@@ -36,7 +37,7 @@ class RequestFailure:
     """The error that refused or ended a request on its replica (a bad prompt, a dead engine)."""
 
     request_id: str
-    error: Exception
+    error: BaseException
 
 
 @dataclass(frozen=True)
@@ -63,14 +64,18 @@ class ReplicaActor:
         from ..async_engine import AsyncEngine
 
         self.engine = AsyncEngine.from_config(config)
-        # The task streaming each request from the engine: aborting cancels it, and the
-        # engine's generator frees the request's blocks on the way out.
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        # What `outputs` has yet to send, in the order the engine made it.
+        # Requests added and not yet finished (a set's add is atomic across the two threads
+        # that change it: this actor's event loop and the engine's loop thread).
+        self._live: set[str] = set()
+        # What `outputs` has yet to send, in the order the engine made it; appended to on the
+        # engine's loop thread, taken on this actor's event loop.
         self._outbox: list[OutputDelta | RequestFailure] = []
         self._ready = asyncio.Event()
-        # Aborts that arrived before their request's `add` (Ray does not keep the order of an
-        # async actor's calls), oldest first; bounded, as most are of requests already finished.
+        self._wake_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Aborts of requests not live here: ones that arrived before their request's `add` (Ray
+        # does not keep the order of an async actor's calls), and ones of requests that finished
+        # meanwhile; oldest first, bounded.
         self._early_aborts: OrderedDict[str, None] = OrderedDict()
 
     def describe(self) -> ReplicaDescription:
@@ -92,35 +97,50 @@ class ReplicaActor:
     async def add(self, request_id: str, prompt: str | None, prompt_token_ids: list[int] | None,
                   messages: list[ChatMessage] | None, tools: list[ToolDefinition] | None,
                   sampling_params: SamplingParams | None) -> None:
-        """Start the request; its outputs, or the error that refused or ended it, go out
-        through `outputs`."""
+        """Queue the request (raising what `InferenceEngine.add_request` raises: the set's caller
+        gets it); its outputs, or the error that ends it, go out through `outputs`."""
+        self._loop = asyncio.get_running_loop()
         if request_id in self._early_aborts:
             del self._early_aborts[request_id]
             return
-        self._tasks[request_id] = asyncio.create_task(self._stream(
-            request_id, self.engine.generate(
-                request_id, prompt=prompt, prompt_token_ids=prompt_token_ids,
-                messages=messages, tools=tools, sampling_params=sampling_params)))
-
-    async def _stream(self, request_id: str, outputs: AsyncIterator[RequestOutput]) -> None:
         encoder = DeltaEncoder()
+
+        def deliver(item: RequestOutput | BaseException) -> None:  # on the engine's loop thread
+            if isinstance(item, BaseException):
+                self._live.discard(request_id)
+                self._send(RequestFailure(request_id, item))
+                return
+            if item.finished:
+                self._live.discard(request_id)
+            self._send(encoder.encode(item))
+
+        self._live.add(request_id)
         try:
-            async for output in outputs:
-                self._send(encoder.encode(output))
-        except asyncio.CancelledError:
-            pass  # aborted: the set no longer waits for it
-        except Exception as exc:
-            self._send(RequestFailure(request_id, exc))
-        finally:
-            self._tasks.pop(request_id, None)
+            await self.engine.add(request_id, deliver, prompt=prompt,
+                                  prompt_token_ids=prompt_token_ids, messages=messages,
+                                  tools=tools, sampling_params=sampling_params)
+        except BaseException:
+            self._live.discard(request_id)
+            raise
 
     def _send(self, item: OutputDelta | RequestFailure) -> None:
+        """Called on the engine's loop thread: one wake-up of this actor's event loop covers all
+        of a step's outputs."""
         self._outbox.append(item)
+        if not self._wake_scheduled and self._loop is not None:
+            self._wake_scheduled = True
+            # A closed loop raises RuntimeError: the actor is going away.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_scheduled = False  # before `outputs` takes the outbox: a later item wakes again
         self._ready.set()
 
     async def outputs(self) -> AsyncIterator[list[OutputDelta | RequestFailure]]:
         """Everything the engine produced since the previous item, for all requests (one item
         per step while the set keeps up). One consumer at a time: the set's."""
+        self._loop = asyncio.get_running_loop()
         while True:
             await self._ready.wait()
             self._ready.clear()
@@ -129,14 +149,13 @@ class ReplicaActor:
                 yield items
 
     def abort(self, request_id: str) -> None:
-        task = self._tasks.pop(request_id, None)
-        if task is not None:
-            task.cancel()
+        if request_id in self._live:
+            self._live.discard(request_id)
+            self.engine.abort(request_id)
         else:
             self._early_aborts[request_id] = None
             while len(self._early_aborts) > MAX_EARLY_ABORTS:
                 self._early_aborts.popitem(last=False)
-        self.engine.abort(request_id)  # ignored when the request is already gone
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return self.engine.encode(text, add_special_tokens)
