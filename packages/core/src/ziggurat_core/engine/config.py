@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from pydantic import ByteSize, TypeAdapter, ValidationError
@@ -154,3 +154,15 @@ class EngineConfig:
                              f"{self.replica_cpus} and {self.replica_gpus}")
         if self.attention_backend not in ("auto", "torch", "xformers"):
             raise ValueError(f"attention_backend must be auto, torch or xformers, got {self.attention_backend!r}")
+
+
+def engine_config(config: EngineConfig | None = None, **overrides: Any) -> EngineConfig:
+    """`config` (or the defaults) with `overrides` applied, checked. A copy: the caller's config
+    stays as they wrote it. An unknown setting is a TypeError naming it."""
+    names = {f.name for f in fields(EngineConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unknown engine setting {unknown[0]!r}")
+    resolved = replace(config if config is not None else EngineConfig(), **overrides)
+    resolved.validate()
+    return resolved

@@ -5,19 +5,22 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Sequence as SequenceABC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from ..protocol.tools import ChatCompletionTool, ToolChoice
 from ..tools import ToolPlan, check_tool_schemas, plan_tools, tool_call_grammar
-from .config import EngineConfig
+from .config import EngineConfig, engine_config
 from .errors import RequestValidationError
 from .inputs import ChatMessage, PromptInput, ToolDefinition
 from .llm_engine import InferenceEngine
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams, StructuredOutputsParams
 from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from .replicas.sync_engine import ReplicaSetEngine
 
 Messages = list[ChatMessage]
 # Show a progress bar once a batch is long enough for a user to wonder whether it is moving.
@@ -33,12 +36,26 @@ class LLM:
         caller's `config` is left as it was."""
         if model is not None:
             engine_kwargs["model"] = model
-        self.engine = InferenceEngine(config, **engine_kwargs)
+        resolved = engine_config(config, **engine_kwargs)
+        # Replicas (num_replicas > 1 or a Ray address) run as Ray actors behind the same
+        # request interface; Ray is imported only then.
+        self.engine: InferenceEngine | ReplicaSetEngine
+        if resolved.uses_ray:
+            from .replicas.sync_engine import ReplicaSetEngine
+
+            self.engine = ReplicaSetEngine.start(resolved)
+        else:
+            self.engine = InferenceEngine(resolved)
         self._ids = itertools.count()
 
     @property
     def tokenizer(self) -> Tokenizer:
         return self.engine.tokenizer
+
+    def close(self) -> None:
+        """Stop the engine's helpers: tensor-parallel ranks, or the replicas (and a local Ray
+        instance their set started)."""
+        self.engine.close()
 
     def generate(
         self,

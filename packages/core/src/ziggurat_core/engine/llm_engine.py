@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import deque
@@ -10,7 +9,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .calibration_text import CALIBRATION_TEXT
-from .config import EngineConfig, ModelConfig
+from .config import EngineConfig, ModelConfig, engine_config
 from .default_model import default_served_name, resolve_model_path
 from .errors import PromptTooLongError, RequestValidationError
 from .inputs import ChatMessage, ToolDefinition
@@ -46,16 +45,12 @@ class InferenceEngine:
         from .loader import load_checkpoint
         from .model_runner import ModelRunner
 
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(EngineConfig)})
-        if unknown:
-            raise TypeError(f"unknown engine setting {unknown[0]!r}")
-        # A copy: the caller's config stays as they wrote it, whatever the overrides say.
-        config = dataclasses.replace(config if config is not None else EngineConfig(), **overrides)
-        config.validate()
+        config = engine_config(config, **overrides)
         if config.uses_ray:
-            raise ValueError("num_replicas > 1 and ray_address are served by a replica set "
-                             "(ziggurat_core.engine.replicas.ReplicaSet.start); InferenceEngine "
-                             "is one engine in this process")
+            raise ValueError("num_replicas > 1 and ray_address are served by a replica set: "
+                             "LLM(num_replicas=...) or ziggurat_core.engine.replicas."
+                             "ReplicaSetEngine.start(config), which takes requests as this "
+                             "class does; InferenceEngine is one engine in this process")
         self.config = config
         self.started_at = time.time()
         started = time.perf_counter()

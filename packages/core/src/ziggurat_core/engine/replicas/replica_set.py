@@ -49,8 +49,9 @@ STREAM_JOIN_TIMEOUT_S = 5.0
 _LOST = (RayActorError, ActorUnavailableError)
 
 
-class _ReplicaLost(Exception):
-    """The replica's process went away under a call (internal: becomes a retry or a 503)."""
+class _ReplicaLost(ReplicaUnavailableError):
+    """The replica's process went away under a call: `generate` and `submit` retry a request
+    that it had not started on another replica; one it had started fails with this error."""
 
 
 @dataclass
@@ -260,16 +261,49 @@ class ReplicaSet:
             return index
 
     def _release(self, request_id: str, index: int) -> None:
+        """The request no longer waits for replica `index` (done, failed or aborted); a second
+        release changes nothing."""
         with self._lock:
-            self._router.finish(index)
             in_flight = self._requests.get(request_id)
             if in_flight is not None and in_flight.index == index:
                 del self._requests[request_id]
+                self._router.finish(index)
+
+    def submit(
+        self,
+        request_id: str,
+        deliver: Callable[[RequestOutput | BaseException], None],
+        *,
+        prompt: str | None = None,
+        prompt_token_ids: list[int] | None = None,
+        messages: list[ChatMessage] | None = None,
+        tools: list[ToolDefinition] | None = None,
+        sampling_params: SamplingParams | None = None,
+    ) -> None:
+        """Place the request and add it on its replica (blocking: for callers without an event
+        loop), raising what `InferenceEngine.add_request` raises. Its outputs, or the error that
+        ends it, then go to `deliver`, called on a stream thread (it must return at once)."""
+        key = prefix_key(prompt_token_ids, self._router.prefix_tokens)
+        tried: set[int] = set()
+        while True:
+            index = self._place(request_id, key, tried, deliver)
+            try:
+                ray.get(self._replicas[index].actor.add.remote(
+                    request_id, prompt, prompt_token_ids, messages, tools, sampling_params))
+                return
+            except Exception as exc:
+                self._release(request_id, index)
+                error = _unwrap(exc)
+                if not isinstance(error, _ReplicaLost):
+                    raise error from None
+                self._mark_lost(index)
+                tried.add(index)
 
     def abort(self, request_id: str) -> None:
         with self._lock:
             in_flight = self._requests.get(request_id)
         if in_flight is not None:
+            self._release(request_id, in_flight.index)
             self._replicas[in_flight.index].actor.abort.remote(request_id)
 
     # ------------------------------------------------------------------ output streams
@@ -302,14 +336,20 @@ class ReplicaSet:
             if in_flight is None or in_flight.index != index:
                 continue  # aborted, or handed to another replica meanwhile
             if isinstance(item, RequestFailure):
+                self._release(item.request_id, index)
                 in_flight.deliver(item.error)
-            else:
-                in_flight.deliver(in_flight.assembler.apply(item))
+                continue
+            output = in_flight.assembler.apply(item)
+            if output.finished:
+                self._release(item.request_id, index)
+            in_flight.deliver(output)
 
     def _fail_requests(self, index: int, error: BaseException) -> None:
         with self._lock:
-            lost = [r for r in self._requests.values() if r.index == index]
-        for in_flight in lost:
+            lost = [(request_id, r) for request_id, r in self._requests.items()
+                    if r.index == index]
+        for request_id, in_flight in lost:
+            self._release(request_id, index)
             in_flight.deliver(error)
 
     def _unavailable(self) -> ReplicaUnavailableError:
