@@ -54,6 +54,8 @@ def test_greedy_tokens_equal_one_process(tp_pair: tuple[TinyModel, InferenceEngi
     expected = _greedy(one, prompts)
     assert _greedy(tp_engine, prompts) == expected
     assert all(len(tokens) == MAX_NEW for tokens in expected)
+    assert (tp_engine.resolved_settings.tensor_parallel_size,
+            one.resolved_settings.tensor_parallel_size) == (2, 1)
 
 
 def test_aborts_free_blocks_on_every_rank(tiny_llama: TinyModel) -> None:

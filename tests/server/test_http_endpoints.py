@@ -55,7 +55,8 @@ def test_info_reports_model_memory_and_settings(client: httpx.Client,
     assert resolved.pop("cpu_isa") in ("avx512vnni", "avx2", "neon", "scalar")
     assert resolved == {"engine_device": "cpu", "dtype": "float32", "attention_backend": "torch",
                         "quantization": "none", "kv_cache_dtype": "float32",
-                        "memory_profile": None}  # the KV cache is profiled on CUDA only
+                        "memory_profile": None,  # the KV cache is profiled on CUDA only
+                        "tensor_parallel_size": 1}
     assert info["server"]["api_key"] is None
 
 

@@ -78,6 +78,9 @@ def test_info_lists_each_replica(replica_server: ServerProcess) -> None:
     assert health.status_code == 200 and health.json()["status"] == "ok"
     info = httpx.get(f"{replica_server.base_url}/v1/info", timeout=30.0).json()
     assert info["engine"]["stats"]["kv_blocks_total"] == 2 * NUM_KV_BLOCKS
+    # Each replica's engine runs unsplit (no --tensor-parallel-size).
+    assert info["engine"]["resolved"]["tensor_parallel_size"] == 1
+    assert [r["tensor_parallel_size"] for r in replicas] == [1, 1]
 
 
 def test_two_replicas_serve_32_concurrent_streams(replica_server: ServerProcess) -> None:

@@ -88,6 +88,8 @@ class ResolvedSettings:
     cpu_isa: str | None
     # How the KV cache was sized by profiling; None where it was not (CPU, or a size given).
     memory_profile: MemoryProfile | None = None
+    # The ranks one engine's model is split over (engine/distributed); 1 without splitting.
+    tensor_parallel_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -100,3 +102,4 @@ class ReplicaReport:
     pid: int | None
     stats: EngineStats | None  # None until it first reported
     outstanding: int  # requests routed to it and not finished
+    tensor_parallel_size: int | None = None  # its engine's ranks; None until it first reported

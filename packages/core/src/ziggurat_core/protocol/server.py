@@ -51,6 +51,7 @@ class ResolvedEngineSettings(ResponseModel):
     kv_cache_dtype: str | None = None
     cpu_isa: str | None = None  # the CPU kernel variant: avx512vnni, avx2, neon, scalar
     memory_profile: EngineMemoryProfile | None = None  # None where the cache was not profiled
+    tensor_parallel_size: int | None = None  # ranks the model is split over (each replica's)
 
 
 class EngineCounters(ResponseModel):
@@ -97,6 +98,7 @@ class ReplicaStatus(ResponseModel):
     kv_usage: float | None = None
     prompt_tokens: int | None = None  # totals since this replica's process started
     generation_tokens: int | None = None
+    tensor_parallel_size: int | None = None  # ranks this replica's model is split over
 
 
 class ServerInfo(ResponseModel):

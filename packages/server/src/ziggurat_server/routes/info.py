@@ -56,6 +56,7 @@ def _replica_status(report: ReplicaReport) -> ReplicaStatus:
         kv_usage=stats.kv_usage if stats else None,
         prompt_tokens=stats.prompt_tokens if stats else None,
         generation_tokens=stats.generation_tokens if stats else None,
+        tensor_parallel_size=report.tensor_parallel_size,
     )
 
 

@@ -4,6 +4,7 @@ ranks as processes, sends them each step's inputs and samples from the gathered 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -111,7 +112,7 @@ class TensorParallelRunner:
         return self.local.device
 
     def resolved_settings(self) -> ResolvedSettings:
-        return self.local.resolved_settings()
+        return dataclasses.replace(self.local.resolved_settings(), tensor_parallel_size=self.size)
 
     def execute(
         self,

@@ -48,6 +48,7 @@ class ReplicaHeartbeat:
     pid: int
     stats: EngineStats
     device_info: DeviceInfo
+    tensor_parallel_size: int
 
 
 class ReplicaActor:
@@ -92,7 +93,8 @@ class ReplicaActor:
         import ray
 
         return ReplicaHeartbeat(node=ray.get_runtime_context().get_node_id(), pid=os.getpid(),
-                                stats=self.engine.stats(), device_info=self.engine.device_info())
+                                stats=self.engine.stats(), device_info=self.engine.device_info(),
+                                tensor_parallel_size=self.engine.resolved_settings.tensor_parallel_size)
 
     async def add(self, request_id: str, prompt: str | None, prompt_token_ids: list[int] | None,
                   messages: list[ChatMessage] | None, tools: list[ToolDefinition] | None,

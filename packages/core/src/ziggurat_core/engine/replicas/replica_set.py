@@ -410,7 +410,9 @@ class ReplicaSet:
                 node=r.heartbeat.node if r.heartbeat else None,
                 pid=r.heartbeat.pid if r.heartbeat else None,
                 stats=r.heartbeat.stats if r.heartbeat else None,
-                outstanding=self._router.outstanding[r.index]) for r in self._replicas]
+                outstanding=self._router.outstanding[r.index],
+                tensor_parallel_size=r.heartbeat.tensor_parallel_size if r.heartbeat else None,
+            ) for r in self._replicas]
 
     def stats(self) -> EngineStats:
         with self._lock:
