@@ -12,6 +12,17 @@ from typing import Any
 logger = logging.getLogger("ziggurat.replicas")
 
 LOCAL_HOST = "127.0.0.1"
+# Settings of a local Ray instance this module starts (a cluster joined with an address keeps
+# its own: set them there with `RAY_<name>` variables before `ray start`).
+LOCAL_SYSTEM_CONFIG: dict[str, Any] = {
+    # Ray lowers its workers' priority to nice 15 by default, for background tasks. A replica
+    # is the serving engine: niced, it loses the cores to any other process on the host.
+    "worker_niceness": 0,
+    # Ray starts a pool of idle workers (one per CPU) for tasks that never come here: each one
+    # is a Python process holding memory and taking CPU while the replicas load.
+    "enable_worker_prestart": False,
+    "prestart_worker_first_driver": False,
+}
 
 
 class RayConnection:
@@ -47,7 +58,8 @@ class RayConnection:
         try:
             if address is None:
                 # Loopback only: a local instance needs no network.
-                ray.init(_node_ip_address=LOCAL_HOST, **options)
+                ray.init(_node_ip_address=LOCAL_HOST, _system_config=LOCAL_SYSTEM_CONFIG,
+                         **options)
             else:
                 ray.init(address=address, **options)
         except BaseException as exc:
