@@ -1,5 +1,7 @@
 """Tensor parallelism (engine/distributed) on CPU with two gloo ranks: the same greedy tokens as
-one process, KV blocks released on every rank, a dead rank reported instead of a hang."""
+one process, KV blocks released on every rank, a dead rank reported instead of a hang. Each
+test that starts ranks runs twice: with spawned rank processes, and in a process connected to
+a local Ray instance, where the ranks are Ray actors."""
 
 from __future__ import annotations
 
@@ -37,12 +39,36 @@ def _greedy(engine: InferenceEngine, prompts: list[list[int]]) -> list[list[int]
     return [list(done[f"r{i}"].outputs[0].token_ids) for i in range(len(prompts))]
 
 
+@pytest.fixture(scope="module", params=["process", "ray"])
+def ranks(request: pytest.FixtureRequest) -> Iterator[str]:
+    """How the ranks other than 0 start: spawned processes, or Ray actors (this process is
+    connected to a local Ray instance for the module's tests)."""
+    if request.param == "process":
+        yield "process"
+        return
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             _node_ip_address="127.0.0.1")
+    try:
+        yield "ray"
+    finally:
+        ray.shutdown()
+
+
+def _rank_kind(engine: InferenceEngine) -> str:
+    worker = engine.runner.workers[0]  # type: ignore[union-attr]
+    return "ray" if type(worker).__name__ == "RayRank" else "process"
+
+
 @pytest.fixture(params=["llama", "qwen2"])
-def tp_pair(request: pytest.FixtureRequest, tiny_model_factory) -> Iterator[tuple[TinyModel, InferenceEngine]]:
+def tp_pair(request: pytest.FixtureRequest, tiny_model_factory, ranks: str
+            ) -> Iterator[tuple[TinyModel, InferenceEngine]]:
     """A tensor-parallel engine of two ranks on llama (untied head, GQA) or qwen2 (q/k/v
     biases, tied embeddings); closed after the test, which stops the worker process."""
     model = tiny_model_factory(request.param)
     engine = InferenceEngine(_config(model, 2))
+    assert _rank_kind(engine) == ranks
     yield model, engine
     engine.close()
 
@@ -58,7 +84,7 @@ def test_greedy_tokens_equal_one_process(tp_pair: tuple[TinyModel, InferenceEngi
             one.resolved_settings.tensor_parallel_size) == (2, 1)
 
 
-def test_aborts_free_blocks_on_every_rank(tiny_llama: TinyModel) -> None:
+def test_aborts_free_blocks_on_every_rank(tiny_llama: TinyModel, ranks: str) -> None:
     engine = InferenceEngine(_config(tiny_llama, 2))
     try:
         runner = engine.runner
@@ -81,9 +107,10 @@ def test_aborts_free_blocks_on_every_rank(tiny_llama: TinyModel) -> None:
         engine.close()
 
 
-def test_a_killed_rank_is_an_error_not_a_hang(tiny_llama: TinyModel) -> None:
+def test_a_killed_rank_is_an_error_not_a_hang(tiny_llama: TinyModel, ranks: str) -> None:
     engine = InferenceEngine(_config(tiny_llama, 2))
     try:
+        assert _rank_kind(engine) == ranks
         runner = engine.runner
         params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
         engine.add_request("k", prompt_token_ids=list(range(3, 20)), sampling_params=params)
@@ -126,7 +153,7 @@ def test_size_one_starts_no_process_and_no_group(tiny_llama: TinyModel) -> None:
     assert multiprocessing.active_children() == []
 
 
-def test_a_rank_that_fails_to_load_fails_the_start(tiny_llama: TinyModel) -> None:
+def test_a_rank_that_fails_to_load_fails_the_start(tiny_llama: TinyModel, ranks: str) -> None:
     # kv_cache_memory too small for one block: every rank's ModelRunner raises; the engine
     # reports it and leaves no process or process group behind.
     import multiprocessing
@@ -166,7 +193,7 @@ def test_smollm2_greedy_tokens_equal_one_process() -> None:
     assert tokens == expected
 
 
-def test_async_engine_serves_then_reports_a_dead_rank(tiny_llama: TinyModel) -> None:
+def test_async_engine_serves_then_reports_a_dead_rank(tiny_llama: TinyModel, ranks: str) -> None:
     """The server's path: the loop thread builds and steps the engine; a killed rank ends the
     stream with EngineDeadError, and shutdown leaves no process or group behind."""
     import asyncio

@@ -1,14 +1,16 @@
 """Rank 0 of a tensor-parallel engine: a ModelRunner over its own shard that starts the other
-ranks as processes, sends them each step's inputs and samples from the gathered logits."""
+ranks (spawned processes, or Ray actors where Ray is in use), sends them each step's inputs and
+samples from the gathered logits."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import logging
+import sys
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -40,6 +42,40 @@ class TensorParallelRankError(EngineDeadError):
     """A tensor-parallel rank died or stopped answering; the engine cannot run another step."""
 
 
+class _Rank(Protocol):
+    """What the runner uses of a rank's process: `multiprocessing.Process` or `RayRank`."""
+
+    name: str
+
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def exitcode(self) -> int | None: ...
+    def start(self) -> None: ...
+    def is_alive(self) -> bool: ...
+    def join(self, timeout: float | None = None) -> None: ...
+    def kill(self) -> None: ...
+
+
+def _ray_in_use() -> bool:
+    """Whether this process is connected to Ray (a replica, or a user's own `ray.init`); never
+    imports Ray itself."""
+    ray = sys.modules.get("ray")
+    return ray is not None and bool(ray.is_initialized())
+
+
+def _start_rank(args: tuple[Any, ...], name: str) -> _Rank:
+    """A rank other than 0, not yet started: a Ray actor where this process uses Ray, else a
+    spawned daemon process."""
+    if _ray_in_use():
+        from .ray_ranks import RayRank
+
+        return RayRank(args, name)
+    process: _Rank = mp.get_context("spawn").Process(target=worker_main, args=args, name=name,
+                                                    daemon=True)
+    return process
+
+
 class TensorParallelRunner:
     """The ModelRunner interface the engine uses (`kv_spec`, `execute`, `resolved_settings`),
     run across `config.tensor_parallel_size` ranks."""
@@ -61,14 +97,9 @@ class TensorParallelRunner:
         device = resolve_device(rank_config(config, 0).device)
         timeout = group.COLLECTIVE_TIMEOUT_S
         store = group.open_store(0, size, 0, timeout)
-        context = mp.get_context("spawn")
         self.workers = [
-            context.Process(
-                target=worker_main,
-                args=(rank, size, store.port, config, str(checkpoint.path), max_model_len),
-                name=f"ziggurat-tp-rank{rank}",
-                daemon=True,
-            )
+            _start_rank((rank, size, store.port, config, str(checkpoint.path), max_model_len),
+                        f"ziggurat-tp-rank{rank}")
             for rank in range(1, size)
         ]
         for worker in self.workers:
