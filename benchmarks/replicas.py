@@ -78,6 +78,8 @@ def role(process: psutil.Process, server_pid: int) -> str:
     command = " ".join(process.cmdline())
     if "ReplicaActor" in command:
         return f"replica (pid {process.pid})"
+    if "RankActor" in command:
+        return f"tensor-parallel rank (pid {process.pid})"
     for name in ("raylet", "gcs_server"):
         if name in command:
             return name
