@@ -239,3 +239,70 @@ def test_forward_matches_torch_backend_on_gpu(
     # orders differ by a few of its units.
     torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
     assert torch.equal(cache, torch_cache)
+
+
+# ---- the paged path at block size 256, as its kernel would read it (CPU) ----
+
+
+def attend_as_paged_kernel(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
+    metadata: xformers_backend.XFormersAttentionMetadata, scale: float,
+) -> torch.Tensor:
+    """Attention computed only from what xformers' paged kernel reads: the cache after the
+    backend's write at `slot_mapping`, the bias's block tables, page size, query starts and key
+    lengths (bottom-right causal), GQA heads grouped as in its 5-D layout."""
+    bias = metadata.attn_bias
+    num_kv_heads, head_dim = kv_cache.shape[3], kv_cache.shape[4]
+    group = query.shape[1] // num_kv_heads
+    slots = kv_cache.view(2, -1, num_kv_heads, head_dim)
+    slots[0].index_copy_(0, metadata.slot_mapping, key)
+    slots[1].index_copy_(0, metadata.slot_mapping, value)
+    assert bias.page_size == kv_cache.shape[2]
+    assert bias.block_tables.dtype == torch.int32
+    out = torch.empty_like(query)
+    starts = bias.q_seqinfo.seqstart.tolist()
+    for i, (start, end) in enumerate(itertools.pairwise(starts)):
+        kv_len = int(bias.k_seqinfo.seqlen[i])
+        table = bias.block_tables[i].long()
+        k = kv_cache[0].index_select(0, table).reshape(-1, num_kv_heads, head_dim)[:kv_len]
+        v = kv_cache[1].index_select(0, table).reshape(-1, num_kv_heads, head_dim)[:kv_len]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        q_len = end - start
+        visible = torch.arange(kv_len)[None, :] <= (kv_len - q_len + torch.arange(q_len))[:, None]
+        scores = torch.einsum("qhd,khd->hqk", query[start:end] * scale, k)
+        scores = scores.masked_fill(~visible, float("-inf"))
+        out[start:end] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
+    return out
+
+
+PAGED_256_MIXES = {
+    "decodes": [(300, 1), (700, 1), (5, 1), (255, 1), (256, 1)],
+    "mixed": [(511, 1), (0, 40), (260, 8), (3, 1)],
+    "chunked_prefill": [(256, 100), (30, 300)],
+}
+
+
+@needs_xformers
+@pytest.mark.parametrize("mix", sorted(PAGED_256_MIXES))
+@pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(4, 4), (6, 2)])
+def test_paged_inputs_at_block_size_256_attend_like_the_torch_backend(
+    mix: str, num_heads: int, num_kv_heads: int
+) -> None:
+    layout = make_layout(PAGED_256_MIXES[mix], 256, seed=3)
+    metadata = XFormersAttentionBackend().prepare(layout, CPU)
+    assert metadata.kind == "paged"  # the default at 256: no gather
+    head_dim = 16
+    num_blocks = max(max(t) for t in layout.block_tables) + 1
+    gen = torch.Generator().manual_seed(1)
+    cache = torch.randn(2, num_blocks, 256, num_kv_heads, head_dim, generator=gen)
+    q = torch.randn(layout.num_tokens, num_heads, head_dim, generator=gen)
+    k = torch.randn(layout.num_tokens, num_kv_heads, head_dim, generator=gen)
+    v = torch.randn(layout.num_tokens, num_kv_heads, head_dim, generator=gen)
+    scale = 1.0 / math.sqrt(head_dim)
+
+    torch_cache = cache.clone()
+    reference = PortableAttentionBackend()
+    expected = reference.forward(q, k, v, torch_cache, reference.prepare(layout, CPU), scale)
+    got = attend_as_paged_kernel(q, k, v, cache, metadata, scale)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(cache, torch_cache)

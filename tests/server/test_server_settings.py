@@ -74,7 +74,7 @@ def test_defaults(resolve: Any) -> None:
         "quantization": "auto", "kv_cache_dtype": "auto", "max_num_seqs": 64,
         "max_num_batched_tokens": 2048, "kv_cache_memory": None, "num_kv_blocks": None,
         "gpu_memory_utilization": 0.9,
-        "max_model_len": None, "block_size": 16, "prefix_caching": True, "max_queue": 256,
+        "max_model_len": None, "block_size": None, "prefix_caching": True, "max_queue": 256,
         "max_request_bytes": 4 * 1024 * 1024, "shutdown_timeout": 30, "seed": 0,
         "num_threads": None, "tensor_parallel_size": 1, "num_replicas": 1, "ray_address": None,
         "replica_cpus": 1.0, "replica_gpus": 0.0, "log_level": "info",
@@ -160,7 +160,7 @@ def test_precedence_flags_environment_file_defaults(resolve: Any, tmp_path: Path
     settings = resolve(["--config", str(config), "--port", "3333"], env)
     assert (settings.port, settings.max_queue, settings.max_num_seqs, settings.seed) == (
         3333, 9, 3, 5)
-    assert settings.block_size == 16  # default
+    assert settings.block_size is None  # default: the engine picks it from the backend
     assert resolve(["--config", str(config)], env).port == 2222
     assert resolve(["--config", str(config)]).port == 1111
     # --config wins over ZIGGURAT_CONFIG.

@@ -142,7 +142,9 @@ class ServerSettings(BaseSettings):
         "--kv-cache-memory or --num-kv-blocks sets its size)", "FRACTION")
     max_model_len: PositiveInt | None = _option(
         None, "context window cap (default: the model's)", "N")
-    block_size: PositiveInt = _option(16, "tokens per KV block (a power of two)", "N")
+    block_size: PositiveInt | None = _option(
+        None, "tokens per KV block (a power of two); unset: 256 with the xformers attention "
+        "backend (CUDA), else 16", "N")
     prefix_caching: bool = _option(True, "reuse KV blocks of shared prompt prefixes")
     max_queue: NonNegativeInt = _option(
         256, "most sequences waiting for a slot; beyond it requests get 429 with Retry-After", "N")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from .attention.base import StepLayout
-from .attention.selector import select_attention_backend
+from .attention.selector import default_block_size, select_attention_backend
 from .config import KV_CACHE_DTYPES, EngineConfig, ModelConfig, parse_memory_size
 from .cpu_kernels import cpu_isa
 from .device import device_memory, dtype_name, resolve_device, resolve_dtype
@@ -84,9 +85,10 @@ def plan_kv_cache(
     """How many blocks of `kv_dtype` to allocate: an explicit count, a byte size, a fraction, the
     profiled share on CUDA (`profiled`, see memory_profile.py), or the CPU default (a byte
     budget holds twice the blocks in a 2-byte dtype as in float32)."""
-    per_block = kv_bytes_per_block(model, config.block_size, kv_dtype)
+    block_size = config.resolved_block_size
+    per_block = kv_bytes_per_block(model, block_size, kv_dtype)
     if config.num_kv_blocks is not None:
-        return KVCacheSpec(config.num_kv_blocks, config.block_size, per_block)
+        return KVCacheSpec(config.num_kv_blocks, block_size, per_block)
     free, total = device_memory(device)
     if config.kv_cache_memory is not None:
         size = parse_memory_size(config.kv_cache_memory)
@@ -98,7 +100,7 @@ def plan_kv_cache(
     else:
         budget = min(_DEFAULT_CPU_KV_BYTES, free // 5)
         # No point holding more than every seat filled to the context window.
-        useful = config.max_num_seqs * math.ceil(max_model_len / config.block_size) + 1
+        useful = config.max_num_seqs * math.ceil(max_model_len / block_size) + 1
         budget = min(budget, useful * per_block)
     num_blocks = budget // per_block
     if num_blocks < 1:
@@ -106,7 +108,7 @@ def plan_kv_cache(
             f"KV cache budget of {budget} bytes holds no block of {per_block} bytes; "
             "raise kv_cache_memory"
         )
-    return KVCacheSpec(int(num_blocks), config.block_size, per_block)
+    return KVCacheSpec(int(num_blocks), block_size, per_block)
 
 
 # The CPU kernel variants with an int8 GEMM of their own. Elsewhere an int8 layer would run
@@ -217,6 +219,11 @@ class ModelRunner:
         if parallelize is not None:  # tensor parallelism: this rank's shard (engine/distributed)
             parallelize(self.model)
         self.attention = select_attention_backend(backend, self.device, self.dtype)
+        if config.block_size is None:
+            # Resolved here, where the backend is known; the engine's scheduler takes it from
+            # `kv_spec.block_size`, so runner and block manager always agree.
+            config = dataclasses.replace(config, block_size=default_block_size(self.attention.name))
+            self.config = config
         self.memory_profile = self._profile_memory(max_model_len)
         self.kv_spec = plan_kv_cache(
             config, self.model_config, self.device, self.kv_cache_dtype, max_model_len,
@@ -247,7 +254,7 @@ class ModelRunner:
 
     def _make_kv_caches(self, num_blocks: int) -> list[torch.Tensor]:
         mc = self.model_config
-        shape = (2, num_blocks, self.config.block_size, mc.num_key_value_heads, mc.head_dim)
+        shape = (2, num_blocks, self.config.resolved_block_size, mc.num_key_value_heads, mc.head_dim)
         return [
             zeroed_tensor(shape, self.kv_cache_dtype, self.device) for _ in range(mc.num_hidden_layers)
         ]
@@ -260,10 +267,12 @@ class ModelRunner:
             return None
         query_lens = profile_query_lens(config.max_num_batched_tokens, config.max_num_seqs, max_model_len)
         profile = profile_cuda_memory(
-            self.model, self.attention, self.device, query_lens, config.block_size,
+            self.model, self.attention, self.device, query_lens, config.resolved_block_size,
             self._make_kv_caches,
             gpu_memory_utilization=config.gpu_memory_utilization,
-            bytes_per_block=kv_bytes_per_block(self.model_config, config.block_size, self.kv_cache_dtype),
+            bytes_per_block=kv_bytes_per_block(
+                self.model_config, config.resolved_block_size, self.kv_cache_dtype
+            ),
         )
         gib = 2**30
         logger.info(
@@ -294,7 +303,7 @@ class ModelRunner:
     def _prefill_only(self, token_ids: list[int]) -> None:
         """One sequence's forward pass from the first cache slots, logits for every position,
         nothing sampled; the cache contents it leaves are never read (no block is allocated yet)."""
-        n, bs = len(token_ids), self.config.block_size
+        n, bs = len(token_ids), self.config.resolved_block_size
         layout = StepLayout([n], [n], [list(range(-(-n // bs)))], bs)
         metadata = self.attention.prepare(layout, self.device)
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
@@ -327,7 +336,7 @@ class ModelRunner:
     def forward_step(self, inputs: StepInputs) -> torch.Tensor | None:
         """The logits of the step's sampled rows; None if it samples nothing."""
         layout = StepLayout(
-            inputs.query_lens, inputs.context_lens, inputs.block_tables, self.config.block_size
+            inputs.query_lens, inputs.context_lens, inputs.block_tables, self.config.resolved_block_size
         )
         metadata = self.attention.prepare(layout, self.device)
         ids = torch.tensor(inputs.input_ids, dtype=torch.long, device=self.device)
