@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import StepLayout
+from .step_indices import context_slots, to_device
 
 
 @dataclass
@@ -89,9 +90,9 @@ class DecodeBatch:
         mask = None
         if min(lens) < padded_len:
             positions = torch.arange(padded_len, device=self.device)
-            allowed = positions.unsqueeze(0) < torch.tensor(lens, device=self.device).unsqueeze(1)
+            allowed = positions.unsqueeze(0) < to_device(lens, torch.int64, self.device).unsqueeze(1)
             mask = MaskCache(allowed.view(len(lens), 1, 1, padded_len))
-        ids = torch.tensor(block_ids, dtype=torch.int64, device=self.device)
+        ids = to_device(block_ids, torch.int64, self.device)
         return DecodeChunk(first, end, ids, blocks_per_seq, mask)
 
 
@@ -146,31 +147,23 @@ class PortableAttentionMetadata:
         return self._kernel_rows
 
 
-def context_slots(table: list[int], context_len: int, block_size: int) -> list[int]:
-    """Cache slots of positions 0..context_len-1 of one sequence."""
-    slots: list[int] = []
-    for block_index in range(-(-context_len // block_size)):
-        base = table[block_index] * block_size
-        slots.extend(range(base, base + block_size))
-    return slots[:context_len]
-
-
 def prepare_prefill(
     start: int,
     q_len: int,
     ctx_len: int,
-    table: list[int],
+    block_table: torch.Tensor,
     bs: int,
-    device: torch.device,
     with_mask: bool,
 ) -> PrefillChunk:
+    """`block_table`: the sequence's blocks on the step's device (int64)."""
     prefix_len = ctx_len - q_len
     if prefix_len == 0:
         return PrefillChunk(start, start + q_len, 0, None, None)
-    slots = torch.tensor(context_slots(table, ctx_len, bs), dtype=torch.int64, device=device)
+    slots = context_slots(block_table, ctx_len, bs)
     mask = None
     if with_mask:
         # New token i sits at absolute position prefix_len + i and sees keys 0..prefix_len + i.
+        device = block_table.device
         query_pos = torch.arange(prefix_len, ctx_len, device=device).unsqueeze(1)
         key_pos = torch.arange(ctx_len, device=device).unsqueeze(0)
         mask = MaskCache(key_pos <= query_pos)
