@@ -12,9 +12,9 @@ from ziggurat_core.engine.attention.step_indices import (
     context_slots,
     padded_context_slots,
     step_indices,
-    to_device,
 )
 from ziggurat_core.engine.attention.torch_backend import PortableAttentionBackend
+from ziggurat_core.engine.device import host_to_device
 
 CPU = torch.device("cpu")
 
@@ -86,7 +86,7 @@ def test_block_tables_hold_only_the_blocks_of_the_context() -> None:
 
 
 def test_host_data_reaches_the_device_as_given() -> None:
-    tensor = to_device([[1, 2], [3, 4]], torch.int32, CPU)
+    tensor = host_to_device([[1, 2], [3, 4]], torch.int32, CPU)
     assert tensor.dtype == torch.int32 and tensor.tolist() == [[1, 2], [3, 4]]
 
 

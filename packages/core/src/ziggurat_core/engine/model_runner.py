@@ -17,7 +17,7 @@ from .attention.base import StepLayout
 from .attention.selector import default_block_size, select_attention_backend
 from .config import KV_CACHE_DTYPES, EngineConfig, ModelConfig, parse_memory_size
 from .cpu_kernels import cpu_isa
-from .device import device_memory, dtype_name, resolve_device, resolve_dtype
+from .device import device_memory, dtype_name, host_to_device, resolve_device, resolve_dtype
 from .layers import pack_linears
 from .memory_profiler import profile_cuda_memory, profile_query_lens
 from .models.llama import build_model
@@ -339,12 +339,14 @@ class ModelRunner:
             inputs.query_lens, inputs.context_lens, inputs.block_tables, self.config.resolved_block_size
         )
         metadata = self.attention.prepare(layout, self.device)
-        ids = torch.tensor(inputs.input_ids, dtype=torch.long, device=self.device)
-        pos = torch.tensor(inputs.positions, dtype=torch.long, device=self.device)
+        # On CUDA through pinned memory, copied asynchronously: the step never waits for the
+        # device before the sampler reads its tokens.
+        ids = host_to_device(inputs.input_ids, torch.long, self.device)
+        pos = host_to_device(inputs.positions, torch.long, self.device)
         hidden = self.model(ids, pos, self.kv_caches, self.attention, metadata)
         if not inputs.sample_rows:
             return None
-        rows = torch.tensor(inputs.sample_rows, dtype=torch.long, device=self.device)
+        rows = host_to_device(inputs.sample_rows, torch.long, self.device)
         return self.model.compute_logits(hidden.index_select(0, rows))
 
     @torch.inference_mode()

@@ -8,22 +8,12 @@ made in pinned memory and copied asynchronously, so preparing a step never waits
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from ..device import host_to_device
 from .base import StepLayout
-
-
-def to_device(data: Sequence[int] | Sequence[Sequence[int]], dtype: torch.dtype,
-              device: torch.device) -> torch.Tensor:
-    """A tensor of `data` on `device`. On CUDA it is built in pinned host memory and copied
-    with non_blocking=True (a pageable copy waits for the device); the caching host allocator
-    keeps the pinned buffer until the copy has run. Elsewhere pinning buys nothing."""
-    if device.type != "cuda":
-        return torch.tensor(data, dtype=dtype, device=device)
-    return torch.tensor(data, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
 def padded_block_tables(layout: StepLayout) -> list[list[int]]:
@@ -73,9 +63,9 @@ class StepIndices:
 
 def step_indices(layout: StepLayout, device: torch.device) -> StepIndices:
     """The step's indices on `device`; `layout` is validated by the caller."""
-    tables = to_device(padded_block_tables(layout), torch.int64, device)
-    query_lens = to_device(layout.query_lens, torch.int64, device)
-    context_lens = to_device(layout.context_lens, torch.int64, device)
+    tables = host_to_device(padded_block_tables(layout), torch.int64, device)
+    query_lens = host_to_device(layout.query_lens, torch.int64, device)
+    context_lens = host_to_device(layout.context_lens, torch.int64, device)
     num_tokens = layout.num_tokens
     seq_ids = torch.arange(len(layout.query_lens), device=device)
     # output_size: the length is known here, so repeat_interleave need not read it back.

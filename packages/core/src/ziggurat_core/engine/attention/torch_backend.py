@@ -41,8 +41,9 @@ from ..cpu_kernels import (
     load_decode_fused_kernels,
     load_paged_attention_kernel,
 )
+from ..device import host_to_device
 from .base import AttentionBackend, AttentionLayoutError, KernelStepInputs, StepLayout
-from .step_indices import step_indices, to_device
+from .step_indices import step_indices
 from .torch_metadata import (
     DecodeBatch,
     DecodeChunk,
@@ -172,7 +173,7 @@ class PortableAttentionBackend(AttentionBackend):
             # Longest contexts first: each chunk then pads only up to its first sequence.
             order = sorted(range(len(decode_seqs)), key=lambda i: -layout.context_lens[decode_seqs[i]])
             decode = DecodeBatch(
-                token_index=to_device([decode_rows[i] for i in order], torch.int64, device),
+                token_index=host_to_device([decode_rows[i] for i in order], torch.int64, device),
                 context_lens=[layout.context_lens[decode_seqs[i]] for i in order],
                 block_tables=[layout.block_tables[decode_seqs[i]] for i in order],
                 block_size=bs,

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..device import host_to_device
 from .base import StepLayout
-from .step_indices import context_slots, to_device
+from .step_indices import context_slots
 
 
 @dataclass
@@ -90,9 +91,9 @@ class DecodeBatch:
         mask = None
         if min(lens) < padded_len:
             positions = torch.arange(padded_len, device=self.device)
-            allowed = positions.unsqueeze(0) < to_device(lens, torch.int64, self.device).unsqueeze(1)
+            allowed = positions.unsqueeze(0) < host_to_device(lens, torch.int64, self.device).unsqueeze(1)
             mask = MaskCache(allowed.view(len(lens), 1, 1, padded_len))
-        ids = to_device(block_ids, torch.int64, self.device)
+        ids = host_to_device(block_ids, torch.int64, self.device)
         return DecodeChunk(first, end, ids, blocks_per_seq, mask)
 
 
