@@ -108,6 +108,9 @@ class EngineConfig:
     # memory the whole engine may use (vLLM's meaning); the KV cache gets what the weights and
     # a profiled step at max_num_batched_tokens leave of it (memory_profile.py).
     gpu_memory_utilization: float = 0.9
+    # CUDA: decode steps run eagerly instead of as CUDA graphs captured at start-up
+    # (vLLM's name; cuda_graphs.py). Graphs are never captured on CPU.
+    enforce_eager: bool = False
     # Ranks the model is split across (engine/distributed); 1: one process, no torch.distributed.
     tensor_parallel_size: int = 1
     # Replicas (data parallel, engine/replicas): with more than one, or with a Ray address, each

@@ -17,6 +17,8 @@ from .attention.base import StepLayout
 from .attention.selector import default_block_size, select_attention_backend
 from .config import KV_CACHE_DTYPES, EngineConfig, ModelConfig, parse_memory_size
 from .cpu_kernels import cpu_isa
+from .cuda_graph_sizes import graph_capture_sizes
+from .cuda_graphs import DecodeBuffers, DecodeGraphRunner, decode_graphs_wanted
 from .device import device_memory, dtype_name, host_to_device, resolve_device, resolve_dtype
 from .layers import pack_linears
 from .memory_profiler import profile_cuda_memory, profile_query_lens
@@ -176,7 +178,10 @@ def zeroed_tensor(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devi
 class ModelRunner:
     """`calibration_token_ids`: text run once through the float model before int8 packing to
     measure input ranges (see `quantization.py`); without it int8 packs without smoothing.
-    `parallelize`: run on the loaded model before anything else (tensor-parallel sharding)."""
+    `parallelize`: run on the loaded model before anything else (tensor-parallel sharding).
+    `static_decode`: decode steps over static buffers padded to the captured batch sizes,
+    captured as CUDA graphs on CUDA and run eagerly elsewhere (cuda_graphs.py); None: on CUDA
+    unless `config.enforce_eager` (the CPU tests pass True)."""
 
     def __init__(
         self,
@@ -185,6 +190,7 @@ class ModelRunner:
         max_model_len: int,
         calibration_token_ids: list[int] | None = None,
         parallelize: Callable[[torch.nn.Module], None] | None = None,
+        static_decode: bool | None = None,
     ) -> None:
         self.config = config
         self.model_config = checkpoint.model_config
@@ -229,7 +235,13 @@ class ModelRunner:
             config, self.model_config, self.device, self.kv_cache_dtype, max_model_len,
             self.memory_profile,
         )
-        self.kv_caches = self._make_kv_caches(self.kv_spec.num_blocks)
+        if static_decode is None:
+            static_decode = decode_graphs_wanted(
+                self.device, config.enforce_eager, config.tensor_parallel_size
+            )
+        # Static decode pads batches with rows whose every block is one more block at the end
+        # of the cache, which the scheduler never hands out.
+        self.kv_caches = self._make_kv_caches(self.kv_spec.num_blocks + int(static_decode))
         mc = self.model_config
         # The calibration pass runs through the attention layers, so the cache exists first.
         if self.quantization == "int8":
@@ -240,6 +252,7 @@ class ModelRunner:
             pack_linears(self.model, "onednn")
         self.load_seconds = time.perf_counter() - started
         self.sampler = Sampler(mc.vocab_size, self.device, seed=config.seed)
+        self.decode_graphs = self._make_decode_graphs(max_model_len) if static_decode else None
         kernels = ""
         if self.device.type == "cpu":
             kernels = f", cpu kernels: {self.cpu_isa or 'none, torch ops'}"
@@ -251,6 +264,38 @@ class ModelRunner:
             self.kv_spec.num_blocks, str(self.kv_cache_dtype).removeprefix("torch."),
             self.kv_spec.total_bytes / 2**20,
         )
+
+    @torch.inference_mode()
+    def _make_decode_graphs(self, max_model_len: int) -> DecodeGraphRunner:
+        bs = self.config.resolved_block_size
+        sizes = graph_capture_sizes(self.config.max_num_seqs)
+        capture = self.device.type == "cuda"
+        started = time.perf_counter()
+        graphs = DecodeGraphRunner(
+            self._decode_on_buffers, sizes, -(-max_model_len // bs), bs,
+            pad_block=self.kv_spec.num_blocks, device=self.device, capture=capture,
+        )
+        logger.info(
+            "decode steps %s at batch sizes %s (%.2fs); larger batches and prefills run "
+            "eagerly%s",
+            "captured as CUDA graphs" if capture else "padded over static buffers, eagerly",
+            ",".join(map(str, sizes)), time.perf_counter() - started,
+            "; enforce_eager turns the graphs off" if capture else "",
+        )
+        return graphs
+
+    def _decode_on_buffers(self, buffers: DecodeBuffers, size: int) -> torch.Tensor:
+        """Logits of a decode step over the first `size` rows of the static buffers (what a
+        CUDA graph captures: tensor ops only, nothing read back to the host)."""
+        positions = buffers.positions[:size]
+        metadata = self.attention.prepare_decode(
+            buffers.block_tables[:size], buffers.context_lens[:size], positions,
+            self.config.resolved_block_size,
+        )
+        hidden = self.model(
+            buffers.input_ids[:size], positions, self.kv_caches, self.attention, metadata
+        )
+        return self.model.compute_logits(hidden)
 
     def _make_kv_caches(self, num_blocks: int) -> list[torch.Tensor]:
         mc = self.model_config
@@ -335,6 +380,11 @@ class ModelRunner:
     @torch.inference_mode()
     def forward_step(self, inputs: StepInputs) -> torch.Tensor | None:
         """The logits of the step's sampled rows; None if it samples nothing."""
+        # A decode step: one new token per sequence, every one sampled.
+        if self.decode_graphs is not None and 0 < len(inputs.sample_rows) == len(inputs.input_ids):
+            logits = self.decode_graphs.run(inputs.input_ids, inputs.positions, inputs.block_tables)
+            if logits is not None:
+                return logits
         layout = StepLayout(
             inputs.query_lens, inputs.context_lens, inputs.block_tables, self.config.resolved_block_size
         )

@@ -50,6 +50,7 @@ from .torch_metadata import (
     PortableAttentionMetadata,
     PrefillChunk,
     prepare_prefill,
+    static_decode_metadata,
 )
 
 # Gathered K+V per decode attention call on CPU, per intra-op thread: each thread's share of a
@@ -181,6 +182,16 @@ class PortableAttentionBackend(AttentionBackend):
                 device=device,
             )
         return PortableAttentionMetadata(layout, bs, slot_mapping, decode, prefills, block_rows)
+
+    def prepare_decode(
+        self,
+        block_tables: torch.Tensor,
+        context_lens: torch.Tensor,
+        positions: torch.Tensor,
+        block_size: int,
+    ) -> PortableAttentionMetadata:
+        # One chunk over every sequence's whole table row: a fixed shape, masked per sequence.
+        return static_decode_metadata(block_tables, context_lens, positions, block_size, None)
 
     def _decode_chunk_bytes(self) -> int:
         if self.decode_chunk_bytes is not None:

@@ -9,7 +9,7 @@ import torch
 
 from ..device import host_to_device
 from .base import StepLayout
-from .step_indices import context_slots
+from .step_indices import context_slots, slots_of
 
 
 @dataclass
@@ -55,9 +55,13 @@ class DecodeBatch:
     chunk_bytes: int | None  # gathered K+V bytes per chunk; None: one chunk
     device: torch.device
     _chunks: dict[int, list[DecodeChunk]] = field(default_factory=dict)  # by bytes per token
+    # A fixed-shape decode (`static_decode_metadata`): its one chunk, for every cache.
+    fixed_chunk: DecodeChunk | None = None
 
     def chunks(self, kv_bytes_per_token: int) -> list[DecodeChunk]:
         """The chunks for a cache with this many K+V bytes per token (built once per step)."""
+        if self.fixed_chunk is not None:
+            return [self.fixed_chunk]
         chunks = self._chunks.get(kv_bytes_per_token)
         if chunks is None:
             chunks = self._make_chunks(kv_bytes_per_token)
@@ -111,7 +115,7 @@ class PrefillChunk:
 
 @dataclass
 class PortableAttentionMetadata:
-    layout: StepLayout
+    layout: StepLayout | None  # None: a fixed-shape decode, whose `_kernel_rows` are given
     block_size: int
     slot_mapping: torch.Tensor  # [num_tokens] int64
     decode: DecodeBatch | None
@@ -121,7 +125,7 @@ class PortableAttentionMetadata:
 
     @property
     def num_tokens(self) -> int:
-        return self.layout.num_tokens
+        return self.slot_mapping.shape[0]
 
     def kernel_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every new token of the step as one row of the C kernel: (block tables [N, max_blocks]
@@ -130,6 +134,7 @@ class PortableAttentionMetadata:
         and decode give the same values whatever the chunking. Built once per step."""
         if self._kernel_rows is None:
             layout = self.layout
+            assert layout is not None, "a fixed-shape decode is built with its kernel rows"
             width = max(len(table) for table in layout.block_tables)
             tables = torch.tensor(
                 [table + [0] * (width - len(table)) for table in layout.block_tables], dtype=torch.int64
@@ -146,6 +151,35 @@ class PortableAttentionMetadata:
                 torch.arange(layout.num_tokens, dtype=torch.int64, device=device),
             )
         return self._kernel_rows
+
+
+def static_decode_metadata(
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    positions: torch.Tensor,
+    block_size: int,
+    prefill_block_rows: int | None,
+) -> PortableAttentionMetadata:
+    """A decode step of `B` sequences (one new token each, row i = sequence i) from tensors on
+    the device only: no value is read back to the host, so it can be captured in a CUDA graph
+    and replayed with new buffer contents. Every sequence gathers its whole block-table row
+    (`[B, max_blocks]`, stale or padding ids past its context must still be valid blocks),
+    masked past its context length."""
+    num_seqs, max_blocks = block_tables.shape
+    device = block_tables.device
+    seqs = torch.arange(num_seqs, device=device)
+    slot_mapping = slots_of(block_tables, seqs, positions, block_size)
+    padded_len = max_blocks * block_size
+    allowed = torch.arange(padded_len, device=device).unsqueeze(0) < context_lens.unsqueeze(1)
+    chunk = DecodeChunk(
+        0, num_seqs, block_tables.reshape(-1), max_blocks,
+        MaskCache(allowed.view(num_seqs, 1, 1, padded_len)),
+    )
+    decode = DecodeBatch(seqs, [], [], block_size, None, device, fixed_chunk=chunk)
+    return PortableAttentionMetadata(
+        None, block_size, slot_mapping, decode, [], prefill_block_rows,
+        (block_tables, context_lens, seqs),
+    )
 
 
 def prepare_prefill(

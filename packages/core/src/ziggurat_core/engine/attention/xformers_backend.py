@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 
 from .base import AttentionBackend, StepLayout
-from .step_indices import padded_context_slots, step_indices
+from .step_indices import padded_context_slots, slots_of, step_indices
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 PAGED_BLOCK_MULTIPLE = 256
@@ -130,6 +130,50 @@ class XFormersAttentionBackend(AttentionBackend):
         gather = padded_context_slots(indices.block_tables, indices.context_lens, padded, bs)
         return XFormersAttentionMetadata(
             layout.num_tokens, bs, slot_mapping, "gathered", bias, gather, padded
+        )
+
+    def prepare_decode(
+        self,
+        block_tables: torch.Tensor,
+        context_lens: torch.Tensor,
+        positions: torch.Tensor,
+        block_size: int,
+    ) -> XFormersAttentionMetadata:
+        """The biases are assembled from device tensors instead of `from_seqlens` lists. Their
+        Python-side lengths (what xformers sizes a kernel launch by) are the bounds of the
+        shape, every key row full; the kernels read the true lengths from the `seqlen`
+        tensor."""
+        biases = self._fmha.attn_bias
+        num_seqs, max_blocks = block_tables.shape
+        device = block_tables.device
+        padded = max_blocks * block_size
+        seqs = torch.arange(num_seqs, device=device)
+        slot_mapping = slots_of(block_tables, seqs, positions, block_size)
+        q_starts = list(range(num_seqs + 1))
+        q_seqinfo = biases._SeqLenInfo(
+            seqstart=torch.arange(num_seqs + 1, dtype=torch.int32, device=device),
+            max_seqlen=1, min_seqlen=1, seqstart_py=q_starts,
+        )
+        k_starts = list(range(0, (num_seqs + 1) * padded, padded))
+        k_seqinfo = biases._PaddedSeqLenInfo(
+            seqstart=torch.arange(0, (num_seqs + 1) * padded, padded, dtype=torch.int32, device=device),
+            max_seqlen=padded, min_seqlen=1, seqstart_py=k_starts,
+            seqlen=context_lens.to(torch.int32), seqlen_py=[padded] * num_seqs, padding=padded,
+        )
+        if self.uses_paged_kernel(block_size):
+            bias = biases.PagedBlockDiagonalCausalWithOffsetPaddedKeysMask(
+                q_seqinfo=q_seqinfo, k_seqinfo=k_seqinfo,
+                block_tables=block_tables.to(torch.int32), page_size=block_size,
+            )
+            return XFormersAttentionMetadata(
+                num_seqs, block_size, slot_mapping, "paged", bias, None, None
+            )
+        bias = biases.BlockDiagonalCausalWithOffsetPaddedKeysMask(
+            q_seqinfo=q_seqinfo, k_seqinfo=k_seqinfo
+        )
+        gather = padded_context_slots(block_tables, context_lens, padded, block_size)
+        return XFormersAttentionMetadata(
+            num_seqs, block_size, slot_mapping, "gathered", bias, gather, padded
         )
 
     def forward(
