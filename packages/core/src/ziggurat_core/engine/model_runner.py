@@ -266,15 +266,27 @@ class ModelRunner:
         )
 
     @torch.inference_mode()
-    def _make_decode_graphs(self, max_model_len: int) -> DecodeGraphRunner:
+    def _make_decode_graphs(self, max_model_len: int) -> DecodeGraphRunner | None:
+        """The static decode runner; None (every step eager, with a warning) where capture
+        fails: the graph path must never be the reason an engine does not start."""
         bs = self.config.resolved_block_size
         sizes = graph_capture_sizes(self.config.max_num_seqs)
         capture = self.device.type == "cuda"
         started = time.perf_counter()
-        graphs = DecodeGraphRunner(
-            self._decode_on_buffers, sizes, -(-max_model_len // bs), bs,
-            pad_block=self.kv_spec.num_blocks, device=self.device, capture=capture,
-        )
+        try:
+            graphs = DecodeGraphRunner(
+                self._decode_on_buffers, sizes, -(-max_model_len // bs), bs,
+                pad_block=self.kv_spec.num_blocks, device=self.device, capture=capture,
+            )
+        except RuntimeError as exc:
+            if not capture:
+                raise
+            logger.warning(
+                "capturing decode steps as CUDA graphs failed (%s: %s); every step runs "
+                "eagerly (enforce_eager skips the attempt)", type(exc).__name__, exc,
+            )
+            torch.cuda.synchronize(self.device)
+            return None
         logger.info(
             "decode steps %s at batch sizes %s (%.2fs); larger batches and prefills run "
             "eagerly%s",
