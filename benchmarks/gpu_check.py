@@ -10,10 +10,14 @@ On a machine without CUDA it says so (`"cuda": false`) and exits 0. With CUDA it
     drift is allowed;
   - checks batch invariance (greedy alone == greedy in a batch) and seeded sampling (a seeded
     request samples the same tokens alone and in a batch of unseeded ones);
-  - runs the xformers GPU tests (pytest tests/core/test_attention_xformers.py);
-  - sweeps 1, 8, 64 and 256 concurrent streams: decode tokens/s, time to first token, and at
-    batch 1 the memory bandwidth reached (weight bytes read per decode step / step time) as a
-    fraction of the device's peak.
+  - does all of that twice: with decode steps replayed as CUDA graphs (the default) and eagerly
+    (`enforce_eager`), and checks the graph mode's greedy outputs against the eager mode's as
+    above (`same_as_eager`);
+  - runs the GPU tests (pytest tests/core/test_attention_xformers.py tests/core/test_cuda_graphs.py:
+    xformers' kernels, the fixed-shape decode inputs, CUDA-graph capture);
+  - sweeps 1, 8, 64 and 256 concurrent streams in both modes: decode tokens/s, time to first
+    token, and at batch 1 the memory bandwidth reached (weight bytes read per decode step / step
+    time) as a fraction of the device's peak.
 
 The exit status is 1 where a correctness check failed, else 0.
 
@@ -147,9 +151,8 @@ def _greedy(llm: Any, prompts: list[str], max_tokens: int, logprobs: int | None 
     return [out.outputs[0] for out in llm.generate(prompts, params, use_tqdm=False)]
 
 
-def check_parity(gpu: Any, cpu: Any, max_tokens: int, tie_nats: float) -> dict[str, Any]:
-    reference = _greedy(cpu, PARITY_PROMPTS, max_tokens, logprobs=5)
-    candidate = _greedy(gpu, PARITY_PROMPTS, max_tokens)
+def check_parity(reference: list[Any], candidate: list[Any], tie_nats: float) -> dict[str, Any]:
+    """Greedy outputs `candidate` against `reference` (asked with logprobs=5), per prompt."""
     prompts = []
     for prompt, ref, cand in zip(PARITY_PROMPTS, reference, candidate, strict=True):
         tops = [
@@ -179,10 +182,14 @@ def check_seeded_sampling(gpu: Any, max_tokens: int) -> dict[str, Any]:
     return {"passed": batch[1].outputs[0].token_ids == alone}
 
 
-def run_xformers_tests() -> dict[str, Any]:
+GPU_TEST_FILES = ["tests/core/test_attention_xformers.py", "tests/core/test_cuda_graphs.py"]
+
+
+def run_gpu_tests() -> dict[str, Any]:
+    """The tests that skip without a GPU: xformers' kernels and CUDA-graph capture."""
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/core/test_attention_xformers.py", "-q", "-rs"],
+        [sys.executable, "-m", "pytest", *GPU_TEST_FILES, "-q", "-rs"],
         cwd=root, capture_output=True, text=True, timeout=1800,
     )
     lines = done.stdout.strip().splitlines()
@@ -238,34 +245,53 @@ def run_on_gpu(args: argparse.Namespace) -> dict[str, Any]:
     }
     models = ["default"] + ([args.hf_folder] if args.hf_folder else [])
     for model in models:
-        started = time.perf_counter()
-        gpu = _llm(model, device="cuda:0", dtype="bfloat16", max_num_seqs=max(streams))
-        load_s = time.perf_counter() - started
-        runner = gpu.engine.runner
-        weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
-        resolved = gpu.engine.resolved_settings
         cpu = _llm(model, device="cpu", dtype="float32", quantization="none")
-        checks = {
-            "greedy_parity": check_parity(gpu, cpu, args.max_tokens, args.tie_nats),
-            "batch_invariance": check_batch_invariance(gpu, args.max_tokens),
-            "seeded_sampling": check_seeded_sampling(gpu, args.max_tokens),
-        }
+        reference = _greedy(cpu, PARITY_PROMPTS, args.max_tokens, logprobs=5)
         del cpu
-        report["models"][model] = {
-            "load_s": load_s,
-            "weight_bytes": weight_bytes,
-            "attention_backend": resolved.attention_backend,
-            "memory_profile": None if resolved.memory_profile is None else asdict(resolved.memory_profile),
-            "checks": checks,
-            "throughput": throughput_sweep(gpu, streams, args.max_tokens, weight_bytes, peak),
-        }
-        del gpu
-        torch.cuda.empty_cache()
+        modes: dict[str, Any] = {}
+        eager_reference: list[Any] = []
+        # Eager first: the graph mode's greedy outputs are judged against its log-probabilities.
+        for mode, enforce_eager in (("eager", True), ("cuda_graphs", False)):
+            started = time.perf_counter()
+            gpu = _llm(model, device="cuda:0", dtype="bfloat16", max_num_seqs=max(streams),
+                       enforce_eager=enforce_eager)
+            load_s = time.perf_counter() - started
+            runner = gpu.engine.runner
+            weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+            resolved = gpu.engine.resolved_settings
+            graphs = getattr(runner, "decode_graphs", None)
+            outputs = _greedy(gpu, PARITY_PROMPTS, args.max_tokens, logprobs=5)
+            checks = {
+                "greedy_parity": check_parity(reference, outputs, args.tie_nats),
+                "batch_invariance": check_batch_invariance(gpu, args.max_tokens),
+                "seeded_sampling": check_seeded_sampling(gpu, args.max_tokens),
+            }
+            if enforce_eager:
+                eager_reference = outputs
+            else:
+                checks["same_as_eager"] = check_parity(eager_reference, outputs, args.tie_nats)
+                # The runner falls back to eager steps (with a warning) where capture fails.
+                checks["graphs_captured"] = {"passed": graphs is not None and graphs.captured}
+            modes[mode] = {
+                "load_s": load_s,
+                "weight_bytes": weight_bytes,
+                "attention_backend": resolved.attention_backend,
+                "block_size": gpu.engine.config.block_size,
+                "decode_graph_sizes": None if graphs is None else graphs.sizes,
+                "decode_graphs_captured": graphs is not None and graphs.captured,
+                "memory_profile": None if resolved.memory_profile is None else asdict(resolved.memory_profile),
+                "checks": checks,
+                "throughput": throughput_sweep(gpu, streams, args.max_tokens, weight_bytes, peak),
+            }
+            del gpu, runner, graphs
+            torch.cuda.empty_cache()
+        report["models"][model] = modes
     if not args.skip_pytest:
-        report["xformers_tests"] = run_xformers_tests()
-    verdicts = [c["passed"] for m in report["models"].values() for c in m["checks"].values()]
-    if "xformers_tests" in report:
-        verdicts.append(report["xformers_tests"]["passed"])
+        report["gpu_tests"] = run_gpu_tests()
+    verdicts = [c["passed"] for modes in report["models"].values() for m in modes.values()
+                for c in m["checks"].values()]
+    if "gpu_tests" in report:
+        verdicts.append(report["gpu_tests"]["passed"])
     report["passed"] = all(verdicts)
     return report
 
@@ -277,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tie-nats", type=float, default=0.25,
                         help="how close to a tie the first differing token must be in the reference")
     parser.add_argument("--streams", default="1,8,64,256")
-    parser.add_argument("--skip-pytest", action="store_true", help="do not run the xformers tests")
+    parser.add_argument("--skip-pytest", action="store_true",
+                        help="do not run the GPU tests (xformers kernels, CUDA-graph capture)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print(json.dumps(no_cuda_report(f"torch {torch.__version__} sees no CUDA device"), indent=2))

@@ -239,3 +239,141 @@ def test_forward_matches_torch_backend_on_gpu(
     # orders differ by a few of its units.
     torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
     assert torch.equal(cache, torch_cache)
+
+
+# ---- the paged path at block size 256, as its kernel would read it (CPU) ----
+
+
+def attend_as_xformers_kernel(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
+    metadata: xformers_backend.XFormersAttentionMetadata, scale: float,
+) -> torch.Tensor:
+    """Attention computed only from what xformers' kernel reads: the cache after the backend's
+    write at `slot_mapping`, then (paged) the bias's block tables and page size or (gathered)
+    the gathered slots at the bias's key starts, the query starts and key lengths
+    (bottom-right causal), GQA heads grouped as in its 5-D layout."""
+    bias = metadata.attn_bias
+    num_kv_heads, head_dim = kv_cache.shape[3], kv_cache.shape[4]
+    group = query.shape[1] // num_kv_heads
+    slots = kv_cache.view(2, -1, num_kv_heads, head_dim)
+    slots[0].index_copy_(0, metadata.slot_mapping, key)
+    slots[1].index_copy_(0, metadata.slot_mapping, value)
+    paged = metadata.kind == "paged"
+    if paged:
+        assert bias.page_size == kv_cache.shape[2]
+        assert bias.block_tables.dtype == torch.int32
+    else:  # "gathered": each sequence's keys at its padded row of the gathered slots
+        assert metadata.kind == "gathered" and metadata.gather_slots is not None
+        gathered_k = slots[0].index_select(0, metadata.gather_slots)
+        gathered_v = slots[1].index_select(0, metadata.gather_slots)
+    out = torch.empty_like(query)
+    starts = bias.q_seqinfo.seqstart.tolist()
+    for i, (start, end) in enumerate(itertools.pairwise(starts)):
+        kv_len = int(bias.k_seqinfo.seqlen[i])
+        if paged:
+            table = bias.block_tables[i].long()
+            k = kv_cache[0].index_select(0, table).reshape(-1, num_kv_heads, head_dim)[:kv_len]
+            v = kv_cache[1].index_select(0, table).reshape(-1, num_kv_heads, head_dim)[:kv_len]
+        else:
+            key_start = int(bias.k_seqinfo.seqstart[i])
+            k = gathered_k[key_start : key_start + kv_len]
+            v = gathered_v[key_start : key_start + kv_len]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        q_len = end - start
+        visible = torch.arange(kv_len)[None, :] <= (kv_len - q_len + torch.arange(q_len))[:, None]
+        scores = torch.einsum("qhd,khd->hqk", query[start:end] * scale, k)
+        scores = scores.masked_fill(~visible, float("-inf"))
+        out[start:end] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
+    return out
+
+
+PAGED_256_MIXES = {
+    "decodes": [(300, 1), (700, 1), (5, 1), (255, 1), (256, 1)],
+    "mixed": [(511, 1), (0, 40), (260, 8), (3, 1)],
+    "chunked_prefill": [(256, 100), (30, 300)],
+}
+
+
+@needs_xformers
+@pytest.mark.parametrize("mix", sorted(PAGED_256_MIXES))
+@pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(4, 4), (6, 2)])
+def test_paged_inputs_at_block_size_256_attend_like_the_torch_backend(
+    mix: str, num_heads: int, num_kv_heads: int
+) -> None:
+    layout = make_layout(PAGED_256_MIXES[mix], 256, seed=3)
+    metadata = XFormersAttentionBackend().prepare(layout, CPU)
+    assert metadata.kind == "paged"  # the default at 256: no gather
+    head_dim = 16
+    num_blocks = max(max(t) for t in layout.block_tables) + 1
+    gen = torch.Generator().manual_seed(1)
+    cache = torch.randn(2, num_blocks, 256, num_kv_heads, head_dim, generator=gen)
+    q = torch.randn(layout.num_tokens, num_heads, head_dim, generator=gen)
+    k = torch.randn(layout.num_tokens, num_kv_heads, head_dim, generator=gen)
+    v = torch.randn(layout.num_tokens, num_kv_heads, head_dim, generator=gen)
+    scale = 1.0 / math.sqrt(head_dim)
+
+    torch_cache = cache.clone()
+    reference = PortableAttentionBackend()
+    expected = reference.forward(q, k, v, torch_cache, reference.prepare(layout, CPU), scale)
+    got = attend_as_xformers_kernel(q, k, v, cache, metadata, scale)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(cache, torch_cache)
+
+
+@needs_xformers
+@pytest.mark.parametrize(("block_size", "kind"), [(256, "paged"), (16, "gathered")])
+def test_fixed_shape_decode_inputs_attend_like_the_torch_backend(block_size: int, kind: str) -> None:
+    """`prepare_decode` (what a CUDA graph captures) builds the biases from device tensors; with
+    two padding rows on a block of their own it attends as the torch backend's step does."""
+    contexts = [300, 1, 700, 256, 1, 1]  # the last two: padding rows
+    max_blocks = -(-800 // block_size)
+    rng = random.Random(4)
+    ids = list(range(4 * max_blocks))
+    rng.shuffle(ids)
+    pad_block = len(ids)
+    tables = [ids[i * max_blocks:(i + 1) * max_blocks] for i in range(4)] + [[pad_block] * max_blocks] * 2
+    layout = StepLayout([1] * 6, contexts, tables, block_size)
+    num_kv_heads, num_heads, head_dim = 2, 6, 16
+    gen = torch.Generator().manual_seed(2)
+    cache = torch.randn(2, pad_block + 1, block_size, num_kv_heads, head_dim, generator=gen)
+    q = torch.randn(6, num_heads, head_dim, generator=gen)
+    k = torch.randn(6, num_kv_heads, head_dim, generator=gen)
+    v = torch.randn(6, num_kv_heads, head_dim, generator=gen)
+    lens = torch.tensor(contexts)
+
+    metadata = XFormersAttentionBackend().prepare_decode(torch.tensor(tables), lens, lens - 1, block_size)
+    assert metadata.kind == kind
+    torch_cache = cache.clone()
+    reference = PortableAttentionBackend()
+    expected = reference.forward(q, k, v, torch_cache, reference.prepare(layout, CPU), 0.25)
+    got = attend_as_xformers_kernel(q, k, v, cache, metadata, 0.25)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(cache, torch_cache)
+
+
+@needs_xformers
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="xformers kernels need a CUDA GPU")
+@pytest.mark.parametrize("block_size", [256, 16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fixed_shape_decode_matches_torch_backend_on_gpu(block_size: int, dtype: torch.dtype) -> None:
+    device = torch.device("cuda")
+    contexts = [300, 1, 700, 256]
+    max_blocks = -(-800 // block_size)
+    ids = list(range(4 * max_blocks))
+    random.Random(5).shuffle(ids)
+    tables = [ids[i * max_blocks:(i + 1) * max_blocks] for i in range(4)]
+    layout = StepLayout([1] * 4, contexts, tables, block_size)
+    gen = torch.Generator(device=device).manual_seed(0)
+    cache = torch.randn(2, len(ids), block_size, 3, 64, device=device, dtype=dtype, generator=gen)
+    q = torch.randn(4, 9, 64, device=device, dtype=dtype, generator=gen)
+    k = torch.randn(4, 3, 64, device=device, dtype=dtype, generator=gen)
+    v = torch.randn(4, 3, 64, device=device, dtype=dtype, generator=gen)
+    torch_cache = cache.clone()
+    reference = PortableAttentionBackend()
+    expected = reference.forward(q, k, v, torch_cache, reference.prepare(layout, device), 0.125)
+    lens = torch.tensor(contexts, device=device)
+    xf = XFormersAttentionBackend()
+    metadata = xf.prepare_decode(torch.tensor(tables, device=device), lens, lens - 1, block_size)
+    out = xf.forward(q, k, v, cache, metadata, 0.125)
+    torch.testing.assert_close(out, expected, rtol=3e-2, atol=3e-2)
+    assert torch.equal(cache, torch_cache)

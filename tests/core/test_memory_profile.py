@@ -130,9 +130,11 @@ def test_plan_kv_cache_takes_the_profiled_blocks_unless_a_size_is_given() -> Non
         non_torch_bytes=0, kv_cache_bytes=40 * per_block, num_kv_blocks=40,
     )
     cpu = torch.device("cpu")
-    spec = plan_kv_cache(EngineConfig(), SMALL, cpu, torch.bfloat16, 256, profile)
+    spec = plan_kv_cache(EngineConfig(block_size=16), SMALL, cpu, torch.bfloat16, 256, profile)
     assert (spec.num_blocks, spec.bytes_per_block) == (40, per_block)
-    explicit = plan_kv_cache(EngineConfig(num_kv_blocks=7), SMALL, cpu, torch.bfloat16, 256, profile)
+    explicit = plan_kv_cache(EngineConfig(block_size=16, num_kv_blocks=7), SMALL, cpu, torch.bfloat16, 256, profile)
     assert explicit.num_blocks == 7
-    sized = plan_kv_cache(EngineConfig(kv_cache_memory="1MiB"), SMALL, cpu, torch.bfloat16, 256, profile)
+    sized = plan_kv_cache(
+        EngineConfig(block_size=16, kv_cache_memory="1MiB"), SMALL, cpu, torch.bfloat16, 256, profile
+    )
     assert sized.num_blocks == MIB // per_block

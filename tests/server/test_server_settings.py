@@ -47,7 +47,8 @@ ROWS: list[tuple[str, str, Any, Any]] = [
     ("response_cache_ttl", "2.5", 2.5, 2.5),
 ]
 FLAGS = {name: "--" + name.replace("_", "-") for name, *_ in ROWS} | {
-    "prefix_caching": "--prefix-caching", "response_cache": "--response-cache"}
+    "prefix_caching": "--prefix-caching", "response_cache": "--response-cache",
+    "enforce_eager": "--enforce-eager"}
 ENV_VARS = {name: "ZIGGURAT_" + name.upper() for name in FLAGS}
 
 
@@ -74,7 +75,8 @@ def test_defaults(resolve: Any) -> None:
         "quantization": "auto", "kv_cache_dtype": "auto", "max_num_seqs": 64,
         "max_num_batched_tokens": 2048, "kv_cache_memory": None, "num_kv_blocks": None,
         "gpu_memory_utilization": 0.9,
-        "max_model_len": None, "block_size": 16, "prefix_caching": True, "max_queue": 256,
+        "max_model_len": None, "block_size": None, "prefix_caching": True, "enforce_eager": False,
+        "max_queue": 256,
         "max_request_bytes": 4 * 1024 * 1024, "shutdown_timeout": 30, "seed": 0,
         "num_threads": None, "tensor_parallel_size": 1, "num_replicas": 1, "ray_address": None,
         "replica_cpus": 1.0, "replica_gpus": 0.0, "log_level": "info",
@@ -124,6 +126,16 @@ def test_response_cache_switch_from_every_source(resolve: Any, tmp_path: Path) -
         resolve(["--response-cache-ttl", "0"])
 
 
+def test_enforce_eager_switch_reaches_the_engine(resolve: Any, tmp_path: Path) -> None:
+    assert resolve([]).engine_config().enforce_eager is False
+    assert resolve(["--enforce-eager"]).engine_config().enforce_eager is True
+    assert resolve(["--no-enforce-eager"], {"ZIGGURAT_ENFORCE_EAGER": "1"}).enforce_eager is False
+    assert resolve([], {"ZIGGURAT_ENFORCE_EAGER": "true"}).enforce_eager is True
+    assert resolve(["--config", str(_yaml(tmp_path, "enforce-eager: true"))]).enforce_eager is True
+    assert resolve(["--block-size", "256"]).engine_config().block_size == 256
+    assert resolve([]).engine_config().block_size is None
+
+
 def test_engine_config_carries_the_engine_options(resolve: Any) -> None:
     settings = resolve(["--kv-cache-memory", "512MiB", "--max-num-batched-tokens", "128",
                         "--dtype", "bfloat16", "--device", "cpu", "--max-model-len", "99",
@@ -160,7 +172,7 @@ def test_precedence_flags_environment_file_defaults(resolve: Any, tmp_path: Path
     settings = resolve(["--config", str(config), "--port", "3333"], env)
     assert (settings.port, settings.max_queue, settings.max_num_seqs, settings.seed) == (
         3333, 9, 3, 5)
-    assert settings.block_size == 16  # default
+    assert settings.block_size is None  # default: the engine picks it from the backend
     assert resolve(["--config", str(config)], env).port == 2222
     assert resolve(["--config", str(config)]).port == 1111
     # --config wins over ZIGGURAT_CONFIG.

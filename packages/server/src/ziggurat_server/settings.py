@@ -142,8 +142,12 @@ class ServerSettings(BaseSettings):
         "--kv-cache-memory or --num-kv-blocks sets its size)", "FRACTION")
     max_model_len: PositiveInt | None = _option(
         None, "context window cap (default: the model's)", "N")
-    block_size: PositiveInt = _option(16, "tokens per KV block (a power of two)", "N")
+    block_size: PositiveInt | None = _option(
+        None, "tokens per KV block (a power of two); unset: 256 with the xformers attention "
+        "backend (CUDA), else 16", "N")
     prefix_caching: bool = _option(True, "reuse KV blocks of shared prompt prefixes")
+    enforce_eager: bool = _option(
+        False, "run decode steps eagerly on CUDA instead of as CUDA graphs captured at start-up")
     max_queue: NonNegativeInt = _option(
         256, "most sequences waiting for a slot; beyond it requests get 429 with Retry-After", "N")
     max_request_bytes: PositiveInt = _option(
@@ -216,6 +220,7 @@ class ServerSettings(BaseSettings):
             max_num_batched_tokens=self.max_num_batched_tokens,
             block_size=self.block_size,
             enable_prefix_caching=self.prefix_caching,
+            enforce_eager=self.enforce_eager,
             seed=self.seed,
             num_threads=self.num_threads,
             tensor_parallel_size=self.tensor_parallel_size,

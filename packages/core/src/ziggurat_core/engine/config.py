@@ -82,7 +82,9 @@ class EngineConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     dtype: str = "auto"  # "auto" (float32 on CPU, bfloat16 on CUDA) | "float32" | "float16" | "bfloat16"
     attention_backend: str = "auto"  # "auto" | "torch" | "xformers"
-    block_size: int = 16
+    # Tokens per KV block; None: the engine picks (256 for xformers on CUDA, whose kernels read
+    # the paged cache directly only at a multiple of 256, else 16: attention/selector.py).
+    block_size: int | None = None
     # KV cache size: bytes (int or "2GiB") or a fraction of device memory (float in (0, 1]).
     kv_cache_memory: int | float | str | None = None
     num_kv_blocks: int | None = None  # exact block count; wins over kv_cache_memory (tests)
@@ -106,6 +108,9 @@ class EngineConfig:
     # memory the whole engine may use (vLLM's meaning); the KV cache gets what the weights and
     # a profiled step at max_num_batched_tokens leave of it (memory_profile.py).
     gpu_memory_utilization: float = 0.9
+    # CUDA: decode steps run eagerly instead of as CUDA graphs captured at start-up
+    # (vLLM's name; cuda_graphs.py). Graphs are never captured on CPU.
+    enforce_eager: bool = False
     # Ranks the model is split across (engine/distributed); 1: one process, no torch.distributed.
     tensor_parallel_size: int = 1
     # Replicas (data parallel, engine/replicas): with more than one, or with a Ray address, each
@@ -117,11 +122,20 @@ class EngineConfig:
     replica_gpus: float = 0.0  # Ray GPUs reserved for each replica
 
     @property
+    def resolved_block_size(self) -> int:
+        """block_size once the model runner has resolved a None from the attention backend (the
+        engine's config holds the resolved value); ValueError before that."""
+        if self.block_size is None:
+            raise ValueError("block_size is not resolved yet: the model runner picks it from the "
+                             "attention backend (attention/selector.default_block_size)")
+        return self.block_size
+
+    @property
     def uses_ray(self) -> bool:
         return self.num_replicas > 1 or self.ray_address is not None
 
     def validate(self) -> None:
-        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+        if self.block_size is not None and (self.block_size < 1 or self.block_size & (self.block_size - 1)):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -20,6 +21,24 @@ _DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
+
+
+def host_to_device(data: Sequence[Any], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.tensor(data) on `device`. On CUDA it is built in pinned host memory and copied with
+    non_blocking=True: a copy from pageable memory makes the host wait for the device. (The
+    caching host allocator keeps the pinned buffer alive until the copy has run.) Elsewhere
+    pinning buys nothing and is not done."""
+    if device.type != "cuda":
+        return torch.tensor(data, dtype=dtype, device=device)
+    return torch.tensor(data, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
+
+
+def move_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`, through pinned memory and without waiting on CUDA (as
+    `host_to_device`)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def resolve_device(name: str) -> torch.device:

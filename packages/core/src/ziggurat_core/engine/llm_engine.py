@@ -72,6 +72,9 @@ class InferenceEngine:
                 config, checkpoint, self.max_model_len, self.tokenizer.encode(CALIBRATION_TEXT)
             )
         self.resolved_settings = self.runner.resolved_settings()
+        # The runner resolves an unset block size from its attention backend; the block manager
+        # must cut the cache into the same blocks.
+        self.config = config = dataclasses.replace(config, block_size=self.runner.kv_spec.block_size)
         self.scheduler = Scheduler(config, self.runner.kv_spec.num_blocks, self.max_model_len)
         eos = list(dict.fromkeys([*self.model_config.eos_token_ids, *self.tokenizer.eos_token_ids]))
         self.eos_token_ids = eos
@@ -310,7 +313,7 @@ class InferenceEngine:
             kv_usage=kv.usage,
             kv_waste=kv.waste,
             kv_cache_bytes=self.runner.kv_spec.total_bytes,
-            block_size=self.config.block_size,
+            block_size=self.config.resolved_block_size,
             prefix_cache_hit_rate=kv.hit_rate,
             peak_kv_usage=self.peak_kv_usage,
             peak_kv_waste=self.peak_kv_waste,

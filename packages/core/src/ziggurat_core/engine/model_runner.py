@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -13,10 +14,12 @@ import numpy as np
 import torch
 
 from .attention.base import StepLayout
-from .attention.selector import select_attention_backend
+from .attention.selector import default_block_size, select_attention_backend
 from .config import KV_CACHE_DTYPES, EngineConfig, ModelConfig, parse_memory_size
 from .cpu_kernels import cpu_isa
-from .device import device_memory, dtype_name, resolve_device, resolve_dtype
+from .cuda_graph_sizes import graph_capture_sizes
+from .cuda_graphs import DecodeBuffers, DecodeGraphRunner, decode_graphs_wanted
+from .device import device_memory, dtype_name, host_to_device, resolve_device, resolve_dtype
 from .layers import pack_linears
 from .memory_profiler import profile_cuda_memory, profile_query_lens
 from .models.llama import build_model
@@ -84,9 +87,10 @@ def plan_kv_cache(
     """How many blocks of `kv_dtype` to allocate: an explicit count, a byte size, a fraction, the
     profiled share on CUDA (`profiled`, see memory_profile.py), or the CPU default (a byte
     budget holds twice the blocks in a 2-byte dtype as in float32)."""
-    per_block = kv_bytes_per_block(model, config.block_size, kv_dtype)
+    block_size = config.resolved_block_size
+    per_block = kv_bytes_per_block(model, block_size, kv_dtype)
     if config.num_kv_blocks is not None:
-        return KVCacheSpec(config.num_kv_blocks, config.block_size, per_block)
+        return KVCacheSpec(config.num_kv_blocks, block_size, per_block)
     free, total = device_memory(device)
     if config.kv_cache_memory is not None:
         size = parse_memory_size(config.kv_cache_memory)
@@ -98,7 +102,7 @@ def plan_kv_cache(
     else:
         budget = min(_DEFAULT_CPU_KV_BYTES, free // 5)
         # No point holding more than every seat filled to the context window.
-        useful = config.max_num_seqs * math.ceil(max_model_len / config.block_size) + 1
+        useful = config.max_num_seqs * math.ceil(max_model_len / block_size) + 1
         budget = min(budget, useful * per_block)
     num_blocks = budget // per_block
     if num_blocks < 1:
@@ -106,7 +110,7 @@ def plan_kv_cache(
             f"KV cache budget of {budget} bytes holds no block of {per_block} bytes; "
             "raise kv_cache_memory"
         )
-    return KVCacheSpec(int(num_blocks), config.block_size, per_block)
+    return KVCacheSpec(int(num_blocks), block_size, per_block)
 
 
 # The CPU kernel variants with an int8 GEMM of their own. Elsewhere an int8 layer would run
@@ -174,7 +178,10 @@ def zeroed_tensor(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devi
 class ModelRunner:
     """`calibration_token_ids`: text run once through the float model before int8 packing to
     measure input ranges (see `quantization.py`); without it int8 packs without smoothing.
-    `parallelize`: run on the loaded model before anything else (tensor-parallel sharding)."""
+    `parallelize`: run on the loaded model before anything else (tensor-parallel sharding).
+    `static_decode`: decode steps over static buffers padded to the captured batch sizes,
+    captured as CUDA graphs on CUDA and run eagerly elsewhere (cuda_graphs.py); None: on CUDA
+    unless `config.enforce_eager` (the CPU tests pass True)."""
 
     def __init__(
         self,
@@ -183,6 +190,7 @@ class ModelRunner:
         max_model_len: int,
         calibration_token_ids: list[int] | None = None,
         parallelize: Callable[[torch.nn.Module], None] | None = None,
+        static_decode: bool | None = None,
     ) -> None:
         self.config = config
         self.model_config = checkpoint.model_config
@@ -217,12 +225,23 @@ class ModelRunner:
         if parallelize is not None:  # tensor parallelism: this rank's shard (engine/distributed)
             parallelize(self.model)
         self.attention = select_attention_backend(backend, self.device, self.dtype)
+        if config.block_size is None:
+            # Resolved here, where the backend is known; the engine's scheduler takes it from
+            # `kv_spec.block_size`, so runner and block manager always agree.
+            config = dataclasses.replace(config, block_size=default_block_size(self.attention.name))
+            self.config = config
         self.memory_profile = self._profile_memory(max_model_len)
         self.kv_spec = plan_kv_cache(
             config, self.model_config, self.device, self.kv_cache_dtype, max_model_len,
             self.memory_profile,
         )
-        self.kv_caches = self._make_kv_caches(self.kv_spec.num_blocks)
+        if static_decode is None:
+            static_decode = decode_graphs_wanted(
+                self.device, config.enforce_eager, config.tensor_parallel_size
+            )
+        # Static decode pads batches with rows whose every block is one more block at the end
+        # of the cache, which the scheduler never hands out.
+        self.kv_caches = self._make_kv_caches(self.kv_spec.num_blocks + int(static_decode))
         mc = self.model_config
         # The calibration pass runs through the attention layers, so the cache exists first.
         if self.quantization == "int8":
@@ -233,6 +252,7 @@ class ModelRunner:
             pack_linears(self.model, "onednn")
         self.load_seconds = time.perf_counter() - started
         self.sampler = Sampler(mc.vocab_size, self.device, seed=config.seed)
+        self.decode_graphs = self._make_decode_graphs(max_model_len) if static_decode else None
         kernels = ""
         if self.device.type == "cpu":
             kernels = f", cpu kernels: {self.cpu_isa or 'none, torch ops'}"
@@ -245,9 +265,53 @@ class ModelRunner:
             self.kv_spec.total_bytes / 2**20,
         )
 
+    @torch.inference_mode()
+    def _make_decode_graphs(self, max_model_len: int) -> DecodeGraphRunner | None:
+        """The static decode runner; None (every step eager, with a warning) where capture
+        fails: the graph path must never be the reason an engine does not start."""
+        bs = self.config.resolved_block_size
+        sizes = graph_capture_sizes(self.config.max_num_seqs)
+        capture = self.device.type == "cuda"
+        started = time.perf_counter()
+        try:
+            graphs = DecodeGraphRunner(
+                self._decode_on_buffers, sizes, -(-max_model_len // bs), bs,
+                pad_block=self.kv_spec.num_blocks, device=self.device, capture=capture,
+            )
+        except RuntimeError as exc:
+            if not capture:
+                raise
+            logger.warning(
+                "capturing decode steps as CUDA graphs failed (%s: %s); every step runs "
+                "eagerly (enforce_eager skips the attempt)", type(exc).__name__, exc,
+            )
+            torch.cuda.synchronize(self.device)
+            return None
+        logger.info(
+            "decode steps %s at batch sizes %s (%.2fs); larger batches and prefills run "
+            "eagerly%s",
+            "captured as CUDA graphs" if capture else "padded over static buffers, eagerly",
+            ",".join(map(str, sizes)), time.perf_counter() - started,
+            "; enforce_eager turns the graphs off" if capture else "",
+        )
+        return graphs
+
+    def _decode_on_buffers(self, buffers: DecodeBuffers, size: int) -> torch.Tensor:
+        """Logits of a decode step over the first `size` rows of the static buffers (what a
+        CUDA graph captures: tensor ops only, nothing read back to the host)."""
+        positions = buffers.positions[:size]
+        metadata = self.attention.prepare_decode(
+            buffers.block_tables[:size], buffers.context_lens[:size], positions,
+            self.config.resolved_block_size,
+        )
+        hidden = self.model(
+            buffers.input_ids[:size], positions, self.kv_caches, self.attention, metadata
+        )
+        return self.model.compute_logits(hidden)
+
     def _make_kv_caches(self, num_blocks: int) -> list[torch.Tensor]:
         mc = self.model_config
-        shape = (2, num_blocks, self.config.block_size, mc.num_key_value_heads, mc.head_dim)
+        shape = (2, num_blocks, self.config.resolved_block_size, mc.num_key_value_heads, mc.head_dim)
         return [
             zeroed_tensor(shape, self.kv_cache_dtype, self.device) for _ in range(mc.num_hidden_layers)
         ]
@@ -260,10 +324,12 @@ class ModelRunner:
             return None
         query_lens = profile_query_lens(config.max_num_batched_tokens, config.max_num_seqs, max_model_len)
         profile = profile_cuda_memory(
-            self.model, self.attention, self.device, query_lens, config.block_size,
+            self.model, self.attention, self.device, query_lens, config.resolved_block_size,
             self._make_kv_caches,
             gpu_memory_utilization=config.gpu_memory_utilization,
-            bytes_per_block=kv_bytes_per_block(self.model_config, config.block_size, self.kv_cache_dtype),
+            bytes_per_block=kv_bytes_per_block(
+                self.model_config, config.resolved_block_size, self.kv_cache_dtype
+            ),
         )
         gib = 2**30
         logger.info(
@@ -294,7 +360,7 @@ class ModelRunner:
     def _prefill_only(self, token_ids: list[int]) -> None:
         """One sequence's forward pass from the first cache slots, logits for every position,
         nothing sampled; the cache contents it leaves are never read (no block is allocated yet)."""
-        n, bs = len(token_ids), self.config.block_size
+        n, bs = len(token_ids), self.config.resolved_block_size
         layout = StepLayout([n], [n], [list(range(-(-n // bs)))], bs)
         metadata = self.attention.prepare(layout, self.device)
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
@@ -326,16 +392,23 @@ class ModelRunner:
     @torch.inference_mode()
     def forward_step(self, inputs: StepInputs) -> torch.Tensor | None:
         """The logits of the step's sampled rows; None if it samples nothing."""
+        # A decode step: one new token per sequence, every one sampled.
+        if self.decode_graphs is not None and 0 < len(inputs.sample_rows) == len(inputs.input_ids):
+            logits = self.decode_graphs.run(inputs.input_ids, inputs.positions, inputs.block_tables)
+            if logits is not None:
+                return logits
         layout = StepLayout(
-            inputs.query_lens, inputs.context_lens, inputs.block_tables, self.config.block_size
+            inputs.query_lens, inputs.context_lens, inputs.block_tables, self.config.resolved_block_size
         )
         metadata = self.attention.prepare(layout, self.device)
-        ids = torch.tensor(inputs.input_ids, dtype=torch.long, device=self.device)
-        pos = torch.tensor(inputs.positions, dtype=torch.long, device=self.device)
+        # On CUDA through pinned memory, copied asynchronously: the step never waits for the
+        # device before the sampler reads its tokens.
+        ids = host_to_device(inputs.input_ids, torch.long, self.device)
+        pos = host_to_device(inputs.positions, torch.long, self.device)
         hidden = self.model(ids, pos, self.kv_caches, self.attention, metadata)
         if not inputs.sample_rows:
             return None
-        rows = torch.tensor(inputs.sample_rows, dtype=torch.long, device=self.device)
+        rows = host_to_device(inputs.sample_rows, torch.long, self.device)
         return self.model.compute_logits(hidden.index_select(0, rows))
 
     @torch.inference_mode()

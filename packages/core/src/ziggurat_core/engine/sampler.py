@@ -16,6 +16,7 @@ import hashlib
 
 import torch
 
+from .device import host_to_device
 from .sample_result import SampleResult
 from .sampling_metadata import (
     PenaltyInputs,
@@ -135,7 +136,7 @@ class Sampler:
         uniforms = torch.empty(len(generators), dtype=torch.float64, device=device)
         shared_rows = [i for i, g in enumerate(generators) if g is None]
         if shared_rows:
-            uniforms[shared_rows] = torch.rand(
+            uniforms[_row_index(shared_rows, len(generators), device)] = torch.rand(
                 len(shared_rows), dtype=torch.float64, device=device, generator=self._generator
             )
         for i, generator in enumerate(generators):
@@ -148,7 +149,7 @@ def _row_index(positions: list[int], num_rows: int, device: torch.device) -> tor
     """Index selecting `positions`; a plain slice when that is every row, to avoid a copy."""
     if len(positions) == num_rows:
         return slice(None)
-    return torch.tensor(positions, dtype=torch.int64, device=device)
+    return host_to_device(positions, torch.int64, device)
 
 
 def apply_logit_processors(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
@@ -223,7 +224,13 @@ def _sample_top_k_top_p(
 
     Rows first try the narrowest candidate width that can hold their top-k and move to the next
     width while their nucleus does not fit. Which widths a row goes through depends only on that
-    row, so its token does not depend on the rest of the batch, even where probabilities tie."""
+    row, so its token does not depend on the rest of the batch, even where probabilities tie.
+
+    Off the CPU, reading which rows are done would make the host wait for the device at every
+    width: there every row is sampled at every width and keeps its result from the first width
+    that holds its top-k/top-p (`_sample_every_width`, the same tokens)."""
+    if probs.device.type != "cpu":
+        return _sample_every_width(probs, top_k, top_p, uniforms)
     vocab_size = probs.shape[1]
     token_ids = torch.empty(probs.shape[0], dtype=torch.int64, device=probs.device)
     pending = torch.ones(probs.shape[0], dtype=torch.bool, device=probs.device)
@@ -241,6 +248,22 @@ def _sample_top_k_top_p(
             pending[rows] = ~complete
         if not bool(pending.any()):
             break
+    return token_ids
+
+
+def _sample_every_width(
+    probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, uniforms: torch.Tensor
+) -> torch.Tensor:
+    """`_sample_top_k_top_p` without reading a device value on the host: each row takes its token
+    from the first width where it is eligible (its top-k fits, or it has none) and the candidates
+    hold its top-p nucleus; the full vocabulary always does."""
+    vocab_size = probs.shape[1]
+    widths = [w for w in CANDIDATE_WIDTHS if w < vocab_size]
+    token_ids, _ = _sample_sorted_prefix(probs, top_k, top_p, uniforms, vocab_size)
+    for width in reversed(widths):  # narrowest last, so it wins where it holds the row
+        tokens, complete = _sample_sorted_prefix(probs, top_k, top_p, uniforms, width)
+        eligible = (top_k <= width) | (top_k >= vocab_size)
+        token_ids = torch.where(eligible & complete, tokens, token_ids)
     return token_ids
 
 

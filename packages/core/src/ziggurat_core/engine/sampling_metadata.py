@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .device import host_to_device, move_to_device
 from .sequence import SequenceState
 
 
@@ -88,7 +89,7 @@ def padded_token_ids(rows: list[list[int]], pad_id: int, device: torch.device) -
     # array -> frombuffer is several times faster than torch.tensor on a long Python list
     # (the tensor keeps the array alive).
     ids_tensor = torch.frombuffer(array.array("q", flat), dtype=torch.int64)
-    return ids_tensor.view(len(rows), width).to(device)
+    return move_to_device(ids_tensor.view(len(rows), width), device)
 
 
 def build_sampling_metadata(
@@ -146,14 +147,14 @@ def build_sampling_metadata(
             logprob_counts.append(params.logprobs)
 
     def long_tensor(values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int64, device=device)
+        return host_to_device(values, torch.int64, device)
 
     logit_bias = None
     if bias_rows:
         logit_bias = TokenEdits(
             long_tensor(bias_rows),
             long_tensor(bias_ids),
-            torch.tensor(bias_values, dtype=torch.float32, device=device),
+            host_to_device(bias_values, torch.float32, device),
         )
     banned_tokens = None
     if banned_rows:
@@ -172,7 +173,7 @@ def build_sampling_metadata(
 
 
 def _column(values: list[float], device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
+    return host_to_device(values, torch.float32, device).unsqueeze(1)
 
 
 def _random_rows(
@@ -195,8 +196,8 @@ def _random_rows(
         rows=rows,
         temperature=_column([p.temperature for p in params], device),
         min_p=_column([p.min_p for p in params], device) if uses_min_p else None,
-        top_k=torch.tensor(top_k, dtype=torch.int64, device=device),
-        top_p=torch.tensor([p.top_p for p in params], dtype=torch.float64, device=device),
+        top_k=host_to_device(top_k, torch.int64, device),
+        top_p=host_to_device([p.top_p for p in params], torch.float64, device),
         truncated=truncated,
         untruncated=untruncated,
         generators=[generator_for(seqs[row]) for row in rows],
@@ -226,7 +227,7 @@ def _penalty_inputs(
             device,
         )
     return PenaltyInputs(
-        rows=torch.tensor(rows, dtype=torch.int64, device=device),
+        rows=host_to_device(rows, torch.int64, device),
         repetition=_column([p.repetition_penalty for p in params], device),
         frequency=_column([p.frequency_penalty for p in params], device),
         presence=_column([p.presence_penalty for p in params], device),

@@ -79,7 +79,7 @@ class Scheduler:
         self.config = config
         self.max_model_len = max_model_len
         self.block_manager = BlockManager(
-            num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching
+            num_blocks, config.resolved_block_size, enable_prefix_caching=config.enable_prefix_caching
         )
         self._waiting: deque[SequenceState] = deque()
         self._running: list[SequenceState] = []  # sorted by _order_key (arrival order)

@@ -107,6 +107,19 @@ class AttentionBackend(ABC):
         """Write the new keys/values into the cache, then attend causally over each sequence's
         whole context (cached prefix + new tokens). Returns [num_tokens, num_heads, head_dim]."""
 
+    def prepare_decode(
+        self,
+        block_tables: torch.Tensor,  # [B, max_blocks] int64, every id a valid block
+        context_lens: torch.Tensor,  # [B] int64
+        positions: torch.Tensor,  # [B] int64: the new token's position (context_len - 1)
+        block_size: int,
+    ) -> Any:
+        """The metadata of a decode step of B sequences (one new token each, row i = sequence
+        i) built from tensors on the device alone, reading nothing back to the host: the same
+        calls serve every step of that batch size, so a CUDA graph can capture them and replay
+        them over new buffer contents (`cuda_graphs.py`)."""
+        raise NotImplementedError(f"the {self.name} attention backend has no fixed-shape decode")
+
     def forward_fused_qkv(
         self,
         qkv: torch.Tensor,  # [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim]

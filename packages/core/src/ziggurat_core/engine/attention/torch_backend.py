@@ -41,13 +41,16 @@ from ..cpu_kernels import (
     load_decode_fused_kernels,
     load_paged_attention_kernel,
 )
+from ..device import host_to_device
 from .base import AttentionBackend, AttentionLayoutError, KernelStepInputs, StepLayout
+from .step_indices import step_indices
 from .torch_metadata import (
     DecodeBatch,
     DecodeChunk,
     PortableAttentionMetadata,
     PrefillChunk,
     prepare_prefill,
+    static_decode_metadata,
 )
 
 # Gathered K+V per decode attention call on CPU, per intra-op thread: each thread's share of a
@@ -132,11 +135,24 @@ class PortableAttentionBackend(AttentionBackend):
     # ---- per step ----
 
     def prepare(self, layout: StepLayout, device: torch.device) -> PortableAttentionMetadata:
+        # On CPU, host memory is the device: a loop over the step's new tokens costs less than
+        # the tensor ops, and no context-long list is built either way.
+        return self.prepare_indexed(layout, device, host_indices=device.type == "cpu")
+
+    def prepare_indexed(
+        self, layout: StepLayout, device: torch.device, host_indices: bool
+    ) -> PortableAttentionMetadata:
+        """`prepare`, with the slot mapping from a Python loop (`host_indices`) or from tensor
+        ops on the device (attention/step_indices.py); the result is the same."""
         layout.validate()
         bs = layout.block_size
-        slot_mapping = torch.tensor(layout.slot_mapping(), dtype=torch.int64, device=device)
-
         on_cpu = device.type == "cpu"
+        block_tables: torch.Tensor | None = None
+        if host_indices:
+            slot_mapping = torch.tensor(layout.slot_mapping(), dtype=torch.int64)
+        else:
+            indices = step_indices(layout, device)
+            slot_mapping, block_tables = indices.slot_mapping, indices.block_tables
         block_rows = self.prefill_block_rows if on_cpu else None
         decode_rows: list[int] = []
         decode_seqs: list[int] = []
@@ -149,8 +165,8 @@ class PortableAttentionBackend(AttentionBackend):
                 decode_rows.append(start)
                 decode_seqs.append(seq)
             else:
-                with_mask = block_rows is None
-                prefills.append(prepare_prefill(start, q_len, ctx_len, table, bs, device, with_mask))
+                row = torch.tensor(table, dtype=torch.int64) if block_tables is None else block_tables[seq]
+                prefills.append(prepare_prefill(start, q_len, ctx_len, row, bs, block_rows is None))
             start += q_len
 
         decode = None
@@ -158,7 +174,7 @@ class PortableAttentionBackend(AttentionBackend):
             # Longest contexts first: each chunk then pads only up to its first sequence.
             order = sorted(range(len(decode_seqs)), key=lambda i: -layout.context_lens[decode_seqs[i]])
             decode = DecodeBatch(
-                token_index=torch.tensor([decode_rows[i] for i in order], dtype=torch.int64, device=device),
+                token_index=host_to_device([decode_rows[i] for i in order], torch.int64, device),
                 context_lens=[layout.context_lens[decode_seqs[i]] for i in order],
                 block_tables=[layout.block_tables[decode_seqs[i]] for i in order],
                 block_size=bs,
@@ -166,6 +182,16 @@ class PortableAttentionBackend(AttentionBackend):
                 device=device,
             )
         return PortableAttentionMetadata(layout, bs, slot_mapping, decode, prefills, block_rows)
+
+    def prepare_decode(
+        self,
+        block_tables: torch.Tensor,
+        context_lens: torch.Tensor,
+        positions: torch.Tensor,
+        block_size: int,
+    ) -> PortableAttentionMetadata:
+        # One chunk over every sequence's whole table row: a fixed shape, masked per sequence.
+        return static_decode_metadata(block_tables, context_lens, positions, block_size, None)
 
     def _decode_chunk_bytes(self) -> int:
         if self.decode_chunk_bytes is not None:

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..device import host_to_device
 from .base import StepLayout
+from .step_indices import context_slots, slots_of
 
 
 @dataclass
@@ -53,9 +55,13 @@ class DecodeBatch:
     chunk_bytes: int | None  # gathered K+V bytes per chunk; None: one chunk
     device: torch.device
     _chunks: dict[int, list[DecodeChunk]] = field(default_factory=dict)  # by bytes per token
+    # A fixed-shape decode (`static_decode_metadata`): its one chunk, for every cache.
+    fixed_chunk: DecodeChunk | None = None
 
     def chunks(self, kv_bytes_per_token: int) -> list[DecodeChunk]:
         """The chunks for a cache with this many K+V bytes per token (built once per step)."""
+        if self.fixed_chunk is not None:
+            return [self.fixed_chunk]
         chunks = self._chunks.get(kv_bytes_per_token)
         if chunks is None:
             chunks = self._make_chunks(kv_bytes_per_token)
@@ -89,9 +95,9 @@ class DecodeBatch:
         mask = None
         if min(lens) < padded_len:
             positions = torch.arange(padded_len, device=self.device)
-            allowed = positions.unsqueeze(0) < torch.tensor(lens, device=self.device).unsqueeze(1)
+            allowed = positions.unsqueeze(0) < host_to_device(lens, torch.int64, self.device).unsqueeze(1)
             mask = MaskCache(allowed.view(len(lens), 1, 1, padded_len))
-        ids = torch.tensor(block_ids, dtype=torch.int64, device=self.device)
+        ids = host_to_device(block_ids, torch.int64, self.device)
         return DecodeChunk(first, end, ids, blocks_per_seq, mask)
 
 
@@ -109,7 +115,7 @@ class PrefillChunk:
 
 @dataclass
 class PortableAttentionMetadata:
-    layout: StepLayout
+    layout: StepLayout | None  # None: a fixed-shape decode, whose `_kernel_rows` are given
     block_size: int
     slot_mapping: torch.Tensor  # [num_tokens] int64
     decode: DecodeBatch | None
@@ -119,7 +125,7 @@ class PortableAttentionMetadata:
 
     @property
     def num_tokens(self) -> int:
-        return self.layout.num_tokens
+        return self.slot_mapping.shape[0]
 
     def kernel_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every new token of the step as one row of the C kernel: (block tables [N, max_blocks]
@@ -128,6 +134,7 @@ class PortableAttentionMetadata:
         and decode give the same values whatever the chunking. Built once per step."""
         if self._kernel_rows is None:
             layout = self.layout
+            assert layout is not None, "a fixed-shape decode is built with its kernel rows"
             width = max(len(table) for table in layout.block_tables)
             tables = torch.tensor(
                 [table + [0] * (width - len(table)) for table in layout.block_tables], dtype=torch.int64
@@ -146,31 +153,52 @@ class PortableAttentionMetadata:
         return self._kernel_rows
 
 
-def context_slots(table: list[int], context_len: int, block_size: int) -> list[int]:
-    """Cache slots of positions 0..context_len-1 of one sequence."""
-    slots: list[int] = []
-    for block_index in range(-(-context_len // block_size)):
-        base = table[block_index] * block_size
-        slots.extend(range(base, base + block_size))
-    return slots[:context_len]
+def static_decode_metadata(
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    positions: torch.Tensor,
+    block_size: int,
+    prefill_block_rows: int | None,
+) -> PortableAttentionMetadata:
+    """A decode step of `B` sequences (one new token each, row i = sequence i) from tensors on
+    the device only: no value is read back to the host, so it can be captured in a CUDA graph
+    and replayed with new buffer contents. Every sequence gathers its whole block-table row
+    (`[B, max_blocks]`, stale or padding ids past its context must still be valid blocks),
+    masked past its context length."""
+    num_seqs, max_blocks = block_tables.shape
+    device = block_tables.device
+    seqs = torch.arange(num_seqs, device=device)
+    slot_mapping = slots_of(block_tables, seqs, positions, block_size)
+    padded_len = max_blocks * block_size
+    allowed = torch.arange(padded_len, device=device).unsqueeze(0) < context_lens.unsqueeze(1)
+    chunk = DecodeChunk(
+        0, num_seqs, block_tables.reshape(-1), max_blocks,
+        MaskCache(allowed.view(num_seqs, 1, 1, padded_len)),
+    )
+    decode = DecodeBatch(seqs, [], [], block_size, None, device, fixed_chunk=chunk)
+    return PortableAttentionMetadata(
+        None, block_size, slot_mapping, decode, [], prefill_block_rows,
+        (block_tables, context_lens, seqs),
+    )
 
 
 def prepare_prefill(
     start: int,
     q_len: int,
     ctx_len: int,
-    table: list[int],
+    block_table: torch.Tensor,
     bs: int,
-    device: torch.device,
     with_mask: bool,
 ) -> PrefillChunk:
+    """`block_table`: the sequence's blocks on the step's device (int64)."""
     prefix_len = ctx_len - q_len
     if prefix_len == 0:
         return PrefillChunk(start, start + q_len, 0, None, None)
-    slots = torch.tensor(context_slots(table, ctx_len, bs), dtype=torch.int64, device=device)
+    slots = context_slots(block_table, ctx_len, bs)
     mask = None
     if with_mask:
         # New token i sits at absolute position prefix_len + i and sees keys 0..prefix_len + i.
+        device = block_table.device
         query_pos = torch.arange(prefix_len, ctx_len, device=device).unsqueeze(1)
         key_pos = torch.arange(ctx_len, device=device).unsqueeze(0)
         mask = MaskCache(key_pos <= query_pos)

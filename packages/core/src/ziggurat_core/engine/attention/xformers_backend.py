@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 
 from .base import AttentionBackend, StepLayout
+from .step_indices import padded_context_slots, slots_of, step_indices
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 PAGED_BLOCK_MULTIPLE = 256
@@ -99,7 +100,8 @@ class XFormersAttentionBackend(AttentionBackend):
         layout.validate()
         biases = self._fmha.attn_bias
         bs = layout.block_size
-        slot_mapping = torch.tensor(layout.slot_mapping(), dtype=torch.int64, device=device)
+        indices = step_indices(layout, device)
+        slot_mapping = indices.slot_mapping
         has_prefix = any(c > q for q, c in zip(layout.query_lens, layout.context_lens, strict=True))
 
         if not has_prefix:
@@ -111,7 +113,7 @@ class XFormersAttentionBackend(AttentionBackend):
             bias = biases.PagedBlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
                 q_seqlen=layout.query_lens,
                 kv_seqlen=layout.context_lens,
-                block_tables=_block_table_tensor(layout, device),
+                block_tables=indices.block_tables.to(torch.int32),
                 page_size=bs,
                 device=device,
             )
@@ -125,9 +127,53 @@ class XFormersAttentionBackend(AttentionBackend):
             kv_seqlen=layout.context_lens,
             device=device,
         )
-        gather = _padded_context_slots(layout, padded, device)
+        gather = padded_context_slots(indices.block_tables, indices.context_lens, padded, bs)
         return XFormersAttentionMetadata(
             layout.num_tokens, bs, slot_mapping, "gathered", bias, gather, padded
+        )
+
+    def prepare_decode(
+        self,
+        block_tables: torch.Tensor,
+        context_lens: torch.Tensor,
+        positions: torch.Tensor,
+        block_size: int,
+    ) -> XFormersAttentionMetadata:
+        """The biases are assembled from device tensors instead of `from_seqlens` lists. Their
+        Python-side lengths (what xformers sizes a kernel launch by) are the bounds of the
+        shape, every key row full; the kernels read the true lengths from the `seqlen`
+        tensor."""
+        biases = self._fmha.attn_bias
+        num_seqs, max_blocks = block_tables.shape
+        device = block_tables.device
+        padded = max_blocks * block_size
+        seqs = torch.arange(num_seqs, device=device)
+        slot_mapping = slots_of(block_tables, seqs, positions, block_size)
+        q_starts = list(range(num_seqs + 1))
+        q_seqinfo = biases._SeqLenInfo(
+            seqstart=torch.arange(num_seqs + 1, dtype=torch.int32, device=device),
+            max_seqlen=1, min_seqlen=1, seqstart_py=q_starts,
+        )
+        k_starts = list(range(0, (num_seqs + 1) * padded, padded))
+        k_seqinfo = biases._PaddedSeqLenInfo(
+            seqstart=torch.arange(0, (num_seqs + 1) * padded, padded, dtype=torch.int32, device=device),
+            max_seqlen=padded, min_seqlen=1, seqstart_py=k_starts,
+            seqlen=context_lens.to(torch.int32), seqlen_py=[padded] * num_seqs, padding=padded,
+        )
+        if self.uses_paged_kernel(block_size):
+            bias = biases.PagedBlockDiagonalCausalWithOffsetPaddedKeysMask(
+                q_seqinfo=q_seqinfo, k_seqinfo=k_seqinfo,
+                block_tables=block_tables.to(torch.int32), page_size=block_size,
+            )
+            return XFormersAttentionMetadata(
+                num_seqs, block_size, slot_mapping, "paged", bias, None, None
+            )
+        bias = biases.BlockDiagonalCausalWithOffsetPaddedKeysMask(
+            q_seqinfo=q_seqinfo, k_seqinfo=k_seqinfo
+        )
+        gather = padded_context_slots(block_tables, context_lens, padded, block_size)
+        return XFormersAttentionMetadata(
+            num_seqs, block_size, slot_mapping, "gathered", bias, gather, padded
         )
 
     def forward(
@@ -179,22 +225,3 @@ class XFormersAttentionBackend(AttentionBackend):
             q5, k5, v5, attn_bias=metadata.attn_bias, scale=scale
         )
         return out.reshape(num_tokens, num_heads, head_dim)
-
-
-def _block_table_tensor(layout: StepLayout, device: torch.device) -> torch.Tensor:
-    """[num_seqs, max_blocks] int32 block tables; pages past a context are never read."""
-    bs = layout.block_size
-    used = [t[: -(-c // bs)] for t, c in zip(layout.block_tables, layout.context_lens, strict=True)]
-    width = max(len(u) for u in used)
-    return torch.tensor([u + [0] * (width - len(u)) for u in used], dtype=torch.int32, device=device)
-
-
-def _padded_context_slots(layout: StepLayout, padded: int, device: torch.device) -> torch.Tensor:
-    """Cache slot of every position of every context, each padded to `padded` entries with the
-    sequence's first slot (the kernel skips padding keys)."""
-    bs = layout.block_size
-    slots: list[int] = []
-    for block_table, ctx_len in zip(layout.block_tables, layout.context_lens, strict=True):
-        seq_slots = [block_table[p // bs] * bs + p % bs for p in range(ctx_len)]
-        slots.extend(seq_slots + [seq_slots[0]] * (padded - ctx_len))
-    return torch.tensor(slots, dtype=torch.int64, device=device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..device import host_to_device, move_to_device
 from .manager import TokenBitmask
 
 
@@ -22,7 +23,7 @@ def apply_token_bitmask(logits: torch.Tensor, mask: TokenBitmask) -> None:
     if len(mask.rows) == logits.shape[0]:  # rows are in order: every row is constrained
         logits.masked_fill_(forbidden, float("-inf"))
         return
-    rows = torch.tensor(mask.rows, dtype=torch.int64, device=logits.device)
+    rows = host_to_device(mask.rows, torch.int64, logits.device)
     logits.index_copy_(0, rows, logits.index_select(0, rows).masked_fill_(forbidden, float("-inf")))
 
 
@@ -32,7 +33,7 @@ def _forbidden(bits: np.ndarray, device: torch.device) -> torch.Tensor:
     if device.type == "cpu":
         # numpy unpacks bits several times faster than shifting int32 words in torch on CPU.
         return forbidden_by_numpy(bits)
-    return forbidden_by_torch(torch.from_numpy(bits).to(device))
+    return forbidden_by_torch(move_to_device(torch.from_numpy(bits), device))
 
 
 def forbidden_by_numpy(bits: np.ndarray) -> torch.Tensor:
