@@ -71,7 +71,7 @@ async def health_during_huge_prompts(url: str, model: str, huge_bytes: int, coun
                                      senders: int, idle_s: float, every_s: float
                                      ) -> dict[str, Any]:
     """/health latency on the idle server, then while `count` huge prompts are rejected."""
-    huge = text_of(huge_bytes // 7, seed=1)[:huge_bytes]  # ~7 bytes a word with its space
+    huge = text_of(huge_bytes // 4, seed=1)[:huge_bytes]  # words are 4-8 bytes with a space
     async with httpx.AsyncClient(base_url=url, timeout=600) as http:
         idle_done = asyncio.Event()
         idle = asyncio.create_task(poll_health(http, idle_done, every_s))
