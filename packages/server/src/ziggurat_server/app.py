@@ -13,6 +13,7 @@ from . import __version__
 from .body_limit import BodySizeLimitMiddleware
 from .disconnect import ClientDisconnected
 from .errors import install_error_handlers
+from .heap_trim import start_heap_trim
 from .middleware import RequestContextMiddleware
 from .openapi import ModelBounds, common_errors, install_openapi
 from .routes import chat, completions, health, info, metrics, models, tokenize
@@ -46,11 +47,14 @@ def create_app(
             state.start_loading(factory, on_ready, on_load_error)
         elif on_ready is not None:
             on_ready(state.engine)
+        heap_trim = start_heap_trim()
         try:
             yield
         finally:
             # Joining threads blocks: do it off the event loop.
             await anyio.to_thread.run_sync(state.shutdown)
+            if heap_trim is not None:
+                await anyio.to_thread.run_sync(heap_trim.stop)
 
     app = FastAPI(title="Ziggurat", version=__version__, lifespan=lifespan)
     app.state.server = state

@@ -1,0 +1,240 @@
+"""Long prompts against running work (issue 11): does a huge or long prompt stall anyone else?
+
+Two measurements against one real `ziggurat-server` (the default model unless --model):
+
+- **/health while 2 MB prompts are rejected.** Clients send 2 MB text prompts (under
+  --max-request-bytes, so each is parsed, tokenised and then refused for its length with a 400)
+  one after another, while /health is polled; the /health latency percentiles are reported
+  beside the same poll on the idle server.
+- **Inter-token latency of 8 streams while long prompts arrive.** 8 streams decode; in
+  alternating phases nothing else arrives (`quiet`), long text prompts are tokenised through
+  /tokenize (`tokenize`: the frontend's work alone), or long valid completions arrive
+  (`generate`: tokenising plus the engine's prefill of the long prompt). The phases alternate
+  within one run (`--rounds` times each) so that a change of machine load touches all of them
+  alike. ITL p50/p99 per phase.
+
+    python benchmarks/long_prompt_latency.py
+    python benchmarks/long_prompt_latency.py --rounds 5 --huge-bytes 2000000 --long-tokens 1500
+
+Prints one JSON object, with the machine it ran on. Run it on a quiet machine for figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from machine import machine_info
+from serving import percentile, start_server
+
+PHASES = ("quiet", "tokenize", "generate")
+WORDS = ("river", "stone", "lamp", "orbit", "cedar", "violet", "engine", "harbor", "quartz",
+         "meadow", "signal", "copper", "lantern", "glacier", "thunder", "pepper")
+
+
+def text_of(num_words: int, seed: int) -> str:
+    """Plain words in a fixed random order: a prompt the tokenizer must really work through."""
+    draw = random.Random(seed)
+    return " ".join(draw.choice(WORDS) for _ in range(num_words))
+
+
+def ms(values: list[float]) -> dict[str, float]:
+    return {"count": len(values),
+            "p50_ms": round(percentile(values, 50) * 1000, 2),
+            "p90_ms": round(percentile(values, 90) * 1000, 2),
+            "p99_ms": round(percentile(values, 99) * 1000, 2),
+            "max_ms": round(max(values, default=float("nan")) * 1000, 2)}
+
+
+# --------------------------------------------------------------------------- /health
+async def poll_health(http: httpx.AsyncClient, until: asyncio.Event, every_s: float
+                      ) -> list[float]:
+    latencies = []
+    while not until.is_set():
+        sent = time.perf_counter()
+        response = await http.get("/health")
+        latencies.append(time.perf_counter() - sent)
+        if response.status_code != 200:
+            raise RuntimeError(f"/health answered {response.status_code}")
+        await asyncio.sleep(every_s)
+    return latencies
+
+
+async def health_during_huge_prompts(url: str, model: str, huge_bytes: int, count: int,
+                                     senders: int, idle_s: float, every_s: float
+                                     ) -> dict[str, Any]:
+    """/health latency on the idle server, then while `count` huge prompts are rejected."""
+    huge = text_of(huge_bytes // 4, seed=1)[:huge_bytes]  # words are 4-8 bytes with a space
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        idle_done = asyncio.Event()
+        idle = asyncio.create_task(poll_health(http, idle_done, every_s))
+        await asyncio.sleep(idle_s)
+        idle_done.set()
+        idle_latencies = await idle
+
+        rejections: list[float] = []
+        statuses: dict[str, int] = {}
+        remaining = list(range(count))
+
+        async def send() -> None:
+            while remaining:
+                remaining.pop()
+                sent = time.perf_counter()
+                response = await http.post("/v1/completions", json={
+                    "model": model, "prompt": huge, "max_tokens": 1})
+                rejections.append(time.perf_counter() - sent)
+                statuses[str(response.status_code)] = statuses.get(str(response.status_code), 0) + 1
+
+        busy_done = asyncio.Event()
+        busy = asyncio.create_task(poll_health(http, busy_done, every_s))
+        await asyncio.gather(*(send() for _ in range(senders)))
+        busy_done.set()
+        busy_latencies = await busy
+    return {"prompt_bytes": len(huge.encode()), "prompts": count, "senders": senders,
+            "prompt_statuses": statuses, "rejection_latency": ms(rejections),
+            "health_idle": ms(idle_latencies), "health_during_huge_prompts": ms(busy_latencies)}
+
+
+# --------------------------------------------------------------------------- ITL
+@dataclass
+class Stream:
+    gaps: list[float] = field(default_factory=list)
+    first_token: asyncio.Event = field(default_factory=asyncio.Event)
+    last_at: float | None = None
+
+
+async def run_stream(http: httpx.AsyncClient, model: str, index: int, max_tokens: int,
+                     stream: Stream) -> None:
+    body = {"model": model, "prompt": f"Once upon a time, story number {index},",
+            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True}
+    async with http.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            if not json.loads(line[6:])["choices"]:
+                continue
+            now = time.perf_counter()
+            if stream.last_at is None:
+                stream.first_token.set()
+            else:
+                stream.gaps.append(now - stream.last_at)
+            stream.last_at = now
+
+
+async def send_long_prompts(http: httpx.AsyncClient, model: str, phase: str, long_text: str,
+                            stop: asyncio.Event, sent: list[int]) -> None:
+    """Long prompts one after another until `stop`: through /tokenize or as 1-token
+    completions, each a different text so no prefix cache or response cache can help."""
+    index = 0
+    while not stop.is_set():
+        text = f"{index} {long_text}"
+        if phase == "tokenize":
+            response = await http.post("/tokenize", json={"model": model, "prompt": text})
+        else:
+            response = await http.post("/v1/completions", json={
+                "model": model, "prompt": text, "max_tokens": 1, "temperature": 0})
+        response.raise_for_status()
+        index += 1
+        sent[0] += 1
+
+
+async def itl_phase(url: str, model: str, phase: str, streams: int, max_tokens: int,
+                    long_text: str) -> tuple[list[float], int]:
+    """One phase: `streams` streams of `max_tokens`; once each has its first token, long prompts
+    start arriving (not in `quiet`) until the streams end. The gaps counted are those after
+    every stream has started, so all phases time the same steady decode."""
+    limits = httpx.Limits(max_connections=streams + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as http:
+        states = [Stream() for _ in range(streams)]
+        tasks = [asyncio.create_task(run_stream(http, model, i, max_tokens, state))
+                 for i, state in enumerate(states)]
+        await asyncio.gather(*(state.first_token.wait() for state in states))
+        counted_from = [len(state.gaps) for state in states]
+        stop = asyncio.Event()
+        sent = [0]
+        sender = (None if phase == "quiet" else asyncio.create_task(
+            send_long_prompts(http, model, phase, long_text, stop, sent)))
+        await asyncio.gather(*tasks)
+        stop.set()
+        if sender is not None:
+            await sender
+    gaps = [gap for state, start in zip(states, counted_from, strict=True)
+            for gap in state.gaps[start:]]
+    return gaps, sent[0]
+
+
+async def long_prompt_text(url: str, model: str, tokens: int) -> str:
+    """A text of about `tokens` tokens for the served tokenizer (measured, then cut)."""
+    words = text_of(tokens * 2, seed=2)
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        count = (await http.post("/tokenize", json={"model": model, "prompt": words})).json()["count"]
+    return " ".join(words.split()[:max(1, len(words.split()) * tokens // count)])
+
+
+# --------------------------------------------------------------------------- main
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="a running server (default: start one)")
+    parser.add_argument("--model", default="default", help="model for the server this starts")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra argument for the server this starts (repeatable)")
+    parser.add_argument("--huge-bytes", type=int, default=2_000_000)
+    parser.add_argument("--huge-prompts", type=int, default=6)
+    parser.add_argument("--huge-senders", type=int, default=2)
+    parser.add_argument("--health-every", type=float, default=0.02, help="seconds between polls")
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--stream-tokens", type=int, default=96)
+    parser.add_argument("--long-tokens", type=int, default=1500)
+    parser.add_argument("--rounds", type=int, default=3, help="times each ITL phase runs")
+    parser.add_argument("--skip", choices=("health", "itl"), action="append", default=[])
+    args = parser.parse_args()
+
+    process = None
+    url = args.url
+    if url is None:
+        process, url = start_server(args.model, ["--log-level", "warning", *args.server_arg])
+    report: dict[str, Any] = {"benchmark": "long_prompt_latency", "machine": machine_info()}
+    try:
+        model = httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]["id"]
+        window = httpx.post(f"{url}/tokenize", timeout=60, json={"model": model, "prompt": "hi"})
+        report.update(model=model, max_model_len=window.json()["max_model_len"])
+        # Untimed: the first request pays for lazy initialisation.
+        httpx.post(f"{url}/v1/completions", timeout=600,
+                   json={"model": model, "prompt": "hello", "max_tokens": 2}).raise_for_status()
+        if "health" not in args.skip:
+            report["health"] = asyncio.run(health_during_huge_prompts(
+                url, model, args.huge_bytes, args.huge_prompts, args.huge_senders,
+                idle_s=5.0, every_s=args.health_every))
+        if "itl" not in args.skip:
+            long_text = asyncio.run(long_prompt_text(url, model, args.long_tokens))
+            gaps: dict[str, list[float]] = {phase: [] for phase in PHASES}
+            sent: dict[str, int] = dict.fromkeys(PHASES, 0)
+            for _ in range(args.rounds):
+                for phase in PHASES:
+                    phase_gaps, phase_sent = asyncio.run(itl_phase(
+                        url, model, phase, args.streams, args.stream_tokens, long_text))
+                    gaps[phase].extend(phase_gaps)
+                    sent[phase] += phase_sent
+            report["itl"] = {"streams": args.streams, "stream_tokens": args.stream_tokens,
+                             "long_prompt_tokens": args.long_tokens, "rounds": args.rounds,
+                             "phases": {phase: {**ms(gaps[phase]),
+                                                "long_prompts_sent": sent[phase]}
+                                        for phase in PHASES}}
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(60)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
