@@ -57,6 +57,31 @@ def test_onednn_packed_linear_equals_f_linear(rows: int, bias: bool) -> None:
 
 
 @needs_onednn
+def test_onednn_gemm_shapes_stay_few_whatever_the_row_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """oneDNN caches a primitive per input shape: a server seeing every step size would grow
+    its heap by one primitive per row count (the soak), so row counts go to a few buckets."""
+    layer = random_linear(32, 48, bias=True)
+    weight, b = _dense(layer)
+    layer.pack("onednn")
+    seen: set[int] = set()
+    real = torch._C._nn.mkldnn_linear
+
+    def spy(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        seen.add(x.size(0))
+        return real(x, w, bias)
+
+    monkeypatch.setattr(torch._C._nn, "mkldnn_linear", spy)
+    gen = torch.Generator().manual_seed(3)
+    for rows in range(1, 300):
+        x = torch.randn(rows, 32, generator=gen)
+        got = layer(x)
+        assert got.shape == (rows, 48)
+        torch.testing.assert_close(got, F.linear(x, weight, b), rtol=1e-4, atol=1e-5)
+    # 1..8 each, 16..64 by 8, then 128..320 by 64.
+    assert seen == {*range(1, 9), *range(16, 65, 8), *range(128, 321, 64)}
+
+
+@needs_onednn
 def test_onednn_packed_linear_takes_3d_input() -> None:
     layer = random_linear(32, 48, bias=True)
     weight, b = _dense(layer)

@@ -28,6 +28,21 @@ INT_MM_MIN_ROWS = {"avx512vnni": 128}
 _MIN_SCALE = 1e-12
 
 
+def onednn_row_bucket(rows: int) -> int:
+    """The row count a oneDNN GEMM of `rows` rows runs at: every count up to 8, then multiples
+    of 8 up to 64, then multiples of 64.
+
+    oneDNN and ideep build and cache one primitive per input shape (up to 1,024 each), so a
+    server that sees every step size from 1 to `max_num_batched_tokens` keeps growing its heap
+    for hours (the soak in docs/reliability.md). Buckets bound the shapes to a few dozen per
+    weight, all warm early, for at most 63 padded rows on a large prefill.
+    """
+    if rows <= 8:
+        return rows
+    step = 8 if rows <= 64 else 64
+    return -(-rows // step) * step
+
+
 class OneDnnWeight:
     """A float32 weight in oneDNN's blocked layout; inputs must be 2-D float32."""
 
@@ -36,8 +51,13 @@ class OneDnnWeight:
         self.bias = None if bias is None else bias.detach().to_mkldnn()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[0]
+        padded = onednn_row_bucket(rows)
+        if padded != rows:
+            x = torch.nn.functional.pad(x, (0, 0, 0, padded - rows))
         out = torch._C._nn.mkldnn_linear(x.contiguous().to_mkldnn(), self.weight, self.bias)
-        return out.to_dense()
+        dense = out.to_dense()
+        return dense if padded == rows else dense[:rows]
 
 
 class Int8Weight:
