@@ -19,9 +19,9 @@ from ziggurat_core.engine.attention.base import StepLayout
 from ziggurat_core.engine.attention.torch_backend import PortableAttentionBackend
 from ziggurat_core.engine.cpu_kernels import (
     DecodeFusedKernels,
+    ElementwiseKernels,
     Int8Gemm,
     Int8RowKernels,
-    ElementwiseKernels,
     KernelError,
     PackedInt8Weight,
     load_decode_fused_kernels,
