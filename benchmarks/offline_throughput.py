@@ -11,7 +11,9 @@ Prints one JSON object. Everything is measured in one run so the ratios are fair
     matmul peak is several times the float32 one, so the utilisation of the int8 peak
     (`torch._int_mm` on a large square product) is reported beside it.
   - Phases: time and tokens/s in prefill steps, decode steps with >= 32 sequences and decode
-    steps with fewer (the tail, as requests finish).
+    steps with fewer (the tail, as requests finish), with the process's CPU time in each (all
+    threads: on a shared machine it moves less than wall time does, and beside wall time it
+    shows how much of a phase ran on one thread or spun waiting in OpenMP).
 
 Usage: python benchmarks/offline_throughput.py [--requests 64] [--hf-batch-size 32] [--skip-hf]
        [--quantization auto|none|int8]
@@ -121,9 +123,9 @@ def run_ziggurat(
         params = SamplingParams(temperature=0.0, max_tokens=out_len, ignore_eos=True)
         engine.add_request(f"r{i}", messages=messages, sampling_params=params)
     prompt_tokens = sum(len(s.prompt_token_ids) for s in engine._requests.values())
-    # phase -> [steps, seconds, output tokens]
+    # phase -> [steps, seconds, output tokens, CPU seconds]
     phases: dict[str, list[float]] = {
-        name: [0, 0.0, 0] for name in ("prefill", "decode_32plus", "decode_under_32")
+        name: [0, 0.0, 0, 0.0] for name in ("prefill", "decode_32plus", "decode_under_32")
     }
     useful = 0
     start = time.perf_counter()
@@ -133,9 +135,9 @@ def run_ziggurat(
         prefilling = bool(sched._waiting) or any(
             seq.num_computed_tokens < len(seq.token_ids) - 1 for seq in sched._running
         )
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         outputs = engine.step()
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         produced = sum(len(o.delta_token_ids) for out in outputs for o in out.outputs)
         useful += produced
         # A step that computes any prompt tokens is prefill; pure decode steps split by batch size.
@@ -145,6 +147,7 @@ def run_ziggurat(
         phases[phase][0] += 1
         phases[phase][1] += dt
         phases[phase][2] += produced
+        phases[phase][3] += cpu
     elapsed = time.perf_counter() - start
     return {
         "load_s": round(load_s, 2),
@@ -158,10 +161,11 @@ def run_ziggurat(
             name: {
                 "steps": int(steps),
                 "seconds": secs,
+                "cpu_seconds": cpu_secs,
                 "output_tokens": int(tokens),
                 "output_tokens_per_s": tokens / secs if secs else None,
             }
-            for name, (steps, secs, tokens) in phases.items()
+            for name, (steps, secs, tokens, cpu_secs) in phases.items()
         },
         "peak_kv_usage": engine.peak_kv_usage,
         "kv_waste_at_peak": engine.peak_kv_waste,

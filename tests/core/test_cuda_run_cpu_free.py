@@ -46,7 +46,7 @@ def no_kernel_loading(monkeypatch: pytest.MonkeyPatch) -> None:
         (rmsnorm, "elementwise_kernels"),
         (activation, "elementwise_kernels"),
         (rotary, "elementwise_kernels"),
-        (llama, "load_decoder_layers_kernel"),
+        (llama, "decoder_layers_kernel_for"),
         (torch_backend, "load_paged_attention_kernel"),
         (torch_backend, "load_decode_fused_kernels"),
         (build, "load_cpu_library"),

@@ -1,9 +1,12 @@
 """The fused decode entry points (csrc/decode_fused.c) against the kernels they fuse, bitwise:
 - `Int8Gemm.bind` (quantize + int8 GEMM in one call) against `Int8RowKernels.quantize` then
   `Int8Gemm` of the same variant, for every variant this machine runs;
-- `DecodeFusedKernels.rope_write_kv` against `apply_rotary` of the query and key heads then
-  `PagedAttentionKernel.write_kv`, over float32 and float16 caches;
+- `DecodeFusedKernels.rope_write_kv` against `ElementwiseKernels.rotary` of the query and key
+  heads then `PagedAttentionKernel.write_kv`, over float32 and float16 caches;
 - the torch backend's `forward_fused_qkv` against rotating and calling `forward`.
+Each reference comes from the same library as the fused kernel (the one ZIGGURAT_CPU_ISA selects),
+not from the layers' kernels, which a test that ran earlier in the process may have loaded for
+another variant: the scalar build rounds RoPE differently (no fused multiply-add).
 Row counts cross the C code's stack scratch size, so its heap path runs too.
 """
 
@@ -16,15 +19,16 @@ from ziggurat_core.engine.attention.base import StepLayout
 from ziggurat_core.engine.attention.torch_backend import PortableAttentionBackend
 from ziggurat_core.engine.cpu_kernels import (
     DecodeFusedKernels,
+    ElementwiseKernels,
     Int8Gemm,
     Int8RowKernels,
     KernelError,
     PackedInt8Weight,
     load_decode_fused_kernels,
+    load_elementwise_kernels,
     load_int8_row_kernels,
     load_paged_attention_kernel,
 )
-from ziggurat_core.engine.layers import apply_rotary
 
 
 @pytest.fixture(scope="module", params=runnable_isas())
@@ -35,6 +39,14 @@ def gemm_and_rows(request: pytest.FixtureRequest) -> tuple[Int8Gemm, Int8RowKern
         rows = load_int8_row_kernels()
     assert rows is not None
     return gemm, rows
+
+
+@pytest.fixture(scope="module")
+def rotary() -> ElementwiseKernels:
+    kernels = load_elementwise_kernels()
+    if kernels is None:
+        pytest.skip("the CPU kernels are unavailable: no compiler, failed build or turned off")
+    return kernels
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +107,7 @@ def _qkv(tokens: int, heads: int, kv_heads: int, head_dim: int, seed: int) -> to
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("tokens", [1, 40])
 def test_rope_write_kv_is_rotary_then_write_kv_bitwise(
-    fused: DecodeFusedKernels, cache_dtype: torch.dtype, tokens: int
+    fused: DecodeFusedKernels, rotary: ElementwiseKernels, cache_dtype: torch.dtype, tokens: int
 ) -> None:
     paged = load_paged_attention_kernel()
     assert paged is not None
@@ -113,9 +125,9 @@ def test_rope_write_kv_is_rotary_then_write_kv_bitwise(
 
     q_size, kv_size = heads * head_dim, kv_heads * head_dim
     q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-    key = apply_rotary(k.view(tokens, kv_heads, head_dim), cos, sin)
+    key = rotary.rotary(k.view(tokens, kv_heads, head_dim), cos, sin)
     paged.write_kv(key, v.view(tokens, kv_heads, head_dim), slots, expected_cache)
-    assert torch.equal(query, apply_rotary(q.view(tokens, heads, head_dim), cos, sin))
+    assert torch.equal(query, rotary.rotary(q.view(tokens, heads, head_dim), cos, sin))
     assert torch.equal(cache, expected_cache)
 
 
@@ -137,7 +149,7 @@ def test_rope_write_kv_checks_its_inputs(fused: DecodeFusedKernels) -> None:
 
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
 def test_backend_forward_fused_qkv_matches_rotate_then_forward(
-    fused: DecodeFusedKernels, cache_dtype: torch.dtype
+    fused: DecodeFusedKernels, rotary: ElementwiseKernels, cache_dtype: torch.dtype
 ) -> None:
     heads, kv_heads, head_dim, block_size = 6, 2, 32, 8
     # A decode at context 12, a prefill of 5 after 3 cached tokens, a decode at context 1.
@@ -155,8 +167,8 @@ def test_backend_forward_fused_qkv_matches_rotate_then_forward(
     got = backend.forward_fused_qkv(qkv, cos, sin, heads, cache, metadata, 0.2)
 
     q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-    q = apply_rotary(q.view(tokens, heads, head_dim), cos, sin)
-    k = apply_rotary(k.view(tokens, kv_heads, head_dim), cos, sin)
+    q = rotary.rotary(q.view(tokens, heads, head_dim), cos, sin)
+    k = rotary.rotary(k.view(tokens, kv_heads, head_dim), cos, sin)
     expected = backend.forward(
         q, k, v.view(tokens, kv_heads, head_dim), unfused_cache, metadata, 0.2
     )

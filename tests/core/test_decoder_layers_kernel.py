@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 import torch
 from conftest import TinyModelFactory
+from int8_helpers import runnable_isas
 from ziggurat_core.engine.attention.base import StepLayout
 from ziggurat_core.engine.config import EngineConfig
 from ziggurat_core.engine.cpu_kernels import (
     BoundDecoderLayers,
     DecoderShape,
     KernelError,
+    decoder_layers_kernel_for,
     load_decoder_layers_kernel,
 )
 from ziggurat_core.engine.llm_engine import InferenceEngine
@@ -193,11 +195,10 @@ def test_an_attention_backend_without_the_c_kernel_keeps_the_layer_path(
 
 
 def test_binding_checks_the_layer_shapes(engine: InferenceEngine) -> None:
-    kernel = load_decoder_layers_kernel()
-    assert kernel is not None
     _step(engine, _layout([1], [1]), _random_caches(engine, seed=6), use_kernel=True)
     bound = engine.runner.model.model._layer_kernel[1]  # noqa: SLF001 - as the model bound them
     assert bound is not None
+    kernel = decoder_layers_kernel_for(bound.layers[0].qkv)
     shape = bound.shape
     wider = DecoderShape(
         shape.hidden, shape.heads, shape.kv_heads, shape.head_dim, shape.intermediate + 1
@@ -206,3 +207,26 @@ def test_binding_checks_the_layer_shapes(engine: InferenceEngine) -> None:
         kernel.bind(bound.layers, wider)
     with pytest.raises(KernelError, match="kv heads"):
         kernel.bind(bound.layers, DecoderShape(shape.hidden, 3, 2, shape.head_dim, shape.intermediate))
+
+
+def test_layers_bind_to_the_library_that_packed_their_weights(
+    engine: InferenceEngine, kernel_calls: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine packed its weights with the native variant; a variant forced afterwards (as
+    when a whole test run is forced to one) changes neither the one-call path nor its library."""
+    model = engine.runner.model.model
+    packing = model.layers[0].self_attn.qkv_proj.packed.fused
+    others = [isa for isa in runnable_isas() if isa != packing.isa]
+    if not others:
+        pytest.skip("this CPU runs one kernel variant only")
+    monkeypatch.setenv("ZIGGURAT_CPU_ISA", others[-1])
+    model._layer_kernel = None  # noqa: SLF001 - bind again, now with the other variant forced
+    layout = _layout([1], [7])
+    _step(engine, layout, _random_caches(engine, seed=7), use_kernel=True)
+    assert kernel_calls == [1]
+    bound = model._layer_kernel[1]  # noqa: SLF001
+    assert bound is not None and bound.layers[0].qkv.library is packing.library
+    forced = load_decoder_layers_kernel()
+    assert forced is not None and forced.isa == others[-1]
+    with pytest.raises(KernelError, match=f"of the {others[-1]} library"):
+        forced.bind(bound.layers, bound.shape)

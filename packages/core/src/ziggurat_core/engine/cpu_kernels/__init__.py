@@ -7,6 +7,7 @@ from .decoder_layers import (
     DecoderLayerParts,
     DecoderLayersKernel,
     DecoderShape,
+    decoder_layers_kernel_for,
     load_decoder_layers_kernel,
 )
 from .elementwise import ElementwiseKernels, load_elementwise_kernels
@@ -30,6 +31,7 @@ __all__ = [
     "PackedInt8Weight",
     "PagedAttentionKernel",
     "cpu_isa",
+    "decoder_layers_kernel_for",
     "load_cpu_library",
     "load_decode_fused_kernels",
     "load_decoder_layers_kernel",

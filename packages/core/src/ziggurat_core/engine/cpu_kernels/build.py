@@ -90,11 +90,16 @@ _wrappers: dict[tuple[ctypes.CDLL, Callable[..., object]], object] = {}
 
 
 def library_wrapper(factory: Callable[[ctypes.CDLL], _Wrapper]) -> _Wrapper | None:
-    """`factory(library)` made once per loaded library (it sets ctypes signatures), or None
-    where the library is unavailable."""
+    """`factory(library)` of the library ZIGGURAT_CPU_ISA selects now (see `wrapper_of`), or
+    None where the library is unavailable."""
     library = load_cpu_library()
-    if library is None:
-        return None
+    return None if library is None else wrapper_of(library, factory)
+
+
+def wrapper_of(library: ctypes.CDLL, factory: Callable[[ctypes.CDLL], _Wrapper]) -> _Wrapper:
+    """`factory(library)` made once per loaded library (it sets ctypes signatures). Kernels
+    that work on data another kernel prepared (weights packed, layers bound) take it from that
+    kernel's library, not from whichever one the environment selects at the time."""
     key = (library, factory)
     if key not in _wrappers:
         _wrappers[key] = factory(library)

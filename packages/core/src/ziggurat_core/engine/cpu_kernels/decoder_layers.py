@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .build import KernelError, check_float_vectors, library_wrapper
+from .build import KernelError, check_float_vectors, library_wrapper, wrapper_of
 from .int8_gemm import BoundInt8Linear
 
 
@@ -98,7 +98,9 @@ class BoundDecoderLayers:
             )
             for name, (k, n) in expected.items():
                 linear: BoundInt8Linear = getattr(layer, name)
-                if (linear.in_features, linear.out_features) != (k, n) or linear.isa != kernel.isa:
+                if (linear.in_features, linear.out_features) != (k, n) or (
+                    linear.library is not kernel.library
+                ):
                     raise KernelError(
                         f"decoder layer {i}: {name} must be a {k}->{n} int8 linear of the "
                         f"{kernel.isa} library, got {linear.in_features}->{linear.out_features} "
@@ -235,6 +237,7 @@ class DecoderLayersKernel:
         isa = library.ziggurat_cpu_isa
         isa.restype = ctypes.c_char_p
         self.isa = str(isa().decode())
+        self.library = library
         p, i64 = ctypes.c_void_p, ctypes.c_int64
         fn = library.decoder_layers_f32
         fn.restype = ctypes.c_int
@@ -264,3 +267,8 @@ class DecoderLayersKernel:
 def load_decoder_layers_kernel() -> DecoderLayersKernel | None:
     """The kernel, or None where the CPU kernels cannot be built (see `build.py`)."""
     return library_wrapper(DecoderLayersKernel)
+
+
+def decoder_layers_kernel_for(linear: BoundInt8Linear) -> DecoderLayersKernel:
+    """The kernel of the library that packed `linear`'s weight: the one its layers bind to."""
+    return wrapper_of(linear.library, DecoderLayersKernel)

@@ -81,6 +81,7 @@ class BoundInt8Linear:
     def __init__(
         self,
         fn: Any,  # the library's int8_linear_f32
+        library: ctypes.CDLL,
         isa: str,
         weight: PackedInt8Weight,
         col_scale: torch.Tensor,
@@ -93,7 +94,8 @@ class BoundInt8Linear:
             (("col_scale", col_scale, n), ("bias", bias, n), ("inv_smoothing", inv_smoothing, k)),
         )
         self.in_features, self.out_features = k, n
-        self.isa = isa  # the variant of the library `fn` belongs to
+        self.library = library  # the library `fn` belongs to, which packed the weight
+        self.isa = isa  # its variant
         self._tensors = (weight.packed, weight.offset, col_scale, bias, inv_smoothing)
         self._fn = fn
         self._inv_smoothing = None if inv_smoothing is None else inv_smoothing.data_ptr()
@@ -152,6 +154,7 @@ class Int8Gemm:
         isa = library.ziggurat_cpu_isa
         isa.restype = ctypes.c_char_p
         self.isa = str(isa().decode())  # the variant `int8_gemm` dispatches to (build.ISAS)
+        self.library = library
         offset = library.int8_gemm_input_offset
         offset.restype = ctypes.c_int
         self.input_offset = int(offset())
@@ -178,7 +181,9 @@ class Int8Gemm:
         inv_smoothing: torch.Tensor | None,  # [K] float32
     ) -> BoundInt8Linear:
         """This library's quantize + GEMM in one call for one weight (see `BoundInt8Linear`)."""
-        return BoundInt8Linear(self._linear, self.isa, weight, col_scale, bias, inv_smoothing)
+        return BoundInt8Linear(
+            self._linear, self.library, self.isa, weight, col_scale, bias, inv_smoothing
+        )
 
     def __call__(
         self,

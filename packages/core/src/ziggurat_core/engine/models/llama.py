@@ -22,7 +22,7 @@ from ..cpu_kernels import (
     DecoderLayerParts,
     DecoderShape,
     KernelError,
-    load_decoder_layers_kernel,
+    decoder_layers_kernel_for,
 )
 from ..layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SiluAndMul, apply_rotary
 from ..layers.packed import Int8Weight
@@ -196,8 +196,7 @@ class LlamaModel(nn.Module):
         """The layers bound to the one-call kernel, and the most rows (exclusive) every int8
         layer takes through its fused C path; (None, None) where a layer cannot run there."""
         layers = self._decoder_layers()
-        kernel = load_decoder_layers_kernel() if layers else None
-        if kernel is None:
+        if not layers:
             return None, None
         parts: list[DecoderLayerParts] = []
         max_rows: int | None = None
@@ -236,6 +235,9 @@ class LlamaModel(nn.Module):
             config.head_dim,
             config.intermediate_size,
         )
+        # The kernel of the library that packed the weights, which may not be the one the
+        # environment selects now (a test that forces another variant after loading).
+        kernel = decoder_layers_kernel_for(parts[0].qkv)
         try:
             return kernel.bind(parts, shape), max_rows
         except KernelError:
