@@ -28,7 +28,7 @@ from ziggurat_core.engine.cpu_kernels import (
     load_int8_row_kernels,
 )
 from ziggurat_core.engine.layers import kernels as layer_kernels
-from ziggurat_core.engine.layers.packed import INT_MM_MIN_ROWS, Int8Weight
+from ziggurat_core.engine.layers.packed import INT_MM_MIN_ROWS, Int8Weight, int_mm_bucketed
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +231,23 @@ def test_int8_weight_without_the_c_kernels_runs_int_mm(
     assert calls == {"kernel": 0, "int_mm": 1}
     product, row_scale = _reference(row_kernels, layer, x)
     assert_within_float32_epilogue(out, product, row_scale, layer.scale, layer.bias)
+
+
+def test_int_mm_runs_at_row_buckets_with_the_exact_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    """oneDNN caches its int8 GEMM per shape: prefill steps of every size would each add one, so
+    `_int_mm` sees only the row buckets, and the rows kept are the exact product."""
+    weight = random_int8(48, 64, seed=95, low=-128)
+    seen: set[int] = set()
+    real_int_mm = torch._int_mm
+
+    def spy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        seen.add(a.size(0))
+        return real_int_mm(a, b)
+
+    monkeypatch.setattr(torch, "_int_mm", spy)
+    for rows in range(120, 300, 7):
+        x = random_int8(rows, 64, seed=rows)
+        out = int_mm_bucketed(x, weight.t())
+        assert out.dtype == torch.int32 and out.shape == (rows, 48)
+        assert torch.equal(out.long(), exact_product(x, weight))
+    assert seen == {128, 192, 256, 320}

@@ -43,6 +43,17 @@ def onednn_row_bucket(rows: int) -> int:
     return -(-rows // step) * step
 
 
+def int_mm_bucketed(qx: torch.Tensor, qweight: torch.Tensor) -> torch.Tensor:
+    """`torch._int_mm` at the row bucket of `qx` (oneDNN caches its int8 GEMM per shape too;
+    see `onednn_row_bucket`). Zero rows add nothing and rows are independent in integer
+    arithmetic, so the kept rows are exactly the unpadded product."""
+    rows = qx.shape[0]
+    padded = onednn_row_bucket(rows)
+    if padded == rows:
+        return torch._int_mm(qx, qweight)
+    return torch._int_mm(torch.nn.functional.pad(qx, (0, 0, 0, padded - rows)), qweight)[:rows]
+
+
 class OneDnnWeight:
     """A float32 weight in oneDNN's blocked layout; inputs must be 2-D float32."""
 
@@ -125,7 +136,7 @@ class Int8Weight:
             assert self.qweight is not None
             qx, row_scale = kernels.quantize(x, self.inv_smoothing)
             out = kernels.dequantize_(
-                torch._int_mm(qx, self.qweight), row_scale, self.scale, self.bias
+                int_mm_bucketed(qx, self.qweight), row_scale, self.scale, self.bias
             )
             return out.to(self.out_dtype)
         if self.qweight is None:
@@ -133,7 +144,7 @@ class Int8Weight:
         if self.inv_smoothing is not None:
             x = x * self.inv_smoothing
         qx, row_scale = quantize_rows_int8(x)
-        out = torch._int_mm(qx, self.qweight).float()
+        out = int_mm_bucketed(qx, self.qweight).float()
         out.mul_(row_scale).mul_(self.scale)
         if self.bias is not None:
             out.add_(self.bias)
