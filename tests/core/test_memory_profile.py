@@ -138,3 +138,9 @@ def test_plan_kv_cache_takes_the_profiled_blocks_unless_a_size_is_given() -> Non
         EngineConfig(block_size=16, kv_cache_memory="1MiB"), SMALL, cpu, torch.bfloat16, 256, profile
     )
     assert sized.num_blocks == MIB // per_block
+    # Static decode's padding block comes out of a byte budget, never out of an explicit count.
+    padded = plan_kv_cache(EngineConfig(block_size=16), SMALL, cpu, torch.bfloat16, 256, profile, reserved_blocks=1)
+    assert padded.num_blocks == 39
+    assert plan_kv_cache(
+        EngineConfig(block_size=16, num_kv_blocks=7), SMALL, cpu, torch.bfloat16, 256, profile, reserved_blocks=1
+    ).num_blocks == 7

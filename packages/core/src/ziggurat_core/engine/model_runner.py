@@ -83,10 +83,15 @@ def plan_kv_cache(
     kv_dtype: torch.dtype,
     max_model_len: int,
     profiled: MemoryProfile | None = None,
+    reserved_blocks: int = 0,
 ) -> KVCacheSpec:
-    """How many blocks of `kv_dtype` to allocate: an explicit count, a byte size, a fraction, the
-    profiled share on CUDA (`profiled`, see memory_profile.py), or the CPU default (a byte
-    budget holds twice the blocks in a 2-byte dtype as in float32)."""
+    """How many blocks of `kv_dtype` the scheduler may hand out: an explicit count, a byte size,
+    a fraction, the profiled share on CUDA (`profiled`, see memory_profile.py), or the CPU
+    default (a byte budget holds twice the blocks in a 2-byte dtype as in float32).
+
+    `reserved_blocks`: blocks the cache holds beyond those (static decode's padding block),
+    taken out of a byte budget so the whole cache stays within it; an explicit count is the
+    count the scheduler gets."""
     block_size = config.resolved_block_size
     per_block = kv_bytes_per_block(model, block_size, kv_dtype)
     if config.num_kv_blocks is not None:
@@ -104,7 +109,7 @@ def plan_kv_cache(
         # No point holding more than every seat filled to the context window.
         useful = config.max_num_seqs * math.ceil(max_model_len / block_size) + 1
         budget = min(budget, useful * per_block)
-    num_blocks = budget // per_block
+    num_blocks = budget // per_block - reserved_blocks
     if num_blocks < 1:
         raise ValueError(
             f"KV cache budget of {budget} bytes holds no block of {per_block} bytes; "
@@ -231,14 +236,14 @@ class ModelRunner:
             config = dataclasses.replace(config, block_size=default_block_size(self.attention.name))
             self.config = config
         self.memory_profile = self._profile_memory(max_model_len)
-        self.kv_spec = plan_kv_cache(
-            config, self.model_config, self.device, self.kv_cache_dtype, max_model_len,
-            self.memory_profile,
-        )
         if static_decode is None:
             static_decode = decode_graphs_wanted(
                 self.device, config.enforce_eager, config.tensor_parallel_size
             )
+        self.kv_spec = plan_kv_cache(
+            config, self.model_config, self.device, self.kv_cache_dtype, max_model_len,
+            self.memory_profile, reserved_blocks=int(static_decode),
+        )
         # Static decode pads batches with rows whose every block is one more block at the end
         # of the cache, which the scheduler never hands out.
         self.kv_caches = self._make_kv_caches(self.kv_spec.num_blocks + int(static_decode))
