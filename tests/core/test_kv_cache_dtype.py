@@ -22,12 +22,8 @@ from ziggurat_core.engine import InferenceEngine, SamplingParams
 from ziggurat_core.engine.attention.base import StepLayout
 from ziggurat_core.engine.attention.torch_backend import PortableAttentionBackend
 from ziggurat_core.engine.config import EngineConfig, ModelConfig
-from ziggurat_core.engine.model_runner import (
-    ModelRunner,
-    kv_bytes_per_block,
-    plan_kv_cache,
-    resolve_kv_cache_dtype,
-)
+from ziggurat_core.engine.kv_cache_plan import kv_bytes_per_block, plan_kv_cache
+from ziggurat_core.engine.model_runner import ModelRunner, resolve_kv_cache_dtype
 
 CPU = torch.device("cpu")
 TinyModelFactory = Callable[..., TinyModel]

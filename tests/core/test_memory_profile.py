@@ -10,10 +10,10 @@ import torch
 from fixtures_models import TinyModel
 from ziggurat_core.engine.attention.torch_backend import PortableAttentionBackend
 from ziggurat_core.engine.config import EngineConfig, ModelConfig
+from ziggurat_core.engine.kv_cache_plan import plan_kv_cache
 from ziggurat_core.engine.loader import load_checkpoint
 from ziggurat_core.engine.memory_profile import InsufficientMemoryError, profile_kv_cache_memory
 from ziggurat_core.engine.memory_profiler import profile_query_lens, run_profile_step
-from ziggurat_core.engine.model_runner import plan_kv_cache
 from ziggurat_core.engine.models import build_model
 from ziggurat_core.engine.reports import MemoryProfile
 

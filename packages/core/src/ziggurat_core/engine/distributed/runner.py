@@ -19,7 +19,8 @@ import torch.multiprocessing as mp
 from ..config import EngineConfig
 from ..device import resolve_device
 from ..errors import EngineDeadError
-from ..model_runner import KVCacheSpec, ModelRunner, StepInputs, TokenMaskFn
+from ..kv_cache_plan import KVCacheSpec
+from ..model_runner import ModelRunner, StepInputs, TokenMaskFn
 from ..reports import ResolvedSettings
 from ..sample_result import SampleResult
 from . import group
