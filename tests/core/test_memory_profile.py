@@ -3,6 +3,7 @@ profiled step, and the dummy step itself run on CPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -12,8 +13,17 @@ from ziggurat_core.engine.attention.torch_backend import PortableAttentionBacken
 from ziggurat_core.engine.config import EngineConfig, ModelConfig
 from ziggurat_core.engine.kv_cache_plan import plan_kv_cache
 from ziggurat_core.engine.loader import load_checkpoint
-from ziggurat_core.engine.memory_profile import InsufficientMemoryError, profile_kv_cache_memory
-from ziggurat_core.engine.memory_profiler import profile_query_lens, run_profile_step
+from ziggurat_core.engine.memory_profile import (
+    InsufficientMemoryError,
+    graph_overrun_bytes,
+    profile_kv_cache_memory,
+)
+from ziggurat_core.engine.memory_profiler import (
+    measure_graph_memory,
+    profile_cuda_memory,
+    profile_query_lens,
+    run_profile_step,
+)
 from ziggurat_core.engine.models import build_model
 from ziggurat_core.engine.reports import MemoryProfile
 
@@ -144,3 +154,150 @@ def test_plan_kv_cache_takes_the_profiled_blocks_unless_a_size_is_given() -> Non
     assert plan_kv_cache(
         EngineConfig(block_size=16, num_kv_blocks=7), SMALL, cpu, torch.bfloat16, 256, profile, reserved_blocks=1
     ).num_blocks == 7
+
+
+# --- the decode CUDA graphs' memory -----------------------------------------------------------
+
+
+def test_the_decode_graphs_memory_comes_out_of_the_cache_share() -> None:
+    profile = profile_kv_cache_memory(
+        total_bytes=80 * GIB, weights_bytes=16 * GIB, peak_activation_bytes=4 * GIB,
+        non_torch_bytes=1 * GIB, gpu_memory_utilization=0.9, bytes_per_block=2 * MIB,
+        cuda_graph_bytes=GIB // 2,
+    )
+    # 72 - 16 - 4 - 1 - 0.5 = 50.5 GiB = 25856 blocks of 2 MiB.
+    assert profile.num_kv_blocks == 25856
+    assert profile.kv_cache_bytes == 50 * GIB + GIB // 2
+    assert profile.cuda_graph_bytes == GIB // 2
+    assert profile.cuda_graph_measured_bytes is None
+    # Weights + activations + outside torch + graphs + cache stay within the engine's share.
+    parts = 16 * GIB + 4 * GIB + 1 * GIB + GIB // 2 + profile.kv_cache_bytes
+    assert parts <= int(0.9 * 80 * GIB)
+    with pytest.raises(InsufficientMemoryError, match="CUDA graphs"):
+        profile_kv_cache_memory(
+            total_bytes=24 * GIB, weights_bytes=16 * GIB, peak_activation_bytes=3 * GIB,
+            non_torch_bytes=0, gpu_memory_utilization=0.9, bytes_per_block=2 * MIB,
+            cuda_graph_bytes=3 * GIB,
+        )
+    with pytest.raises(ValueError, match="cuda_graph_bytes"):
+        profile_kv_cache_memory(
+            total_bytes=GIB, weights_bytes=0, peak_activation_bytes=0, non_torch_bytes=0,
+            gpu_memory_utilization=0.9, bytes_per_block=1, cuda_graph_bytes=-1,
+        )
+
+
+def test_graphs_that_took_more_than_was_set_aside_are_the_overrun() -> None:
+    profile = profile_kv_cache_memory(
+        total_bytes=GIB, weights_bytes=0, peak_activation_bytes=0, non_torch_bytes=0,
+        gpu_memory_utilization=0.5, bytes_per_block=MIB, cuda_graph_bytes=100 * MIB,
+    )
+    assert graph_overrun_bytes(profile) == 0  # not measured yet
+    assert graph_overrun_bytes(dataclasses.replace(profile, cuda_graph_measured_bytes=90 * MIB)) == 0
+    assert graph_overrun_bytes(dataclasses.replace(profile, cuda_graph_measured_bytes=130 * MIB)) == 30 * MIB
+
+
+class ScriptedMemory:
+    """A device whose readings the test sets: torch holds `reserved`, the driver `outside`,
+    the step peaks `step_peak` above `allocated`; capturing takes `graph_pool` until freed."""
+
+    def __init__(self, total: int, reserved: int, outside: int, allocated: int, step_peak: int) -> None:
+        self.total, self.reserved_bytes, self.outside = total, reserved, outside
+        self.allocated_bytes, self.step_peak = allocated, step_peak
+        self.graph_pool = 0
+        self.calls: list[str] = []
+
+    def synchronize(self) -> None:
+        self.calls.append("synchronize")
+
+    def reset_peak(self) -> None:
+        self.calls.append("reset_peak")
+
+    def allocated(self) -> int:
+        return self.allocated_bytes
+
+    def max_allocated(self) -> int:
+        return self.allocated_bytes + self.step_peak
+
+    def reserved(self) -> int:
+        return self.reserved_bytes
+
+    def free_and_total(self) -> tuple[int, int]:
+        self.calls.append("free")
+        return self.total - self.reserved_bytes - self.outside - self.graph_pool, self.total
+
+    def empty_cache(self) -> None:
+        self.calls.append("empty_cache")
+        self.graph_pool = 0  # the graphs were dropped before: their pool goes back
+
+
+@pytest.mark.parametrize("with_graphs", [True, False])
+def test_the_profile_measures_the_graphs_between_the_step_and_the_readings(
+    tiny_llama: TinyModel, with_graphs: bool
+) -> None:
+    checkpoint = load_checkpoint(tiny_llama.gguf_path)
+    model = build_model(checkpoint, "cpu", torch.float32)
+    config = checkpoint.model_config
+    block_size = 16
+    query_lens = profile_query_lens(40, 3, config.max_position_embeddings)
+    step_blocks = sum(math.ceil(n / block_size) for n in query_lens)
+    memory = ScriptedMemory(total=80 * GIB, reserved=18 * GIB, outside=GIB, allocated=16 * GIB,
+                            step_peak=3 * GIB)
+    made: list[int] = []
+    captured: list[list[torch.Tensor]] = []
+
+    def make_caches(num_blocks: int) -> list[torch.Tensor]:
+        made.append(num_blocks)
+        shape = (2, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+        return [torch.zeros(shape) for _ in range(config.num_hidden_layers)]
+
+    def capture(caches: list[torch.Tensor]) -> object:
+        memory.calls.append("capture")
+        captured.append(caches)
+        memory.graph_pool = 3 * GIB // 2
+        return object()
+
+    profile = profile_cuda_memory(
+        model, PortableAttentionBackend(), torch.device("cpu"), query_lens, block_size,
+        make_caches, gpu_memory_utilization=0.9, bytes_per_block=MIB,
+        capture_graphs=capture if with_graphs else None, memory=memory,
+    )
+
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    graphs = 3 * GIB // 2 if with_graphs else 0
+    assert profile.weights_bytes == weights
+    assert profile.peak_activation_bytes == 3 * GIB
+    assert profile.non_torch_bytes == GIB  # read after the graphs' pool went back
+    assert profile.cuda_graph_bytes == graphs
+    expected = (int(0.9 * 80 * GIB) - weights - 3 * GIB - GIB - graphs) // MIB
+    assert profile.num_kv_blocks == expected
+    # The temporary cache holds the step's blocks and, for the graphs, the padding block.
+    assert made == [step_blocks + int(with_graphs)]
+    if with_graphs:
+        assert len(captured) == 1 and captured[0][0].shape[1] == step_blocks + 1
+        # The step wrote its blocks before the capture saw the cache.
+        assert bool(captured[0][0][0, 0].abs().sum() > 0)
+        capture_at = memory.calls.index("capture")
+        assert memory.calls[capture_at - 2 : capture_at] == ["synchronize", "free"]
+        assert memory.calls[capture_at + 1 : capture_at + 3] == ["synchronize", "free"]
+        assert memory.calls.index("empty_cache") > capture_at
+    else:
+        assert "capture" not in memory.calls
+
+
+def test_measure_graph_memory_is_the_drop_in_free_memory_with_the_graphs_alive() -> None:
+    memory = ScriptedMemory(total=10 * GIB, reserved=GIB, outside=0, allocated=0, step_peak=0)
+    alive = object()
+
+    def capture() -> object:
+        memory.graph_pool = 300 * MIB
+        return alive
+
+    taken, held = measure_graph_memory(memory, capture)
+    assert (taken, held) == (300 * MIB, alive)
+
+    def frees_memory() -> object:  # capture that ends with more free memory reads as 0
+        memory.graph_pool = 0
+        return alive
+
+    memory.graph_pool = 100 * MIB
+    assert measure_graph_memory(memory, frees_memory)[0] == 0

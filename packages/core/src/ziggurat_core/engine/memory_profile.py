@@ -2,10 +2,15 @@
 
 vLLM's rule and meaning: `gpu_memory_utilization` is the fraction of the device's *total*
 memory the whole engine may use (weights, the activations of the largest step, memory outside
-torch's allocator such as the CUDA context, and the KV cache). The cache gets what is left of
-that share once the rest is measured. The measuring (a dummy step at
-`max_num_batched_tokens`) is in `memory_profiler.py`; this file is only the arithmetic, so it
-is tested with the measured numbers injected.
+torch's allocator such as the CUDA context, the decode steps' CUDA graphs, and the KV cache).
+The cache gets what is left of that share once the rest is measured. The measuring (a dummy
+step at `max_num_batched_tokens`, and a capture of the decode graphs, both over a small
+temporary cache) is in `memory_profiler.py`; this file is only the arithmetic, so it is tested
+with the measured numbers injected.
+
+The graphs are captured for good only after the cache exists (they hold its address), so
+their memory cannot be measured then and subtracted: it would already be spoken for. The
+profiling capture measures it first (as vLLM does), and the cache is sized without it.
 """
 
 from __future__ import annotations
@@ -31,30 +36,37 @@ def profile_kv_cache_memory(
     non_torch_bytes: int,
     gpu_memory_utilization: float,
     bytes_per_block: int,
+    cuda_graph_bytes: int = 0,
 ) -> MemoryProfile:
     """The KV cache's share of `gpu_memory_utilization * total_bytes` after the weights, the
-    largest step's activations (its peak above the weights) and the memory torch does not
-    allocate; raises InsufficientMemoryError where that leaves less than one block."""
+    largest step's activations (its peak above the weights), the memory torch does not
+    allocate and the decode CUDA graphs' (0 without them); raises InsufficientMemoryError
+    where that leaves less than one block."""
     validate_gpu_memory_utilization(gpu_memory_utilization)
     for name, value in (
         ("total_bytes", total_bytes),
         ("weights_bytes", weights_bytes),
         ("peak_activation_bytes", peak_activation_bytes),
         ("non_torch_bytes", non_torch_bytes),
+        ("cuda_graph_bytes", cuda_graph_bytes),
     ):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
     if bytes_per_block < 1:
         raise ValueError(f"bytes_per_block must be >= 1, got {bytes_per_block}")
     engine_bytes = int(total_bytes * gpu_memory_utilization)
-    kv_cache_bytes = engine_bytes - weights_bytes - peak_activation_bytes - non_torch_bytes
+    kv_cache_bytes = (
+        engine_bytes - weights_bytes - peak_activation_bytes - non_torch_bytes - cuda_graph_bytes
+    )
     if kv_cache_bytes < bytes_per_block:
         raise InsufficientMemoryError(
             f"gpu_memory_utilization={gpu_memory_utilization} gives the engine {engine_bytes} of "
             f"{total_bytes} bytes; weights ({weights_bytes}), the largest step's activations "
-            f"({peak_activation_bytes}) and memory outside torch ({non_torch_bytes}) leave "
+            f"({peak_activation_bytes}), memory outside torch ({non_torch_bytes}) and the decode "
+            f"CUDA graphs ({cuda_graph_bytes}) leave "
             f"{max(kv_cache_bytes, 0)} bytes, less than one KV block of {bytes_per_block}: raise "
-            "gpu_memory_utilization or lower max_num_batched_tokens"
+            "gpu_memory_utilization or lower max_num_batched_tokens (or max_num_seqs, or "
+            "enforce_eager for no graphs)"
         )
     num_blocks = kv_cache_bytes // bytes_per_block
     return MemoryProfile(
@@ -65,4 +77,14 @@ def profile_kv_cache_memory(
         non_torch_bytes=non_torch_bytes,
         kv_cache_bytes=num_blocks * bytes_per_block,
         num_kv_blocks=num_blocks,
+        cuda_graph_bytes=cuda_graph_bytes,
     )
+
+
+def graph_overrun_bytes(profile: MemoryProfile) -> int:
+    """By how much the graphs captured over the real cache took more than was set aside for
+    them (0 where they took no more, or were not measured): the engine's footprint exceeds
+    its share by that much."""
+    if profile.cuda_graph_measured_bytes is None:
+        return 0
+    return max(0, profile.cuda_graph_measured_bytes - profile.cuda_graph_bytes)

@@ -2,14 +2,21 @@
 
 Before the KV cache exists, one dummy step runs `max_num_batched_tokens` tokens (spread over
 `max_num_seqs` sequences, as a full prefill batch would be) through the model and the
-vocabulary head; torch's allocator records the peak. The cache then gets what the engine's
-share of the device leaves.
+vocabulary head; torch's allocator records the peak. Where decode steps will run as CUDA
+graphs, they are then captured over the same temporary cache and the device's free memory read
+before and after: that is what the graphs' memory pool (and whatever else capturing allocates)
+takes. The cache then gets what the engine's share of the device leaves.
+
+The readings go through `DeviceMemory`, so the CPU tests run the same sequence with the numbers
+injected.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -17,6 +24,65 @@ from torch import nn
 from .attention.base import AttentionBackend, StepLayout
 from .memory_profile import profile_kv_cache_memory
 from .reports import MemoryProfile
+
+
+class DeviceMemory(Protocol):
+    """The memory readings the profile takes (torch.cuda's, for one device)."""
+
+    def synchronize(self) -> None: ...
+    def reset_peak(self) -> None: ...
+    def allocated(self) -> int: ...
+    def max_allocated(self) -> int: ...
+    def reserved(self) -> int: ...
+    def free_and_total(self) -> tuple[int, int]: ...
+    def empty_cache(self) -> None: ...
+
+
+class CudaMemory:
+    """`DeviceMemory` of one CUDA device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    def reset_peak(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def allocated(self) -> int:
+        return int(torch.cuda.memory_allocated(self.device))
+
+    def max_allocated(self) -> int:
+        return int(torch.cuda.max_memory_allocated(self.device))
+
+    def reserved(self) -> int:
+        return int(torch.cuda.memory_reserved(self.device))
+
+    def free_and_total(self) -> tuple[int, int]:
+        free, total = torch.cuda.mem_get_info(self.device)
+        return int(free), int(total)
+
+    def empty_cache(self) -> None:
+        torch.cuda.empty_cache()
+
+
+# Captures the decode graphs over the given KV caches (their last block the padding block) and
+# returns what holds them; the profile drops it once measured.
+CaptureGraphsFn = Callable[[list[torch.Tensor]], object]
+
+
+def measure_graph_memory(
+    memory: DeviceMemory, capture: Callable[[], object]
+) -> tuple[int, object]:
+    """Device memory that `capture()` takes (free before less free after, never below 0), and
+    what it returned, still alive: freeing it before the reading would hide the pool."""
+    memory.synchronize()
+    free_before, _ = memory.free_and_total()
+    captured = capture()
+    memory.synchronize()
+    free_after, _ = memory.free_and_total()
+    return max(0, free_before - free_after), captured
 
 
 def profile_query_lens(max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int) -> list[int]:
@@ -67,28 +133,38 @@ def profile_cuda_memory(
     *,
     gpu_memory_utilization: float,
     bytes_per_block: int,
+    capture_graphs: CaptureGraphsFn | None = None,
+    memory: DeviceMemory | None = None,
 ) -> MemoryProfile:
     """Run the dummy step on `device` against a temporary cache of its blocks (made by
-    `make_kv_caches(num_blocks)`, freed afterwards) and size the KV cache from the peak."""
+    `make_kv_caches(num_blocks)`, freed afterwards), capture the decode graphs over it where
+    `capture_graphs` is given (one block more: the padding block), and size the KV cache from
+    the peak and the graphs' memory. `memory`: the readings (None: torch.cuda's of `device`)."""
+    memory = CudaMemory(device) if memory is None else memory
     num_blocks = sum(math.ceil(n / block_size) for n in query_lens)
     weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    kv_caches = make_kv_caches(num_blocks)
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
+    kv_caches = make_kv_caches(num_blocks + int(capture_graphs is not None))
+    memory.synchronize()
+    memory.reset_peak()
+    before = memory.allocated()
     with torch.inference_mode():
         run_profile_step(model, attention, kv_caches, query_lens, block_size, device)
-    torch.cuda.synchronize(device)
-    peak_activation = torch.cuda.max_memory_allocated(device) - before
+    memory.synchronize()
+    peak_activation = max(0, memory.max_allocated() - before)
+    graph_bytes = 0
+    if capture_graphs is not None:
+        graph_bytes, graphs = measure_graph_memory(memory, partial(capture_graphs, kv_caches))
+        del graphs  # with it the graphs' pool, before the readings below
     del kv_caches
-    torch.cuda.empty_cache()
-    free, total = torch.cuda.mem_get_info(device)
-    non_torch = max(0, (total - free) - torch.cuda.memory_reserved(device))
+    memory.empty_cache()
+    free, total = memory.free_and_total()
+    non_torch = max(0, (total - free) - memory.reserved())
     return profile_kv_cache_memory(
-        total_bytes=int(total),
+        total_bytes=total,
         weights_bytes=weights_bytes,
-        peak_activation_bytes=int(peak_activation),
-        non_torch_bytes=int(non_torch),
+        peak_activation_bytes=peak_activation,
+        non_torch_bytes=non_torch,
         gpu_memory_utilization=gpu_memory_utilization,
         bytes_per_block=bytes_per_block,
+        cuda_graph_bytes=graph_bytes,
     )

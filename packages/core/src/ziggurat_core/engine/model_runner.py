@@ -18,11 +18,17 @@ from .attention.selector import default_block_size, select_attention_backend
 from .config import KV_CACHE_DTYPES, EngineConfig
 from .cpu_kernels import cpu_isa
 from .cuda_graph_sizes import graph_capture_sizes
-from .cuda_graphs import DecodeBuffers, DecodeGraphRunner, decode_graphs_wanted
+from .cuda_graphs import DecodeBuffers, DecodeGraphRunner, DecodeStepFn, decode_graphs_wanted
 from .device import dtype_name, host_to_device, resolve_device, resolve_dtype
 from .kv_cache_plan import kv_bytes_per_block, plan_kv_cache
 from .layers import pack_linears
-from .memory_profiler import profile_cuda_memory, profile_query_lens
+from .memory_profile import graph_overrun_bytes
+from .memory_profiler import (
+    CudaMemory,
+    measure_graph_memory,
+    profile_cuda_memory,
+    profile_query_lens,
+)
 from .models.llama import build_model
 from .quantization import measure_input_absmax, quantize_linears_int8
 from .reports import MemoryProfile, ResolvedSettings
@@ -169,11 +175,13 @@ class ModelRunner:
             # `kv_spec.block_size`, so runner and block manager always agree.
             config = dataclasses.replace(config, block_size=default_block_size(self.attention.name))
             self.config = config
-        self.memory_profile = self._profile_memory(max_model_len)
         if static_decode is None:
             static_decode = decode_graphs_wanted(
                 self.device, config.enforce_eager, config.tensor_parallel_size
             )
+        self.memory_profile = self._profile_memory(
+            max_model_len, graphs=static_decode and self.device.type == "cuda"
+        )
         self.kv_spec = plan_kv_cache(
             config, self.model_config, self.device, self.kv_cache_dtype, max_model_len,
             self.memory_profile, reserved_blocks=int(static_decode),
@@ -191,7 +199,7 @@ class ModelRunner:
             pack_linears(self.model, "onednn")
         self.load_seconds = time.perf_counter() - started
         self.sampler = Sampler(mc.vocab_size, self.device, seed=config.seed)
-        self.decode_graphs = self._make_decode_graphs(max_model_len) if static_decode else None
+        self.decode_graphs = self._capture_decode_graphs(max_model_len) if static_decode else None
         kernels = ""
         if self.device.type == "cpu":
             kernels = f", cpu kernels: {self.cpu_isa or 'none, torch ops'}"
@@ -204,18 +212,47 @@ class ModelRunner:
             self.kv_spec.total_bytes / 2**20,
         )
 
+    def _capture_decode_graphs(self, max_model_len: int) -> DecodeGraphRunner | None:
+        """The static decode runner over the KV cache, with what its graphs took recorded in
+        the memory profile (set aside for them while profiling; a warning where they took
+        more)."""
+        profile = self.memory_profile
+        if profile is None or self.device.type != "cuda":
+            return self._make_decode_graphs(self.kv_caches, max_model_len)
+        graph_bytes, graphs = measure_graph_memory(
+            CudaMemory(self.device), lambda: self._make_decode_graphs(self.kv_caches, max_model_len)
+        )
+        self.memory_profile = dataclasses.replace(profile, cuda_graph_measured_bytes=graph_bytes)
+        gib = 2**30
+        logger.info(
+            "decode CUDA graphs took %.3f GiB over the KV cache (%.3f GiB was set aside for "
+            "them by the memory profile)", graph_bytes / gib, profile.cuda_graph_bytes / gib,
+        )
+        overrun = graph_overrun_bytes(self.memory_profile)
+        if overrun:
+            logger.warning(
+                "the decode CUDA graphs took %.3f GiB more than the memory profile set aside: "
+                "the engine uses that much beyond gpu_memory_utilization (lower it, or "
+                "enforce_eager for no graphs)", overrun / gib,
+            )
+        assert graphs is None or isinstance(graphs, DecodeGraphRunner)
+        return graphs
+
     @torch.inference_mode()
-    def _make_decode_graphs(self, max_model_len: int) -> DecodeGraphRunner | None:
-        """The static decode runner; None (every step eager, with a warning) where capture
-        fails: the graph path must never be the reason an engine does not start."""
+    def _make_decode_graphs(
+        self, kv_caches: list[torch.Tensor], max_model_len: int, quiet: bool = False
+    ) -> DecodeGraphRunner | None:
+        """The static decode runner over `kv_caches`, whose last block is the padding block;
+        None (every step eager, with a warning) where capture fails: the graph path must never
+        be the reason an engine does not start. `quiet`: no log (the profiling capture)."""
         bs = self.config.resolved_block_size
         sizes = graph_capture_sizes(self.config.max_num_seqs)
         capture = self.device.type == "cuda"
         started = time.perf_counter()
         try:
             graphs = DecodeGraphRunner(
-                self._decode_on_buffers, sizes, -(-max_model_len // bs), bs,
-                pad_block=self.kv_spec.num_blocks, device=self.device, capture=capture,
+                self._decode_step_over(kv_caches), sizes, -(-max_model_len // bs), bs,
+                pad_block=kv_caches[0].shape[1] - 1, device=self.device, capture=capture,
             )
         except RuntimeError as exc:
             if not capture:
@@ -226,6 +263,8 @@ class ModelRunner:
             )
             torch.cuda.synchronize(self.device)
             return None
+        if quiet:
+            return graphs
         logger.info(
             "decode steps %s at batch sizes %s (%.2fs); larger batches and prefills run "
             "eagerly%s",
@@ -235,18 +274,23 @@ class ModelRunner:
         )
         return graphs
 
-    def _decode_on_buffers(self, buffers: DecodeBuffers, size: int) -> torch.Tensor:
-        """Logits of a decode step over the first `size` rows of the static buffers (what a
-        CUDA graph captures: tensor ops only, nothing read back to the host)."""
-        positions = buffers.positions[:size]
-        metadata = self.attention.prepare_decode(
-            buffers.block_tables[:size], buffers.context_lens[:size], positions,
-            self.config.resolved_block_size,
-        )
-        hidden = self.model(
-            buffers.input_ids[:size], positions, self.kv_caches, self.attention, metadata
-        )
-        return self.model.compute_logits(hidden)
+    def _decode_step_over(self, kv_caches: list[torch.Tensor]) -> DecodeStepFn:
+        """The decode step over `kv_caches` that the graphs capture."""
+
+        def decode_on_buffers(buffers: DecodeBuffers, size: int) -> torch.Tensor:
+            """Logits of a decode step over the first `size` rows of the static buffers (what
+            a CUDA graph captures: tensor ops only, nothing read back to the host)."""
+            positions = buffers.positions[:size]
+            metadata = self.attention.prepare_decode(
+                buffers.block_tables[:size], buffers.context_lens[:size], positions,
+                self.config.resolved_block_size,
+            )
+            hidden = self.model(
+                buffers.input_ids[:size], positions, kv_caches, self.attention, metadata
+            )
+            return self.model.compute_logits(hidden)
+
+        return decode_on_buffers
 
     def _make_kv_caches(self, num_blocks: int) -> list[torch.Tensor]:
         mc = self.model_config
@@ -255,9 +299,10 @@ class ModelRunner:
             zeroed_tensor(shape, self.kv_cache_dtype, self.device) for _ in range(mc.num_hidden_layers)
         ]
 
-    def _profile_memory(self, max_model_len: int) -> MemoryProfile | None:
+    def _profile_memory(self, max_model_len: int, graphs: bool) -> MemoryProfile | None:
         """On CUDA with no cache size given: the KV cache's share from a profiled dummy step
-        at max_num_batched_tokens (memory_profiler.py); None elsewhere."""
+        at max_num_batched_tokens and, where `graphs`, a capture of the decode graphs
+        (memory_profiler.py); None elsewhere."""
         config = self.config
         if self.device.type != "cuda" or config.num_kv_blocks is not None or config.kv_cache_memory is not None:
             return None
@@ -269,15 +314,20 @@ class ModelRunner:
             bytes_per_block=kv_bytes_per_block(
                 self.model_config, config.resolved_block_size, self.kv_cache_dtype
             ),
+            capture_graphs=(
+                (lambda caches: self._make_decode_graphs(caches, max_model_len, quiet=True))
+                if graphs else None
+            ),
         )
         gib = 2**30
         logger.info(
             "memory profile of %s: %.2f GiB total x gpu_memory_utilization %.2f; weights "
-            "%.2f GiB, peak of a %d-token step %.2f GiB, outside torch %.2f GiB -> KV cache "
-            "%.2f GiB (%d blocks)",
+            "%.2f GiB, peak of a %d-token step %.2f GiB, outside torch %.2f GiB, decode CUDA "
+            "graphs %.3f GiB -> KV cache %.2f GiB (%d blocks)",
             self.device, profile.total_bytes / gib, profile.gpu_memory_utilization,
             profile.weights_bytes / gib, sum(query_lens), profile.peak_activation_bytes / gib,
-            profile.non_torch_bytes / gib, profile.kv_cache_bytes / gib, profile.num_kv_blocks,
+            profile.non_torch_bytes / gib, profile.cuda_graph_bytes / gib,
+            profile.kv_cache_bytes / gib, profile.num_kv_blocks,
         )
         return profile
 

@@ -64,7 +64,8 @@ class DeviceInfo:
 @dataclass(frozen=True)
 class MemoryProfile:
     """How the KV cache was sized on CUDA (`memory_profile.py`): the engine's share of the
-    device, what the weights and the largest step take of it, and what the cache got."""
+    device, what the weights, the largest step and the decode CUDA graphs take of it, and what
+    the cache got."""
 
     total_bytes: int  # the device's memory
     gpu_memory_utilization: float  # the engine's fraction of total_bytes
@@ -73,6 +74,11 @@ class MemoryProfile:
     non_torch_bytes: int  # memory outside torch's allocator (CUDA context, libraries)
     kv_cache_bytes: int
     num_kv_blocks: int
+    # Set aside for the decode steps' CUDA graphs, as measured by a capture during profiling
+    # (0 where no graphs are captured: enforce_eager, tensor parallelism).
+    cuda_graph_bytes: int = 0
+    # What the graphs took when captured over the real cache; None before that or without them.
+    cuda_graph_measured_bytes: int | None = None
 
 
 @dataclass(frozen=True)

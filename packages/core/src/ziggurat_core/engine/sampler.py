@@ -5,6 +5,10 @@ min_tokens EOS mask change the logits; greedy rows (temperature 0 or top_k 1) ta
 other rows divide by the temperature, apply min_p, then top-k, then top-p (each on the
 distribution left by the previous filter) and draw by inverse CDF with one uniform number.
 
+Off the CPU the sampler never reads the device until its results are ready: each row's
+candidate width is known on the host from its settings, and the results of the step (tokens,
+logprobs) come back in one copy (`host_read.py`).
+
 Reproducibility: a seeded sequence draws its uniform from its own generator (kept in
 `seq.sampler_state`, seeded from (seed, sample index)), and what it draws depends only on its own
 row, so sample k of a request comes out the same whatever else is in the batch and whatever n is.
@@ -17,6 +21,7 @@ import hashlib
 import torch
 
 from .device import host_to_device
+from .host_read import read_to_host
 from .sample_result import SampleResult
 from .sampling_metadata import (
     PenaltyInputs,
@@ -40,12 +45,23 @@ def derive_seed(seed: int, index: int) -> int:
 
 
 class Sampler:
-    def __init__(self, vocab_size: int, device: torch.device, seed: int | None = None) -> None:
-        """`seed` seeds the generator shared by unseeded sequences (None: nondeterministic)."""
+    def __init__(
+        self,
+        vocab_size: int,
+        device: torch.device,
+        seed: int | None = None,
+        sync_free: bool | None = None,
+    ) -> None:
+        """`seed` seeds the generator shared by unseeded sequences (None: nondeterministic).
+        `sync_free`: choose tokens without reading the device before the results, and read
+        those in one packed copy (None: off the CPU, where every read is a wait for the
+        device; on CPU the loop that stops at the first sufficient width is cheaper). Both
+        ways choose the same tokens; the CPU tests set it to run the device path."""
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         self.vocab_size = vocab_size
         self.device = torch.device(device)
+        self.sync_free = self.device.type != "cpu" if sync_free is None else sync_free
         self._generator = torch.Generator(device=self.device)
         if seed is None:
             self._generator.seed()
@@ -69,8 +85,11 @@ class Sampler:
         )
         processed = apply_logit_processors(logits, meta)
         token_ids = self._choose_tokens(processed, meta)
-        token_list: list[int] = token_ids.tolist()
-        top_logprobs = _gather_logprobs(logits, token_ids, meta)
+        logprobs = _logprob_tensors(logits, token_ids, meta)
+        # One read of the step's results (one copy on the device path).
+        host = read_to_host([token_ids, *logprobs], packed=self.sync_free)
+        token_list: list[int] = host[0].tolist()
+        top_logprobs = _logprob_results(meta, *host) if logprobs else {}
         return [
             SampleResult(
                 token_id=token,
@@ -118,9 +137,12 @@ class Sampler:
         token_ids = torch.empty(num_rows, dtype=torch.int64, device=weights.device)
         if rows.truncated:
             truncated = _row_index(rows.truncated, num_rows, weights.device)
-            token_ids[truncated] = _sample_top_k_top_p(
-                weights[truncated], rows.top_k[truncated], rows.top_p[truncated], uniforms[truncated]
-            )
+            args = (weights[truncated], rows.top_k[truncated], rows.top_p[truncated], uniforms[truncated])
+            if self.sync_free:
+                widths = [candidate_width(rows.top_k_values[i], self.vocab_size) for i in rows.truncated]
+                token_ids[truncated] = _sample_at_widths(*args, widths)
+            else:
+                token_ids[truncated] = _sample_top_k_top_p(*args)
         if rows.untruncated:
             untruncated = _row_index(rows.untruncated, num_rows, weights.device)
             # In place: the weights of these rows are not needed afterwards. float32 is enough:
@@ -226,11 +248,8 @@ def _sample_top_k_top_p(
     width while their nucleus does not fit. Which widths a row goes through depends only on that
     row, so its token does not depend on the rest of the batch, even where probabilities tie.
 
-    Off the CPU, reading which rows are done would make the host wait for the device at every
-    width: there every row is sampled at every width and keeps its result from the first width
-    that holds its top-k/top-p (`_sample_every_width`, the same tokens)."""
-    if probs.device.type != "cpu":
-        return _sample_every_width(probs, top_k, top_p, uniforms)
+    This loop reads on the host which rows are done after each width: the CPU path. Off the
+    CPU, `_sample_at_widths` chooses the same tokens without those reads."""
     vocab_size = probs.shape[1]
     token_ids = torch.empty(probs.shape[0], dtype=torch.int64, device=probs.device)
     pending = torch.ones(probs.shape[0], dtype=torch.bool, device=probs.device)
@@ -251,19 +270,43 @@ def _sample_top_k_top_p(
     return token_ids
 
 
-def _sample_every_width(
-    probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, uniforms: torch.Tensor
+def candidate_width(top_k: int, vocab_size: int) -> int:
+    """The candidates a row is sampled from off the CPU, from its settings alone: a row with
+    top-k the narrowest candidate width that holds its k (a partial top-k, never a sort of the
+    vocabulary), a row with top-p only the whole vocabulary, sorted (its nucleus is unknown
+    until the probabilities are read). `top_k` is vocab_size where disabled."""
+    if top_k < vocab_size:
+        for width in CANDIDATE_WIDTHS:
+            if top_k <= width < vocab_size:
+                return width
+    return vocab_size
+
+
+def _sample_at_widths(
+    probs: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    uniforms: torch.Tensor,
+    widths: list[int],
 ) -> torch.Tensor:
-    """`_sample_top_k_top_p` without reading a device value on the host: each row takes its token
-    from the first width where it is eligible (its top-k fits, or it has none) and the candidates
-    hold its top-p nucleus; the full vocabulary always does."""
-    vocab_size = probs.shape[1]
-    widths = [w for w in CANDIDATE_WIDTHS if w < vocab_size]
-    token_ids, _ = _sample_sorted_prefix(probs, top_k, top_p, uniforms, vocab_size)
-    for width in reversed(widths):  # narrowest last, so it wins where it holds the row
-        tokens, complete = _sample_sorted_prefix(probs, top_k, top_p, uniforms, width)
-        eligible = (top_k <= width) | (top_k >= vocab_size)
-        token_ids = torch.where(eligible & complete, tokens, token_ids)
+    """`_sample_top_k_top_p` without reading the device: row i is sampled once among its
+    `widths[i]` most likely tokens (`candidate_width`), rows of one width together. The
+    tokens are the loop's: a top-k row ends the loop at the same width, and a top-p row's
+    nucleus is the same prefix of the sorted vocabulary as of the first candidates that hold
+    it. Tied probabilities: the full sort is stable (the lower token id first), so a top-p-only
+    row's choice among ties is defined here, where the loop's partial top-k leaves it to torch."""
+    num_rows = probs.shape[0]
+    groups: dict[int, list[int]] = {}
+    for row, width in enumerate(widths):
+        groups.setdefault(width, []).append(row)
+    if len(groups) == 1:
+        return _sample_sorted_prefix(probs, top_k, top_p, uniforms, widths[0])[0]
+    token_ids = torch.empty(num_rows, dtype=torch.int64, device=probs.device)
+    for width, rows in groups.items():
+        index = host_to_device(rows, torch.int64, probs.device)
+        token_ids[index] = _sample_sorted_prefix(
+            probs[index], top_k[index], top_p[index], uniforms[index], width
+        )[0]
     return token_ids
 
 
@@ -283,10 +326,11 @@ def _sample_sorted_prefix(
     cdf = torch.cumsum(candidate_probs, dim=-1, dtype=torch.float64)
     k_in_candidates = top_k <= width
     k_kept = top_k.clamp(max=width)
-    # Mass that top_p is a fraction of: what top-k kept (or the whole row without top-k).
+    # Mass that top_p is a fraction of: what top-k kept, or the whole row without top-k (the
+    # same sum at every width, so a top-p row keeps the same nucleus whichever width holds it).
     k_mass = cdf.gather(1, (k_kept - 1).unsqueeze(1)).squeeze(1)
     row_mass = probs.sum(dim=-1).to(torch.float64)  # float32 sum avoids a float64 copy of probs
-    p_mass = top_p * torch.where(k_in_candidates, k_mass, row_mass)
+    p_mass = top_p * torch.where(k_in_candidates & (top_k < probs.shape[1]), k_mass, row_mass)
     # Keep a token while the mass of the more likely tokens is still below top_p (always >= 1).
     mass_before = cdf - candidate_probs.to(torch.float64)
     p_kept = (mass_before < p_mass.unsqueeze(1)).sum(dim=-1).clamp(min=1)
@@ -296,28 +340,40 @@ def _sample_sorted_prefix(
     return candidate_ids.gather(1, columns.unsqueeze(1)).squeeze(1), complete
 
 
-def _gather_logprobs(
+def _logprob_tensors(
     logits: torch.Tensor, token_ids: torch.Tensor, meta: SamplingMetadata
-) -> dict[int, tuple[float, dict[int, float]]]:
-    """Row -> (chosen token's raw logprob, top logprobs) for the rows that asked for logprobs."""
+) -> list[torch.Tensor]:
+    """For the rows that asked for logprobs (none: an empty list): the chosen token's raw
+    logprob [L], and the top logprobs' values and ids [L, max k] (width 0 where every row asks
+    for the chosen token only), still on the device."""
     if not meta.logprob_rows:
-        return {}
+        return []
     rows = _row_index(meta.logprob_rows, meta.num_rows, logits.device)
     logprobs = torch.log_softmax(logits[rows], dim=-1)
-    chosen_ids = token_ids[rows]
-    chosen: list[float] = logprobs.gather(1, chosen_ids.unsqueeze(1)).squeeze(1).tolist()
-    chosen_id_list: list[int] = chosen_ids.tolist()
-    max_k = max(meta.logprob_counts)
-    top_values: list[list[float]] = []
-    top_ids: list[list[int]] = []
-    if max_k > 0:
-        values, ids = torch.topk(logprobs, min(max_k, logits.shape[1]), dim=-1)
-        top_values, top_ids = values.tolist(), ids.tolist()
+    chosen = logprobs.gather(1, token_ids[rows].unsqueeze(1)).squeeze(1)
+    max_k = min(max(meta.logprob_counts), logits.shape[1])
+    values, ids = torch.topk(logprobs, max_k, dim=-1)
+    return [chosen, values, ids]
+
+
+def _logprob_results(
+    meta: SamplingMetadata,
+    token_ids: torch.Tensor,
+    chosen: torch.Tensor,
+    top_values: torch.Tensor,
+    top_ids: torch.Tensor,
+) -> dict[int, tuple[float, dict[int, float]]]:
+    """Row -> (chosen token's raw logprob, top logprobs), from `_logprob_tensors`' results and
+    the step's tokens, all read back to the host."""
+    chosen_list: list[float] = chosen.tolist()
+    token_list: list[int] = token_ids.tolist()
+    value_lists: list[list[float]] = top_values.tolist()
+    id_lists: list[list[int]] = top_ids.tolist()
     result: dict[int, tuple[float, dict[int, float]]] = {}
     for i, (row, k) in enumerate(zip(meta.logprob_rows, meta.logprob_counts, strict=True)):
         if k == 0:
-            top = {chosen_id_list[i]: chosen[i]}
+            top = {token_list[row]: chosen_list[i]}
         else:
-            top = dict(zip(top_ids[i][:k], top_values[i][:k], strict=True))
-        result[row] = (chosen[i], top)
+            top = dict(zip(id_lists[i][:k], value_lists[i][:k], strict=True))
+        result[row] = (chosen_list[i], top)
     return result

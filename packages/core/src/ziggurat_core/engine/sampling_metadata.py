@@ -50,6 +50,9 @@ class RandomRows:
     temperature: torch.Tensor  # [R, 1]
     min_p: torch.Tensor | None  # [R, 1]; None when no row uses min_p
     top_k: torch.Tensor  # [R] int64; vocab_size where top-k is disabled
+    # The same on the host: off the CPU the sampler picks each row's candidate width from it
+    # without reading the device.
+    top_k_values: list[int]
     top_p: torch.Tensor  # [R] float64; 1.0 where top-p is disabled
     truncated: list[int]  # positions (into `rows`) of rows that use top-k or top-p
     untruncated: list[int]  # positions of the other rows
@@ -197,6 +200,7 @@ def _random_rows(
         temperature=_column([p.temperature for p in params], device),
         min_p=_column([p.min_p for p in params], device) if uses_min_p else None,
         top_k=host_to_device(top_k, torch.int64, device),
+        top_k_values=top_k,
         top_p=host_to_device([p.top_p for p in params], torch.float64, device),
         truncated=truncated,
         untruncated=untruncated,

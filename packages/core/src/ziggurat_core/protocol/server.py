@@ -30,7 +30,8 @@ class ServerMemory(ResponseModel):
 
 class EngineMemoryProfile(ResponseModel):
     """How the KV cache was sized on CUDA: the engine's share (gpu_memory_utilization) of the
-    device's memory, less the weights, the largest step's peak and memory outside torch."""
+    device's memory, less the weights, the largest step's peak, memory outside torch and the
+    decode steps' CUDA graphs."""
 
     total_bytes: int | None = None
     gpu_memory_utilization: float | None = None
@@ -39,6 +40,8 @@ class EngineMemoryProfile(ResponseModel):
     non_torch_bytes: int | None = None
     kv_cache_bytes: int | None = None
     num_kv_blocks: int | None = None
+    cuda_graph_bytes: int | None = None  # set aside for the graphs, measured while profiling
+    cuda_graph_measured_bytes: int | None = None  # what they took over the real cache
 
 
 class ResolvedEngineSettings(ResponseModel):
