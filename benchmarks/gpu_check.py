@@ -13,8 +13,13 @@ On a machine without CUDA it says so (`"cuda": false`) and exits 0. With CUDA it
   - does all of that twice: with decode steps replayed as CUDA graphs (the default) and eagerly
     (`enforce_eager`), and checks the graph mode's greedy outputs against the eager mode's as
     above (`same_as_eager`);
-  - runs the GPU tests (pytest tests/core/test_attention_xformers.py tests/core/test_cuda_graphs.py:
-    xformers' kernels, the fixed-shape decode inputs, CUDA-graph capture);
+  - checks the memory accounting: the device memory in use once loaded (weights, KV cache,
+    graphs) and after the sweep stays within gpu_memory_utilization's share of the device (on a
+    GPU nothing else uses), and the decode graphs took no more than the profile set aside for
+    them (`cuda_graph_bytes` vs `cuda_graph_measured_bytes` in the memory profile);
+  - runs the GPU tests (pytest tests/core/test_attention_xformers.py tests/core/test_cuda_graphs.py
+    tests/core/test_sampler_device_path.py: xformers' kernels, the fixed-shape decode inputs,
+    CUDA-graph capture and its memory, the sampler's sync-free path);
   - sweeps 1, 8, 64 and 256 concurrent streams in both modes: decode tokens/s, time to first
     token, and at batch 1 the memory bandwidth reached (weight bytes read per decode step / step
     time) as a fraction of the device's peak.
@@ -182,7 +187,40 @@ def check_seeded_sampling(gpu: Any, max_tokens: int) -> dict[str, Any]:
     return {"passed": batch[1].outputs[0].token_ids == alone}
 
 
-GPU_TEST_FILES = ["tests/core/test_attention_xformers.py", "tests/core/test_cuda_graphs.py"]
+GPU_TEST_FILES = [
+    "tests/core/test_attention_xformers.py",
+    "tests/core/test_cuda_graphs.py",
+    "tests/core/test_sampler_device_path.py",
+]
+
+
+def judge_memory(profile: dict[str, Any] | None, used_bytes: int, graphs_captured: bool) -> dict[str, Any]:
+    """Whether the engine kept to its share: `used_bytes` (device memory in use, total less
+    free) within gpu_memory_utilization x total, and captured graphs within what the profile
+    set aside for them. Without a profile (a size was given) there is nothing to judge."""
+    if profile is None:
+        return {"passed": True, "profiled": False, "used_bytes": used_bytes}
+    share = int(profile["total_bytes"] * profile["gpu_memory_utilization"])
+    verdict: dict[str, Any] = {
+        "profiled": True,
+        "used_bytes": used_bytes,
+        "share_bytes": share,
+        "within_share": used_bytes <= share,
+        "graph_bytes_set_aside": profile.get("cuda_graph_bytes"),
+        "graph_bytes_measured": profile.get("cuda_graph_measured_bytes"),
+    }
+    graphs_ok = True
+    if graphs_captured:
+        measured = profile.get("cuda_graph_measured_bytes")
+        graphs_ok = measured is not None and measured <= (profile.get("cuda_graph_bytes") or 0)
+    verdict["graphs_within_set_aside"] = graphs_ok
+    verdict["passed"] = bool(verdict["within_share"]) and graphs_ok
+    return verdict
+
+
+def device_used_bytes(device: torch.device) -> int:
+    free, total = torch.cuda.mem_get_info(device)
+    return int(total - free)
 
 
 def run_gpu_tests() -> dict[str, Any]:
@@ -260,8 +298,12 @@ def run_on_gpu(args: argparse.Namespace) -> dict[str, Any]:
             weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
             resolved = gpu.engine.resolved_settings
             graphs = getattr(runner, "decode_graphs", None)
+            captured = graphs is not None and graphs.captured
+            profile = None if resolved.memory_profile is None else asdict(resolved.memory_profile)
+            used_at_load = device_used_bytes(device)
             outputs = _greedy(gpu, PARITY_PROMPTS, args.max_tokens, logprobs=5)
             checks = {
+                "memory_at_load": judge_memory(profile, used_at_load, captured),
                 "greedy_parity": check_parity(reference, outputs, args.tie_nats),
                 "batch_invariance": check_batch_invariance(gpu, args.max_tokens),
                 "seeded_sampling": check_seeded_sampling(gpu, args.max_tokens),
@@ -279,10 +321,12 @@ def run_on_gpu(args: argparse.Namespace) -> dict[str, Any]:
                 "block_size": gpu.engine.config.block_size,
                 "decode_graph_sizes": None if graphs is None else graphs.sizes,
                 "decode_graphs_captured": graphs is not None and graphs.captured,
-                "memory_profile": None if resolved.memory_profile is None else asdict(resolved.memory_profile),
+                "memory_profile": profile,
                 "checks": checks,
                 "throughput": throughput_sweep(gpu, streams, args.max_tokens, weight_bytes, peak),
             }
+            # The sweep's largest batches and prefills ran: still within the share?
+            checks["memory_after_sweep"] = judge_memory(profile, device_used_bytes(device), captured)
             del gpu, runner, graphs
             torch.cuda.empty_cache()
         report["models"][model] = modes

@@ -189,3 +189,18 @@ def test_captured_graphs_sample_the_eager_tokens_on_gpu(tiny_llama: TinyModel) -
         assert enforce_eager or graphs.captured
         outputs.append(generate(engine, prompts, params))
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_the_profiled_cache_sets_the_graphs_memory_aside_on_gpu(tiny_llama: TinyModel) -> None:
+    engine = InferenceEngine(EngineConfig(
+        model=str(tiny_llama.gguf_path), device="cuda", dtype="float32", max_num_seqs=6,
+        gpu_memory_utilization=0.3,
+    ))
+    runner = engine.runner
+    assert isinstance(runner, ModelRunner)
+    profile = runner.memory_profile
+    assert profile is not None and runner.decode_graphs is not None and runner.decode_graphs.captured
+    assert profile.cuda_graph_bytes > 0  # the profiling capture took memory, and it was counted
+    assert profile.cuda_graph_measured_bytes is not None
+    assert engine.resolved_settings.memory_profile == profile

@@ -17,6 +17,7 @@ from gpu_check import (  # noqa: E402
     bandwidth_fraction,
     first_difference,
     judge_greedy_parity,
+    judge_memory,
     peak_bandwidth,
 )
 
@@ -98,3 +99,34 @@ def test_bandwidth_fraction() -> None:
     # 270 MB of weights read in 1 ms: 270 GB/s, a tenth of 2.7 TB/s.
     assert bandwidth_fraction(270_000_000, 0.001, 2.7e12) == pytest.approx(0.1)
     assert bandwidth_fraction(1, 0.001, None) is None
+
+
+GIB = 2**30
+PROFILE = {"total_bytes": 80 * GIB, "gpu_memory_utilization": 0.9, "cuda_graph_bytes": GIB // 4,
+           "cuda_graph_measured_bytes": GIB // 5}
+
+
+def test_memory_within_the_share_and_graphs_within_their_set_aside_pass() -> None:
+    verdict = judge_memory(PROFILE, 70 * GIB, graphs_captured=True)
+    assert verdict["passed"] and verdict["within_share"] and verdict["graphs_within_set_aside"]
+    assert verdict["share_bytes"] == 72 * GIB
+
+
+def test_memory_beyond_the_share_fails() -> None:
+    verdict = judge_memory(PROFILE, 73 * GIB, graphs_captured=True)
+    assert verdict["passed"] is False and verdict["within_share"] is False
+
+
+def test_graphs_beyond_their_set_aside_fail_and_unmeasured_graphs_too() -> None:
+    overrun = dict(PROFILE, cuda_graph_measured_bytes=GIB // 3)
+    assert judge_memory(overrun, 10 * GIB, graphs_captured=True)["passed"] is False
+    unmeasured = dict(PROFILE, cuda_graph_measured_bytes=None)
+    assert judge_memory(unmeasured, 10 * GIB, graphs_captured=True)["passed"] is False
+    # Eager mode captures nothing: the graph figures are not judged.
+    assert judge_memory(unmeasured, 10 * GIB, graphs_captured=False)["passed"] is True
+
+
+def test_without_a_profile_nothing_is_judged() -> None:
+    assert judge_memory(None, 99 * GIB, graphs_captured=True) == {
+        "passed": True, "profiled": False, "used_bytes": 99 * GIB,
+    }

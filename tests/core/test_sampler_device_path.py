@@ -181,3 +181,24 @@ def test_a_packed_read_refuses_what_it_cannot_return_exactly() -> None:
         read_to_host([torch.tensor([2**53 + 1])], packed=True)
     with pytest.raises(ValueError, match="float32/64"):
         read_to_host([torch.tensor([1.0], dtype=torch.bfloat16)], packed=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA sampler needs a CUDA GPU")
+def test_on_gpu_the_device_path_picks_the_loops_tokens_and_reads_back_exactly() -> None:
+    cuda = torch.device("cuda")
+    for seed in range(3):
+        probs, top_k, top_p, uniforms = (t.to(cuda) for t in _mixed_rows(9000, seed))
+        widths = [candidate_width(int(k), 9000) for k in top_k.tolist()]
+        loop = sampler_module._sample_top_k_top_p(probs, top_k, top_p, uniforms)
+        at_widths = sampler_module._sample_at_widths(probs, top_k, top_p, uniforms, widths)
+        assert torch.equal(loop, at_widths)
+    tensors = [torch.arange(7, device=cuda), torch.randn(3, 5, device=cuda)]
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(tensors, read_to_host(tensors), strict=True))
+    # Greedy rows with logprobs: the same results whichever way they are read back.
+    params = [SamplingParams(temperature=0.0, logprobs=k) for k in (0, 1, 4, 20)]
+    logits = torch.randn(len(params), 6000, device=cuda)
+    results = [
+        Sampler(6000, cuda, seed=0, sync_free=sync_free)(logits, [_seq(p, i, []) for i, p in enumerate(params)], [EOS])
+        for sync_free in (False, True)
+    ]
+    assert results[0] == results[1]
