@@ -10,7 +10,8 @@ with the measured numbers injected.
 
 The graphs are captured for good only after the cache exists (they hold its address), so
 their memory cannot be measured then and subtracted: it would already be spoken for. The
-profiling capture measures it first (as vLLM does), and the cache is sized without it.
+profiling capture measures it first (vLLM also reports a profiled CUDA-graph figure
+before it sizes its cache), and the cache is sized without it.
 """
 
 from __future__ import annotations
