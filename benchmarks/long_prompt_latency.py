@@ -11,10 +11,17 @@ Two measurements against one real `ziggurat-server` (the default model unless --
   /tokenize (`tokenize`: the frontend's work alone), or long valid completions arrive
   (`generate`: tokenising plus the engine's prefill of the long prompt). The phases alternate
   within one run (`--rounds` times each) so that a change of machine load touches all of them
-  alike. ITL p50/p99 per phase.
+  alike. ITL p50/p99 per phase, and where the CPU went meanwhile (the server's threads by nice
+  value, this benchmark's processes, the rest of the machine; Linux, for a server it starts).
+
+The long prompts come from this process, on the same cores as the server, unless
+`--sender-nice N` sends them from a process of their own at nice N: on a real deployment the
+clients run on other machines, and a sender at a low priority models that on a single host
+without slowing down the stream readers whose timing is the measurement.
 
     python benchmarks/long_prompt_latency.py
     python benchmarks/long_prompt_latency.py --rounds 5 --huge-bytes 2000000 --long-tokens 1500
+    python benchmarks/long_prompt_latency.py --skip health --server-arg=--frontend-nice --server-arg=0
 
 Prints one JSON object, with the machine it ran on. Run it on a quiet machine for figures.
 """
@@ -24,14 +31,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
+import os
 import random
 import sys
 import time
 from dataclasses import dataclass, field
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event as ProcessEvent
+from pathlib import Path
 from typing import Any
 
 import httpx
 from machine import machine_info
+from process_cpu import CpuSnapshot
 from serving import percentile, start_server
 
 PHASES = ("quiet", "tokenize", "generate")
@@ -130,7 +143,7 @@ async def run_stream(http: httpx.AsyncClient, model: str, index: int, max_tokens
 
 
 async def send_long_prompts(http: httpx.AsyncClient, model: str, phase: str, long_text: str,
-                            stop: asyncio.Event, sent: list[int]) -> None:
+                            stop: asyncio.Event | ProcessEvent, sent: list[int]) -> None:
     """Long prompts one after another until `stop`: through /tokenize or as 1-token
     completions, each a different text so no prefix cache or response cache can help."""
     index = 0
@@ -146,29 +159,103 @@ async def send_long_prompts(http: httpx.AsyncClient, model: str, phase: str, lon
         sent[0] += 1
 
 
+def sender_process(url: str, model: str, phase: str, long_text: str, nice: int,
+                   ready: ProcessEvent, go: ProcessEvent, stop: ProcessEvent,
+                   sent: Synchronized[int]) -> None:
+    """`send_long_prompts` in a process of its own at nice `nice` (a remote client's stand-in)."""
+    os.nice(nice)
+
+    async def send() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=3600) as http:
+            count = [0]
+            ready.set()
+            await asyncio.to_thread(go.wait)
+            try:
+                await send_long_prompts(http, model, phase, long_text, stop, count)
+            finally:
+                sent.value = count[0]
+
+    asyncio.run(send())
+
+
+class SenderProcess:
+    """A started sender process that waits for `go`; `finish` stops it and counts its prompts."""
+
+    def __init__(self, url: str, model: str, phase: str, long_text: str, nice: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.ready, self.go, self.stop = context.Event(), context.Event(), context.Event()
+        self.sent: Synchronized[int] = context.Value("q", 0)  # type: ignore[assignment]
+        self.process = context.Process(target=sender_process, daemon=True, args=(
+            url, model, phase, long_text, nice, self.ready, self.go, self.stop, self.sent))
+        self.process.start()
+
+    async def wait_ready(self) -> None:
+        if not await asyncio.to_thread(self.ready.wait, 120):
+            raise RuntimeError("the sender process did not start")
+
+    async def finish(self) -> int:
+        self.stop.set()
+        await asyncio.to_thread(self.process.join, 600)
+        if self.process.exitcode != 0:
+            raise RuntimeError(f"the sender process failed (exit code {self.process.exitcode})")
+        return int(self.sent.value)
+
+
+@dataclass
+class PhaseResult:
+    gaps: list[float]
+    long_prompts_sent: int
+    cpu: dict[str, Any] | None  # CpuSnapshot.until of the window the long prompts arrived in
+
+
 async def itl_phase(url: str, model: str, phase: str, streams: int, max_tokens: int,
-                    long_text: str) -> tuple[list[float], int]:
+                    long_text: str, sender_nice: int | None, server_pid: int | None,
+                    ) -> PhaseResult:
     """One phase: `streams` streams of `max_tokens`; once each has its first token, long prompts
     start arriving (not in `quiet`) until the streams end. The gaps counted are those after
     every stream has started, so all phases time the same steady decode."""
     limits = httpx.Limits(max_connections=streams + 4)
+    remote = None
+    if phase != "quiet" and sender_nice is not None:
+        remote = SenderProcess(url, model, phase, long_text, sender_nice)
+        await remote.wait_ready()  # its start-up stays out of the measured window
     async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as http:
         states = [Stream() for _ in range(streams)]
         tasks = [asyncio.create_task(run_stream(http, model, i, max_tokens, state))
                  for i, state in enumerate(states)]
         await asyncio.gather(*(state.first_token.wait() for state in states))
         counted_from = [len(state.gaps) for state in states]
+        clients = [os.getpid()] + ([remote.process.pid] if remote is not None and
+                                   remote.process.pid is not None else [])
+        before = CpuSnapshot.take(server_pid, clients) if server_pid is not None else None
         stop = asyncio.Event()
         sent = [0]
-        sender = (None if phase == "quiet" else asyncio.create_task(
-            send_long_prompts(http, model, phase, long_text, stop, sent)))
+        sender = None
+        if remote is not None:
+            remote.go.set()
+        elif phase != "quiet":
+            sender = asyncio.create_task(
+                send_long_prompts(http, model, phase, long_text, stop, sent))
         await asyncio.gather(*tasks)
+        cpu = (before.until(CpuSnapshot.take(before.server_pid, clients))
+               if before is not None else None)
         stop.set()
         if sender is not None:
             await sender
+        if remote is not None:
+            sent[0] = await remote.finish()
     gaps = [gap for state, start in zip(states, counted_from, strict=True)
             for gap in state.gaps[start:]]
-    return gaps, sent[0]
+    return PhaseResult(gaps, sent[0], cpu)
+
+
+def mean_cores(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cores each group used over several windows, weighted by their length."""
+    wall = sum(window["wall_s"] for window in windows)
+    groups = sorted({name for window in windows for name in window["cores_used"]})
+    return {"wall_s": round(wall, 2), "cores_used": {
+        name: round(sum(window["cores_used"].get(name, 0.0) * window["wall_s"]
+                        for window in windows) / wall, 3) for name in groups}}
 
 
 async def long_prompt_text(url: str, model: str, tokens: int) -> str:
@@ -195,13 +282,25 @@ def main() -> int:
     parser.add_argument("--long-tokens", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=3, help="times each ITL phase runs")
     parser.add_argument("--skip", choices=("health", "itl"), action="append", default=[])
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES),
+                        help="the ITL phases to run, in this order each round")
+    parser.add_argument("--sender-nice", type=int, default=None, metavar="N",
+                        help="send the long prompts from a process of their own at nice N (a "
+                             "remote client's stand-in; default: from this process)")
+    parser.add_argument("--server-pid", type=int, default=None,
+                        help="with --url: the server's process id, for its per-thread CPU")
     args = parser.parse_args()
 
     process = None
     url = args.url
     if url is None:
         process, url = start_server(args.model, ["--log-level", "warning", *args.server_arg])
-    report: dict[str, Any] = {"benchmark": "long_prompt_latency", "machine": machine_info()}
+    server_pid = process.pid if process is not None else args.server_pid
+    if not Path("/proc/self/task").is_dir():
+        server_pid = None  # per-thread CPU needs Linux's /proc
+    report: dict[str, Any] = {"benchmark": "long_prompt_latency", "machine": machine_info(),
+                              "server_args": args.server_arg, "sender_nice": args.sender_nice,
+                              "load_average_at_start": os.getloadavg()}
     try:
         model = httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]["id"]
         window = httpx.post(f"{url}/tokenize", timeout=60, json={"model": model, "prompt": "hi"})
@@ -215,19 +314,23 @@ def main() -> int:
                 idle_s=5.0, every_s=args.health_every))
         if "itl" not in args.skip:
             long_text = asyncio.run(long_prompt_text(url, model, args.long_tokens))
-            gaps: dict[str, list[float]] = {phase: [] for phase in PHASES}
-            sent: dict[str, int] = dict.fromkeys(PHASES, 0)
+            results: dict[str, list[PhaseResult]] = {phase: [] for phase in args.phases}
             for _ in range(args.rounds):
-                for phase in PHASES:
-                    phase_gaps, phase_sent = asyncio.run(itl_phase(
-                        url, model, phase, args.streams, args.stream_tokens, long_text))
-                    gaps[phase].extend(phase_gaps)
-                    sent[phase] += phase_sent
+                for phase in args.phases:
+                    results[phase].append(asyncio.run(itl_phase(
+                        url, model, phase, args.streams, args.stream_tokens, long_text,
+                        args.sender_nice, server_pid)))
+            phases: dict[str, Any] = {}
+            for phase, runs in results.items():
+                phases[phase] = {**ms([gap for run in runs for gap in run.gaps]),
+                                 "long_prompts_sent": sum(run.long_prompts_sent for run in runs)}
+                windows = [run.cpu for run in runs if run.cpu is not None]
+                if windows:
+                    phases[phase]["cpu"] = mean_cores(windows)
             report["itl"] = {"streams": args.streams, "stream_tokens": args.stream_tokens,
                              "long_prompt_tokens": args.long_tokens, "rounds": args.rounds,
-                             "phases": {phase: {**ms(gaps[phase]),
-                                                "long_prompts_sent": sent[phase]}
-                                        for phase in PHASES}}
+                             "phases": phases}
+        report["load_average_at_end"] = os.getloadavg()
     finally:
         if process is not None:
             process.terminate()
