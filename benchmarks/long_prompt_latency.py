@@ -11,10 +11,17 @@ Two measurements against one real `ziggurat-server` (the default model unless --
   /tokenize (`tokenize`: the frontend's work alone), or long valid completions arrive
   (`generate`: tokenising plus the engine's prefill of the long prompt). The phases alternate
   within one run (`--rounds` times each) so that a change of machine load touches all of them
-  alike. ITL p50/p99 per phase.
+  alike. ITL p50/p99 per phase, and where the CPU went meanwhile (the server's threads by nice
+  value, this benchmark's processes, the rest of the machine; Linux, for a server it starts).
+
+The long prompts come from a process of their own at nice `--sender-nice` (19): in a
+deployment the clients run on other machines, and a sender at the lowest priority models that
+on a single host without slowing down the stream readers, whose timing is the measurement and
+which stay at normal priority. `--sender-nice 0` measures a client competing for the cores.
 
     python benchmarks/long_prompt_latency.py
     python benchmarks/long_prompt_latency.py --rounds 5 --huge-bytes 2000000 --long-tokens 1500
+    python benchmarks/long_prompt_latency.py --skip health --server-arg=--frontend-nice --server-arg=0
 
 Prints one JSON object, with the machine it ran on. Run it on a quiet machine for figures.
 """
@@ -24,14 +31,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
+import os
 import random
 import sys
 import time
 from dataclasses import dataclass, field
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event as ProcessEvent
+from pathlib import Path
 from typing import Any
 
 import httpx
 from machine import machine_info
+from process_cpu import CpuSnapshot
 from serving import percentile, start_server
 
 PHASES = ("quiet", "tokenize", "generate")
@@ -130,11 +143,14 @@ async def run_stream(http: httpx.AsyncClient, model: str, index: int, max_tokens
 
 
 async def send_long_prompts(http: httpx.AsyncClient, model: str, phase: str, long_text: str,
-                            stop: asyncio.Event, sent: list[int]) -> None:
-    """Long prompts one after another until `stop`: through /tokenize or as 1-token
-    completions, each a different text so no prefix cache or response cache can help."""
-    index = 0
-    while not stop.is_set():
+                            rate: float | None, stop: ProcessEvent, sent: list[int]) -> None:
+    """Long prompts until `stop`: through /tokenize or as 1-token completions, each a different
+    text so no prefix cache or response cache can help. Without a `rate`, one after another
+    (the next when the last is answered); with one, `rate` a second whether or not the earlier
+    ones were answered, as independent clients would send them, so that configurations that
+    answer at different speeds still get the same load."""
+
+    async def send(index: int) -> None:
         text = f"{index} {long_text}"
         if phase == "tokenize":
             response = await http.post("/tokenize", json={"model": model, "prompt": text})
@@ -142,33 +158,119 @@ async def send_long_prompts(http: httpx.AsyncClient, model: str, phase: str, lon
             response = await http.post("/v1/completions", json={
                 "model": model, "prompt": text, "max_tokens": 1, "temperature": 0})
         response.raise_for_status()
-        index += 1
         sent[0] += 1
+
+    index = 0
+    if rate is None:
+        while not stop.is_set():
+            await send(index)
+            index += 1
+        return
+    started = time.perf_counter()
+    in_flight: set[asyncio.Task[None]] = set()
+    while not stop.is_set():
+        # Late (a busy host) means sent at once, never skipped.
+        await asyncio.sleep(max(0.0, started + index / rate - time.perf_counter()))
+        task = asyncio.create_task(send(index))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+        index += 1
+    await asyncio.gather(*in_flight)
+
+
+def sender_process(url: str, model: str, phase: str, long_text: str, rate: float | None,
+                   nice: int, ready: ProcessEvent, go: ProcessEvent, stop: ProcessEvent,
+                   sent: Synchronized[int]) -> None:
+    """`send_long_prompts` in a process of its own at nice `nice` (a remote client's stand-in)."""
+    os.nice(nice)
+
+    async def send() -> None:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as http:
+            count = [0]
+            ready.set()
+            await asyncio.to_thread(go.wait)
+            try:
+                await send_long_prompts(http, model, phase, long_text, rate, stop, count)
+            finally:
+                sent.value = count[0]
+
+    asyncio.run(send())
+
+
+class SenderProcess:
+    """A started sender process that waits for `go`; `finish` stops it and counts its prompts."""
+
+    def __init__(self, url: str, model: str, phase: str, long_text: str, rate: float | None,
+                 nice: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.ready, self.go, self.stop = context.Event(), context.Event(), context.Event()
+        self.sent: Synchronized[int] = context.Value("q", 0)  # type: ignore[assignment]
+        self.process = context.Process(target=sender_process, daemon=True, args=(
+            url, model, phase, long_text, rate, nice, self.ready, self.go, self.stop, self.sent))
+        self.process.start()
+
+    async def wait_ready(self) -> None:
+        if not await asyncio.to_thread(self.ready.wait, 120):
+            raise RuntimeError("the sender process did not start")
+
+    async def finish(self) -> int:
+        self.stop.set()
+        await asyncio.to_thread(self.process.join, 600)
+        if self.process.exitcode != 0:
+            raise RuntimeError(f"the sender process failed (exit code {self.process.exitcode})")
+        return int(self.sent.value)
+
+
+@dataclass
+class PhaseResult:
+    gaps: list[float]
+    long_prompts_sent: int
+    window_s: float  # from the streams' first tokens to their end
+    cpu: dict[str, Any] | None  # CpuSnapshot.until of the window the long prompts arrived in
 
 
 async def itl_phase(url: str, model: str, phase: str, streams: int, max_tokens: int,
-                    long_text: str) -> tuple[list[float], int]:
+                    long_text: str, rate: float | None, sender_nice: int,
+                    server_pid: int | None) -> PhaseResult:
     """One phase: `streams` streams of `max_tokens`; once each has its first token, long prompts
-    start arriving (not in `quiet`) until the streams end. The gaps counted are those after
-    every stream has started, so all phases time the same steady decode."""
+    start arriving (not in `quiet`) from a sender process at nice `sender_nice` until the
+    streams end. The gaps counted are those after every stream has started, so all phases time
+    the same steady decode."""
     limits = httpx.Limits(max_connections=streams + 4)
+    sender = None
+    if phase != "quiet":
+        sender = SenderProcess(url, model, phase, long_text, rate, sender_nice)
+        await sender.wait_ready()  # its start-up stays out of the measured window
     async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as http:
         states = [Stream() for _ in range(streams)]
         tasks = [asyncio.create_task(run_stream(http, model, i, max_tokens, state))
                  for i, state in enumerate(states)]
         await asyncio.gather(*(state.first_token.wait() for state in states))
         counted_from = [len(state.gaps) for state in states]
-        stop = asyncio.Event()
-        sent = [0]
-        sender = (None if phase == "quiet" else asyncio.create_task(
-            send_long_prompts(http, model, phase, long_text, stop, sent)))
-        await asyncio.gather(*tasks)
-        stop.set()
+        clients = [os.getpid()] + ([sender.process.pid] if sender is not None and
+                                   sender.process.pid is not None else [])
+        before = CpuSnapshot.take(server_pid, clients) if server_pid is not None else None
+        window_start = time.perf_counter()
         if sender is not None:
-            await sender
+            sender.go.set()
+        await asyncio.gather(*tasks)
+        window_s = time.perf_counter() - window_start
+        cpu = (before.until(CpuSnapshot.take(before.server_pid, clients))
+               if before is not None else None)
+        sent = await sender.finish() if sender is not None else 0
     gaps = [gap for state, start in zip(states, counted_from, strict=True)
             for gap in state.gaps[start:]]
-    return gaps, sent[0]
+    return PhaseResult(gaps, sent, window_s, cpu)
+
+
+def mean_cores(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cores each group used over several windows, weighted by their length."""
+    wall = sum(window["wall_s"] for window in windows)
+    groups = sorted({name for window in windows for name in window["cores_used"]})
+    return {"wall_s": round(wall, 2), "cores_used": {
+        name: round(sum(window["cores_used"].get(name, 0.0) * window["wall_s"]
+                        for window in windows) / wall, 3) for name in groups}}
 
 
 async def long_prompt_text(url: str, model: str, tokens: int) -> str:
@@ -195,13 +297,30 @@ def main() -> int:
     parser.add_argument("--long-tokens", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=3, help="times each ITL phase runs")
     parser.add_argument("--skip", choices=("health", "itl"), action="append", default=[])
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES),
+                        help="the ITL phases to run, in this order each round")
+    parser.add_argument("--long-prompt-rate", type=float, default=None, metavar="PER_S",
+                        help="long prompts a second, sent whether or not earlier ones were "
+                             "answered (default: one after another)")
+    parser.add_argument("--sender-nice", type=int, default=19, choices=range(20), metavar="N",
+                        help="nice value of the process that sends the long prompts (19: a "
+                             "stand-in for remote clients; 0: a client competing with the "
+                             "server for its cores)")
+    parser.add_argument("--server-pid", type=int, default=None,
+                        help="with --url: the server's process id, for its per-thread CPU")
     args = parser.parse_args()
 
     process = None
     url = args.url
     if url is None:
         process, url = start_server(args.model, ["--log-level", "warning", *args.server_arg])
-    report: dict[str, Any] = {"benchmark": "long_prompt_latency", "machine": machine_info()}
+    server_pid = process.pid if process is not None else args.server_pid
+    if not Path("/proc/self/task").is_dir():
+        server_pid = None  # per-thread CPU needs Linux's /proc
+    report: dict[str, Any] = {"benchmark": "long_prompt_latency", "machine": machine_info(),
+                              "server_args": args.server_arg, "sender_nice": args.sender_nice,
+                              "long_prompt_rate": args.long_prompt_rate,
+                              "load_average_at_start": os.getloadavg()}
     try:
         model = httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]["id"]
         window = httpx.post(f"{url}/tokenize", timeout=60, json={"model": model, "prompt": "hi"})
@@ -215,19 +334,25 @@ def main() -> int:
                 idle_s=5.0, every_s=args.health_every))
         if "itl" not in args.skip:
             long_text = asyncio.run(long_prompt_text(url, model, args.long_tokens))
-            gaps: dict[str, list[float]] = {phase: [] for phase in PHASES}
-            sent: dict[str, int] = dict.fromkeys(PHASES, 0)
+            results: dict[str, list[PhaseResult]] = {phase: [] for phase in args.phases}
             for _ in range(args.rounds):
-                for phase in PHASES:
-                    phase_gaps, phase_sent = asyncio.run(itl_phase(
-                        url, model, phase, args.streams, args.stream_tokens, long_text))
-                    gaps[phase].extend(phase_gaps)
-                    sent[phase] += phase_sent
+                for phase in args.phases:
+                    results[phase].append(asyncio.run(itl_phase(
+                        url, model, phase, args.streams, args.stream_tokens, long_text,
+                        args.long_prompt_rate, args.sender_nice, server_pid)))
+            phases: dict[str, Any] = {}
+            for phase, runs in results.items():
+                sent = sum(run.long_prompts_sent for run in runs)
+                phases[phase] = {**ms([gap for run in runs for gap in run.gaps]),
+                                 "long_prompts_sent": sent, "long_prompts_per_s": round(
+                                     sent / sum(run.window_s for run in runs), 1)}
+                windows = [run.cpu for run in runs if run.cpu is not None]
+                if windows:
+                    phases[phase]["cpu"] = mean_cores(windows)
             report["itl"] = {"streams": args.streams, "stream_tokens": args.stream_tokens,
                              "long_prompt_tokens": args.long_tokens, "rounds": args.rounds,
-                             "phases": {phase: {**ms(gaps[phase]),
-                                                "long_prompts_sent": sent[phase]}
-                                        for phase in PHASES}}
+                             "phases": phases}
+        report["load_average_at_end"] = os.getloadavg()
     finally:
         if process is not None:
             process.terminate()

@@ -18,6 +18,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 @pytest.mark.parametrize("args", [
     ("serve", "--port", "not-a-port"),
     ("serve", "--no-such-option"),
+    ("serve", "--frontend-nice", "20"),
+    ("serve", "--frontend-nice", "-3"),
     ("serve", "--model", "/nonexistent/model.gguf"),
     ("launch",),
 ])

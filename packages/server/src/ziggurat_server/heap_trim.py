@@ -16,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import os
 import platform
 import threading
 from collections.abc import Callable
+
+from .thread_priority import NICEST, lower_this_thread
 
 logger = logging.getLogger("ziggurat_server")
 
@@ -59,8 +60,8 @@ class PeriodicHeapTrim:
 
     def _run(self) -> None:
         # The lowest scheduling priority this thread can have: the trim waits for idle cores.
-        with contextlib.suppress(AttributeError, OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        with contextlib.suppress(NotImplementedError, OSError):
+            lower_this_thread(NICEST)
         while not self._stopped.wait(self._interval_s):
             try:
                 self._trim()

@@ -1,17 +1,19 @@
-"""Prompts become token ids in a worker thread, never on the event loop or the engine thread.
+"""Prompts become token ids in the frontend's worker pool, never on the event loop or the
+engine thread.
 
 Rendering a chat template and tokenising a long prompt take time in proportion to its length;
 on the event loop that time would stall every other request (/health included), on the
 engine's stepping thread every running stream's next token. The tokenizer releases the GIL
-while it encodes, so a worker thread runs beside both. The engine gets token ids and still
-makes every check of them (context window, vocabulary) where a request enters it."""
+while it encodes, so a worker thread runs beside both, at a lower CPU priority than the engine
+(frontend_pool.py says why). The engine gets token ids and still makes every check of them
+(context window, vocabulary) where a request enters it."""
 
 from __future__ import annotations
 
-from anyio import to_thread
 from ziggurat_core.engine.inputs import ChatMessage, ToolDefinition
 
 from .errors import bad_request
+from .frontend_pool import FrontendPool
 from .serving_engine import ServingEngine
 
 # What a chat template raises on messages it cannot render (jinja's `raise_exception`, a
@@ -19,13 +21,13 @@ from .serving_engine import ServingEngine
 TEMPLATE_ERRORS = (ValueError, TypeError, KeyError)
 
 
-async def encode_text(engine: ServingEngine, text: str, *, add_special_tokens: bool = True,
-                      ) -> list[int]:
+async def encode_text(pool: FrontendPool, engine: ServingEngine, text: str, *,
+                      add_special_tokens: bool = True) -> list[int]:
     """`text`'s token ids, as the engine would tokenise a text prompt."""
-    return await to_thread.run_sync(lambda: engine.encode(text, add_special_tokens=add_special_tokens))
+    return await pool.run(lambda: engine.encode(text, add_special_tokens=add_special_tokens))
 
 
-async def encode_chat(engine: ServingEngine, messages: list[ChatMessage], *,
+async def encode_chat(pool: FrontendPool, engine: ServingEngine, messages: list[ChatMessage], *,
                       add_generation_prompt: bool, tools: list[ToolDefinition] | None = None,
                       ) -> list[int]:
     """The token ids of a conversation rendered by the model's chat template; a template that
@@ -38,10 +40,11 @@ async def encode_chat(engine: ServingEngine, messages: list[ChatMessage], *,
         return engine.encode(text, add_special_tokens=False)
 
     try:
-        return await to_thread.run_sync(render_and_encode)
+        return await pool.run(render_and_encode)
     except TEMPLATE_ERRORS as exc:
         raise bad_request(f"chat template failed: {exc}", param="messages") from None
 
 
-async def decode_tokens(engine: ServingEngine, token_ids: list[int]) -> str:
-    return await to_thread.run_sync(lambda: engine.decode(token_ids))
+async def decode_tokens(pool: FrontendPool, engine: ServingEngine, token_ids: list[int]) -> str:
+    """The text of `token_ids` (a prompt given as ids, echoed back or detokenised)."""
+    return await pool.run(lambda: engine.decode(token_ids))

@@ -35,12 +35,17 @@ from ziggurat_core.engine.config import (
     parse_memory_size,
 )
 
+from .thread_priority import NICEST
+
 ENV_PREFIX = "ZIGGURAT_"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 ATTENTION_BACKENDS = ("auto", "torch", "xformers")
 # Room for a prompt at the largest context windows served, far below what would hurt memory.
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# Well below the engine's threads (the kernel then runs the frontend mostly on cores they
+# leave idle), yet not starved outright when the engine keeps every core busy.
+DEFAULT_FRONTEND_NICE = 10
 
 
 class SettingsError(ValueError):
@@ -153,6 +158,13 @@ class ServerSettings(BaseSettings):
     max_request_bytes: PositiveInt = _option(
         DEFAULT_MAX_REQUEST_BYTES, "largest request body in bytes; a larger one gets 413 before "
         "it is read", "BYTES")
+    frontend_threads: PositiveInt | None = _option(
+        None, "threads that render chat templates, tokenise and detokenise (default: the CPUs "
+        "the server may use, at least 4)", "N")
+    frontend_nice: Annotated[Int, Field(ge=0, le=NICEST)] = _option(
+        DEFAULT_FRONTEND_NICE, "how much nicer (lower CPU priority) than the server those "
+        "threads run, 0-19, so that tokenising long prompts does not slow down the engine's "
+        "running streams (0: the same priority; Linux only)", "N")
     shutdown_timeout: NonNegativeInt = _option(
         30, "seconds in-flight requests get to finish after SIGTERM", "SECONDS")
     seed: Int = _option(0, "engine random seed (requests without a seed draw from it)", "N")

@@ -1,5 +1,5 @@
-"""Server-wide state: the engine (once loaded), the loading status, metrics, admission control
-and the response cache."""
+"""Server-wide state: the engine (once loaded), the loading status, metrics, admission control,
+the response cache and the frontend's worker pool."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ziggurat_core.engine.reports import DeviceInfo
 
 from .admission import AdmissionControl
 from .errors import engine_unavailable
+from .frontend_pool import FrontendPool, default_frontend_threads
 from .metrics import ServerMetrics
 from .response_cache import ResponseCache
 from .serving_engine import ServingEngine
@@ -36,6 +37,7 @@ class ServerState:
     admission: AdmissionControl = field(init=False)
     response_cache: ResponseCache = field(init=False)
     drain: ShutdownDrain = field(init=False)
+    frontend: FrontendPool = field(init=False)
     _loader: threading.Thread | None = field(default=None, init=False, repr=False)
     _device_info: DeviceInfo | None = field(default=None, init=False, repr=False)
 
@@ -47,6 +49,9 @@ class ServerState:
             max_bytes=int(self.settings.response_cache_max_bytes),
             ttl_s=self.settings.response_cache_ttl, metrics=self.metrics.response_cache)
         self.drain = ShutdownDrain(self.settings.shutdown_timeout)
+        self.frontend = FrontendPool(
+            self.settings.frontend_threads or default_frontend_threads(),
+            nice=self.settings.frontend_nice)
 
     # ------------------------------------------------------------------ status
     @property
@@ -106,6 +111,7 @@ class ServerState:
             on_ready(engine)
 
     def shutdown(self) -> None:
+        self.frontend.close()  # no request is left to tokenise for
         if self._loader is not None and self._loader.is_alive():
             self._loader.join()  # a half-loaded engine would keep its stepping thread alive
         if self.engine is not None:

@@ -9,6 +9,7 @@ from ziggurat_core.protocol import ChatCompletion, ChatCompletionChunk, ChatComp
 from ziggurat_core.tools import ToolPlan
 
 from ..chat_format import ChatChunker, chat_completion_body
+from ..frontend_pool import FrontendPool
 from ..generation import Generation
 from ..openapi import errors, ok
 from ..prompts import encode_chat
@@ -25,12 +26,13 @@ from . import server_state
 router = APIRouter()
 
 
-async def chat_prompt(engine: ServingEngine, body: ChatCompletionRequest, plan: ToolPlan,
-                      ) -> PromptInput:
+async def chat_prompt(pool: FrontendPool, engine: ServingEngine, body: ChatCompletionRequest,
+                      plan: ToolPlan) -> PromptInput:
     """The conversation rendered and tokenised off the event loop (see prompts.py), with the
     tools the plan puts in the prompt."""
     messages = [message.to_template_dict() for message in body.messages]
-    token_ids = await encode_chat(engine, messages, add_generation_prompt=body.add_generation_prompt,
+    token_ids = await encode_chat(pool, engine, messages,
+                                  add_generation_prompt=body.add_generation_prompt,
                                   tools=plan.prompt_tools())
     return {"prompt_token_ids": token_ids}
 
@@ -46,7 +48,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     constrain_to_tool_calls(params, plan)
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     meta = ResponseMeta("chatcmpl", engine.model_name, params.n, include_usage=include_usage)
-    prompts = [await chat_prompt(engine, body, plan)]
+    prompts = [await chat_prompt(state.frontend, engine, body, plan)]
     caching = RequestCaching.of(state, engine, "chat", body, prompts, params)
     if caching is not None and (hit := caching.serve_hit(
             body.stream, meta, ChatCompletion, ChatCompletionChunk)) is not None:

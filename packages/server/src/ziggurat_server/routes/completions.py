@@ -10,6 +10,7 @@ from ziggurat_core.protocol import Completion, CompletionRequest
 
 from ..completion_format import CompletionChunker, completion_body
 from ..errors import bad_request
+from ..frontend_pool import FrontendPool
 from ..generation import Generation
 from ..openapi import errors, ok
 from ..prompts import decode_tokens, encode_text
@@ -25,16 +26,17 @@ from . import server_state
 router = APIRouter()
 
 
-async def _engine_prompt(engine: ServingEngine, prompt: str | list[int]) -> PromptInput:
+async def _engine_prompt(pool: FrontendPool, engine: ServingEngine, prompt: str | list[int],
+                         ) -> PromptInput:
     """Text is tokenised off the event loop (see prompts.py); token ids go as they are."""
     if isinstance(prompt, str):
-        return {"prompt_token_ids": await encode_text(engine, prompt)}
+        return {"prompt_token_ids": await encode_text(pool, engine, prompt)}
     return {"prompt_token_ids": prompt}
 
 
-async def _echo_text(engine: ServingEngine, prompt: str | list[int]) -> str:
+async def _echo_text(pool: FrontendPool, engine: ServingEngine, prompt: str | list[int]) -> str:
     """The prompt as the client wrote it; token ids as the tokenizer reads them."""
-    return prompt if isinstance(prompt, str) else await decode_tokens(engine, prompt)
+    return prompt if isinstance(prompt, str) else await decode_tokens(pool, engine, prompt)
 
 
 @router.post("/v1/completions", responses={
@@ -50,8 +52,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     meta = ResponseMeta("cmpl", engine.model_name, params.n, include_usage=include_usage)
     given = body.prompts()
-    prompts = [await _engine_prompt(engine, prompt) for prompt in given]
-    echo_texts = [await _echo_text(engine, prompt) for prompt in given] if body.echo else None
+    prompts = [await _engine_prompt(state.frontend, engine, prompt) for prompt in given]
+    echo_texts = ([await _echo_text(state.frontend, engine, prompt) for prompt in given]
+                  if body.echo else None)
     caching = RequestCaching.of(state, engine, "completions", body, prompts, params)
     if caching is not None and (hit := caching.serve_hit(
             body.stream, meta, Completion, Completion)) is not None:

@@ -22,15 +22,17 @@ router = APIRouter()
 
 @router.post("/tokenize", responses={**ok(TokenizeResponse), **errors(400, 404, 413, 503)})
 async def tokenize(body: TokenizeRequest, request: Request) -> ModelResponse:
-    engine = server_state(request).require_engine()
+    state = server_state(request)
+    engine = state.require_engine()
     check_model_name(body.model, engine.model_name)
     if body.messages is not None:
         messages = [message.to_template_dict() for message in body.messages]
-        tokens = await encode_chat(engine, messages,
+        tokens = await encode_chat(state.frontend, engine, messages,
                                    add_generation_prompt=body.add_generation_prompt)
     else:
         assert body.prompt is not None
-        tokens = await encode_text(engine, body.prompt, add_special_tokens=body.add_special_tokens)
+        tokens = await encode_text(state.frontend, engine, body.prompt,
+                                   add_special_tokens=body.add_special_tokens)
     return ModelResponse(TokenizeResponse(tokens=list(tokens), count=len(tokens),
                                           max_model_len=engine.max_model_len))
 
@@ -38,11 +40,12 @@ async def tokenize(body: TokenizeRequest, request: Request) -> ModelResponse:
 @router.post("/detokenize", responses={**ok(DetokenizeResponse),
                                           **errors(400, 404, 413, 503)})
 async def detokenize(body: DetokenizeRequest, request: Request) -> ModelResponse:
-    engine = server_state(request).require_engine()
+    state = server_state(request)
+    engine = state.require_engine()
     check_model_name(body.model, engine.model_name)
     vocab_size = engine.model_config.vocab_size
     bad = next((token for token in body.tokens if not 0 <= token < vocab_size), None)
     if bad is not None:
         raise bad_request(f"token id {bad} is outside the vocabulary [0, {vocab_size})",
                           param="tokens")
-    return ModelResponse(DetokenizeResponse(prompt=await decode_tokens(engine, body.tokens)))
+    return ModelResponse(DetokenizeResponse(prompt=await decode_tokens(state.frontend, engine, body.tokens)))
