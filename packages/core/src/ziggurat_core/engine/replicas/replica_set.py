@@ -44,25 +44,47 @@ MAX_CONCURRENCY = 10_000
 FIRST_HEARTBEAT_TIMEOUT_S = 30.0
 
 
+Item = RequestOutput | BaseException
+
+
 @dataclass
 class _Inbox:
     """Where a request's outputs wait for its `generate`, filled from a stream thread."""
 
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[RequestOutput | BaseException]
+    queue: asyncio.Queue[Item]
 
-    def put(self, item: RequestOutput | BaseException) -> None:
+    def put(self, item: Item) -> None:
         # A closed consumer loop raises RuntimeError: nobody is listening any more.
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+def _put_all(puts: list[tuple[asyncio.Queue[Item], Item]]) -> None:
+    for queue, item in puts:
+        queue.put_nowait(item)
+
+
+def _fill_inboxes(deliveries: list[tuple[_Inbox, Item]]) -> None:
+    """Hand a step's outputs to their `generate`s: one call into each event loop for all of
+    them, instead of a call (a write to the loop's wake-up socket, and often a wake-up) per
+    request and step."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Item], Item]]] = {}
+    for inbox, item in deliveries:
+        by_loop.setdefault(inbox.loop, []).append((inbox.queue, item))
+    for loop, puts in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+            loop.call_soon_threadsafe(_put_all, puts)
+
+
 @dataclass
 class _InFlight:
-    """A request placed on a replica: where its outputs go, and what its deltas add up to."""
+    """A request placed on a replica: where its outputs go (its `generate`'s inbox, or a
+    `submit` caller's callback), and what its deltas add up to."""
 
     index: int
-    deliver: Callable[[RequestOutput | BaseException], None]
+    deliver: Callable[[Item], None]
+    inbox: _Inbox | None = None
     assembler: OutputAssembler = field(default_factory=OutputAssembler)
 
 
@@ -188,7 +210,7 @@ class ReplicaSet:
         tried: set[int] = set()
         while True:
             inbox = _Inbox(asyncio.get_running_loop(), asyncio.Queue())
-            index = self._place(request_id, key, tried, inbox.put)
+            index = self._place(request_id, key, tried, inbox.put, inbox)
             replica = self._replicas[index]
             produced = finished = False
             try:
@@ -218,13 +240,13 @@ class ReplicaSet:
                     replica.actor.abort.remote(request_id)  # no-op if the replica is gone
 
     def _place(self, request_id: str, key: bytes | None, tried: set[int],
-               deliver: Callable[[RequestOutput | BaseException], None]) -> int:
+               deliver: Callable[[Item], None], inbox: _Inbox | None = None) -> int:
         with self._lock:
             index = self._router.choose(key, self._health.live(tried))
             if index is None:
                 raise self._health.unavailable()
             self._router.start(index, key)
-            self._requests[request_id] = _InFlight(index, deliver)
+            self._requests[request_id] = _InFlight(index, deliver, inbox)
             return index
 
     def _release(self, request_id: str, index: int) -> None:
@@ -277,17 +299,23 @@ class ReplicaSet:
     def _dispatch(self, index: int, items: list[OutputDelta | RequestFailure]) -> None:
         with self._lock:
             targets = [self._requests.get(item.request_id) for item in items]
+        to_inboxes: list[tuple[_Inbox, Item]] = []
         for item, in_flight in zip(items, targets, strict=True):
             if in_flight is None or in_flight.index != index:
                 continue  # aborted, or handed to another replica meanwhile
+            result: Item
             if isinstance(item, RequestFailure):
                 self._release(item.request_id, index)
-                in_flight.deliver(item.error)
-                continue
-            output = in_flight.assembler.apply(item)
-            if output.finished:
-                self._release(item.request_id, index)
-            in_flight.deliver(output)
+                result = item.error
+            else:
+                result = in_flight.assembler.apply(item)
+                if result.finished:
+                    self._release(item.request_id, index)
+            if in_flight.inbox is not None:
+                to_inboxes.append((in_flight.inbox, result))
+            else:
+                in_flight.deliver(result)
+        _fill_inboxes(to_inboxes)
 
     def _fail_requests(self, index: int, error: BaseException) -> None:
         with self._lock:
