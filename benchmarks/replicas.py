@@ -8,10 +8,16 @@ thread each). Memory is the resident set of the server's whole process tree (the
 and replica workers are its descendants). A short warm-up round runs first, so the measured round
 is the steady state. CPU milliseconds per generated token are summed per role (server, each
 replica, raylet, gcs, other Ray processes) from the processes' own CPU times: unlike tokens/s they
-hold on a machine other work shares. Prints one JSON object.
+hold on a machine other work shares. For each replica the busiest thread (its engine's stepping
+thread) is also given alone, with the times other threads took its core from it (involuntary
+context switches per 1,000 tokens): what a replica spends beyond its engine, and how often the
+rest of the machine interrupts it. `--offline-reference` also runs, in the same session, N
+offline one-thread `LLM`s side by side with 1/N of the streams each (no server, no Ray): the
+engines' own CPU per token to compare the replicas with. Prints one JSON object.
 
     python benchmarks/replicas.py                        # the default model, 1 and 2 replicas
     python benchmarks/replicas.py --model path/to/model.gguf --replicas 1 2 --max-tokens 32
+    python benchmarks/replicas.py --replicas 1 2 --max-tokens 256 --offline-reference
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -69,6 +76,95 @@ def tree_cpu(pid: int) -> dict[int, tuple[str, float]]:
         except psutil.NoSuchProcess:
             continue
     return seen
+
+
+def thread_stats(pid: int) -> dict[int, tuple[float, int]]:
+    """CPU seconds and involuntary context switches so far of each thread of a process."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[float, int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as stat_file:
+                stat = stat_file.read()
+            with open(f"/proc/{pid}/task/{tid}/status") as status_file:
+                status = status_file.read()
+        except OSError:
+            continue  # the thread ended
+        fields = stat[stat.rindex(")") + 2:].split()  # after the name, which may hold spaces
+        involuntary = int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
+        stats[int(tid)] = ((int(fields[11]) + int(fields[12])) / ticks, involuntary)
+    return stats
+
+
+def replica_threads(pid: int) -> dict[int, dict[int, tuple[float, int]]]:
+    """`thread_stats` of every replica process of the server's tree, by pid."""
+    found: dict[int, dict[int, tuple[float, int]]] = {}
+    for process in psutil.Process(pid).children(recursive=True):
+        try:
+            if "ReplicaActor" in " ".join(process.cmdline()):
+                found[process.pid] = thread_stats(process.pid)
+        except (psutil.NoSuchProcess, FileNotFoundError):
+            continue
+    return found
+
+
+def engine_threads(before: dict[int, dict[int, tuple[float, int]]],
+                   after: dict[int, dict[int, tuple[float, int]]],
+                   tokens: int) -> dict[str, dict[str, float]]:
+    """Each replica's busiest thread between two `replica_threads` reads: CPU milliseconds per
+    generated token (of all replicas, as `cpu_per_token`) and involuntary context switches per
+    1,000 tokens, beside those of the replica's other threads together."""
+    report: dict[str, dict[str, float]] = {}
+    for pid, threads in after.items():
+        spent = {tid: (cpu - before.get(pid, {}).get(tid, (0.0, 0))[0],
+                       switches - before.get(pid, {}).get(tid, (0.0, 0))[1])
+                 for tid, (cpu, switches) in threads.items()}
+        if not spent:
+            continue
+        engine = max(spent, key=lambda tid: spent[tid][0])
+        others = sum(cpu for tid, (cpu, _) in spent.items() if tid != engine)
+        report[f"replica (pid {pid})"] = {
+            "engine_thread_ms_per_token": round(1000 * spent[engine][0] / max(tokens, 1), 3),
+            "other_threads_ms_per_token": round(1000 * others / max(tokens, 1), 3),
+            "engine_thread_preemptions_per_1k_tokens": round(
+                1000 * spent[engine][1] / max(tokens, 1), 1),
+        }
+    return report
+
+
+def offline_worker(model: str, sequences: int, max_tokens: int) -> None:
+    """One offline `LLM` of one thread generating for `sequences` chat streams at once (after
+    a warm-up); prints its tokens and the CPU seconds its process spent on them."""
+    from ziggurat_core.engine import SamplingParams
+    from ziggurat_core.engine.llm import LLM
+
+    llm = LLM(model=model, num_threads=1)
+    messages: list[list[dict[str, object]]] = [
+        [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}] for index in range(sequences)]
+    llm.chat(messages, SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
+    began = time.process_time()
+    outputs = llm.chat(messages, SamplingParams(max_tokens=max_tokens, ignore_eos=True),
+                       use_tqdm=False)
+    spent = time.process_time() - began
+    print(json.dumps({"tokens": sum(len(o.outputs[0].token_ids) for o in outputs),
+                      "cpu_s": spent}))
+
+
+def offline_reference(model: str, engines: int, concurrency: int,
+                      max_tokens: int) -> list[float]:
+    """CPU milliseconds per token of `engines` offline one-thread engines running side by side
+    (as the replicas do), each with its share of the streams."""
+    command = [sys.executable, __file__, "--model", model, "--max-tokens", str(max_tokens),
+               "--offline-worker", str(concurrency // engines)]
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE) for _ in range(engines)]
+    costs = []
+    for worker in workers:
+        out, _ = worker.communicate()
+        if worker.returncode != 0:
+            raise SystemExit(f"offline reference engine exited with {worker.returncode}")
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        costs.append(round(1000 * result["cpu_s"] / max(result["tokens"], 1), 3))
+    return costs
 
 
 def role(process: psutil.Process, server_pid: int) -> str:
@@ -147,7 +243,14 @@ def main() -> None:
                         help="tokens each stream generates in the measured round")
     parser.add_argument("--warmup-tokens", type=int, default=8,
                         help="tokens each stream generates in the unmeasured first round")
+    parser.add_argument("--offline-reference", action="store_true",
+                        help="also run N offline one-thread engines side by side for each N")
+    parser.add_argument("--offline-worker", type=int, metavar="SEQUENCES",
+                        help=argparse.SUPPRESS)  # internal: one engine of --offline-reference
     args = parser.parse_args()
+    if args.offline_worker is not None:
+        offline_worker(args.model, args.offline_worker, args.max_tokens)
+        return
     results: dict[str, Any] = {"machine": machine_info(), "concurrency": args.concurrency,
                                "max_tokens": args.max_tokens, "runs": []}
     for replicas in args.replicas:
@@ -160,15 +263,23 @@ def main() -> None:
             # The benchmark's own client shares the machine's cores: its CPU is counted too.
             client = psutil.Process()
             cpu_before = {**tree_cpu(process.pid), client.pid: ("client", _cpu(client))}
+            threads_before = replica_threads(process.pid)
             run = asyncio.run(streams(base_url, args.concurrency, args.max_tokens))
+            threads_after = replica_threads(process.pid)
             cpu_after = {**tree_cpu(process.pid), client.pid: ("client", _cpu(client))}
-            cpu = cpu_per_token(cpu_before, cpu_after, int(run["output_tokens"]))
-            results["runs"].append({"replicas": replicas, "start_s": start_s,
-                                    "idle_rss_bytes": idle_rss, **run,
-                                    "cpu_ms_per_token": cpu})
+            tokens = int(run["output_tokens"])
+            results["runs"].append({
+                "replicas": replicas, "start_s": start_s, "idle_rss_bytes": idle_rss, **run,
+                "cpu_ms_per_token": cpu_per_token(cpu_before, cpu_after, tokens),
+                "replica_threads": engine_threads(threads_before, threads_after, tokens)})
         finally:
             process.terminate()
             process.wait(60)
+        if args.offline_reference:
+            # CPU ms per token of each engine's own tokens (a replica's own tokens are about
+            # 1/N of all: compare with N times its per-token figures above).
+            results["runs"][-1]["offline_reference_ms_per_own_token"] = offline_reference(
+                args.model, replicas, args.concurrency, args.max_tokens)
     base = results["runs"][0]["output_tokens_per_s"]
     for run in results["runs"]:
         run["speedup"] = run["output_tokens_per_s"] / base

@@ -5,6 +5,7 @@ replicas taking work; `ReplicaSetEngine` takes, refuses and aborts requests as
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -106,6 +107,33 @@ def test_abort_frees_the_blocks_on_the_replica(replicated: LLM) -> None:
 
     _wait_for(freed_after_work, "the aborted request's blocks to be freed")
     assert sum(_generation_tokens(replicated)) - before < max_tokens
+
+
+def test_concurrent_generates_on_one_loop_stream_every_output_in_order(
+        replicated: LLM, tiny_llama: TinyModel) -> None:
+    """`ReplicaSet.generate` (the server's path): a step's outputs reach all the requests
+    waiting on one event loop at once; each request still gets every output, in order, each
+    adding its delta to the previous, and ends with the tokens one engine makes."""
+    prompts = shared_prefix_prompts(tiny_llama.config.vocab_size) * 2
+    replicas = _engine(replicated).replicas
+
+    async def stream(index: int, prompt: list[int]) -> list[Any]:
+        return [output async for output in replicas.generate(
+            f"loop-{index}", prompt_token_ids=prompt, sampling_params=GREEDY)]
+
+    async def run() -> list[list[Any]]:
+        return await asyncio.wait_for(
+            asyncio.gather(*(stream(i, p) for i, p in enumerate(prompts))), WAIT_S)
+
+    streams = asyncio.run(run())
+    expected = LLM(**_settings(tiny_llama)).generate(prompts, GREEDY, use_tqdm=False)
+    for outputs, want in zip(streams, expected, strict=True):
+        assert [o.finished for o in outputs] == [False] * (len(outputs) - 1) + [True]
+        tokens: list[int] = []
+        for output in outputs:
+            tokens += output.outputs[0].delta_token_ids
+            assert output.outputs[0].token_ids == tokens
+        assert tokens == want.outputs[0].token_ids
 
 
 def test_inference_engine_points_to_the_replica_set(tiny_llama: TinyModel) -> None:

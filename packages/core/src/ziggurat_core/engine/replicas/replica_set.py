@@ -1,7 +1,7 @@
 """`ReplicaSet`: N engine replicas, each a Ray actor, behind the server's `ServingEngine`
 interface. It routes each request (router.py), adds it on its replica, hands it the outputs that
-arrive on the replica's one output stream (a Ray streaming generator, read by a thread per
-replica), aborts it on its replica, and keeps each replica's state from a periodic heartbeat.
+arrive on the replica's one output stream (output_streams.py) and aborts it on its replica;
+health.py keeps each replica's state from a periodic heartbeat.
 
 Ray restarts a replica whose process dies (`max_restarts`); meanwhile its requests in flight end
 with `ReplicaUnavailableError` (the server's 503), a request that had produced nothing yet goes to
@@ -13,15 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from ray.exceptions import RayTaskError
 
 from ..config import EngineConfig, ModelConfig
 from ..errors import ReplicaUnavailableError
@@ -30,28 +29,22 @@ from ..outputs import RequestOutput
 from ..reports import DeviceInfo, EngineStats, ReplicaReport, ResolvedSettings
 from ..sampling_params import SamplingParams
 from . import ray_runtime
-from .actor import ReplicaActor, ReplicaDescription, ReplicaHeartbeat, RequestFailure
+from .actor import ReplicaActor, ReplicaDescription, RequestFailure
 from .deltas import OutputAssembler, OutputDelta
+from .faults import ReplicaLost, unwrap
+from .health import ReplicaHealth
+from .output_streams import OutputStreams
 from .router import ReplicaRouter, prefix_key
-from .stats import combine_stats
 
-logger = logging.getLogger("ziggurat.replicas")
-
-T = TypeVar("T")
-HEARTBEAT_INTERVAL_S = 0.5
 # Ray restarts a dead replica however often it dies: a server should heal, not shrink.
 MAX_RESTARTS = -1
 # Concurrent calls one replica actor takes (its streams, heartbeats and tokenizer calls).
 MAX_CONCURRENCY = 10_000
-# How often a stream thread looks whether its restarting replica is back.
-STREAM_REOPEN_POLL_S = 0.05
-STREAM_JOIN_TIMEOUT_S = 5.0
-_LOST = (RayActorError, ActorUnavailableError)
+# How long the set waits for every replica's first heartbeat.
+FIRST_HEARTBEAT_TIMEOUT_S = 30.0
 
 
-class _ReplicaLost(ReplicaUnavailableError):
-    """The replica's process went away under a call: `generate` and `submit` retry a request
-    that it had not started on another replica; one it had started fails with this error."""
+Item = RequestOutput | BaseException
 
 
 @dataclass
@@ -59,39 +52,40 @@ class _Inbox:
     """Where a request's outputs wait for its `generate`, filled from a stream thread."""
 
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[RequestOutput | BaseException]
+    queue: asyncio.Queue[Item]
 
-    def put(self, item: RequestOutput | BaseException) -> None:
+    def put(self, item: Item) -> None:
         # A closed consumer loop raises RuntimeError: nobody is listening any more.
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+def _put_all(puts: list[tuple[asyncio.Queue[Item], Item]]) -> None:
+    for queue, item in puts:
+        queue.put_nowait(item)
+
+
+def _fill_inboxes(deliveries: list[tuple[_Inbox, Item]]) -> None:
+    """Hand a step's outputs to their `generate`s: one call into each event loop for all of
+    them, instead of a call (a write to the loop's wake-up socket, and often a wake-up) per
+    request and step."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Item], Item]]] = {}
+    for inbox, item in deliveries:
+        by_loop.setdefault(inbox.loop, []).append((inbox.queue, item))
+    for loop, puts in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+            loop.call_soon_threadsafe(_put_all, puts)
+
+
 @dataclass
 class _InFlight:
-    """A request placed on a replica: where its outputs go, and what its deltas add up to."""
+    """A request placed on a replica: where its outputs go (its `generate`'s inbox, or a
+    `submit` caller's callback), and what its deltas add up to."""
 
     index: int
-    deliver: Callable[[RequestOutput | BaseException], None]
+    deliver: Callable[[Item], None]
+    inbox: _Inbox | None = None
     assembler: OutputAssembler = field(default_factory=OutputAssembler)
-
-
-@dataclass
-class _Replica:
-    index: int
-    actor: Any  # ray.actor.ActorHandle of ReplicaActor
-    state: str = "starting"  # "starting" | "up" | "restarting"
-    heartbeat: ReplicaHeartbeat | None = None
-    pending: Any = None  # the heartbeat ObjectRef in flight
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """What a replica raised, as the engine would have raised it in process."""
-    if isinstance(exc, _LOST):
-        return _ReplicaLost(str(exc))
-    if isinstance(exc, RayTaskError) and isinstance(exc.cause, Exception):
-        return exc.cause
-    return exc
 
 
 class ReplicaSet:
@@ -100,23 +94,20 @@ class ReplicaSet:
         self._config = config
         self._description = description
         self._connection = connection
-        self._replicas = [_Replica(index, actor, state="up") for index, actor in enumerate(actors)]
         self._router = ReplicaRouter(len(actors))
-        # Guards replica states and router counts: the event loop, tokenizer worker threads and
-        # the heartbeat thread all read or change them.
+        # Guards replica states, router counts and the requests in flight: the event loop,
+        # tokenizer worker threads, the stream threads and the heartbeat thread all read or
+        # change them.
         self._lock = threading.Lock()
         self._requests: dict[str, _InFlight] = {}  # by request id
         self._stopping = threading.Event()
         self.started_at = time.time()
-        self._heartbeats = threading.Thread(target=self._heartbeat_loop, daemon=True,
-                                            name="ziggurat-replica-heartbeat")
-        self._poll_heartbeats(timeout=30.0)
-        self._heartbeats.start()
-        self._streams = [threading.Thread(target=self._consume, args=(replica,), daemon=True,
-                                          name=f"ziggurat-replica-{replica.index}-outputs")
-                         for replica in self._replicas]
-        for thread in self._streams:
-            thread.start()
+        self._health = ReplicaHealth(actors, self._router, self._lock, self._stopping)
+        self._replicas = self._health.replicas
+        self._health.start(first_timeout=FIRST_HEARTBEAT_TIMEOUT_S)
+        self._streams = OutputStreams(self._health, self._stopping, self._dispatch,
+                                      self._fail_requests)
+        self._streams.start()
 
     @classmethod
     def start(cls, config: EngineConfig) -> ReplicaSet:
@@ -141,7 +132,7 @@ class ReplicaSet:
             except RayTaskError as exc:
                 for actor in actors:
                     ray.kill(actor, no_restart=True)
-                cause = _unwrap(exc)
+                cause = unwrap(exc)
                 raise cause from None
         except BaseException:
             connection.close()
@@ -190,17 +181,16 @@ class ReplicaSet:
         tried: set[int] = set()
         while True:
             with self._lock:
-                live = [r for r in self._replicas if r.state == "up" and r.index not in tried]
-                index = self._router.choose(None, [r.index for r in live])
+                index = self._router.choose(None, self._health.live(tried))
             if index is None:
-                raise self._unavailable()
+                raise self._health.unavailable()
             try:
                 return ray.get(call(self._replicas[index].actor))
             except Exception as exc:
-                error = _unwrap(exc)
-                if not isinstance(error, _ReplicaLost):
+                error = unwrap(exc)
+                if not isinstance(error, ReplicaLost):
                     raise error from None
-                self._mark_lost(index)
+                self._health.mark_lost(index)
                 tried.add(index)
 
     # ------------------------------------------------------------------ requests
@@ -220,7 +210,7 @@ class ReplicaSet:
         tried: set[int] = set()
         while True:
             inbox = _Inbox(asyncio.get_running_loop(), asyncio.Queue())
-            index = self._place(request_id, key, tried, inbox.put)
+            index = self._place(request_id, key, tried, inbox.put, inbox)
             replica = self._replicas[index]
             produced = finished = False
             try:
@@ -235,10 +225,10 @@ class ReplicaSet:
                     yield item
                 return
             except Exception as exc:
-                error = _unwrap(exc)
-                if not isinstance(error, _ReplicaLost):
+                error = unwrap(exc)
+                if not isinstance(error, ReplicaLost):
                     raise error from None
-                self._mark_lost(index)
+                self._health.mark_lost(index)
                 if produced:
                     raise ReplicaUnavailableError(
                         f"replica {index} stopped while serving the request; Ray is restarting "
@@ -250,14 +240,13 @@ class ReplicaSet:
                     replica.actor.abort.remote(request_id)  # no-op if the replica is gone
 
     def _place(self, request_id: str, key: bytes | None, tried: set[int],
-               deliver: Callable[[RequestOutput | BaseException], None]) -> int:
+               deliver: Callable[[Item], None], inbox: _Inbox | None = None) -> int:
         with self._lock:
-            live = [r.index for r in self._replicas if r.state == "up" and r.index not in tried]
-            index = self._router.choose(key, live)
+            index = self._router.choose(key, self._health.live(tried))
             if index is None:
-                raise self._unavailable()
+                raise self._health.unavailable()
             self._router.start(index, key)
-            self._requests[request_id] = _InFlight(index, deliver)
+            self._requests[request_id] = _InFlight(index, deliver, inbox)
             return index
 
     def _release(self, request_id: str, index: int) -> None:
@@ -293,10 +282,10 @@ class ReplicaSet:
                 return
             except Exception as exc:
                 self._release(request_id, index)
-                error = _unwrap(exc)
-                if not isinstance(error, _ReplicaLost):
+                error = unwrap(exc)
+                if not isinstance(error, ReplicaLost):
                     raise error from None
-                self._mark_lost(index)
+                self._health.mark_lost(index)
                 tried.add(index)
 
     def abort(self, request_id: str) -> None:
@@ -307,42 +296,26 @@ class ReplicaSet:
             self._replicas[in_flight.index].actor.abort.remote(request_id)
 
     # ------------------------------------------------------------------ output streams
-    def _consume(self, replica: _Replica) -> None:
-        """The replica's output stream, handed out to its requests (a thread per replica).
-        When the replica is lost, its requests get `_ReplicaLost`, and the stream is opened
-        again once Ray has restarted it."""
-        while not self._stopping.is_set():
-            if replica.state != "up":
-                self._stopping.wait(STREAM_REOPEN_POLL_S)
-                continue
-            stream = replica.actor.outputs.options(num_returns="streaming").remote()
-            try:
-                for ref in stream:
-                    self._dispatch(replica.index, ray.get(ref))
-                raise _ReplicaLost("the replica's output stream ended")
-            except Exception as exc:
-                if self._stopping.is_set():
-                    return
-                error = _unwrap(exc)
-                if not isinstance(error, _ReplicaLost):
-                    logger.error("replica %d output stream failed: %r", replica.index, error)
-                self._mark_lost(replica.index)
-                self._fail_requests(replica.index, _ReplicaLost(str(error)))
-
     def _dispatch(self, index: int, items: list[OutputDelta | RequestFailure]) -> None:
         with self._lock:
             targets = [self._requests.get(item.request_id) for item in items]
+        to_inboxes: list[tuple[_Inbox, Item]] = []
         for item, in_flight in zip(items, targets, strict=True):
             if in_flight is None or in_flight.index != index:
                 continue  # aborted, or handed to another replica meanwhile
+            result: Item
             if isinstance(item, RequestFailure):
                 self._release(item.request_id, index)
-                in_flight.deliver(item.error)
-                continue
-            output = in_flight.assembler.apply(item)
-            if output.finished:
-                self._release(item.request_id, index)
-            in_flight.deliver(output)
+                result = item.error
+            else:
+                result = in_flight.assembler.apply(item)
+                if result.finished:
+                    self._release(item.request_id, index)
+            if in_flight.inbox is not None:
+                to_inboxes.append((in_flight.inbox, result))
+            else:
+                in_flight.deliver(result)
+        _fill_inboxes(to_inboxes)
 
     def _fail_requests(self, index: int, error: BaseException) -> None:
         with self._lock:
@@ -352,88 +325,20 @@ class ReplicaSet:
             self._release(request_id, index)
             in_flight.deliver(error)
 
-    def _unavailable(self) -> ReplicaUnavailableError:
-        states = ", ".join(f"{r.index}: {r.state}" for r in self._replicas)
-        return ReplicaUnavailableError(f"no replica is up to serve the request ({states}); "
-                                       "retry shortly")
-
-    # ------------------------------------------------------------------ replica states
-    def _mark_lost(self, index: int) -> None:
-        with self._lock:
-            replica = self._replicas[index]
-            if replica.state == "up":
-                logger.warning("replica %d stopped; Ray restarts it", index)
-                replica.state = "restarting"
-                self._router.forget(index)
-
-    def _heartbeat_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._poll_heartbeats(timeout=HEARTBEAT_INTERVAL_S)
-            except Exception:  # a failed poll must not end the polling: states would freeze
-                logger.exception("replica heartbeat failed")
-            self._stopping.wait(HEARTBEAT_INTERVAL_S)
-
-    def _poll_heartbeats(self, timeout: float) -> None:
-        """Ask every replica for a heartbeat (a call to a restarting replica waits for its new
-        process) and apply the answers that come within `timeout`."""
-        for replica in self._replicas:
-            if replica.pending is None:
-                replica.pending = replica.actor.heartbeat.remote()
-        refs = [r.pending for r in self._replicas]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
-        answered = {ref.hex() for ref in ready}
-        for replica in self._replicas:
-            if replica.pending is None or replica.pending.hex() not in answered:
-                continue
-            ref, replica.pending = replica.pending, None
-            try:
-                heartbeat: ReplicaHeartbeat = ray.get(ref)
-            except Exception as exc:
-                if isinstance(_unwrap(exc), _ReplicaLost):
-                    self._mark_lost(replica.index)
-                    continue
-                raise
-            with self._lock:
-                if replica.heartbeat is not None and replica.heartbeat.pid != heartbeat.pid:
-                    self._router.forget(replica.index)  # a new process: an empty prefix cache
-                if replica.state != "up":
-                    logger.info("replica %d is up (pid %d)", replica.index, heartbeat.pid)
-                replica.state = "up"
-                replica.heartbeat = heartbeat
-
     # ------------------------------------------------------------------ reports
     def replicas(self) -> list[ReplicaReport]:
-        with self._lock:
-            return [ReplicaReport(
-                id=r.index, state=r.state,
-                node=r.heartbeat.node if r.heartbeat else None,
-                pid=r.heartbeat.pid if r.heartbeat else None,
-                stats=r.heartbeat.stats if r.heartbeat else None,
-                outstanding=self._router.outstanding[r.index],
-                tensor_parallel_size=r.heartbeat.tensor_parallel_size if r.heartbeat else None,
-            ) for r in self._replicas]
+        return self._health.reports()
 
     def stats(self) -> EngineStats:
-        with self._lock:
-            snapshots = [r.heartbeat.stats for r in self._replicas
-                         if r.heartbeat is not None and r.state == "up"]
-        return combine_stats(snapshots, uptime_s=time.time() - self.started_at,
-                             errored=self.errored)
+        return self._health.stats(self.started_at, self.errored)
 
     def device_info(self) -> DeviceInfo:
-        with self._lock:
-            for replica in self._replicas:
-                if replica.heartbeat is not None:
-                    return replica.heartbeat.device_info
-        raise self._unavailable()
+        return self._health.device_info()
 
     def shutdown(self) -> None:
         self._stopping.set()
-        if self._heartbeats.is_alive():
-            self._heartbeats.join()
+        self._health.join()
         for replica in self._replicas:
             ray.kill(replica.actor, no_restart=True)
-        for thread in self._streams:
-            thread.join(STREAM_JOIN_TIMEOUT_S)
+        self._streams.join()
         self._connection.close()
