@@ -64,45 +64,117 @@ static inline __attribute__((always_inline)) const float *slice_as_floats(
     return (const float *)cache + index;
 }
 
-/* q[i] * key vector i of the transposed tile kt[head_dim][KEY_LANES]. */
-#define KEY_PRODUCT(i) (q[(i)] * key_row(kt, (i)))
-
 static inline __attribute__((always_inline)) keyvec key_row(const float *restrict kt, int i) {
     keyvec k;
     memcpy(&k, kt + (int64_t)i * KEY_LANES, sizeof k);
     return k;
 }
 
-/* KEY_LANES scores of query head `q` against the transposed key tile: lane_dot's 16 lane sums
- * (element i into lane i % 16), then lanes_total's tree, each as a vector over the keys.
+/* Query vectors scored together against one key tile: they share each load of the tile. */
+#if KEY_LANES == 16
+#define TILE_QUERIES 4
+#else
+#define TILE_QUERIES 2
+#endif
+
+/* Lane l of lane_dot (elements l, l + 16, ...) of each of nq query vectors against the
+ * transposed key tile kt[head_dim][KEY_LANES], as a vector over the tile's keys, for a
+ * compile-time head_dim that is a multiple of 16 (at least 32).
  *
- * Each lane sum is formed exactly as GCC compiles lane_dot. Where head_dim is a compile-time
- * constant (`unrolled`), lane_dot's loop is unrolled, its zero start folds away, and the first
- * two products contract into one fused multiply-add, fma(a[l], b[l], a[l + 16] * b[l + 16]), the
- * later ones fused in order; otherwise every product is fused in order from zero. (The tests
- * compare both paths bit for bit, in every variant this machine builds.) */
-static inline __attribute__((always_inline)) keyvec tile_scores(const float *restrict q,
-                                                                const float *restrict kt,
-                                                                int head_dim, int unrolled) {
+ * Each lane sum is formed exactly as GCC compiles lane_dot for such a head_dim: its loop is
+ * unrolled, its zero start folds away, and the first two products contract into one fused
+ * multiply-add, fma(a[l], b[l], a[l + 16] * b[l + 16]), the later ones fused in order. (The
+ * tests compare the two paths bit for bit, in every variant this machine builds and under qemu
+ * for NEON.) */
+static inline __attribute__((always_inline)) void lane_sums(const float *const *restrict q,
+                                                            int nq, const float *restrict kt,
+                                                            int head_dim, int l,
+                                                            keyvec *restrict dst) {
+    const keyvec k0 = key_row(kt, l), k1 = key_row(kt, l + SUM_LANES);
+    for (int h = 0; h < nq; h++) dst[h] = q[h][l] * k0 + q[h][l + SUM_LANES] * k1;
+    for (int i = l + 2 * SUM_LANES; i < head_dim; i += SUM_LANES) {
+        const keyvec k = key_row(kt, i);
+        for (int h = 0; h < nq; h++) dst[h] += q[h][i] * k;
+    }
+}
+
+/* lanes_total's s8[l] = lane l + lane l + 8, and s4[l] = s8[l] + s8[l + 4]. */
+static inline __attribute__((always_inline)) void pair_sums(const float *const *restrict q,
+                                                            int nq, const float *restrict kt,
+                                                            int head_dim, int l,
+                                                            keyvec *restrict dst) {
+    keyvec hi[TILE_QUERIES];
+    lane_sums(q, nq, kt, head_dim, l, dst);
+    lane_sums(q, nq, kt, head_dim, l + 8, hi);
+    for (int h = 0; h < nq; h++) dst[h] += hi[h];
+}
+
+static inline __attribute__((always_inline)) void quad_sums(const float *const *restrict q,
+                                                            int nq, const float *restrict kt,
+                                                            int head_dim, int l,
+                                                            keyvec *restrict dst) {
+    keyvec hi[TILE_QUERIES];
+    pair_sums(q, nq, kt, head_dim, l, dst);
+    pair_sums(q, nq, kt, head_dim, l + 4, hi);
+    for (int h = 0; h < nq; h++) dst[h] += hi[h];
+}
+
+/* The dot products of nq (<= TILE_QUERIES) query vectors with every key of the tile, each
+ * bitwise lane_dot: the lane sums above, then lanes_total's tree (s4[0] + s4[2]) + (s4[1] +
+ * s4[3]), built depth first so that few partial sums are live at once. */
+static inline __attribute__((always_inline)) void tile_scores(const float *const *restrict q,
+                                                              int nq, const float *restrict kt,
+                                                              int head_dim,
+                                                              keyvec *restrict out) {
+    keyvec a[TILE_QUERIES], b[TILE_QUERIES];
+    quad_sums(q, nq, kt, head_dim, 0, out);
+    quad_sums(q, nq, kt, head_dim, 2, a);
+    for (int h = 0; h < nq; h++) out[h] += a[h];
+    quad_sums(q, nq, kt, head_dim, 1, a);
+    quad_sums(q, nq, kt, head_dim, 3, b);
+    for (int h = 0; h < nq; h++) out[h] += a[h] + b[h];
+}
+
+/* One query vector against the tile for a head_dim known only at run time, where lane_dot's
+ * loop stays a loop: every product fused into its lane in order from zero, a partial last
+ * block of 16 contributing to its first lanes only (lane_dot pads it with zeros). */
+static inline keyvec tile_scores_any(const float *restrict q, const float *restrict kt,
+                                     int head_dim) {
     keyvec lane[SUM_LANES];
+    for (int l = 0; l < SUM_LANES; l++) lane[l] = (keyvec){0.0f};
     int i = 0;
-    if (unrolled && head_dim >= 2 * SUM_LANES) {
-#pragma GCC unroll 16
-        for (int l = 0; l < SUM_LANES; l++) lane[l] = KEY_PRODUCT(l) + KEY_PRODUCT(l + SUM_LANES);
-        i = 2 * SUM_LANES;
-    } else {
-        for (int l = 0; l < SUM_LANES; l++) lane[l] = (keyvec){0.0f};
-    }
-    for (; i + SUM_LANES <= head_dim; i += SUM_LANES) {
-#pragma GCC unroll 16
-        for (int l = 0; l < SUM_LANES; l++) lane[l] += KEY_PRODUCT(i + l);
-    }
-    for (int l = 0; i + l < head_dim; l++) /* lane_dot pads this block with zeros */
-        lane[l] += KEY_PRODUCT(i + l);
+    for (; i + SUM_LANES <= head_dim; i += SUM_LANES)
+        for (int l = 0; l < SUM_LANES; l++) lane[l] += q[i + l] * key_row(kt, i + l);
+    for (int l = 0; i + l < head_dim; l++) lane[l] += q[i + l] * key_row(kt, i + l);
     keyvec s8[8], s4[4];
     for (int l = 0; l < 8; l++) s8[l] = lane[l] + lane[l + 8];
     for (int l = 0; l < 4; l++) s4[l] = s8[l] + s8[l + 4];
     return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+
+/* Scores (dot products times `scale`) of nq query vectors against the tile, stored at dst[h]. */
+static inline __attribute__((always_inline)) void store_scores(const float *const *restrict q,
+                                                               int nq, const float *restrict kt,
+                                                               int head_dim, int unrolled,
+                                                               float scale, float *const *dst) {
+    keyvec s[TILE_QUERIES];
+    if (!unrolled || head_dim % SUM_LANES != 0 || head_dim < 2 * SUM_LANES) {
+        for (int h = 0; h < nq; h++) s[h] = tile_scores_any(q[h], kt, head_dim);
+    } else {
+        switch (nq) { /* a compile-time count, so that the sums stay in registers */
+#if TILE_QUERIES == 4
+            case 4: tile_scores(q, 4, kt, head_dim, s); break;
+            case 3: tile_scores(q, 3, kt, head_dim, s); break;
+#endif
+            case 2: tile_scores(q, 2, kt, head_dim, s); break;
+            case 1: tile_scores(q, 1, kt, head_dim, s); break;
+            default: __builtin_unreachable(); /* 1 <= nq <= TILE_QUERIES */
+        }
+    }
+    for (int h = 0; h < nq; h++) {
+        const keyvec scaled = s[h] * scale;
+        memcpy(dst[h], &scaled, sizeof scaled);
+    }
 }
 
 /* o[h][d] += p[h][j] * v[j][d] for j < n and HEADS query heads h (p rows p_stride apart), in
@@ -187,6 +259,20 @@ static inline void positions_to_slots(const int64_t *restrict table, int64_t t0,
     }
 }
 
+/* Blocks are scattered in memory: ask for kv head `kv_head` of positions t0 .. t0 + n - 1
+ * (the next tile) while the current one is computed. */
+static inline void prefetch_slices(const void *cache, const int64_t *restrict table, int64_t t0,
+                                   int64_t n, int block_size, int64_t token_stride, int kv_head,
+                                   int head_dim, int half) {
+    int64_t slots[VALUE_TILE];
+    positions_to_slots(table, t0, n, block_size, slots);
+    const int64_t element = half ? 2 : 4;
+    for (int64_t j = 0; j < n; j++)
+        prefetch_bytes((const char *)cache +
+                           (slots[j] * token_stride + (int64_t)kv_head * head_dim) * element,
+                       head_dim * element);
+}
+
 static inline __attribute__((always_inline)) void attend_block(
     const float *restrict query, const void *k_cache, const void *v_cache,
     const int64_t *restrict table, const int64_t *restrict context_lens,
@@ -207,6 +293,11 @@ static inline __attribute__((always_inline)) void attend_block(
     for (int64_t t0 = 0; t0 < longest; t0 += KEY_LANES) {
         const int64_t n = longest - t0 < KEY_LANES ? longest - t0 : KEY_LANES;
         positions_to_slots(table, t0, n, block_size, slots);
+        if (t0 + KEY_LANES < longest)
+            prefetch_slices(k_cache, table, t0 + KEY_LANES,
+                            longest - t0 - KEY_LANES < KEY_LANES ? longest - t0 - KEY_LANES
+                                                                 : KEY_LANES,
+                            block_size, token_stride, kv_head, head_dim, half);
         for (int64_t j = 0; j < KEY_LANES; j++) {
             if (j < n) {
                 const float *k = slice_as_floats(k_cache, slots[j], token_stride, kv_head,
@@ -216,14 +307,22 @@ static inline __attribute__((always_inline)) void attend_block(
                 for (int i = 0; i < head_dim; i++) kt[(int64_t)i * KEY_LANES + j] = 0.0f;
             }
         }
+        /* Every (row, head) that sees keys of this tile, TILE_QUERIES at a time. */
+        const float *q[TILE_QUERIES];
+        float *dst[TILE_QUERIES];
+        int nq = 0;
         for (int r = 0; r < rows; r++) {
             if (context_lens[r] <= t0) continue;
-            const float *q = query + (token_rows[r] * num_heads + head0) * head_dim;
             for (int g = 0; g < group; g++) {
-                const keyvec s = tile_scores(q + (int64_t)g * head_dim, kt, head_dim, unrolled) * scale;
-                memcpy(scores + ((int64_t)r * group + g) * stride + t0, &s, sizeof s);
+                q[nq] = query + (token_rows[r] * num_heads + head0 + g) * head_dim;
+                dst[nq++] = scores + ((int64_t)r * group + g) * stride + t0;
+                if (nq == TILE_QUERIES) {
+                    store_scores(q, nq, kt, head_dim, unrolled, scale, dst);
+                    nq = 0;
+                }
             }
         }
+        if (nq > 0) store_scores(q, nq, kt, head_dim, unrolled, scale, dst);
     }
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < group; g++)
@@ -239,6 +338,11 @@ static inline __attribute__((always_inline)) void attend_block(
         for (int64_t j = 0; j < n; j++)
             v[j] = slice_as_floats(v_cache, slots[j], token_stride, kv_head, head_dim, half,
                                    widened + j * head_dim);
+        if (t0 + VALUE_TILE < longest)
+            prefetch_slices(v_cache, table, t0 + VALUE_TILE,
+                            longest - t0 - VALUE_TILE < VALUE_TILE ? longest - t0 - VALUE_TILE
+                                                                   : VALUE_TILE,
+                            block_size, token_stride, kv_head, head_dim, half);
         for (int r = 0; r < rows; r++) {
             if (context_lens[r] <= t0) continue;
             const int64_t m = context_lens[r] - t0 < n ? context_lens[r] - t0 : n;
