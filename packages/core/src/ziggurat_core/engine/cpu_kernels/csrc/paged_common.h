@@ -125,7 +125,8 @@ static inline __attribute__((always_inline)) void softmax_row(float *restrict s,
 }
 
 /* paged_prefill.c: query rows that read one block table (a prefill chunk's rows), each row's
- * result bitwise what the one-row kernel computes for it. */
+ * result bitwise what the one-row kernel computes for it. A block's scores (rows x heads of a
+ * kv head x context, float32) stay within a core's L2 for contexts of a few thousand tokens. */
 #define PREFILL_BLOCK_ROWS 16
 int64_t paged_prefill_scratch_floats(int64_t rows, int group, int64_t longest, int head_dim);
 void paged_prefill_block(const float *query, const void *k_cache, const void *v_cache,

@@ -1,18 +1,24 @@
-/* Paged decode attention on CPU: one new query token per sequence against its cached keys and
- * values, read in place through the block table. Replaces "gather the blocks into a contiguous
- * buffer, then run SDPA", which moved every cached byte three times per layer.
+/* Paged attention on CPU for every new token of a step: each query row against the first
+ * context_lens[i] cached keys and values of its sequence, read in place through the block table.
+ * Replaces "gather the blocks into a contiguous buffer, then run SDPA", which moved every cached
+ * byte three times per layer.
  *
  * Layouts (contiguous):
- *   query   [num_tokens, num_heads, head_dim] float32; token_rows gives the decode tokens' rows
+ *   query   [num_tokens, num_heads, head_dim] float32; token_rows gives each row's query row
  *   k_cache, v_cache [num_blocks, block_size, num_kv_heads, head_dim]: float32
  *           (paged_decode_attention_f32) or IEEE half (paged_decode_attention_f16, in builds
  *           where paged_decode_has_f16() returns 1)
- *   block_tables [num_seqs, max_blocks] (int64), context_lens [num_seqs] (int64)
- *   out     [num_tokens, num_heads, head_dim] float32; only the decode rows are written
- * Query heads h = kv_head * group + g share kv head kv_head (GQA). One work item is one
- * sequence, so each cache block is read front to back as one contiguous run of memory (all kv
- * heads of its tokens): decode attention is bound by memory, and the hardware prefetcher
- * follows such runs where it would miss scattered per-head slices.
+ *   block_tables [num_rows, max_blocks] (int64), context_lens [num_rows] (int64)
+ *   out     [num_tokens, num_heads, head_dim] float32; only the rows in token_rows are written
+ * Query heads h = kv_head * group + g share kv head kv_head (GQA). A decode row is one work item
+ * (attend_seq), so each cache block is read front to back as one contiguous run of memory (all
+ * kv heads of its tokens): decode attention is bound by memory, and the hardware prefetcher
+ * follows such runs where it would miss scattered per-head slices. Consecutive rows that read
+ * the same block table (a prefill chunk, one row per new token) are instead attended in blocks
+ * of PREFILL_BLOCK_ROWS rows per kv head (paged_prefill.c), which read and widen each cached
+ * key and value once per block rather than once per row and score a vector of keys at a time;
+ * a row's result is bitwise the same either way, so how a step's rows fall into blocks changes
+ * only the speed.
  *
  * A half cache halves the bytes read. Each cached token (all its kv heads) is widened to float32
  * into a small per-thread buffer that stays in L1, and the float32 code then runs on that buffer:

@@ -14,9 +14,12 @@
  * - scores are computed for KEY_LANES keys at once: the keys of a tile are transposed into a
  *   small buffer (dimension-major), so lane l of the dot product becomes a vector of KEY_LANES
  *   running sums (one per key), and lanes_total's fixed tree becomes vertical adds. No horizontal
- *   sum per (row, key) is left;
- * - the output rows stay in registers over a tile of VALUE_TILE values (kept in L1), instead of
- *   a load and a store per key.
+ *   sum per (row, key) is left, and up to TILE_QUERIES (row, head) pairs share each load of the
+ *   tile;
+ * - the outputs of a row's heads stay in registers over a tile of VALUE_TILE values (kept in
+ *   L1), sharing each load of a value, instead of a load and a store per key;
+ * - the next tile's scattered cache slices are prefetched while this one is computed.
+ * Work items are (block of rows, kv head): one long prompt keeps every thread busy.
  */
 #include <stdint.h>
 #include <string.h>
