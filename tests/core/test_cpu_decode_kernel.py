@@ -615,9 +615,10 @@ def test_kernel_builds_with_and_without_half_support(
         )
         if "__FLT16_MAX__" not in macros.stdout:
             pytest.skip("this compiler has no _Float16")
-    source = Path(cpu_kernel.__file__).parent / "csrc" / "paged_decode.c"
+    csrc = Path(cpu_kernel.__file__).parent / "csrc"
+    sources = [str(csrc / "paged_decode.c"), str(csrc / "paged_prefill.c")]
     library = tmp_path / "paged_decode.so"
-    command = [compiler, *cpu_kernel._FLAGS, *flags, str(source), "-o", str(library), "-lm"]
+    command = [compiler, *cpu_kernel._FLAGS, *flags, *sources, "-o", str(library), "-lm"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     built = PagedAttentionKernel(ctypes.CDLL(str(library)))

@@ -136,6 +136,36 @@ def test_paged_attention_same_bits(
     _assert_same_bits(results)
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("head_dim", [64, 128, 72])
+def test_paged_attention_prefill_rows_same_bits(
+    attention: dict[str, PagedAttentionKernel], head_dim: int, cache_dtype: torch.dtype
+) -> None:
+    """Rows of prefill chunks (the blocked path, csrc/paged_prefill.c: scores a vector of keys
+    at a time, whose width differs between the variants) next to a decode row."""
+    gen = generator(head_dim + 1)
+    block_size, num_kv_heads, num_heads = 16, 3, 9
+    num_blocks = 40
+    # Chunk of 45 rows ending at 301 (a cached prefix), a decode at 30, a first chunk of 19.
+    tables = torch.randperm(num_blocks, generator=gen)[:38].view(2, 19)
+    seq_of_row = [0] * 45 + [1] + [1] * 19
+    context_lens = torch.tensor([*range(257, 302), 30, *range(1, 20)], dtype=torch.int64)
+    kv_cache = (
+        torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, generator=gen) * 4
+    ).to(cache_dtype)
+    query = torch.randn(len(seq_of_row), num_heads, head_dim, generator=gen) * 4
+    row_tables = tables[seq_of_row].contiguous()
+    token_rows = torch.arange(len(seq_of_row), dtype=torch.int64)
+    results = {}
+    for isa, kernel in attention.items():
+        if cache_dtype not in kernel.cache_dtypes:
+            pytest.skip(f"the {isa} build reads no {cache_dtype} cache")
+        out = torch.zeros_like(query)
+        kernel(query, kv_cache, row_tables, context_lens, token_rows, out, 1 / math.sqrt(head_dim))
+        results[isa] = out
+    _assert_same_bits(results)
+
+
 # ---- the exp approximation itself ----
 
 

@@ -12,7 +12,8 @@ extension).
 - The float16 KV-cache conversions (paged_decode.c) against torch: every half to float32, and
   float32 -> half round-to-nearest-even on all halves, the ties between them, their neighbours,
   the overflow and subnormal edges and random bit patterns; through the NEON conversion and
-  through the compiler's _Float16 (the forced scalar build).
+  through the compiler's _Float16 (the forced scalar build). Then the paged attention's blocked
+  prefill rows (paged_prefill.c) bitwise against the same rows attended alone.
 
 The cross toolchain comes from Debian's gcc-aarch64-linux-gnu and qemu-user, installed with
 apt-get when missing; the tests skip only where that is impossible (no apt-get, not root).
@@ -84,7 +85,9 @@ def drivers(arm_toolchain: None, tmp_path_factory: pytest.TempPathFactory) -> di
     built = {}
     for target, target_flags in TARGETS.items():
         executable = root / f"neon_driver_{target}"
-        sources = [DRIVER, CSRC / "int8_gemm_neon.c", CSRC / "int8_gemm_reference.c"]
+        sources = [
+            DRIVER, CSRC / "int8_gemm_neon.c", CSRC / "int8_gemm_reference.c", CSRC / "paged_prefill.c"
+        ]
         result = _run(
             [CC, *flags, *target_flags, f"-I{CSRC}", *map(str, sources), "-o", str(executable)]
             + ["-lm"]
@@ -175,6 +178,8 @@ def test_float16_cache_conversion_matches_torch(
     # Which conversion the build used: NEON's fcvtl/fcvtn, or the compiler's _Float16.
     assert result.stdout.splitlines()[0] == ("f16=neon" if target == "neon" else "f16=float16")
     assert "attention half cache vs float32 cache: equal" in result.stdout
+    prefill = [line for line in result.stdout.splitlines() if line.startswith("attention prefill")]
+    assert len(prefill) == 4 and all(line.endswith(": equal") for line in prefill), prefill
 
     # float32 -> half: torch's .to(float16), bit for bit (any NaN for a NaN).
     got = np.fromfile(paths["to_half"], dtype=np.uint16)

@@ -10,8 +10,9 @@
  *       The KV cache's float16 conversions (paged_decode.c, included below for its static
  *       converters): FLOATS (float32s) -> OUT_HALVES (raw float16 bits), HALVES (raw bits) ->
  *       OUT_FLOATS (float32s); the test compares both with torch. Then paged decode attention
- *       on a half cache against the float32 kernel on the same cache widened. Prints the
- *       conversion used ("f16=neon" or "f16=float16") and "ok".
+ *       on a half cache against the float32 kernel on the same cache widened, and prefill
+ *       chunks' rows (paged_prefill.c) against the same rows attended alone, bit for bit.
+ *       Prints the conversion used ("f16=neon" or "f16=float16") and "ok".
  *
  * Exit status 0 when every check passed, 1 on a mismatch, 2 on bad usage or I/O.
  */
@@ -247,6 +248,51 @@ static int attention_case(uint64_t seed) {
     return bad;
 }
 
+/* Rows of prefill chunks (paged_prefill.c's blocked path: the rows of one chunk share each
+ * widened key and value, scores a vector of keys at a time) against every row attended alone by
+ * the one-row kernel: bitwise equal, half and float32 caches, head sizes 64 and 24 (a lane_dot
+ * tail), chunks longer than one block of rows, next to a decode row. */
+static int prefill_case(uint64_t seed) {
+    rng_state = seed * 0x9E3779B97F4A7C15ULL + 11;
+    enum { HEADS = 6, KV_HEADS = 2, BLOCK = 8, BLOCKS = 16, MAX_BLOCKS = 8, ROWS = 40 };
+    int bad = 0;
+    for (int dim = 64; dim >= 24; dim -= 40) {
+        const int64_t floats = (int64_t)BLOCKS * BLOCK * KV_HEADS * dim;
+        float *wide = malloc(sizeof(float) * 2 * (size_t)floats);
+        uint16_t *half = malloc(sizeof(uint16_t) * 2 * (size_t)floats);
+        float *query = malloc(sizeof(float) * ROWS * HEADS * (size_t)dim);
+        float *got = malloc(sizeof(float) * ROWS * HEADS * (size_t)dim);
+        float *want = malloc(sizeof(float) * ROWS * HEADS * (size_t)dim);
+        if (wide == NULL || half == NULL || query == NULL || got == NULL || want == NULL) exit(2);
+        for (int64_t i = 0; i < 2 * floats; i++) wide[i] = random_float(-3.0f, 3.0f);
+        for (int64_t i = 0; i < (int64_t)ROWS * HEADS * dim; i++) query[i] = random_float(-2.0f, 2.0f);
+        floats_to_halves(wide, half, 2 * floats);
+        /* Rows 0-33: a chunk of sequence A at positions 23..56; row 34: a decode of B at 9;
+         * rows 35-39: B's first five positions. */
+        const int64_t a[MAX_BLOCKS] = {5, 12, 0, 9, 14, 3, 7, 1}, b[MAX_BLOCKS] = {2, 11, 0, 0, 0, 0, 0, 0};
+        int64_t tables[ROWS * MAX_BLOCKS], lens[ROWS], rows[ROWS];
+        for (int r = 0; r < ROWS; r++) {
+            memcpy(tables + r * MAX_BLOCKS, r < 34 ? a : b, sizeof a);
+            lens[r] = r < 34 ? 24 + r : r == 34 ? 10 : r - 34;
+            rows[r] = (r * 7) % ROWS; /* rows of the query in any order */
+        }
+        for (int h = 0; h < 2; h++) {
+            const void *k = h ? (const void *)half : (const void *)wide;
+            const void *v = h ? (const void *)(half + floats) : (const void *)(wide + floats);
+            int rc = paged_decode_attention(query, k, v, tables, lens, rows, got, ROWS, MAX_BLOCKS,
+                                            HEADS, KV_HEADS, dim, BLOCK, 0.125f, h, 2);
+            rc |= paged_attention_rows_alone(query, k, v, tables, lens, rows, want, ROWS,
+                                             MAX_BLOCKS, HEADS, KV_HEADS, dim, BLOCK, 0.125f, h, 1);
+            const int same = rc == 0 && memcmp(got, want, sizeof(float) * ROWS * HEADS * (size_t)dim) == 0;
+            printf("attention prefill rows vs rows alone, %s cache, head_dim %d: %s\n",
+                   h ? "half" : "float32", dim, same ? "equal" : "DIFFERENT");
+            bad += !same;
+        }
+        free(wide); free(half); free(query); free(got); free(want);
+    }
+    return bad;
+}
+
 static int run_f16(const char *floats_path, const char *halves_path, const char *out_halves,
                    const char *out_floats) {
 #if defined(ZIG_F16_NEON)
@@ -271,7 +317,7 @@ static int run_f16(const char *floats_path, const char *halves_path, const char 
     write_file(out_halves, to_half, sizeof(uint16_t) * (size_t)nf);
     write_file(out_floats, to_float, sizeof(float) * (size_t)nh);
     printf("converted %" PRId64 " floats, %" PRId64 " halves\n", nf, nh);
-    const int bad = attention_case(1);
+    const int bad = attention_case(1) + prefill_case(2);
     printf(bad == 0 ? "ok\n" : "FAILED\n");
     free(floats); free(halves); free(to_half); free(to_float);
     return bad == 0 ? 0 : 1;

@@ -1,6 +1,13 @@
 """Attention straight from the paged KV cache (`csrc/paged_decode.c`) for every new token, decode
 or prefill (a prefill token at position p is computed as the decode at p would be): float32 or
-float16 cache, float32 query and output."""
+float16 cache, float32 query and output.
+
+One call covers a step. Consecutive rows that read the same block table (a prefill chunk's
+tokens) are attended in blocks of rows per kv head (`csrc/paged_prefill.c`): each cached key and
+value is read and widened once per block of rows, scores come out a vector of keys at a time, and
+the work is spread over (row block, kv head) so that one long prompt uses every thread. Every row's
+result is bitwise what the one-row kernel computes for it (the same lane sums in the same order,
+the same softmax), so grouping changes only the speed; `rows_alone=True` turns it off."""
 
 from __future__ import annotations
 
@@ -26,6 +33,10 @@ class PagedAttentionKernel:
     def __init__(self, library: ctypes.CDLL) -> None:
         self._fns: dict[torch.dtype, Any] = {}  # cache dtype -> bound C function
         self._fns[torch.float32] = self._bind(library.paged_decode_attention_f32)
+        rows_alone = library.paged_attention_rows_alone
+        rows_alone.restype = ctypes.c_int
+        rows_alone.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 6 + [ctypes.c_float] + [ctypes.c_int] * 2
+        self._rows_alone = rows_alone
         has_f16 = getattr(library, "paged_decode_has_f16", None)
         if has_f16 is not None:
             has_f16.restype = ctypes.c_int
@@ -73,7 +84,11 @@ class PagedAttentionKernel:
         token_rows: torch.Tensor,  # [num_seqs] int64
         out: torch.Tensor,  # [num_tokens, H, d] float32, decode rows written
         scale: float,
+        rows_alone: bool = False,
     ) -> None:
+        """Attend each row `token_rows[i]` of `query` to the first `context_lens[i]` positions
+        of the sequence whose blocks are `block_tables[i]`; `rows_alone` attends every row by
+        itself instead of grouping a prefill chunk's rows (the same bits, slower)."""
         for name, t in (("query", query), ("out", out)):
             if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
                 raise KernelError(f"{name} must be a contiguous float32 CPU tensor")
@@ -94,7 +109,8 @@ class PagedAttentionKernel:
         _, num_heads, head_dim = query.shape
         _, _, block_size, num_kv_heads, _ = kv_cache.shape
         num_seqs, max_blocks = block_tables.shape
-        status = fn(
+        half = [] if not rows_alone else [int(kv_cache.dtype == torch.float16)]
+        status = (self._rows_alone if rows_alone else fn)(
             query.data_ptr(),
             kv_cache[0].data_ptr(),
             kv_cache[1].data_ptr(),
@@ -109,10 +125,11 @@ class PagedAttentionKernel:
             head_dim,
             block_size,
             scale,
+            *half,
             torch.get_num_threads(),
         )
         if status != 0:
-            raise MemoryError("paged decode kernel: out of memory for attention scores")
+            raise MemoryError("paged attention kernel: out of memory for its scratch buffers")
 
     def write_kv(
         self,

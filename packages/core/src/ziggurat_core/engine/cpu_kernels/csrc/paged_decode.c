@@ -1,18 +1,24 @@
-/* Paged decode attention on CPU: one new query token per sequence against its cached keys and
- * values, read in place through the block table. Replaces "gather the blocks into a contiguous
- * buffer, then run SDPA", which moved every cached byte three times per layer.
+/* Paged attention on CPU for every new token of a step: each query row against the first
+ * context_lens[i] cached keys and values of its sequence, read in place through the block table.
+ * Replaces "gather the blocks into a contiguous buffer, then run SDPA", which moved every cached
+ * byte three times per layer.
  *
  * Layouts (contiguous):
- *   query   [num_tokens, num_heads, head_dim] float32; token_rows gives the decode tokens' rows
+ *   query   [num_tokens, num_heads, head_dim] float32; token_rows gives each row's query row
  *   k_cache, v_cache [num_blocks, block_size, num_kv_heads, head_dim]: float32
  *           (paged_decode_attention_f32) or IEEE half (paged_decode_attention_f16, in builds
  *           where paged_decode_has_f16() returns 1)
- *   block_tables [num_seqs, max_blocks] (int64), context_lens [num_seqs] (int64)
- *   out     [num_tokens, num_heads, head_dim] float32; only the decode rows are written
- * Query heads h = kv_head * group + g share kv head kv_head (GQA). One work item is one
- * sequence, so each cache block is read front to back as one contiguous run of memory (all kv
- * heads of its tokens): decode attention is bound by memory, and the hardware prefetcher
- * follows such runs where it would miss scattered per-head slices.
+ *   block_tables [num_rows, max_blocks] (int64), context_lens [num_rows] (int64)
+ *   out     [num_tokens, num_heads, head_dim] float32; only the rows in token_rows are written
+ * Query heads h = kv_head * group + g share kv head kv_head (GQA). A decode row is one work item
+ * (attend_seq), so each cache block is read front to back as one contiguous run of memory (all
+ * kv heads of its tokens): decode attention is bound by memory, and the hardware prefetcher
+ * follows such runs where it would miss scattered per-head slices. Consecutive rows that read
+ * the same block table (a prefill chunk, one row per new token) are instead attended in blocks
+ * of PREFILL_BLOCK_ROWS rows per kv head (paged_prefill.c), which read and widen each cached
+ * key and value once per block rather than once per row and score a vector of keys at a time;
+ * a row's result is bitwise the same either way, so how a step's rows fall into blocks changes
+ * only the speed.
  *
  * A half cache halves the bytes read. Each cached token (all its kv heads) is widened to float32
  * into a small per-thread buffer that stays in L1, and the float32 code then runs on that buffer:
@@ -25,112 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "decode_parts.h"
-#include "isa.h"
-#if defined(__F16C__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-#if defined(ZIG_ISA_NEON)
-/* AArch64 converts between half and float32 in hardware (fcvtl / fcvtn, 4 lanes at a time), in
- * every NEON build: no _Float16 support needed from the compiler. */
-#include <arm_neon.h>
-#define ZIG_F16_NEON 1
-#endif
-
-#include "exp_approx.h"
-#include "lane_sum.h"
-
-#if defined(__F16C__) || defined(__FLT16_MAX__) || defined(ZIG_F16_NEON)
-#define HAVE_F16 1
-#else
-#define HAVE_F16 0
-#endif
-
-/* Blocks are scattered in memory, so the prefetcher cannot guess the next one: ask for the next
- * block's token while computing on this block's. */
-static inline void prefetch_bytes(const void *start, int64_t bytes) {
-    const char *p = (const char *)start;
-    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
-}
-
-#if HAVE_F16
-/* n IEEE halves (raw bits) -> float32. */
-static inline void halves_to_floats(const uint16_t *restrict src, float *restrict dst, int64_t n) {
-    int64_t i = 0;
-#if defined(ZIG_F16_NEON)
-    for (; i + 8 <= n; i += 8) {
-        const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(src + i));
-        vst1q_f32(dst + i, vcvt_f32_f16(vget_low_f16(h)));
-        vst1q_f32(dst + i + 4, vcvt_high_f32_f16(h));
-    }
-    if (i < n) {
-        /* The last n % 8 through a zero-padded vector: nothing read or written past n. */
-        uint16_t h[8] = {0};
-        float f[8];
-        memcpy(h, src + i, sizeof(uint16_t) * (size_t)(n - i));
-        const float16x8_t v = vreinterpretq_f16_u16(vld1q_u16(h));
-        vst1q_f32(f, vcvt_f32_f16(vget_low_f16(v)));
-        vst1q_f32(f + 4, vcvt_high_f32_f16(v));
-        memcpy(dst + i, f, sizeof(float) * (size_t)(n - i));
-    }
-#else
-#if defined(__AVX512F__)
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
-#endif
-#if defined(__F16C__)
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
-    for (; i < n; i++) dst[i] = _cvtsh_ss(src[i]);
-#else
-    for (; i < n; i++) {
-        _Float16 h;
-        memcpy(&h, src + i, sizeof h);
-        dst[i] = (float)h;
-    }
-#endif
-#endif
-}
-#endif
-
-#if HAVE_F16
-/* n float32 -> IEEE halves (raw bits), rounded to nearest even as torch's .to(float16) does. */
-static inline void floats_to_halves(const float *restrict src, uint16_t *restrict dst, int64_t n) {
-    int64_t i = 0;
-#if defined(ZIG_F16_NEON)
-    /* fcvtn rounds by FPCR's mode, which is round to nearest even unless a program changes it. */
-    for (; i + 8 <= n; i += 8) {
-        const float16x8_t h =
-            vcvt_high_f16_f32(vcvt_f16_f32(vld1q_f32(src + i)), vld1q_f32(src + i + 4));
-        vst1q_u16(dst + i, vreinterpretq_u16_f16(h));
-    }
-    if (i < n) {
-        float f[8] = {0};
-        uint16_t h[8];
-        memcpy(f, src + i, sizeof(float) * (size_t)(n - i));
-        vst1q_u16(h, vreinterpretq_u16_f16(
-                         vcvt_high_f16_f32(vcvt_f16_f32(vld1q_f32(f)), vld1q_f32(f + 4))));
-        memcpy(dst + i, h, sizeof(uint16_t) * (size_t)(n - i));
-    }
-#else
-#if defined(__AVX512F__)
-    for (; i + 16 <= n; i += 16)
-        _mm256_storeu_si256((__m256i *)(dst + i),
-                            _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-#endif
-#if defined(__F16C__)
-    for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(dst + i),
-                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    for (; i < n; i++) dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-#else
-    for (; i < n; i++) {
-        const _Float16 h = (_Float16)src[i];
-        memcpy(dst + i, &h, sizeof h);
-    }
-#endif
-#endif
-}
-#endif
+#include "paged_common.h"
 
 /* Stores num_tokens tokens' keys and values into cache slots slot_mapping[t]. Each token is
  * `floats` float32 values (all its kv heads), rows key_stride / value_stride floats apart; the
@@ -209,14 +110,7 @@ static inline __attribute__((always_inline)) void attend_seq(
             }
         }
     }
-    for (int h = 0; h < num_heads; h++) {
-        float *s = scores + h * context_len;
-        float m = s[0];
-        for (int64_t t = 1; t < context_len; t++) m = s[t] > m ? s[t] : m;
-        for (int64_t t = 0; t < context_len; t++) s[t] = exp_approx(s[t] - m);
-        const float inv = 1.0f / lane_sum(s, context_len);
-        for (int64_t t = 0; t < context_len; t++) s[t] *= inv;
-    }
+    for (int h = 0; h < num_heads; h++) softmax_row(scores + h * context_len, context_len);
     float *o = out + q_row * num_heads * head_dim;
     for (int i = 0; i < num_heads * head_dim; i++) o[i] = 0.0f;
     for (int64_t t0 = 0; t0 < context_len; t0 += block_size) {
@@ -264,18 +158,70 @@ SPECIALISE(attend_f16_any, 1, 0)
 typedef void (*attend_fn)(const float *, const void *, const void *, const int64_t *, int64_t,
                           int64_t, float *, int, int, int, int, float, float *, float *);
 
-/* Every decode sequence, one OpenMP work item each. Returns 0 on success, 2 if scratch memory
- * ran out. */
-static int paged_decode(attend_fn attend, const float *query, const void *k_cache,
-                        const void *v_cache, const int64_t *block_tables,
-                        const int64_t *context_lens, const int64_t *token_rows, float *out,
-                        int num_seqs, int max_blocks, int num_heads, int num_kv_heads,
-                        int head_dim, int block_size, float scale, int num_threads) {
+/* One work item: a single row (kv_head < 0), attended by attend_seq over all its heads, or up
+ * to PREFILL_BLOCK_ROWS rows [first, first + rows) that read the same block table, attended by
+ * paged_prefill_block for one kv head. */
+typedef struct {
+    int first, rows, kv_head;
+    int64_t cost;
+} work_item;
+
+static int costlier_first(const void *a, const void *b) {
+    const int64_t x = ((const work_item *)a)->cost, y = ((const work_item *)b)->cost;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Whether row r reads the same cache blocks as row `first` (a later row of the same prefill
+ * chunk; the grouping is only about speed, as a row's result is the same either way). */
+static int same_blocks(const int64_t *block_tables, int max_blocks, const int64_t *context_lens,
+                       int first, int r, int block_size) {
+    const int64_t used = (context_lens[r] + block_size - 1) / block_size;
+    return memcmp(block_tables + (int64_t)first * max_blocks,
+                  block_tables + (int64_t)r * max_blocks, sizeof(int64_t) * (size_t)used) == 0;
+}
+
+/* Every row of the step, one call: consecutive rows that read the same block table (a prefill
+ * chunk) are attended in blocks of rows per kv head, every other row alone; the items run in
+ * parallel, the costliest first. `grouped` 0 attends every row alone (the reference the tests
+ * compare the blocks with). Returns 0 on success, 2 if scratch memory ran out. */
+static int paged_rows(attend_fn attend, const float *query, const void *k_cache,
+                      const void *v_cache, const int64_t *block_tables,
+                      const int64_t *context_lens, const int64_t *token_rows, float *out,
+                      int num_rows, int max_blocks, int num_heads, int num_kv_heads,
+                      int head_dim, int block_size, float scale, int half, int grouped,
+                      int num_threads) {
     int64_t longest = 1;
-    for (int s = 0; s < num_seqs; s++)
+    for (int s = 0; s < num_rows; s++)
         longest = context_lens[s] > longest ? context_lens[s] : longest;
-    const size_t score_floats = (size_t)num_heads * (size_t)longest;
-    const size_t scratch_floats = score_floats + (size_t)num_kv_heads * (size_t)head_dim;
+    work_item *items = (work_item *)malloc(sizeof(work_item) * ((size_t)num_rows * (size_t)num_kv_heads + 1));
+    if (items == NULL) return 2;
+    int num_items = 0, blocked = 0;
+    for (int first = 0; first < num_rows;) {
+        int end = first + 1;
+        while (grouped && end < num_rows &&
+               same_blocks(block_tables, max_blocks, context_lens, first, end, block_size))
+            end++;
+        if (end - first == 1) {
+            items[num_items++] = (work_item){first, 1, -1, context_lens[first] * num_kv_heads};
+        } else {
+            blocked = 1;
+            for (int b = first; b < end; b += PREFILL_BLOCK_ROWS) {
+                const int rows = end - b < PREFILL_BLOCK_ROWS ? end - b : PREFILL_BLOCK_ROWS;
+                int64_t block_longest = 1;
+                for (int r = b; r < b + rows; r++)
+                    block_longest = context_lens[r] > block_longest ? context_lens[r] : block_longest;
+                for (int kvh = 0; kvh < num_kv_heads; kvh++)
+                    items[num_items++] = (work_item){b, rows, kvh, block_longest * rows};
+            }
+        }
+        first = end;
+    }
+    qsort(items, (size_t)num_items, sizeof(work_item), costlier_first);
+    size_t scratch_floats = (size_t)num_heads * (size_t)longest + (size_t)num_kv_heads * (size_t)head_dim;
+    const int group = num_heads / num_kv_heads;
+    const size_t block_floats =
+        (size_t)paged_prefill_scratch_floats(PREFILL_BLOCK_ROWS, group, longest, head_dim);
+    if (blocked && block_floats > scratch_floats) scratch_floats = block_floats;
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
     {
@@ -286,15 +232,33 @@ static int paged_decode(attend_fn attend, const float *query, const void *k_cach
         }
         /* Every thread must reach the worksharing loop, even one without scratch memory. */
 #pragma omp for schedule(dynamic, 1)
-        for (int s = 0; s < num_seqs; s++) {
+        for (int i = 0; i < num_items; i++) {
             if (scratch == NULL) continue;
-            attend(query, k_cache, v_cache, block_tables + (int64_t)s * max_blocks, context_lens[s],
-                   token_rows[s], out, num_heads, num_kv_heads, head_dim, block_size, scale,
-                   scratch, scratch + score_floats);
+            const work_item item = items[i];
+            if (item.kv_head < 0)
+                attend(query, k_cache, v_cache, block_tables + (int64_t)item.first * max_blocks,
+                       context_lens[item.first], token_rows[item.first], out, num_heads,
+                       num_kv_heads, head_dim, block_size, scale, scratch,
+                       scratch + (size_t)num_heads * (size_t)longest);
+            else
+                paged_prefill_block(query, k_cache, v_cache,
+                                    block_tables + (int64_t)item.first * max_blocks,
+                                    context_lens + item.first, token_rows + item.first, item.rows,
+                                    item.kv_head, out, num_heads, num_kv_heads, head_dim,
+                                    block_size, scale, half, scratch);
         }
         free(scratch);
     }
+    free(items);
     return failed;
+}
+
+static attend_fn row_kernel(int half, int head_dim) {
+#if HAVE_F16
+    if (half) return head_dim == 64 ? attend_f16_64 : head_dim == 128 ? attend_f16_128 : attend_f16_any;
+#endif
+    (void)half;
+    return head_dim == 64 ? attend_f32_64 : head_dim == 128 ? attend_f32_128 : attend_f32_any;
 }
 
 int paged_decode_attention_f32(const float *query, const float *k_cache, const float *v_cache,
@@ -302,12 +266,9 @@ int paged_decode_attention_f32(const float *query, const float *k_cache, const f
                                const int64_t *token_rows, float *out, int num_seqs,
                                int max_blocks, int num_heads, int num_kv_heads, int head_dim,
                                int block_size, float scale, int num_threads) {
-    attend_fn attend = head_dim == 64    ? attend_f32_64
-                       : head_dim == 128 ? attend_f32_128
-                                         : attend_f32_any;
-    return paged_decode(attend, query, k_cache, v_cache, block_tables, context_lens, token_rows,
-                        out, num_seqs, max_blocks, num_heads, num_kv_heads, head_dim, block_size,
-                        scale, num_threads);
+    return paged_rows(row_kernel(0, head_dim), query, k_cache, v_cache, block_tables,
+                      context_lens, token_rows, out, num_seqs, max_blocks, num_heads,
+                      num_kv_heads, head_dim, block_size, scale, 0, 1, num_threads);
 }
 
 /* The half cache needs F16C (x86-64), NEON (AArch64) or the _Float16 type (GCC >= 12, clang).
@@ -319,12 +280,9 @@ int paged_decode_attention_f16(const float *query, const uint16_t *k_cache,
                                const int64_t *context_lens, const int64_t *token_rows, float *out,
                                int num_seqs, int max_blocks, int num_heads, int num_kv_heads,
                                int head_dim, int block_size, float scale, int num_threads) {
-    attend_fn attend = head_dim == 64    ? attend_f16_64
-                       : head_dim == 128 ? attend_f16_128
-                                         : attend_f16_any;
-    return paged_decode(attend, query, k_cache, v_cache, block_tables, context_lens, token_rows,
-                        out, num_seqs, max_blocks, num_heads, num_kv_heads, head_dim, block_size,
-                        scale, num_threads);
+    return paged_rows(row_kernel(1, head_dim), query, k_cache, v_cache, block_tables,
+                      context_lens, token_rows, out, num_seqs, max_blocks, num_heads,
+                      num_kv_heads, head_dim, block_size, scale, 1, 1, num_threads);
 }
 #endif
 
@@ -349,4 +307,19 @@ int paged_decode_attention(const float *query, const void *k_cache, const void *
 #else
     return 3;
 #endif
+}
+
+/* paged_decode_attention with every row attended alone by the one-row kernel, never in blocks:
+ * what the tests hold the blocked path to, bit for bit. */
+int paged_attention_rows_alone(const float *query, const void *k_cache, const void *v_cache,
+                               const int64_t *block_tables, const int64_t *context_lens,
+                               const int64_t *token_rows, float *out, int num_rows,
+                               int max_blocks, int num_heads, int num_kv_heads, int head_dim,
+                               int block_size, float scale, int half, int num_threads) {
+#if !HAVE_F16
+    if (half) return 3;
+#endif
+    return paged_rows(row_kernel(half, head_dim), query, k_cache, v_cache, block_tables,
+                      context_lens, token_rows, out, num_rows, max_blocks, num_heads,
+                      num_kv_heads, head_dim, block_size, scale, half, 0, num_threads);
 }
