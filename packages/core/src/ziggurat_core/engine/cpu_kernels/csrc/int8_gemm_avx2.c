@@ -7,8 +7,10 @@
  * weight's product comes out |w| too small, and the sum over k is sum_k w * a minus
  * `negative_sum` (sum of |w| over the negative weights, int8_gemm.h), which the epilogue adds
  * back. An int16 pair is at most 2 * 128 * 128 = 2^15 in magnitude, reached only as -2^15: no
- * saturation for any int8 weight and activation. vpxor runs on any vector pipe, where vpsignb
- * (a plain sign transfer) competes with the two multiplies for the multiply pipes on Zen cores.
+ * saturation for any int8 weight and activation. The point of the mask: vpxor runs on all four
+ * vector pipes of AMD Zen cores, vpsignb (the plain sign transfer) on only two of them, shared
+ * with the two multiplies of each step (one of them on Zen 3 by LLVM's scheduling model; a Zen 4
+ * ran the vpsignb loop as if both), which held the loop below the multipliers' rate.
  *
  * A register tile is up to ROWS rows x 16 outputs over all of K (ROWS x 2 accumulators, plus the
  * weights' magnitudes and sign masks, fit the 16 ymm registers); a few-row step (decode) takes
