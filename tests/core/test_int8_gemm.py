@@ -6,8 +6,8 @@ The accumulation is exact int32 arithmetic and every variant applies the same fl
 (`int8_gemm_epilogue`), so variants agree bitwise with the reference, with each other, across
 batch compositions and thread counts. With unit scales and no bias the output is the exact
 integer product rounded once to float32; with scales and bias it is within a few float32
-roundings of the float64 value. Activations are in [-127, 127] (what the quantisers produce;
-the AVX2 sign trick needs it), weights cover all of int8, -128 included.
+roundings of the float64 value. Activations are in [-127, 127] (what the quantisers produce),
+weights cover all of int8, -128 included.
 """
 
 from __future__ import annotations
@@ -83,7 +83,10 @@ def test_packed_layout_pads_any_shape_with_zeros(n: int, k: int) -> None:
     assert torch.equal(packed.packed.permute(0, 2, 1, 3).reshape(tiles * 16, groups * 4), expected)
     assert torch.equal(packed.unpack(), weight)
     assert packed.offset.dtype == torch.int32 and packed.offset.is_contiguous()
-    assert packed.offset.tolist() == [128 * sum(row) for row in weight.tolist()]
+    assert packed.offset.shape == (2, n)
+    rows = weight.tolist()
+    assert packed.offset[0].tolist() == [128 * sum(row) for row in rows]
+    assert packed.offset[1].tolist() == [sum(-w for w in row if w < 0) for row in rows]
 
 
 @pytest.mark.parametrize(

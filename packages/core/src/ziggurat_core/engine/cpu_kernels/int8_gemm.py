@@ -16,7 +16,9 @@ _TILE_OUTPUTS, _GROUP_INPUTS = 16, 4
 
 class PackedInt8Weight:
     """An int8 weight [N, K] in the GEMM's layout: [ceil(N/16), ceil(K/4), 16, 4], zero past N
-    and K, plus `offset` = 128 * the row sums (the correction for unsigned activations)."""
+    and K, plus `offset` [2, N], the variants' corrections (`csrc/int8_gemm.h`): 128 * the row
+    sums (for unsigned activations), then the magnitudes of each row's negative weights summed
+    (for the AVX2 variant's sign mask)."""
 
     def __init__(self, qweight: torch.Tensor) -> None:
         if qweight.dtype != torch.int8 or qweight.dim() != 2 or min(qweight.shape) == 0:
@@ -42,7 +44,9 @@ class PackedInt8Weight:
             .view(torch.int8)
             .view(tiles, groups, _TILE_OUTPUTS, _GROUP_INPUTS)
         )
-        self.offset = (qweight.sum(dim=1, dtype=torch.int32) * 128).contiguous()
+        row_sums = qweight.sum(dim=1, dtype=torch.int32)
+        negative_sums = (-qweight.clamp(max=0).to(torch.int32)).sum(dim=1, dtype=torch.int32)
+        self.offset = torch.stack([row_sums * 128, negative_sums]).contiguous()
 
     def unpack(self) -> torch.Tensor:
         """The int8 weight [N, K] this layout holds."""

@@ -18,12 +18,13 @@ int int8_gemm(const void *x, const float *row_scale, int64_t M, int64_t K, int64
 #if defined(ZIG_ISA_AVX512VNNI)
     return int8_gemm_avx512vnni((const uint8_t *)x, row_scale, M, K, N, packed, offset, col_scale,
                                 bias, out, num_threads);
+#elif defined(ZIG_ISA_AVX2)
+    /* offset's second row: the negative weights' magnitudes (int8_gemm.h) */
+    return int8_gemm_avx2((const int8_t *)x, row_scale, M, K, N, packed, offset + N, col_scale,
+                          bias, out, num_threads);
 #else
     (void)offset;
-#if defined(ZIG_ISA_AVX2)
-    return int8_gemm_avx2((const int8_t *)x, row_scale, M, K, N, packed, col_scale, bias, out,
-                          num_threads);
-#elif defined(ZIG_ISA_NEON)
+#if defined(ZIG_ISA_NEON)
     return int8_gemm_neon((const int8_t *)x, row_scale, M, K, N, packed, col_scale, bias, out,
                           num_threads);
 #else

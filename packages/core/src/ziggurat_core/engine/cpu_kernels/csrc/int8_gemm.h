@@ -4,11 +4,14 @@
  *   out[m, n] = (sum_k x[m, k] * W[n, k]) * row_scale[m] * col_scale[n] (+ bias[n])
  *
  * x        [M, K] row-major, row stride K: signed int8 in [-127, 127] (symmetric quantisation
- *          never yields -128, which keeps the AVX2 sign trick exact); variants for which
- *          int8_gemm_input_offset() returns 128 take x + 128 as uint8 instead.
+ *          never yields -128); variants for which int8_gemm_input_offset() returns 128 take
+ *          x + 128 as uint8 instead.
  * packed   [ceil(N/16)][ceil(K/4)][16][4] int8: for 16 outputs, 4 consecutive inputs each,
  *          zero past N and past K (so K and N need not be multiples of the vector width).
- * offset   [N] int32 = 128 * sum_k W[n, k]: the correction for offset inputs (unused otherwise).
+ * offset   [2][N] int32, per-variant corrections (each variant reads only its own row):
+ *          offset[0][n] = 128 * sum_k W[n, k], for offset inputs (AVX-512 VNNI);
+ *          offset[1][n] = sum of -W[n, k] over the k where W[n, k] < 0, for the AVX2 variant's
+ *          sign mask (int8_gemm_avx2.c).
  * col_scale [N] float32, bias [N] float32 or NULL, row_scale [M] float32, out [M, N] float32.
  *
  * Accumulation is exact int32 arithmetic and each row is computed on its own, so a row's
@@ -76,8 +79,8 @@ int int8_gemm_avx512vnni(const uint8_t *x, const float *row_scale, int64_t M, in
                          int64_t N, const int8_t *packed, const int32_t *offset,
                          const float *col_scale, const float *bias, float *out, int num_threads);
 int int8_gemm_avx2(const int8_t *x, const float *row_scale, int64_t M, int64_t K, int64_t N,
-                   const int8_t *packed, const float *col_scale, const float *bias, float *out,
-                   int num_threads);
+                   const int8_t *packed, const int32_t *negative_sum, const float *col_scale,
+                   const float *bias, float *out, int num_threads);
 int int8_gemm_neon(const int8_t *x, const float *row_scale, int64_t M, int64_t K, int64_t N,
                    const int8_t *packed, const float *col_scale, const float *bias, float *out,
                    int num_threads);

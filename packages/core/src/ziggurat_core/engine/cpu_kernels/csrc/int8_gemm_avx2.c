@@ -1,18 +1,25 @@
 /* int8 GEMM with AVX2 (contract in int8_gemm.h), for decode steps and prefill alike.
  *
  * A 64-byte group of the packed weight (16 outputs x 4 inputs) is two ymm registers. vpmaddubsw
- * multiplies unsigned by signed bytes and adds pairs into int16, saturating: with |w| as the
- * unsigned operand and the weight's sign moved onto the activation (vpsignb), a pair sums to at
- * most 2 * 128 * 127 < 2^15, so nothing saturates and the product is exact for activations in
- * [-127, 127] and any weight. vpmaddwd by ones then widens the pairs to int32.
+ * multiplies unsigned by signed bytes and adds pairs into int16, saturating; vpmaddwd by ones
+ * then widens the pairs to int32. The unsigned operand is |w|, and the weight's sign goes onto
+ * the activation as a ^ m, m = -1 where w < 0 and 0 elsewhere: ~a = -a - 1, so each negative
+ * weight's product comes out |w| too small, and the sum over k is sum_k w * a minus
+ * `negative_sum` (sum of |w| over the negative weights, int8_gemm.h), which the epilogue adds
+ * back. An int16 pair is at most 2 * 128 * 128 = 2^15 in magnitude, reached only as -2^15: no
+ * saturation for any int8 weight and activation. The point of the mask: vpxor runs on all four
+ * vector pipes of AMD Zen cores, vpsignb (the plain sign transfer) on only two of them, shared
+ * with the two multiplies of each step (one of them on Zen 3 by LLVM's scheduling model; a Zen 4
+ * ran the vpsignb loop as if both), which held the loop below the multipliers' rate.
  *
  * A register tile is up to ROWS rows x 16 outputs over all of K (ROWS x 2 accumulators, plus the
- * weights and their magnitudes, fit the 16 ymm registers); a few-row step (decode) takes two
- * weight tiles at once instead, for more independent work per activation load. Rows go in
- * blocks of ROW_BLOCK; within a block every thread sweeps its own weight tiles (the same ones for
- * every block, static schedule), so a block's activations are read from cache for each tile and
- * a thread's weights from its L2 for each block. A decode step is one block: each weight is
- * streamed from memory once, prefetched ahead.
+ * weights' magnitudes and sign masks, fit the 16 ymm registers); a few-row step (decode) takes
+ * two weight tiles at once instead, for more independent work per activation load. The full
+ * 4-row tile's loop is written in assembly: compiled from intrinsics, GCC keeps some of its
+ * accumulators in memory. Rows go in blocks of ROW_BLOCK; within a block every thread sweeps its
+ * own weight tiles (the same ones for every block, static schedule), so a block's activations are
+ * read from cache for each tile and a thread's weights from its L2 for each block. A decode step
+ * is one block: each weight is streamed from memory once, prefetched ahead.
  */
 #include "isa.h"
 
@@ -30,11 +37,13 @@
  * memory latency only when it asks this far ahead; asking into L2 leaves the L1's few miss
  * buffers to the loads, which then find their lines in L2. */
 #define PREFETCH_BYTES 4096
+#define PREFETCH_TEXT "4096" /* the same, for the assembly */
 
-/* acc + the 8 outputs x 4 inputs of w times the broadcast activations a, exactly. */
-static inline __attribute__((always_inline)) __m256i dot(__m256i acc, __m256i a, __m256i w,
-                                                         __m256i w_abs, __m256i ones) {
-    const __m256i pairs = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(a, w));
+/* acc + the 8 outputs x 4 inputs of w times the broadcast activations a, less the magnitudes
+ * of the negative weights (see the top of the file). w_abs = |w|, w_neg = -1 where w < 0. */
+static inline __attribute__((always_inline)) __m256i dot(__m256i acc, __m256i a, __m256i w_abs,
+                                                         __m256i w_neg, __m256i ones) {
+    const __m256i pairs = _mm256_maddubs_epi16(w_abs, _mm256_xor_si256(a, w_neg));
     return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
 }
 
@@ -43,12 +52,13 @@ static inline __attribute__((always_inline)) __m256i dot(__m256i acc, __m256i a,
 static inline __attribute__((always_inline)) void group_step(
     __m256i acc[][4], const int8_t *const *xr, const int8_t *const *w, int64_t g, int64_t K,
     const int tail, const int TILES, const int R, const __m256i ones) {
-    __m256i wk[4], wk_abs[4];
+    __m256i wk_neg[4], wk_abs[4];
     for (int t = 0; t < TILES; t++) {
         _mm_prefetch((const char *)(w[t] + g * 64 + PREFETCH_BYTES), _MM_HINT_T1);
         for (int h = 0; h < 2; h++) {
-            wk[2 * t + h] = _mm256_loadu_si256((const __m256i *)(w[t] + g * 64 + 32 * h));
-            wk_abs[2 * t + h] = _mm256_abs_epi8(wk[2 * t + h]);
+            const __m256i wk = _mm256_loadu_si256((const __m256i *)(w[t] + g * 64 + 32 * h));
+            wk_abs[2 * t + h] = _mm256_abs_epi8(wk);
+            wk_neg[2 * t + h] = _mm256_cmpgt_epi8(_mm256_setzero_si256(), wk);
         }
     }
     for (int r = 0; r < R; r++) {
@@ -58,14 +68,58 @@ static inline __attribute__((always_inline)) void group_step(
         else
             memcpy(&a4, xr[r] + g * 4, 4);
         const __m256i a = _mm256_set1_epi32(a4);
-        for (int h = 0; h < 2 * TILES; h++) acc[r][h] = dot(acc[r][h], a, wk[h], wk_abs[h], ones);
+        for (int h = 0; h < 2 * TILES; h++) acc[r][h] = dot(acc[r][h], a, wk_abs[h], wk_neg[h], ones);
     }
+}
+
+/* Adds the `full` complete groups of 4 rows x one weight tile into acc: group_step's arithmetic
+ * for TILES = 1 and R = 4, with every accumulator in a register. */
+static inline __attribute__((always_inline)) void four_row_groups(__m256i acc[][4],
+                                                                  const int8_t *const *xr,
+                                                                  const int8_t *w, int64_t full,
+                                                                  const __m256i ones) {
+    __m256i c00 = acc[0][0], c01 = acc[0][1], c10 = acc[1][0], c11 = acc[1][1];
+    __m256i c20 = acc[2][0], c21 = acc[2][1], c30 = acc[3][0], c31 = acc[3][1];
+    __m256i neg0, neg1, abs0, abs1, a, t;
+    for (int64_t g = 0; g < full; g++, w += 64) {
+        __asm__(
+            "vmovdqu (%[w]), %[neg0]\n\t"
+            "vmovdqu 32(%[w]), %[neg1]\n\t"
+            "prefetcht1 " PREFETCH_TEXT "(%[w])\n\t"
+            "vpabsb %[neg0], %[abs0]\n\t"
+            "vpabsb %[neg1], %[abs1]\n\t"
+            "vpxor %[t], %[t], %[t]\n\t"
+            "vpcmpgtb %[neg0], %[t], %[neg0]\n\t"
+            "vpcmpgtb %[neg1], %[t], %[neg1]\n\t"
+#define ZIG_ROW(X, C0, C1)                          \
+            "vpbroadcastd (%[" X "],%[g],4), %[a]\n\t" \
+            "vpxor %[neg0], %[a], %[t]\n\t"           \
+            "vpmaddubsw %[t], %[abs0], %[t]\n\t"      \
+            "vpmaddwd %[ones], %[t], %[t]\n\t"        \
+            "vpaddd %[t], %[" C0 "], %[" C0 "]\n\t"    \
+            "vpxor %[neg1], %[a], %[t]\n\t"           \
+            "vpmaddubsw %[t], %[abs1], %[t]\n\t"      \
+            "vpmaddwd %[ones], %[t], %[t]\n\t"        \
+            "vpaddd %[t], %[" C1 "], %[" C1 "]\n\t"
+            ZIG_ROW("x0", "c00", "c01") ZIG_ROW("x1", "c10", "c11")
+            ZIG_ROW("x2", "c20", "c21") ZIG_ROW("x3", "c30", "c31")
+#undef ZIG_ROW
+            : [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10), [c11] "+x"(c11),
+              [c20] "+x"(c20), [c21] "+x"(c21), [c30] "+x"(c30), [c31] "+x"(c31),
+              [neg0] "=&x"(neg0), [neg1] "=&x"(neg1), [abs0] "=&x"(abs0), [abs1] "=&x"(abs1),
+              [a] "=&x"(a), [t] "=&x"(t)
+            : [w] "r"(w), [g] "r"(g), [x0] "r"(xr[0]), [x1] "r"(xr[1]), [x2] "r"(xr[2]),
+              [x3] "r"(xr[3]), [ones] "x"(ones)
+            : "memory");
+    }
+    acc[0][0] = c00, acc[0][1] = c01, acc[1][0] = c10, acc[1][1] = c11;
+    acc[2][0] = c20, acc[2][1] = c21, acc[3][0] = c30, acc[3][1] = c31;
 }
 
 static inline __attribute__((always_inline)) void row_tile(
     const int8_t *x, const float *row_scale, int64_t m0, int64_t rows, int64_t K, int64_t N,
-    const int8_t *packed, int64_t tile, const int TILES, const int R, const float *col_scale,
-    const float *bias, float *out) {
+    const int8_t *packed, int64_t tile, const int TILES, const int R,
+    const int32_t *negative_sum, const float *col_scale, const float *bias, float *out) {
     const int64_t groups = (K + 3) / 4, full = K / 4;
     const __m256i ones = _mm256_set1_epi16(1);
     /* R >= rows register rows; those past `rows` repeat the last row and are not stored. */
@@ -81,13 +135,18 @@ static inline __attribute__((always_inline)) void row_tile(
     __m256i acc[ROWS][4];
     for (int r = 0; r < R; r++)
         for (int h = 0; h < 2 * TILES; h++) acc[r][h] = _mm256_setzero_si256();
-    for (int64_t g = 0; g < full; g++)
-        group_step(acc, xr, w, g, K, 0, TILES, R, ones);
+    if (TILES == 1 && R == 4) {
+        four_row_groups(acc, xr, w[0], full, ones);
+    } else {
+        for (int64_t g = 0; g < full; g++) group_step(acc, xr, w, g, K, 0, TILES, R, ones);
+    }
     if (full < groups) group_step(acc, xr, w, full, K, 1, TILES, R, ones);
     for (int t = 0; t < TILES; t++) {
         const int64_t n0 = (tile + t) * 16;
         if (N - n0 >= 16) {
             const __m256 cs[2] = {_mm256_loadu_ps(col_scale + n0), _mm256_loadu_ps(col_scale + n0 + 8)};
+            const __m256i neg[2] = {_mm256_loadu_si256((const __m256i *)(negative_sum + n0)),
+                                    _mm256_loadu_si256((const __m256i *)(negative_sum + n0 + 8))};
             __m256 b[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
             if (bias != NULL) {
                 b[0] = _mm256_loadu_ps(bias + n0);
@@ -97,7 +156,7 @@ static inline __attribute__((always_inline)) void row_tile(
                 const __m256 rs = _mm256_set1_ps(row_scale[m0 + r]);
                 for (int h = 0; h < 2; h++) {
                     /* int8_gemm_epilogue, lane by lane */
-                    const __m256 v = _mm256_cvtepi32_ps(acc[r][2 * t + h]);
+                    const __m256 v = _mm256_cvtepi32_ps(_mm256_add_epi32(acc[r][2 * t + h], neg[h]));
                     __m256 scale = _mm256_mul_ps(rs, cs[h]);
                     INT8_GEMM_OPAQUE(scale);
                     const __m256 y = bias != NULL ? _mm256_fmadd_ps(v, scale, b[h])
@@ -113,7 +172,7 @@ static inline __attribute__((always_inline)) void row_tile(
                 _mm256_storeu_si256((__m256i *)(lanes + 8), acc[r][2 * t + 1]);
                 for (int64_t n = n0; n < N; n++)
                     out[(m0 + r) * N + n] = int8_gemm_epilogue(
-                        lanes[n - n0], row_scale[m0 + r], col_scale[n],
+                        lanes[n - n0] + negative_sum[n], row_scale[m0 + r], col_scale[n],
                         bias != NULL ? bias + n : NULL);
             }
         }
@@ -121,8 +180,8 @@ static inline __attribute__((always_inline)) void row_tile(
 }
 
 int int8_gemm_avx2(const int8_t *x, const float *row_scale, int64_t M, int64_t K, int64_t N,
-                   const int8_t *packed, const float *col_scale, const float *bias, float *out,
-                   int num_threads) {
+                   const int8_t *packed, const int32_t *negative_sum, const float *col_scale,
+                   const float *bias, float *out, int num_threads) {
     if (M <= 0 || K <= 0 || N <= 0) return 1;
     const int64_t tiles = (N + 15) / 16;
     /* Decode-sized steps take two tiles per register tile (one row needs few registers). */
@@ -139,7 +198,8 @@ int int8_gemm_avx2(const int8_t *x, const float *row_scale, int64_t M, int64_t K
                 const int64_t rows = b1 - m0 < ROWS ? b1 - m0 : ROWS;
                 /* Constant tile shapes so the loops unroll. */
 #define ROW_TILE(T, R)                                                                       \
-    row_tile(x, row_scale, m0, rows, K, N, packed, tile, T, R, col_scale, bias, out)
+    row_tile(x, row_scale, m0, rows, K, N, packed, tile, T, R, negative_sum, col_scale, bias, \
+             out)
                 if (width == 2) {
                     if (rows == 2) ROW_TILE(2, 2); else ROW_TILE(2, 1);
                 } else if (rows == 4) {
