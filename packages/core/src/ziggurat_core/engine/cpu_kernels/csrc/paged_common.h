@@ -1,7 +1,7 @@
 /* What the paged attention kernels share (paged_decode.c: one query row at a time;
  * paged_prefill.c: blocks of rows of one sequence): the float16 cache conversions, the
- * prefetch of scattered blocks, the per-row softmax, and the blocked kernel's entry point.
- * One copy of each, so the two paths round every value the same way. */
+ * prefetch of scattered blocks, a cached token read as float32, the per-row softmax, and the
+ * blocked kernel's entry point. One copy of each, so the two paths round every value the same way. */
 #ifndef ZIGGURAT_PAGED_COMMON_H
 #define ZIGGURAT_PAGED_COMMON_H
 
@@ -113,6 +113,23 @@ static inline void floats_to_halves(const float *restrict src, uint16_t *restric
 }
 #endif
 
+
+/* The `floats` values from `index` of a cache as float32: in place for a float32 cache, else widened into `buf`.
+ * `half` is a constant in every caller, so the branch folds away. */
+static inline __attribute__((always_inline)) const float *token_as_floats(
+    const void *cache, int64_t index, int64_t floats, int half, float *buf) {
+#if HAVE_F16
+    if (half) {
+        halves_to_floats((const uint16_t *)cache + index, buf, floats);
+        return buf;
+    }
+#else
+    (void)floats;
+    (void)half;
+    (void)buf;
+#endif
+    return (const float *)cache + index;
+}
 
 /* Softmax in place over one row of n scores, as every paged path computes it: the max, exp
  * of the differences, then one multiply by the inverse of their lane sum. */

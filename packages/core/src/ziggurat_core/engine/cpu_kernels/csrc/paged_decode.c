@@ -60,23 +60,6 @@ int write_kv_cache(const float *key, int64_t key_stride, const float *value, int
     return 0;
 }
 
-/* Token `index` of a cache as float32: in place for a float32 cache, else widened into `buf`.
- * `half` is a constant in every caller, so the branch folds away. */
-static inline __attribute__((always_inline)) const float *token_as_floats(
-    const void *cache, int64_t index, int64_t floats, int half, float *buf) {
-#if HAVE_F16
-    if (half) {
-        halves_to_floats((const uint16_t *)cache + index, buf, floats);
-        return buf;
-    }
-#else
-    (void)floats;
-    (void)half;
-    (void)buf;
-#endif
-    return (const float *)cache + index;
-}
-
 static inline __attribute__((always_inline)) void attend_seq(
     const float *restrict query, const void *k_cache, const void *v_cache,
     const int64_t *restrict table, int64_t context_len, int64_t q_row, float *restrict out,

@@ -54,17 +54,8 @@ int64_t paged_prefill_scratch_floats(int64_t rows, int group, int64_t longest, i
 static inline __attribute__((always_inline)) const float *slice_as_floats(
     const void *cache, int64_t token, int64_t token_stride, int kv_head, int head_dim, int half,
     float *buf) {
-    const int64_t index = token * token_stride + (int64_t)kv_head * head_dim;
-#if HAVE_F16
-    if (half) {
-        halves_to_floats((const uint16_t *)cache + index, buf, head_dim);
-        return buf;
-    }
-#else
-    (void)half;
-    (void)buf;
-#endif
-    return (const float *)cache + index;
+    return token_as_floats(cache, token * token_stride + (int64_t)kv_head * head_dim, head_dim,
+                           half, buf);
 }
 
 static inline __attribute__((always_inline)) keyvec key_row(const float *restrict kt, int i) {
