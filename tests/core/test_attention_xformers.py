@@ -18,10 +18,25 @@ import torch
 from ziggurat_core.engine.attention import select_attention_backend, xformers_backend
 from ziggurat_core.engine.attention.base import StepLayout
 from ziggurat_core.engine.attention.torch_backend import PortableAttentionBackend, reference_mask
-from ziggurat_core.engine.attention.xformers_backend import XFormersAttentionBackend
+from ziggurat_core.engine.attention.xformers_backend import (
+    XFormersAttentionBackend,
+    xformers_unavailable_reason,
+)
 
 HAS_XFORMERS = importlib.util.find_spec("xformers") is not None
 needs_xformers = pytest.mark.skipif(not HAS_XFORMERS, reason="xformers is not installed")
+
+
+def gpu_kernels_missing() -> str | None:
+    """Why xformers' kernels cannot run here (the engine's own probe, so these tests run
+    exactly where the engine would use xformers; gpu_check.py reports the reason too), or None."""
+    if not HAS_XFORMERS or not torch.cuda.is_available():
+        return "xformers kernels need xformers and a CUDA GPU"
+    return xformers_unavailable_reason(torch.device("cuda"), torch.float16)
+
+
+GPU_KERNELS_MISSING = gpu_kernels_missing()
+needs_gpu_kernels = pytest.mark.skipif(GPU_KERNELS_MISSING is not None, reason=str(GPU_KERNELS_MISSING))
 
 CPU = torch.device("cpu")
 
@@ -207,8 +222,7 @@ def test_xformers_selected_on_cuda_half(monkeypatch: pytest.MonkeyPatch, name: s
 # ---- real kernels ----
 
 
-@needs_xformers
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="xformers kernels need a CUDA GPU")
+@needs_gpu_kernels
 @pytest.mark.parametrize("mix", sorted(MIXES))
 @pytest.mark.parametrize(("block_size", "paged"), [(16, False), (256, True), (256, False)])
 @pytest.mark.parametrize(("num_heads", "num_kv_heads"), [(8, 8), (9, 3)])
@@ -351,8 +365,7 @@ def test_fixed_shape_decode_inputs_attend_like_the_torch_backend(block_size: int
     assert torch.equal(cache, torch_cache)
 
 
-@needs_xformers
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="xformers kernels need a CUDA GPU")
+@needs_gpu_kernels
 @pytest.mark.parametrize("block_size", [256, 16])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_fixed_shape_decode_matches_torch_backend_on_gpu(block_size: int, dtype: torch.dtype) -> None:

@@ -29,8 +29,9 @@ def make_engine(tiny: TinyModel, static: bool, monkeypatch: pytest.MonkeyPatch) 
     with monkeypatch.context() as patch:
         if static:
             patch.setattr(model_runner_module, "ModelRunner", StaticDecodeRunner)
+        # On CPU even on a GPU host: the eager padded path is what this compares.
         return InferenceEngine(EngineConfig(
-            model=str(tiny.gguf_path), block_size=4, num_kv_blocks=200, max_num_seqs=6,
+            model=str(tiny.gguf_path), device="cpu", block_size=4, num_kv_blocks=200, max_num_seqs=6,
         ))
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import weakref
 
 import pytest
 import torch
@@ -132,3 +134,14 @@ def test_logprobs_carry_exact_token_bytes_most_likely_first(tiny_llama: TinyMode
         for top in tops:
             assert top.token_bytes == tokenizer.token_bytes(top.token_id)
             assert top.token == top.token_bytes.decode("utf-8", errors="replace")
+
+
+def test_close_gives_the_kv_cache_back(tiny_llama: TinyModel) -> None:
+    """After close() the engine's KV cache is freed, so one process can load another engine
+    (on the first GPU a second engine did not fit: the first one's cache was still held)."""
+    llm = LLM(model=str(tiny_llama.gguf_path), device="cpu", num_kv_blocks=32)
+    llm.generate(["hello"], SamplingParams(max_tokens=2), use_tqdm=False)
+    caches = [weakref.ref(cache) for cache in llm.engine.runner.kv_caches]
+    llm.close()
+    gc.collect()
+    assert caches and all(cache() is None for cache in caches)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 
 import pytest
 import torch
@@ -14,9 +15,12 @@ from ziggurat_core.engine.config import EngineConfig, ModelConfig
 from ziggurat_core.engine.kv_cache_plan import plan_kv_cache
 from ziggurat_core.engine.loader import load_checkpoint
 from ziggurat_core.engine.memory_profile import (
+    ALLOCATION_ROUNDING_BYTES,
+    RUNTIME_HEADROOM_BYTES,
     InsufficientMemoryError,
     graph_overrun_bytes,
     profile_kv_cache_memory,
+    runtime_headroom_bytes,
 )
 from ziggurat_core.engine.memory_profiler import (
     measure_graph_memory,
@@ -198,12 +202,19 @@ def test_graphs_that_took_more_than_was_set_aside_are_the_overrun() -> None:
 
 class ScriptedMemory:
     """A device whose readings the test sets: torch holds `reserved`, the driver `outside`,
-    the step peaks `step_peak` above `allocated`; capturing takes `graph_pool` until freed."""
+    the step peaks `step_peak` above `allocated` (reserving `step_reserve` more) and leaves
+    `cached` reserved but unused; capturing takes `graph_pool` while the graphs live. Like
+    `torch.cuda.graph`, a capture empties the cache as it begins (`capture_begins`)."""
 
-    def __init__(self, total: int, reserved: int, outside: int, allocated: int, step_peak: int) -> None:
+    def __init__(self, total: int, reserved: int, outside: int, allocated: int, step_peak: int,
+                 step_reserve: int | None = None, step_leaves_cached: int = 0) -> None:
         self.total, self.reserved_bytes, self.outside = total, reserved, outside
         self.allocated_bytes, self.step_peak = allocated, step_peak
+        self.step_reserve = step_peak if step_reserve is None else step_reserve
+        self.cached = 0
+        self.step_leaves_cached = step_leaves_cached
         self.graph_pool = 0
+        self.graphs: weakref.ref[object] | None = None
         self.calls: list[str] = []
 
     def synchronize(self) -> None:
@@ -216,18 +227,38 @@ class ScriptedMemory:
         return self.allocated_bytes
 
     def max_allocated(self) -> int:
+        # Read once the step is done: what it freed stays cached by the allocator.
+        self.cached, self.step_leaves_cached = self.cached + self.step_leaves_cached, 0
         return self.allocated_bytes + self.step_peak
 
     def reserved(self) -> int:
-        return self.reserved_bytes
+        return self.reserved_bytes + self.cached
+
+    def max_reserved(self) -> int:
+        return self.reserved_bytes + self.step_reserve
 
     def free_and_total(self) -> tuple[int, int]:
         self.calls.append("free")
-        return self.total - self.reserved_bytes - self.outside - self.graph_pool, self.total
+        used = self.reserved_bytes + self.cached + self.outside + self.graph_pool
+        return self.total - used, self.total
 
     def empty_cache(self) -> None:
         self.calls.append("empty_cache")
-        self.graph_pool = 0  # the graphs were dropped before: their pool goes back
+        self.cached = 0
+        if self.graphs is not None and self.graphs() is None:
+            self.graph_pool = 0  # the graphs were dropped: their pool goes back
+
+    def capture_begins(self, pool: int) -> object:
+        """What capturing does to the readings; returns the graphs, whose pool lives with them."""
+        self.cached = 0
+        self.graph_pool = pool
+        graphs = Graphs()
+        self.graphs = weakref.ref(graphs)
+        return graphs
+
+
+class Graphs:
+    """Stands for captured graphs (weak-referenceable, unlike `object()`)."""
 
 
 @pytest.mark.parametrize("with_graphs", [True, False])
@@ -240,8 +271,10 @@ def test_the_profile_measures_the_graphs_between_the_step_and_the_readings(
     block_size = 16
     query_lens = profile_query_lens(40, 3, config.max_position_embeddings)
     step_blocks = sum(math.ceil(n / block_size) for n in query_lens)
+    # The step reserves more than it allocates at its peak (rounding, fragmentation) and leaves
+    # 2 GiB cached, which the capture's emptying of the cache would give back mid-reading.
     memory = ScriptedMemory(total=80 * GIB, reserved=18 * GIB, outside=GIB, allocated=16 * GIB,
-                            step_peak=3 * GIB)
+                            step_peak=3 * GIB, step_reserve=4 * GIB, step_leaves_cached=2 * GIB)
     made: list[int] = []
     captured: list[list[torch.Tensor]] = []
 
@@ -253,8 +286,7 @@ def test_the_profile_measures_the_graphs_between_the_step_and_the_readings(
     def capture(caches: list[torch.Tensor]) -> object:
         memory.calls.append("capture")
         captured.append(caches)
-        memory.graph_pool = 3 * GIB // 2
-        return object()
+        return memory.capture_begins(3 * GIB // 2)
 
     profile = profile_cuda_memory(
         model, PortableAttentionBackend(), torch.device("cpu"), query_lens, block_size,
@@ -265,10 +297,12 @@ def test_the_profile_measures_the_graphs_between_the_step_and_the_readings(
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     graphs = 3 * GIB // 2 if with_graphs else 0
     assert profile.weights_bytes == weights
-    assert profile.peak_activation_bytes == 3 * GIB
+    assert profile.peak_activation_bytes == 4 * GIB  # what the step reserved, not allocated
     assert profile.non_torch_bytes == GIB  # read after the graphs' pool went back
-    assert profile.cuda_graph_bytes == graphs
-    expected = (int(0.9 * 80 * GIB) - weights - 3 * GIB - GIB - graphs) // MIB
+    assert profile.cuda_graph_bytes == graphs  # not hidden by the cache emptied mid-capture
+    headroom = runtime_headroom_bytes(config.num_hidden_layers)
+    assert profile.headroom_bytes == headroom
+    expected = (int(0.9 * 80 * GIB) - weights - 4 * GIB - GIB - graphs - headroom) // MIB
     assert profile.num_kv_blocks == expected
     # The temporary cache holds the step's blocks and, for the graphs, the padding block.
     assert made == [step_blocks + int(with_graphs)]
@@ -277,27 +311,49 @@ def test_the_profile_measures_the_graphs_between_the_step_and_the_readings(
         # The step wrote its blocks before the capture saw the cache.
         assert bool(captured[0][0][0, 0].abs().sum() > 0)
         capture_at = memory.calls.index("capture")
-        assert memory.calls[capture_at - 2 : capture_at] == ["synchronize", "free"]
-        assert memory.calls[capture_at + 1 : capture_at + 3] == ["synchronize", "free"]
-        assert memory.calls.index("empty_cache") > capture_at
+        assert memory.calls[capture_at - 3 : capture_at] == ["synchronize", "empty_cache", "free"]
+        assert memory.calls[capture_at + 1 : capture_at + 4] == ["synchronize", "empty_cache", "free"]
     else:
         assert "capture" not in memory.calls
 
 
 def test_measure_graph_memory_is_the_drop_in_free_memory_with_the_graphs_alive() -> None:
     memory = ScriptedMemory(total=10 * GIB, reserved=GIB, outside=0, allocated=0, step_peak=0)
-    alive = object()
+    held: list[object] = []
 
     def capture() -> object:
-        memory.graph_pool = 300 * MIB
-        return alive
+        held.append(memory.capture_begins(300 * MIB))
+        return held[-1]
 
-    taken, held = measure_graph_memory(memory, capture)
-    assert (taken, held) == (300 * MIB, alive)
+    taken, graphs = measure_graph_memory(memory, capture)
+    assert (taken, graphs) == (300 * MIB, held[0])
 
-    def frees_memory() -> object:  # capture that ends with more free memory reads as 0
+    # Memory cached before the capture (a profiled step's leftovers) comes back while capturing:
+    # it must not hide the pool.
+    del graphs
+    held.clear()
+    memory.empty_cache()
+    memory.cached = 2 * GIB
+    assert measure_graph_memory(memory, capture)[0] == 300 * MIB
+
+    def frees_memory() -> object:  # a capture that ends with more free memory reads as 0
         memory.graph_pool = 0
-        return alive
+        return held[0]
 
     memory.graph_pool = 100 * MIB
     assert measure_graph_memory(memory, frees_memory)[0] == 0
+
+
+def test_the_headroom_is_kept_from_the_cache_and_grows_with_the_cache_tensors() -> None:
+    assert runtime_headroom_bytes(0) == RUNTIME_HEADROOM_BYTES
+    assert runtime_headroom_bytes(60) == RUNTIME_HEADROOM_BYTES + 60 * ALLOCATION_ROUNDING_BYTES
+    common = dict(total_bytes=80 * GIB, weights_bytes=16 * GIB, peak_activation_bytes=4 * GIB,
+                  non_torch_bytes=GIB, gpu_memory_utilization=0.9, bytes_per_block=2 * MIB)
+    without = profile_kv_cache_memory(**common)
+    kept = profile_kv_cache_memory(**common, headroom_bytes=GIB)
+    assert without.num_kv_blocks - kept.num_kv_blocks == GIB // (2 * MIB)
+    assert (kept.headroom_bytes, without.headroom_bytes) == (GIB, 0)
+    with pytest.raises(ValueError, match="headroom_bytes"):
+        profile_kv_cache_memory(**common, headroom_bytes=-1)
+    with pytest.raises(InsufficientMemoryError, match="headroom"):
+        profile_kv_cache_memory(**common, headroom_bytes=60 * GIB)

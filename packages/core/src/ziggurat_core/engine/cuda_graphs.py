@@ -140,11 +140,13 @@ class DecodeGraphRunner:
 
     def _capture_all(self) -> None:
         pool = torch.cuda.graph_pool_handle()
+        # One side stream for every warm-up: each new stream gets cuBLAS workspaces of its own,
+        # which stay allocated for the process's life.
+        side = torch.cuda.Stream()
         for size in reversed(self.sizes):  # the largest first: later ones fit in its pool
             # One eager run first, on a side stream as torch asks, so lazy initialisation
             # (workspaces, kernel choice) is not captured. The buffers hold padding only:
             # it writes into the padding block.
-            side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 self.step(self.buffers, size)

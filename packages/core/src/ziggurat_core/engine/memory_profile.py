@@ -18,6 +18,21 @@ from __future__ import annotations
 
 from .reports import MemoryProfile
 
+# Device memory the engine comes to use after the profile, which no profiled step shows: the
+# driver loads a kernel's code on its first launch (CUDA's lazy module loading), so the
+# sampler's and the larger batches' kernels arrive later, with cuBLAS workspaces for new
+# shapes. On the first GPU (an H200, `docs/benchmarks.md`) a tiny model's engine grew past its
+# share by that means within its first steps; this is kept back from the cache for it.
+RUNTIME_HEADROOM_BYTES = 256 * 2**20
+# torch's caching allocator rounds a large allocation up to a multiple of 2 MiB: each KV cache
+# tensor (one per layer) may take up to that much more than its blocks.
+ALLOCATION_ROUNDING_BYTES = 2 * 2**20
+
+
+def runtime_headroom_bytes(num_cache_tensors: int) -> int:
+    """What the cache leaves free for growth after the profile and for its tensors' rounding."""
+    return RUNTIME_HEADROOM_BYTES + num_cache_tensors * ALLOCATION_ROUNDING_BYTES
+
 
 class InsufficientMemoryError(ValueError):
     """The engine's share of device memory does not hold the model, its largest step and one
@@ -38,11 +53,13 @@ def profile_kv_cache_memory(
     gpu_memory_utilization: float,
     bytes_per_block: int,
     cuda_graph_bytes: int = 0,
+    headroom_bytes: int = 0,
 ) -> MemoryProfile:
     """The KV cache's share of `gpu_memory_utilization * total_bytes` after the weights, the
     largest step's activations (its peak above the weights), the memory torch does not
-    allocate and the decode CUDA graphs' (0 without them); raises InsufficientMemoryError
-    where that leaves less than one block."""
+    allocate, the decode CUDA graphs' (0 without them) and `headroom_bytes` (what the engine
+    comes to use later, `runtime_headroom_bytes`); raises InsufficientMemoryError where that
+    leaves less than one block."""
     validate_gpu_memory_utilization(gpu_memory_utilization)
     for name, value in (
         ("total_bytes", total_bytes),
@@ -50,6 +67,7 @@ def profile_kv_cache_memory(
         ("peak_activation_bytes", peak_activation_bytes),
         ("non_torch_bytes", non_torch_bytes),
         ("cuda_graph_bytes", cuda_graph_bytes),
+        ("headroom_bytes", headroom_bytes),
     ):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
@@ -58,13 +76,15 @@ def profile_kv_cache_memory(
     engine_bytes = int(total_bytes * gpu_memory_utilization)
     kv_cache_bytes = (
         engine_bytes - weights_bytes - peak_activation_bytes - non_torch_bytes - cuda_graph_bytes
+        - headroom_bytes
     )
     if kv_cache_bytes < bytes_per_block:
         raise InsufficientMemoryError(
             f"gpu_memory_utilization={gpu_memory_utilization} gives the engine {engine_bytes} of "
             f"{total_bytes} bytes; weights ({weights_bytes}), the largest step's activations "
-            f"({peak_activation_bytes}), memory outside torch ({non_torch_bytes}) and the decode "
-            f"CUDA graphs ({cuda_graph_bytes}) leave "
+            f"({peak_activation_bytes}), memory outside torch ({non_torch_bytes}), the decode "
+            f"CUDA graphs ({cuda_graph_bytes}) and the headroom for later growth "
+            f"({headroom_bytes}) leave "
             f"{max(kv_cache_bytes, 0)} bytes, less than one KV block of {bytes_per_block}: raise "
             "gpu_memory_utilization or lower max_num_batched_tokens (or max_num_seqs, or "
             "enforce_eager for no graphs)"
@@ -79,6 +99,7 @@ def profile_kv_cache_memory(
         kv_cache_bytes=num_blocks * bytes_per_block,
         num_kv_blocks=num_blocks,
         cuda_graph_bytes=cuda_graph_bytes,
+        headroom_bytes=headroom_bytes,
     )
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .attention.base import AttentionBackend, StepLayout
-from .memory_profile import profile_kv_cache_memory
+from .memory_profile import profile_kv_cache_memory, runtime_headroom_bytes
 from .reports import MemoryProfile
 
 
@@ -34,6 +34,7 @@ class DeviceMemory(Protocol):
     def allocated(self) -> int: ...
     def max_allocated(self) -> int: ...
     def reserved(self) -> int: ...
+    def max_reserved(self) -> int: ...
     def free_and_total(self) -> tuple[int, int]: ...
     def empty_cache(self) -> None: ...
 
@@ -59,6 +60,9 @@ class CudaMemory:
     def reserved(self) -> int:
         return int(torch.cuda.memory_reserved(self.device))
 
+    def max_reserved(self) -> int:
+        return int(torch.cuda.max_memory_reserved(self.device))
+
     def free_and_total(self) -> tuple[int, int]:
         free, total = torch.cuda.mem_get_info(self.device)
         return int(free), int(total)
@@ -76,11 +80,18 @@ def measure_graph_memory(
     memory: DeviceMemory, capture: Callable[[], object]
 ) -> tuple[int, object]:
     """Device memory that `capture()` takes (free before less free after, never below 0), and
-    what it returned, still alive: freeing it before the reading would hide the pool."""
+    what it returned, still alive: freeing it before the reading would hide the pool.
+
+    The allocator's cache is emptied before each reading: `torch.cuda.graph` empties it when a
+    capture begins, so memory cached before the capture would come back during it and hide
+    the pool (on the first GPU the profile read 0 for graphs that took 2 MiB). A private graph
+    pool stays while its graphs live, so the second emptying leaves it in the reading."""
     memory.synchronize()
+    memory.empty_cache()
     free_before, _ = memory.free_and_total()
     captured = capture()
     memory.synchronize()
+    memory.empty_cache()
     free_after, _ = memory.free_and_total()
     return max(0, free_before - free_after), captured
 
@@ -146,15 +157,20 @@ def profile_cuda_memory(
     kv_caches = make_kv_caches(num_blocks + int(capture_graphs is not None))
     memory.synchronize()
     memory.reset_peak()
-    before = memory.allocated()
+    allocated_before, reserved_before = memory.allocated(), memory.reserved()
     with torch.inference_mode():
         run_profile_step(model, attention, kv_caches, query_lens, block_size, device)
     memory.synchronize()
-    peak_activation = max(0, memory.max_allocated() - before)
+    # What the device gives up is what the allocator reserves: its rounding and fragmentation
+    # make that more than the tensors allocated at the peak, and it stays reserved afterwards.
+    peak_activation = max(
+        0, memory.max_allocated() - allocated_before, memory.max_reserved() - reserved_before
+    )
     graph_bytes = 0
     if capture_graphs is not None:
         graph_bytes, graphs = measure_graph_memory(memory, partial(capture_graphs, kv_caches))
         del graphs  # with it the graphs' pool, before the readings below
+    num_cache_tensors = len(kv_caches)
     del kv_caches
     memory.empty_cache()
     free, total = memory.free_and_total()
@@ -167,4 +183,5 @@ def profile_cuda_memory(
         gpu_memory_utilization=gpu_memory_utilization,
         bytes_per_block=bytes_per_block,
         cuda_graph_bytes=graph_bytes,
+        headroom_bytes=runtime_headroom_bytes(num_cache_tensors),
     )

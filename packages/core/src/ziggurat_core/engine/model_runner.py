@@ -323,11 +323,11 @@ class ModelRunner:
         logger.info(
             "memory profile of %s: %.2f GiB total x gpu_memory_utilization %.2f; weights "
             "%.2f GiB, peak of a %d-token step %.2f GiB, outside torch %.2f GiB, decode CUDA "
-            "graphs %.3f GiB -> KV cache %.2f GiB (%d blocks)",
+            "graphs %.3f GiB, headroom %.3f GiB -> KV cache %.2f GiB (%d blocks)",
             self.device, profile.total_bytes / gib, profile.gpu_memory_utilization,
             profile.weights_bytes / gib, sum(query_lens), profile.peak_activation_bytes / gib,
             profile.non_torch_bytes / gib, profile.cuda_graph_bytes / gib,
-            profile.kv_cache_bytes / gib, profile.num_kv_blocks,
+            profile.headroom_bytes / gib, profile.kv_cache_bytes / gib, profile.num_kv_blocks,
         )
         return profile
 
@@ -344,7 +344,13 @@ class ModelRunner:
         )
 
     def close(self) -> None:
-        """Nothing to stop in one process (TensorParallelRunner stops its ranks here)."""
+        """Give the device memory back: the decode graphs and the KV cache go, and on CUDA the
+        allocator's cache with them, so a process can load another engine after closing one
+        (TensorParallelRunner stops its ranks here). The runner runs no step after this."""
+        self.decode_graphs = None
+        self.kv_caches = []
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _prefill_only(self, token_ids: list[int]) -> None:
         """One sequence's forward pass from the first cache slots, logits for every position,

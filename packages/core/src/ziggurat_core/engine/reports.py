@@ -79,6 +79,8 @@ class MemoryProfile:
     cuda_graph_bytes: int = 0
     # What the graphs took when captured over the real cache; None before that or without them.
     cuda_graph_measured_bytes: int | None = None
+    # Kept free for what the engine comes to use after the profile (memory_profile.py).
+    headroom_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ class ServerMemory(ResponseModel):
 
 class EngineMemoryProfile(ResponseModel):
     """How the KV cache was sized on CUDA: the engine's share (gpu_memory_utilization) of the
-    device's memory, less the weights, the largest step's peak, memory outside torch and the
-    decode steps' CUDA graphs."""
+    device's memory, less the weights, the largest step's peak, memory outside torch, the
+    decode steps' CUDA graphs and a headroom for what the engine comes to use later."""
 
     total_bytes: int | None = None
     gpu_memory_utilization: float | None = None
@@ -42,6 +42,7 @@ class EngineMemoryProfile(ResponseModel):
     num_kv_blocks: int | None = None
     cuda_graph_bytes: int | None = None  # set aside for the graphs, measured while profiling
     cuda_graph_measured_bytes: int | None = None  # what they took over the real cache
+    headroom_bytes: int | None = None  # kept free for later growth (lazily loaded kernels)
 
 
 class ResolvedEngineSettings(ResponseModel):
