@@ -6,12 +6,14 @@ with the torch backend's dense reference mask for the same step layout.
 
 from __future__ import annotations
 
+import builtins
 import importlib.util
 import itertools
 import math
 import random
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import torch
@@ -177,7 +179,11 @@ def test_xformers_on_cpu_says_why() -> None:
 
 
 def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pretend CUDA exists and xformers' kernels run on it."""
+    """Pretend CUDA exists and xformers' kernels run on it (xformers imported first: importing
+    it for the first time with CUDA faked would try to initialise CUDA)."""
+    if HAS_XFORMERS:
+        import xformers.ops  # noqa: F401
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(xformers_backend, "probe_kernels", lambda device, dtype: None)
 
@@ -199,6 +205,24 @@ def test_xformers_with_float32_says_why(monkeypatch: pytest.MonkeyPatch) -> None
         select_attention_backend("xformers", torch.device("cuda"), torch.float32)
     # auto falls back instead of failing
     backend = select_attention_backend("auto", torch.device("cuda"), torch.float32)
+    assert isinstance(backend, PortableAttentionBackend)
+
+
+def test_xformers_that_fails_to_import_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build for another torch can fail at import with any error (one that finds no CUDA
+    asserts): a reason to fall back, not a crash."""
+    fake_cuda(monkeypatch)
+    real_import = builtins.__import__
+
+    def failing_import(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("xformers"):
+            raise AssertionError("Torch not compiled with CUDA enabled")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    with pytest.raises(ValueError, match="does not import here"):
+        select_attention_backend("xformers", torch.device("cuda"), torch.float16)
+    backend = select_attention_backend("auto", torch.device("cuda"), torch.float16)
     assert isinstance(backend, PortableAttentionBackend)
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import pytest
 from ziggurat_core.engine.attention.selector import default_block_size
-from ziggurat_core.engine.cuda_graph_sizes import graph_capture_sizes, padded_batch_size
+from ziggurat_core.engine.cuda_graph_sizes import (
+    context_width_buckets,
+    graph_capture_sizes,
+    padded_batch_size,
+    padded_width,
+)
 
 
 def test_xformers_gets_blocks_its_paged_kernels_read_directly() -> None:
@@ -47,3 +52,24 @@ def test_bad_sizes_are_refused(bad: int) -> None:
         graph_capture_sizes(bad)
     with pytest.raises(ValueError, match="num_seqs"):
         padded_batch_size(bad, [1, 2])
+
+
+def test_context_widths_double_from_the_smallest_up_to_the_buffers_width() -> None:
+    assert context_width_buckets(512, 16) == [16, 32, 64, 128, 256, 512]
+    assert context_width_buckets(500, 16) == [16, 32, 64, 128, 256, 500]
+    assert context_width_buckets(32, 1) == [1, 2, 4, 8, 16, 32]
+    assert context_width_buckets(8, 16) == [8]  # contexts never reach the smallest bucket
+    assert context_width_buckets(1) == [1]
+    for bad in ((0, 1), (4, 0)):
+        with pytest.raises(ValueError):
+            context_width_buckets(*bad)
+
+
+def test_a_step_takes_the_smallest_width_that_holds_its_longest_context() -> None:
+    widths = context_width_buckets(500, 16)
+    assert [padded_width(b, widths) for b in (1, 16, 17, 100, 256, 257, 500)] == [
+        16, 16, 32, 128, 256, 500, 500,
+    ]
+    for bad in (0, 501):
+        with pytest.raises(ValueError):
+            padded_width(bad, widths)

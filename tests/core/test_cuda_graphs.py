@@ -67,13 +67,33 @@ def test_padded_static_decode_samples_the_eager_tokens(
     assert graphs.sizes == [1, 2, 4, 6]
     sizes_run: list[int] = []
     step = graphs.step
-    graphs.step = lambda buffers, size: sizes_run.append(size) or step(buffers, size)
+    graphs.step = lambda buffers, size, width: sizes_run.append(size) or step(buffers, size, width)
 
     assert generate(static, prompts, params) == generate(eager, prompts, params)
     # Every step after a prefill decoded over the buffers, the batch padded to a captured size.
     expected_size = {1: 1, 3: 4, 5: 6}[num_prompts]
     assert expected_size in sizes_run
     assert set(sizes_run) <= {1, 2, 4, 6}
+
+
+def test_padded_decode_over_width_buckets_samples_the_eager_tokens(
+    tiny_llama: TinyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps whose contexts fit a narrower block-table width attend over that width only, and
+    sample what the unpadded eager path samples."""
+    monkeypatch.setattr(model_runner_module, "MIN_GRAPH_CONTEXT_TOKENS", 8)  # 2 blocks of 4
+    prompts = prompts_for(tiny_llama, 5, seed=3)
+    params = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+    eager = make_engine(tiny_llama, static=False, monkeypatch=monkeypatch)
+    static = make_engine(tiny_llama, static=True, monkeypatch=monkeypatch)
+    graphs = static.runner.decode_graphs  # type: ignore[union-attr]
+    assert graphs is not None and graphs.widths == [2, 4, 8, 16, 32, 64]
+    widths_run: list[int] = []
+    step = graphs.step
+    graphs.step = lambda buffers, size, width: widths_run.append(width) or step(buffers, size, width)
+
+    assert generate(static, prompts, params) == generate(eager, prompts, params)
+    assert len(set(widths_run)) >= 2 and max(widths_run) <= 16  # contexts stay under 64 tokens
 
 
 def test_padding_rows_own_a_block_the_scheduler_never_hands_out(
@@ -88,28 +108,43 @@ def test_padding_rows_own_a_block_the_scheduler_never_hands_out(
 
 
 def test_buffers_hold_the_step_then_padding() -> None:
-    steps: list[int] = []
+    steps: list[tuple[int, int]] = []
     runner = DecodeGraphRunner(
-        lambda buffers, size: steps.append(size) or torch.zeros(size, 5),
+        lambda buffers, size, width: steps.append((size, width)) or torch.zeros(size, 5),
         sizes=[1, 2, 4], max_blocks=3, block_size=4, pad_block=9, device=CPU, capture=False,
     )
+    assert runner.widths == [1, 2, 3]
     logits = runner.run([11, 12, 13], [0, 5, 9], [[3], [1, 2], [4, 5, 6]])
     assert logits is not None and logits.shape == (3, 5)
-    assert steps == [4]
+    assert steps == [(4, 3)]
     b = runner.buffers
     assert b.input_ids.tolist() == [11, 12, 13, 0]
     assert b.positions.tolist() == [0, 5, 9, 0]
     assert b.context_lens.tolist() == [1, 6, 10, 1]
     assert b.block_tables.tolist() == [[3, 9, 9], [1, 2, 9], [4, 5, 6], [9, 9, 9]]
-    # A smaller step later: the rows it leaves are padding again.
+    # A smaller step later: the rows it leaves are padding again, and it attends over the one
+    # column its context needs.
     runner.run([7], [2], [[8]])
-    assert steps == [4, 1]
+    assert steps == [(4, 3), (1, 1)]
     assert b.input_ids.tolist()[:1] == [7] and b.block_tables[0, 0] == 8
+
+
+def test_a_step_attends_over_the_smallest_width_bucket_holding_its_longest_context() -> None:
+    widths: list[int] = []
+    runner = DecodeGraphRunner(
+        lambda buffers, size, width: widths.append(width) or torch.zeros(size, 2),
+        sizes=[1, 2], max_blocks=20, block_size=4, pad_block=99, device=CPU, capture=False,
+        min_width=4,
+    )
+    assert runner.widths == [4, 8, 16, 20]
+    for position in (0, 15, 16, 31, 32, 63, 64, 79):  # 1, 4, 5, 8, 9, 16, 17, 20 blocks
+        runner.run([1, 2], [position, 0], [list(range(position // 4 + 1)), [50]])
+    assert widths == [4, 4, 8, 8, 16, 16, 20, 20]
 
 
 def test_a_batch_larger_than_every_size_runs_eagerly() -> None:
     runner = DecodeGraphRunner(
-        lambda buffers, size: pytest.fail("no padded step for this batch"),
+        lambda buffers, size, width: pytest.fail("no padded step for this batch"),
         sizes=[1, 2], max_blocks=2, block_size=4, pad_block=5, device=CPU, capture=False,
     )
     assert runner.padded_size(3) is None
@@ -118,7 +153,7 @@ def test_a_batch_larger_than_every_size_runs_eagerly() -> None:
 
 def test_a_context_longer_than_the_buffers_is_refused() -> None:
     runner = DecodeGraphRunner(
-        lambda buffers, size: torch.zeros(size, 2),
+        lambda buffers, size, width: torch.zeros(size, 2),
         sizes=[1], max_blocks=2, block_size=4, pad_block=5, device=CPU, capture=False,
     )
     with pytest.raises(ValueError, match="needs 3 blocks"):
@@ -127,7 +162,7 @@ def test_a_context_longer_than_the_buffers_is_refused() -> None:
 
 def test_capture_is_refused_off_cuda() -> None:
     with pytest.raises(ValueError, match="CUDA only"):
-        DecodeGraphRunner(lambda buffers, size: torch.zeros(size, 2), sizes=[1], max_blocks=1,
+        DecodeGraphRunner(lambda buffers, size, width: torch.zeros(size, 2), sizes=[1], max_blocks=1,
                           block_size=4, pad_block=0, device=CPU, capture=True)
 
 
@@ -176,7 +211,11 @@ def test_torch_backend_fixed_shape_decode_attends_like_prepare(seed: int) -> Non
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-def test_captured_graphs_sample_the_eager_tokens_on_gpu(tiny_llama: TinyModel) -> None:
+def test_captured_graphs_sample_the_eager_tokens_on_gpu(
+    tiny_llama: TinyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Width buckets of 1, 2, 4, ... blocks: the narrower ones are captured at first use.
+    monkeypatch.setattr(model_runner_module, "MIN_GRAPH_CONTEXT_TOKENS", 16)
     prompts = prompts_for(tiny_llama, 5, seed=9)
     params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
     outputs = []
@@ -189,6 +228,8 @@ def test_captured_graphs_sample_the_eager_tokens_on_gpu(tiny_llama: TinyModel) -
         assert (graphs is None) is enforce_eager
         assert enforce_eager or graphs.captured
         outputs.append(generate(engine, prompts, params))
+        if not enforce_eager:
+            assert len(graphs.graphs) > len(graphs.sizes)  # narrower widths captured lazily
     assert outputs[0] == outputs[1]
 
 

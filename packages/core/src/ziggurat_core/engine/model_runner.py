@@ -17,7 +17,7 @@ from .attention.base import StepLayout
 from .attention.selector import default_block_size, select_attention_backend
 from .config import KV_CACHE_DTYPES, EngineConfig
 from .cpu_kernels import cpu_isa
-from .cuda_graph_sizes import graph_capture_sizes
+from .cuda_graph_sizes import MIN_GRAPH_CONTEXT_TOKENS, graph_capture_sizes
 from .cuda_graphs import DecodeBuffers, DecodeGraphRunner, DecodeStepFn, decode_graphs_wanted
 from .device import dtype_name, host_to_device, resolve_device, resolve_dtype
 from .kv_cache_plan import kv_bytes_per_block, plan_kv_cache
@@ -253,6 +253,7 @@ class ModelRunner:
             graphs = DecodeGraphRunner(
                 self._decode_step_over(kv_caches), sizes, -(-max_model_len // bs), bs,
                 pad_block=kv_caches[0].shape[1] - 1, device=self.device, capture=capture,
+                min_width=-(-MIN_GRAPH_CONTEXT_TOKENS // bs),
             )
         except RuntimeError as exc:
             if not capture:
@@ -266,10 +267,11 @@ class ModelRunner:
         if quiet:
             return graphs
         logger.info(
-            "decode steps %s at batch sizes %s (%.2fs); larger batches and prefills run "
-            "eagerly%s",
+            "decode steps %s at batch sizes %s (%.2fs), over block-table widths %s (the "
+            "narrower ones captured at first use); larger batches and prefills run eagerly%s",
             "captured as CUDA graphs" if capture else "padded over static buffers, eagerly",
             ",".join(map(str, sizes)), time.perf_counter() - started,
+            ",".join(map(str, graphs.widths)),
             "; enforce_eager turns the graphs off" if capture else "",
         )
         return graphs
@@ -277,12 +279,14 @@ class ModelRunner:
     def _decode_step_over(self, kv_caches: list[torch.Tensor]) -> DecodeStepFn:
         """The decode step over `kv_caches` that the graphs capture."""
 
-        def decode_on_buffers(buffers: DecodeBuffers, size: int) -> torch.Tensor:
-            """Logits of a decode step over the first `size` rows of the static buffers (what
-            a CUDA graph captures: tensor ops only, nothing read back to the host)."""
+        def decode_on_buffers(buffers: DecodeBuffers, size: int, width: int) -> torch.Tensor:
+            """Logits of a decode step over the first `size` rows and `width` block-table
+            columns of the static buffers (what a CUDA graph captures: tensor ops only,
+            nothing read back to the host)."""
             positions = buffers.positions[:size]
             metadata = self.attention.prepare_decode(
-                buffers.block_tables[:size], buffers.context_lens[:size], positions,
+                # A narrower width is a strided view; the CPU kernel reads packed rows.
+                buffers.block_tables[:size, :width].contiguous(), buffers.context_lens[:size], positions,
                 self.config.resolved_block_size,
             )
             hidden = self.model(

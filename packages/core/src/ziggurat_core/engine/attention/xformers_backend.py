@@ -44,6 +44,8 @@ def xformers_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str
         import xformers.ops  # noqa: F401
     except ImportError as exc:
         return f"xformers is not installed ({exc})"
+    except Exception as exc:  # a build for another torch/CUDA can fail in any way at import
+        return f"xformers does not import here ({type(exc).__name__}: {exc})"
     return probe_kernels(device, dtype)
 
 
