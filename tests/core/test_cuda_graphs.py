@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 from fixtures_models import TinyModel
-from ziggurat_core.engine import InferenceEngine, SamplingParams
+from ziggurat_core.engine import InferenceEngine, SamplingParams, decode_graph_setup
 from ziggurat_core.engine import model_runner as model_runner_module
 from ziggurat_core.engine.attention.base import StepLayout
 from ziggurat_core.engine.attention.torch_backend import PortableAttentionBackend
@@ -81,7 +81,7 @@ def test_padded_decode_over_width_buckets_samples_the_eager_tokens(
 ) -> None:
     """Steps whose contexts fit a narrower block-table width attend over that width only, and
     sample what the unpadded eager path samples."""
-    monkeypatch.setattr(model_runner_module, "MIN_GRAPH_CONTEXT_TOKENS", 8)  # 2 blocks of 4
+    monkeypatch.setattr(decode_graph_setup, "MIN_GRAPH_CONTEXT_TOKENS", 8)  # 2 blocks of 4
     prompts = prompts_for(tiny_llama, 5, seed=3)
     params = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
     eager = make_engine(tiny_llama, static=False, monkeypatch=monkeypatch)
@@ -215,7 +215,7 @@ def test_captured_graphs_sample_the_eager_tokens_on_gpu(
     tiny_llama: TinyModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Width buckets of 1, 2, 4, ... blocks: the narrower ones are captured at first use.
-    monkeypatch.setattr(model_runner_module, "MIN_GRAPH_CONTEXT_TOKENS", 16)
+    monkeypatch.setattr(decode_graph_setup, "MIN_GRAPH_CONTEXT_TOKENS", 16)
     prompts = prompts_for(tiny_llama, 5, seed=9)
     params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
     outputs = []

@@ -17,18 +17,12 @@ from .attention.base import StepLayout
 from .attention.selector import default_block_size, select_attention_backend
 from .config import KV_CACHE_DTYPES, EngineConfig
 from .cpu_kernels import cpu_isa
-from .cuda_graph_sizes import MIN_GRAPH_CONTEXT_TOKENS, graph_capture_sizes
-from .cuda_graphs import DecodeBuffers, DecodeGraphRunner, DecodeStepFn, decode_graphs_wanted
+from .cuda_graphs import DecodeGraphRunner, decode_graphs_wanted
+from .decode_graph_setup import capture_measured, decode_step_over, make_decode_graphs
 from .device import dtype_name, host_to_device, resolve_device, resolve_dtype
 from .kv_cache_plan import kv_bytes_per_block, plan_kv_cache
 from .layers import pack_linears
-from .memory_profile import graph_overrun_bytes
-from .memory_profiler import (
-    CudaMemory,
-    measure_graph_memory,
-    profile_cuda_memory,
-    profile_query_lens,
-)
+from .memory_profiler import profile_cuda_memory, profile_query_lens
 from .models.llama import build_model
 from .quantization import measure_input_absmax, quantize_linears_int8
 from .reports import MemoryProfile, ResolvedSettings
@@ -213,88 +207,25 @@ class ModelRunner:
         )
 
     def _capture_decode_graphs(self, max_model_len: int) -> DecodeGraphRunner | None:
-        """The static decode runner over the KV cache, with what its graphs took recorded in
-        the memory profile (set aside for them while profiling; a warning where they took
-        more)."""
-        profile = self.memory_profile
-        if profile is None or self.device.type != "cuda":
+        """The static decode runner over the KV cache; on CUDA with what its graphs took
+        recorded in the memory profile (decode_graph_setup.py)."""
+        def make() -> DecodeGraphRunner | None:
             return self._make_decode_graphs(self.kv_caches, max_model_len)
-        graph_bytes, graphs = measure_graph_memory(
-            CudaMemory(self.device), lambda: self._make_decode_graphs(self.kv_caches, max_model_len)
-        )
-        self.memory_profile = dataclasses.replace(profile, cuda_graph_measured_bytes=graph_bytes)
-        gib = 2**30
-        logger.info(
-            "decode CUDA graphs took %.3f GiB over the KV cache (%.3f GiB was set aside for "
-            "them by the memory profile)", graph_bytes / gib, profile.cuda_graph_bytes / gib,
-        )
-        overrun = graph_overrun_bytes(self.memory_profile)
-        if overrun:
-            logger.warning(
-                "the decode CUDA graphs took %.3f GiB more than the memory profile set aside: "
-                "the engine uses that much beyond gpu_memory_utilization (lower it, or "
-                "enforce_eager for no graphs)", overrun / gib,
-            )
-        assert graphs is None or isinstance(graphs, DecodeGraphRunner)
+
+        if self.memory_profile is None or self.device.type != "cuda":
+            return make()
+        graphs, self.memory_profile = capture_measured(make, self.memory_profile, self.device)
         return graphs
 
-    @torch.inference_mode()
     def _make_decode_graphs(
         self, kv_caches: list[torch.Tensor], max_model_len: int, quiet: bool = False
     ) -> DecodeGraphRunner | None:
-        """The static decode runner over `kv_caches`, whose last block is the padding block;
-        None (every step eager, with a warning) where capture fails: the graph path must never
-        be the reason an engine does not start. `quiet`: no log (the profiling capture)."""
+        """The static decode runner over `kv_caches`, whose last block is the padding block."""
         bs = self.config.resolved_block_size
-        sizes = graph_capture_sizes(self.config.max_num_seqs)
-        capture = self.device.type == "cuda"
-        started = time.perf_counter()
-        try:
-            graphs = DecodeGraphRunner(
-                self._decode_step_over(kv_caches), sizes, -(-max_model_len // bs), bs,
-                pad_block=kv_caches[0].shape[1] - 1, device=self.device, capture=capture,
-                min_width=-(-MIN_GRAPH_CONTEXT_TOKENS // bs),
-            )
-        except RuntimeError as exc:
-            if not capture:
-                raise
-            logger.warning(
-                "capturing decode steps as CUDA graphs failed (%s: %s); every step runs "
-                "eagerly (enforce_eager skips the attempt)", type(exc).__name__, exc,
-            )
-            torch.cuda.synchronize(self.device)
-            return None
-        if quiet:
-            return graphs
-        logger.info(
-            "decode steps %s at batch sizes %s (%.2fs), over block-table widths %s (the "
-            "narrower ones captured at first use); larger batches and prefills run eagerly%s",
-            "captured as CUDA graphs" if capture else "padded over static buffers, eagerly",
-            ",".join(map(str, sizes)), time.perf_counter() - started,
-            ",".join(map(str, graphs.widths)),
-            "; enforce_eager turns the graphs off" if capture else "",
+        return make_decode_graphs(
+            decode_step_over(self.model, self.attention, bs, kv_caches), self.config.max_num_seqs,
+            max_model_len, bs, pad_block=kv_caches[0].shape[1] - 1, device=self.device, quiet=quiet,
         )
-        return graphs
-
-    def _decode_step_over(self, kv_caches: list[torch.Tensor]) -> DecodeStepFn:
-        """The decode step over `kv_caches` that the graphs capture."""
-
-        def decode_on_buffers(buffers: DecodeBuffers, size: int, width: int) -> torch.Tensor:
-            """Logits of a decode step over the first `size` rows and `width` block-table
-            columns of the static buffers (what a CUDA graph captures: tensor ops only,
-            nothing read back to the host)."""
-            positions = buffers.positions[:size]
-            metadata = self.attention.prepare_decode(
-                # A narrower width is a strided view; the CPU kernel reads packed rows.
-                buffers.block_tables[:size, :width].contiguous(), buffers.context_lens[:size], positions,
-                self.config.resolved_block_size,
-            )
-            hidden = self.model(
-                buffers.input_ids[:size], positions, kv_caches, self.attention, metadata
-            )
-            return self.model.compute_logits(hidden)
-
-        return decode_on_buffers
 
     def _make_kv_caches(self, num_blocks: int) -> list[torch.Tensor]:
         mc = self.model_config
