@@ -16,18 +16,10 @@ from ziggurat_core.engine.async_engine import AsyncEngine
 from ziggurat_core.engine.config import EngineConfig
 from ziggurat_core.engine.cpu_kernels import ISAS, CpuIsaError
 from ziggurat_core.engine.errors import EngineError
-from ziggurat_core.engine.layers import kernels as layer_kernels
 from ziggurat_core.engine.loader import load_checkpoint
 from ziggurat_core.engine.model_runner import resolve_quantization
 
 TinyFactory = Callable[..., TinyModel]
-
-
-@pytest.fixture(autouse=True)
-def layer_kernels_restored(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The layers memoise the kernels they load for the process: what a test loads under a
-    forced variant (or none) must not stay behind for the tests after it."""
-    monkeypatch.setattr(layer_kernels, "_loaded", {})
 
 # The decision, written out: int8 only for a variant with its own int8 GEMM.
 AUTO_CHOICE = {"avx512vnni": "int8", "avx2": "int8", "neon": "int8", "scalar": "none", None: "none"}

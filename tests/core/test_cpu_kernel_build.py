@@ -22,7 +22,6 @@ from ziggurat_core.engine import model_runner
 from ziggurat_core.engine.attention.base import StepLayout
 from ziggurat_core.engine.config import EngineConfig
 from ziggurat_core.engine.cpu_kernels import build, load_cpu_library
-from ziggurat_core.engine.layers import kernels as layer_kernels
 from ziggurat_core.engine.loader import load_checkpoint
 
 # A stand-in compiler: answers --version with $FAKECC_VERSION and the macro query with nothing,
@@ -240,7 +239,6 @@ def test_a_cuda_shaped_run_never_builds_the_cpu_kernels(
         raise AssertionError("the CPU kernels were loaded on a non-CPU run")
 
     monkeypatch.setattr(build, "load_cpu_library", no_build)
-    monkeypatch.setattr(layer_kernels, "_loaded", {})
     monkeypatch.setattr(model_runner, "resolve_device", lambda name: torch.device("meta"))
     monkeypatch.setattr(model_runner, "Sampler", lambda *args, **kwargs: None)
     config = EngineConfig(model=str(tiny.gguf_path), num_kv_blocks=8, block_size=4)
@@ -259,4 +257,3 @@ def test_a_cuda_shaped_run_never_builds_the_cpu_kernels(
             hidden = runner.model(ids, positions, runner.kv_caches, runner.attention, metadata)
             logits = runner.model.compute_logits(hidden)
         assert logits.shape == (query_len, tiny.config.vocab_size)
-    assert layer_kernels._loaded == {}

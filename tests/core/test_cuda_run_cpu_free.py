@@ -17,7 +17,7 @@ from ziggurat_core.engine.attention.base import StepLayout
 from ziggurat_core.engine.attention.torch_backend import PortableAttentionBackend
 from ziggurat_core.engine.config import ModelConfig
 from ziggurat_core.engine.cpu_kernels import build
-from ziggurat_core.engine.layers import activation, rmsnorm, rotary
+from ziggurat_core.engine.layers import activation, rmsnorm
 from ziggurat_core.engine.models import llama
 from ziggurat_core.engine.models.llama import LlamaForCausalLM
 
@@ -43,9 +43,9 @@ def _refuse(name: str) -> Callable[..., None]:
 def no_kernel_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every way a forward pass reaches the C kernels raises instead."""
     for module, name in [
-        (rmsnorm, "elementwise_kernels"),
-        (activation, "elementwise_kernels"),
-        (rotary, "elementwise_kernels"),
+        (rmsnorm, "load_elementwise_kernels"),
+        (activation, "load_elementwise_kernels"),
+        (llama, "load_elementwise_kernels"),  # the attention layer's, for RoPE
         (llama, "decoder_layers_kernel_for"),
         (torch_backend, "load_paged_attention_kernel"),
         (torch_backend, "load_decode_fused_kernels"),

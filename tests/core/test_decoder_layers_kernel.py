@@ -36,18 +36,24 @@ def engine(
 ) -> Iterator[InferenceEngine]:
     with pytest.MonkeyPatch.context() as env:
         env.delenv("ZIGGURAT_CPU_ISA", raising=False)
-        tiny = tiny_model_factory("llama", "Q8_0")
-        engine = InferenceEngine(
-            EngineConfig(
-                model=str(tiny.gguf_path),
-                quantization="int8",
-                kv_cache_dtype=request.param,
-                block_size=_BLOCK_SIZE,
-                num_kv_blocks=_NUM_BLOCKS,
-            )
-        )
-    assert engine.runner.quantization == "int8"
+        engine = _int8_engine(tiny_model_factory, request.param)
     yield engine
+
+
+def _int8_engine(tiny_model_factory: TinyModelFactory, kv_cache_dtype: str) -> InferenceEngine:
+    """An int8 engine of the tiny Llama on the kernel variant ZIGGURAT_CPU_ISA selects now."""
+    tiny = tiny_model_factory("llama", "Q8_0")
+    engine = InferenceEngine(
+        EngineConfig(
+            model=str(tiny.gguf_path),
+            quantization="int8",
+            kv_cache_dtype=kv_cache_dtype,
+            block_size=_BLOCK_SIZE,
+            num_kv_blocks=_NUM_BLOCKS,
+        )
+    )
+    assert engine.runner.quantization == "int8"
+    return engine
 
 
 @pytest.fixture
@@ -146,6 +152,33 @@ def test_one_call_equals_layer_by_layer_bitwise(
     assert torch.equal(got, expected)
     for got_cache, expected_cache in zip(one_call_caches, by_layer_caches, strict=True):
         assert torch.equal(got_cache, expected_cache)
+
+
+def test_engines_of_two_variants_in_one_process_each_run_their_own_layers(
+    cpu_kernels: None, tiny_model_factory: TinyModelFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine built under a forced variant, then one built under the native variant (as when
+    a run forced to scalar builds an engine before this file's): each keeps the variant it was
+    built with for every layer, so each one's layer-by-layer path is still bitwise its one-call
+    path, whatever the other loaded first and whatever the environment selects afterwards."""
+    runnable = runnable_isas()
+    if len(runnable) < 2:
+        pytest.skip("this CPU runs one kernel variant only")
+    engines = {}
+    for isa in (runnable[-1], runnable[0]):
+        monkeypatch.setenv("ZIGGURAT_CPU_ISA", isa)
+        engines[isa] = _int8_engine(tiny_model_factory, "float32")
+    monkeypatch.setenv("ZIGGURAT_CPU_ISA", runnable[-1])  # neither engine follows it now
+    layout = _layout(*_MIXED)
+    for isa, engine in engines.items():
+        assert engine.runner.cpu_isa == isa
+        by_layer_caches = _random_caches(engine, seed=8)
+        one_call_caches = [cache.clone() for cache in by_layer_caches]
+        expected = _step(engine, layout, by_layer_caches, use_kernel=False)
+        got = _step(engine, layout, one_call_caches, use_kernel=True)
+        assert torch.equal(got, expected), f"the {isa} engine"
+        for got_cache, expected_cache in zip(one_call_caches, by_layer_caches, strict=True):
+            assert torch.equal(got_cache, expected_cache), f"the {isa} engine"
 
 
 def test_a_row_does_not_depend_on_the_rest_of_the_step(

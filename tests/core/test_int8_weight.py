@@ -27,7 +27,6 @@ from ziggurat_core.engine.cpu_kernels import (
     PackedInt8Weight,
     load_int8_row_kernels,
 )
-from ziggurat_core.engine.layers import kernels as layer_kernels
 from ziggurat_core.engine.layers.packed import INT_MM_MIN_ROWS, Int8Weight, int_mm_bucketed
 
 
@@ -174,7 +173,7 @@ def test_int8_weight_runs_the_kernel_of_its_variant_and_int_mm_only_above_the_vn
     n: int,
     k: int,
 ) -> None:
-    monkeypatch.setitem(layer_kernels._loaded, "int8_gemm", gemm)
+    monkeypatch.setenv("ZIGGURAT_CPU_ISA", gemm.isa)  # the variant the layer packs for
     gen = generator(90 + n + k)
     weight, bias = torch.randn(n, k, generator=gen) / k**0.5, torch.randn(n, generator=gen)
     smoothing = torch.rand(k, generator=gen) + 0.5
@@ -207,7 +206,7 @@ def test_int8_weight_runs_the_kernel_of_its_variant_and_int_mm_only_above_the_vn
 def test_int8_weight_dequantize_reads_either_layout(
     gemm: Int8Gemm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(layer_kernels._loaded, "int8_gemm", gemm)
+    monkeypatch.setenv("ZIGGURAT_CPU_ISA", gemm.isa)  # the variant the layer packs for
     weight = torch.randn(40, 30, generator=generator(95))
     layer = Int8Weight(weight, None)
     assert torch.equal(layer.int8_rows(), torch.round(weight / layer.scale[:, None]).to(torch.int8))
@@ -217,8 +216,7 @@ def test_int8_weight_dequantize_reads_either_layout(
 def test_int8_weight_without_the_c_kernels_runs_int_mm(
     monkeypatch: pytest.MonkeyPatch, row_kernels: Int8RowKernels
 ) -> None:
-    monkeypatch.setitem(layer_kernels._loaded, "int8_gemm", None)
-    monkeypatch.setitem(layer_kernels._loaded, "int8_rows", None)
+    monkeypatch.setenv("ZIGGURAT_CPU_KERNELS", "0")
     gen = generator(100)
     weight, bias = torch.randn(40, 32, generator=gen), torch.randn(40, generator=gen)
     layer = Int8Weight(weight, bias)

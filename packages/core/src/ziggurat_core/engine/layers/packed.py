@@ -14,8 +14,14 @@ from __future__ import annotations
 
 import torch
 
-from ..cpu_kernels import BoundInt8Linear, Int8Gemm, Int8RowKernels, PackedInt8Weight
-from .kernels import int8_gemm, int8_row_kernels
+from ..cpu_kernels import (
+    BoundInt8Linear,
+    Int8Gemm,
+    Int8RowKernels,
+    PackedInt8Weight,
+    load_int8_gemm,
+)
+from ..cpu_kernels.build import wrapper_of
 
 # int8 range used on both sides: symmetric, so -128 is never produced.
 _INT8_MAX = 127.0
@@ -97,7 +103,11 @@ class Int8Weight:
         self.scale = scale
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self.out_dtype = weight.dtype
-        gemm = int8_gemm()
+        # The variant ZIGGURAT_CPU_ISA selects now packs the weight and runs it from then on,
+        # whatever is selected later; the row kernels come from the same library.
+        gemm = load_int8_gemm()
+        self._gemm = gemm
+        self._row_kernels = None if gemm is None else wrapper_of(gemm.library, Int8RowKernels)
         self.packed_weight = None if gemm is None else PackedInt8Weight(rows)
         # Quantize + GEMM in one C call with the weight side checked once: the path of every
         # row count the C kernel takes (all of a decode step).
@@ -121,7 +131,7 @@ class Int8Weight:
         ):
             out = fused(x)
             return out if self.out_dtype == torch.float32 else out.to(self.out_dtype)
-        kernels, gemm = int8_row_kernels(), int8_gemm()
+        kernels, gemm = self._row_kernels, self._gemm
         if (
             kernels is not None
             and gemm is not None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..cpu_kernels.elementwise import fits
-from .kernels import elementwise_kernels
+from ..cpu_kernels.elementwise import fits, load_elementwise_kernels
+from .kernels import KernelsOnFirstUse
 
 
 class RMSNorm(nn.Module):
@@ -14,10 +14,11 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
         self.eps = eps
+        self._kernels = KernelsOnFirstUse(load_elementwise_kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # `fits` first: it rules out CUDA tensors, and a CUDA run never builds the CPU kernels.
-        kernels = elementwise_kernels() if fits(x) and fits(self.weight, dim=1) else None
+        kernels = self._kernels() if fits(x) and fits(self.weight, dim=1) else None
         if kernels is not None:
             return kernels.rmsnorm(x, self.weight, self.eps)
         x32 = x.float()
@@ -30,7 +31,7 @@ class RMSNorm(nn.Module):
         """(norm(x + residual), x + residual): the pre-norm block's residual add fused in.
         `x` is a fresh activation owned by the caller, so the sum is written into it."""
         fitting = fits(x) and fits(residual) and fits(self.weight, dim=1)
-        kernels = elementwise_kernels() if fitting else None
+        kernels = self._kernels() if fitting else None
         if kernels is not None:
             return kernels.add_rmsnorm_(x, residual, self.weight, self.eps), x
         summed = x.add_(residual)

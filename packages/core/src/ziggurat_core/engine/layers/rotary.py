@@ -13,12 +13,13 @@ Supported `rope_scaling` (ModelConfig, Hugging Face form):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from .kernels import elementwise_kernels
+from ..cpu_kernels.elementwise import ElementwiseKernels, load_elementwise_kernels
 
 
 class RopeScalingError(ValueError):
@@ -106,8 +107,15 @@ class RotaryEmbedding(nn.Module):
         return cos.to(dtype), sin.to(dtype)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate [num_tokens, heads, head_dim]: the first half of each head pairs with the second."""
+def apply_rotary(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    kernels: Callable[[], ElementwiseKernels | None] = load_elementwise_kernels,
+) -> torch.Tensor:
+    """Rotate [num_tokens, heads, head_dim]: the first half of each head pairs with the second.
+    `kernels` gives the C kernels for a CPU float32 `x` (a layer passes the ones it keeps, see
+    `layers/kernels.py`; by default those ZIGGURAT_CPU_ISA selects now)."""
     fitting = (
         x.dtype == torch.float32
         and x.device.type == "cpu"
@@ -121,8 +129,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
         and cos.numel() == sin.numel() == x.shape[0] * x.shape[2] // 2
     )
     # Checked before loading: a CUDA run never builds the CPU kernels.
-    kernels = elementwise_kernels() if fitting else None
-    if kernels is not None:
-        return kernels.rotary(x, cos, sin)
+    loaded = kernels() if fitting else None
+    if loaded is not None:
+        return loaded.rotary(x, cos, sin)
     first, second = x.chunk(2, dim=-1)
     return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)

@@ -23,8 +23,10 @@ from ..cpu_kernels import (
     DecoderShape,
     KernelError,
     decoder_layers_kernel_for,
+    load_elementwise_kernels,
 )
 from ..layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SiluAndMul, apply_rotary
+from ..layers.kernels import KernelsOnFirstUse
 from ..layers.packed import Int8Weight
 from ..loader.errors import CheckpointError
 from .materialize import materialize_parameters
@@ -46,6 +48,7 @@ class LlamaAttention(nn.Module):
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias
         )
         self.o_proj = Linear(self.q_size, config.hidden_size, bias=False)
+        self._rotary_kernels = KernelsOnFirstUse(load_elementwise_kernels)
 
     def forward(
         self,
@@ -63,8 +66,9 @@ class LlamaAttention(nn.Module):
         )
         if out is None:
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-            q = apply_rotary(q.view(num_tokens, self.num_heads, self.head_dim), cos, sin)
-            k = apply_rotary(k.view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin)
+            kernels = self._rotary_kernels
+            q = apply_rotary(q.view(num_tokens, self.num_heads, self.head_dim), cos, sin, kernels)
+            k = apply_rotary(k.view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin, kernels)
             v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
             out = attn_backend.forward(q, k, v, kv_cache, attn_metadata, self.scale)
         return self.o_proj(out.reshape(num_tokens, self.q_size))
