@@ -22,6 +22,13 @@ which stay at normal priority. `--sender-nice 0` measures a client competing for
     python benchmarks/long_prompt_latency.py
     python benchmarks/long_prompt_latency.py --rounds 5 --huge-bytes 2000000 --long-tokens 1500
     python benchmarks/long_prompt_latency.py --skip health --server-arg=--frontend-nice --server-arg=0
+    # before/after in one run: two servers, every phase against both, alternated each round
+    python benchmarks/long_prompt_latency.py --skip health --phases quiet generate \
+        --server-arg=--max-prefill-tokens-while-decoding=0 --compare-arg=--max-prefill-tokens-while-decoding=64
+
+With `--compare-arg`, a second server (the same `--server-arg`s plus those) runs beside the first
+and every ITL phase of every round runs against both, one after the other, so that both see the
+same machine load; `itl_compare` reports the second's phases and `ratios_compare_to_base`.
 
 Prints one JSON object, with the machine it ran on. Run it on a quiet machine for figures.
 """
@@ -285,12 +292,58 @@ async def long_prompt_text(url: str, model: str, tokens: int) -> str:
 
 
 # --------------------------------------------------------------------------- main
+@dataclass
+class Server:
+    """One server the ITL phases run against: `label` names it in the report."""
+
+    label: str
+    url: str
+    pid: int | None
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+
+
+def summarise(results: dict[str, list[PhaseResult]]) -> dict[str, Any]:
+    phases: dict[str, Any] = {}
+    for phase, runs in results.items():
+        sent = sum(run.long_prompts_sent for run in runs)
+        phases[phase] = {**ms([gap for run in runs for gap in run.gaps]),
+                         "long_prompts_sent": sent, "long_prompts_per_s": round(
+                             sent / sum(run.window_s for run in runs), 1)}
+        windows = [run.cpu for run in runs if run.cpu is not None]
+        if windows:
+            phases[phase]["cpu"] = mean_cores(windows)
+    return phases
+
+
+def ratios(base: dict[str, Any], other: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """other / base for each phase's percentiles and arrival rate (below 1: `other` is lower;
+    None where the base is 0, as the `quiet` phase's arrival rate)."""
+    keys = ("p50_ms", "p90_ms", "p99_ms", "max_ms", "long_prompts_per_s")
+    return {phase: {key: round(other[phase][key] / base[phase][key], 3) if base[phase][key] else
+                    None for key in keys} for phase in base}
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:  # still draining a backlog past its shutdown timeout
+        process.kill()
+        process.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a running server (default: start one)")
     parser.add_argument("--model", default="default", help="model for the server this starts")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra argument for the server this starts (repeatable)")
+    parser.add_argument("--compare-arg", action="append", default=None, metavar="ARG",
+                        help="start a second server with the --server-args plus these "
+                             "(repeatable; an empty one adds nothing) and run every ITL phase "
+                             "against both, alternated within each round, reporting each and "
+                             "the ratios compare / base")
     parser.add_argument("--huge-bytes", type=int, default=2_000_000)
     parser.add_argument("--huge-prompts", type=int, default=6)
     parser.add_argument("--huge-senders", type=int, default=2)
@@ -313,59 +366,70 @@ def main() -> int:
                         help="with --url: the server's process id, for its per-thread CPU")
     args = parser.parse_args()
 
-    process = None
-    url = args.url
-    if url is None:
-        process, url = start_server(args.model, ["--log-level", "warning", *args.server_arg])
-    server_pid = process.pid if process is not None else args.server_pid
-    if not Path("/proc/self/task").is_dir():
-        server_pid = None  # per-thread CPU needs Linux's /proc
+    if args.compare_arg is not None and args.url is not None:
+        parser.error("--compare-arg starts its servers itself: leave out --url")
+    servers: list[Server] = []
+    try:
+        if args.url is None:
+            process, url = start_server(args.model, ["--log-level", "warning", *args.server_arg])
+            servers.append(Server("base", url, process.pid, args.server_arg, process))
+        else:
+            servers.append(Server("base", args.url, args.server_pid, args.server_arg))
+        if args.compare_arg is not None:
+            extra = [*args.server_arg, *(arg for arg in args.compare_arg if arg)]
+            process, url = start_server(args.model, ["--log-level", "warning", *extra])
+            servers.append(Server("compare", url, process.pid, extra, process))
+        if not Path("/proc/self/task").is_dir():
+            for server in servers:
+                server.pid = None  # per-thread CPU needs Linux's /proc
+        report = run(args, servers)
+    finally:
+        for server in servers:
+            if server.process is not None:
+                stop(server.process)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def run(args: argparse.Namespace, servers: list[Server]) -> dict[str, Any]:
+    base = servers[0]
     report: dict[str, Any] = {"benchmark": "long_prompt_latency", "machine": machine_info(),
                               "server_args": args.server_arg, "sender_nice": args.sender_nice,
                               "long_prompt_rate": args.long_prompt_rate,
                               "load_average_at_start": os.getloadavg()}
-    try:
-        model = httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]["id"]
-        window = httpx.post(f"{url}/tokenize", timeout=60, json={"model": model, "prompt": "hi"})
-        report.update(model=model, max_model_len=window.json()["max_model_len"])
+    model = httpx.get(f"{base.url}/v1/models", timeout=60).json()["data"][0]["id"]
+    window = httpx.post(f"{base.url}/tokenize", timeout=60, json={"model": model, "prompt": "hi"})
+    report.update(model=model, max_model_len=window.json()["max_model_len"])
+    for server in servers:
         # Untimed: the first request pays for lazy initialisation.
-        httpx.post(f"{url}/v1/completions", timeout=600,
+        httpx.post(f"{server.url}/v1/completions", timeout=600,
                    json={"model": model, "prompt": "hello", "max_tokens": 2}).raise_for_status()
-        if "health" not in args.skip:
-            report["health"] = asyncio.run(health_during_huge_prompts(
-                url, model, args.huge_bytes, args.huge_prompts, args.huge_senders,
-                idle_s=5.0, every_s=args.health_every))
-        if "itl" not in args.skip:
-            long_text = asyncio.run(long_prompt_text(url, model, args.long_tokens))
-            results: dict[str, list[PhaseResult]] = {phase: [] for phase in args.phases}
-            for _ in range(args.rounds):
+    if "health" not in args.skip:
+        report["health"] = asyncio.run(health_during_huge_prompts(
+            base.url, model, args.huge_bytes, args.huge_prompts, args.huge_senders,
+            idle_s=5.0, every_s=args.health_every))
+    if "itl" not in args.skip:
+        long_text = asyncio.run(long_prompt_text(base.url, model, args.long_tokens))
+        results: dict[str, dict[str, list[PhaseResult]]] = {
+            server.label: {phase: [] for phase in args.phases} for server in servers}
+        for _ in range(args.rounds):
+            for server in servers:  # alternated, so a change of machine load touches both
                 for phase in args.phases:
-                    results[phase].append(asyncio.run(itl_phase(
-                        url, model, phase, args.streams, args.stream_tokens, long_text,
-                        args.long_prompt_rate, args.sender_nice, server_pid)))
-            phases: dict[str, Any] = {}
-            for phase, runs in results.items():
-                sent = sum(run.long_prompts_sent for run in runs)
-                phases[phase] = {**ms([gap for run in runs for gap in run.gaps]),
-                                 "long_prompts_sent": sent, "long_prompts_per_s": round(
-                                     sent / sum(run.window_s for run in runs), 1)}
-                windows = [run.cpu for run in runs if run.cpu is not None]
-                if windows:
-                    phases[phase]["cpu"] = mean_cores(windows)
-            report["itl"] = {"streams": args.streams, "stream_tokens": args.stream_tokens,
-                             "long_prompt_tokens": args.long_tokens, "rounds": args.rounds,
-                             "phases": phases}
-        report["load_average_at_end"] = os.getloadavg()
-    finally:
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:  # still draining a backlog past its shutdown timeout
-                process.kill()
-                process.wait()
-    print(json.dumps(report, indent=2))
-    return 0
+                    results[server.label][phase].append(asyncio.run(itl_phase(
+                        server.url, model, phase, args.streams, args.stream_tokens, long_text,
+                        args.long_prompt_rate, args.sender_nice, server.pid)))
+        settings = {"streams": args.streams, "stream_tokens": args.stream_tokens,
+                    "long_prompt_tokens": args.long_tokens, "rounds": args.rounds}
+        by_server = {label: summarise(phases) for label, phases in results.items()}
+        report["itl"] = {**settings, "phases": by_server["base"]}
+        if len(servers) > 1:
+            compare = servers[1]
+            report["itl_compare"] = {**settings, "server_args": compare.args,
+                                     "phases": by_server["compare"],
+                                     "ratios_compare_to_base": ratios(by_server["base"],
+                                                                      by_server["compare"])}
+    report["load_average_at_end"] = os.getloadavg()
+    return report
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from ziggurat_core.engine.errors import (
     PromptTooLongError,
     RequestValidationError,
 )
+from ziggurat_core.engine.prefill_allowance import prefill_charge
 from ziggurat_core.engine.sampling_params import SamplingParams
 from ziggurat_core.engine.scheduler import Scheduler, SchedulerOutput
 from ziggurat_core.engine.sequence import SequenceState, SequenceStatus
@@ -24,6 +25,7 @@ def make_config(
     max_num_batched_tokens: int = 64,
     chunked: bool = True,
     prefix_caching: bool = True,
+    prefill_cap: int | None = None,
 ) -> EngineConfig:
     return EngineConfig(
         block_size=block_size,
@@ -31,6 +33,7 @@ def make_config(
         max_num_batched_tokens=max_num_batched_tokens,
         enable_chunked_prefill=chunked,
         enable_prefix_caching=prefix_caching,
+        max_prefill_tokens_while_decoding=prefill_cap,
     )
 
 
@@ -466,8 +469,10 @@ class SimulatedEngine:
             self.aborted.add(seq.seq_id)
 
     def step(self) -> None:
+        running = {seq.seq_id for seqs in self.requests.values() for seq in seqs
+                   if seq.status is SequenceStatus.RUNNING}
         out = self.scheduler.schedule()
-        self.check_output(out)
+        self.check_output(out, running)
         self.outgrown.update(seq.seq_id for seq in out.finished_by_scheduler)
         self.fake_forward(out)
         self.scheduler.postprocess(out, fake_samples(out), self.stop)
@@ -496,7 +501,7 @@ class SimulatedEngine:
                 writes[slot] = tuple(seq.token_ids[: position + 1])
         self.kv.update(writes)
 
-    def check_output(self, out: SchedulerOutput) -> None:
+    def check_output(self, out: SchedulerOutput, running_before: set[int]) -> None:
         config = self.config
         assert out.num_batched_tokens == sum(item.num_new_tokens for item in out.scheduled)
         assert out.num_batched_tokens <= config.max_num_batched_tokens
@@ -509,6 +514,17 @@ class SimulatedEngine:
             assert item.start_position == seq.num_computed_tokens
             assert item.start_position + item.num_new_tokens <= len(seq)
             assert len(seq.block_table) * config.block_size >= item.start_position + item.num_new_tokens
+        cap = config.max_prefill_tokens_while_decoding
+        # Decodes as the scheduler's first phase sees them: of a running sequence, a last
+        # token or generated tokens past a computed prompt.
+        decodes = [item for item in out.scheduled if item.seq.seq_id in running_before and (
+            len(item.seq) - item.start_position == 1 or item.start_position >= item.seq.num_prompt_tokens)]
+        prefills = [item for item in out.scheduled if item not in decodes]
+        if cap and config.enable_chunked_prefill and decodes and prefills:
+            # The step's prefill work stays within the cap; only a lone one-token chunk may
+            # exceed it (the progress every step guarantees a prompt).
+            charged = sum(prefill_charge(item.start_position, item.num_new_tokens) for item in prefills)
+            assert charged <= cap or (len(prefills) == 1 and prefills[0].num_new_tokens == 1)
         for seq in out.preempted:
             assert seq.status is SequenceStatus.WAITING
             assert seq.block_table == [] and seq.num_computed_tokens == 0
@@ -595,6 +611,7 @@ events = st.one_of(
     max_num_batched_tokens=st.integers(1, 24),
     chunked=st.booleans(),
     prefix_caching=st.booleans(),
+    prefill_cap=st.sampled_from([None, 0, 1, 3, 8]),
     prefixes=st.lists(st.lists(token_ids, min_size=4, max_size=16), min_size=3, max_size=3),
     script=st.lists(events, min_size=4, max_size=30),
 )
@@ -606,10 +623,12 @@ def test_simulated_engine_keeps_block_accounting_and_finishes_everything(
     max_num_batched_tokens: int,
     chunked: bool,
     prefix_caching: bool,
+    prefill_cap: int | None,
     prefixes: list[list[int]],
     script: list[tuple],
 ) -> None:
-    config = make_config(block_size, max_num_seqs, max_num_batched_tokens, chunked, prefix_caching)
+    config = make_config(block_size, max_num_seqs, max_num_batched_tokens, chunked, prefix_caching,
+                         prefill_cap)
     sim = SimulatedEngine(config, num_blocks, max_model_len)
     for event in script:
         if event[0] == "add":

@@ -48,6 +48,9 @@ def test_info_reports_model_memory_and_settings(client: httpx.Client,
     assert memory["kv_blocks_total"] == TINY_NUM_KV_BLOCKS
     assert memory["total_bytes"] > memory["used_bytes"] > 0
     assert info["engine"]["config"]["max_num_seqs"] == 64
+    # Unset, the prefill cap beside decodes resolves for the device: the CPU's default.
+    assert info["engine"]["config"]["max_prefill_tokens_while_decoding"] == 64
+    assert info["server"]["max_prefill_tokens_while_decoding"] is None
     assert info["engine"]["max_model_len"] == config.max_position_embeddings
     # The tiny model is a float32 GGUF: "auto" keeps float linear layers and a float32 cache.
     # The kernel variant depends on this CPU (pinned with a forced one in test_server_cpu_isa.py).

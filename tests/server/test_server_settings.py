@@ -30,6 +30,7 @@ ROWS: list[tuple[str, str, Any, Any]] = [
     ("attention_backend", "Torch", "torch", "torch"),
     ("max_num_seqs", "5", 5, 5),
     ("max_num_batched_tokens", "256", 256, 256),
+    ("max_prefill_tokens_while_decoding", "0", 0, 0),
     ("kv_cache_memory", "2GiB", "2GiB", "2GiB"),
     ("num_kv_blocks", "77", 77, 77),
     ("gpu_memory_utilization", "0.75", 0.75, 0.75),
@@ -75,8 +76,8 @@ def test_defaults(resolve: Any) -> None:
         "model": "default", "served_model_name": None, "host": "127.0.0.1", "port": 8000,
         "api_key": None, "device": "auto", "dtype": "auto", "attention_backend": "auto",
         "quantization": "auto", "kv_cache_dtype": "auto", "max_num_seqs": 64,
-        "max_num_batched_tokens": 2048, "kv_cache_memory": None, "num_kv_blocks": None,
-        "gpu_memory_utilization": 0.9,
+        "max_num_batched_tokens": 2048, "max_prefill_tokens_while_decoding": None,
+        "kv_cache_memory": None, "num_kv_blocks": None, "gpu_memory_utilization": 0.9,
         "max_model_len": None, "block_size": None, "prefix_caching": True, "enforce_eager": False,
         "max_queue": 256,
         "max_request_bytes": 4 * 1024 * 1024, "frontend_threads": None, "frontend_nice": 10,
@@ -154,6 +155,9 @@ def test_engine_config_carries_the_engine_options(resolve: Any) -> None:
     tuned = resolve(["--quantization", "none", "--kv-cache-dtype", "float16"]).engine_config()
     assert (tuned.quantization, tuned.kv_cache_dtype) == ("none", "float16")
     assert resolve(["--tensor-parallel-size", "2"]).engine_config().tensor_parallel_size == 2
+    capped = resolve(["--max-prefill-tokens-while-decoding", "64"]).engine_config()
+    assert capped.max_prefill_tokens_while_decoding == 64
+    assert config.max_prefill_tokens_while_decoding is None  # the engine picks for its device
     # int8 linears are not split per rank: refused where the settings come in.
     with pytest.raises(SettingsError, match="tensor_parallel_size"):
         resolve(["--tensor-parallel-size", "2", "--quantization", "int8"])
@@ -213,6 +217,8 @@ def test_memory_sizes_and_fractions_are_kept_as_given(resolve: Any, tmp_path: Pa
     ([], {}, "port: true\n", ["--port", "config file"]),
     (["--max-num-seqs", "0"], {}, None, ["--max-num-seqs"]),
     (["--max-num-batched-tokens", "-4"], {}, None, ["--max-num-batched-tokens"]),
+    (["--max-prefill-tokens-while-decoding", "-1"], {}, None,
+     ["--max-prefill-tokens-while-decoding"]),
     (["--kv-cache-memory", "lots"], {}, None, ["--kv-cache-memory"]),
     (["--kv-cache-memory", "5 parsecs"], {}, None, ["--kv-cache-memory"]),
     (["--kv-cache-memory", "0"], {}, None, ["--kv-cache-memory"]),
@@ -263,7 +269,8 @@ METAVARS = {
     "model": "PATH|default", "served_model_name": "NAME", "host": "HOST", "port": "PORT",
     "api_key": "KEY", "device": "DEVICE", "dtype": "DTYPE", "quantization": "MODE",
     "kv_cache_dtype": "DTYPE", "attention_backend": "NAME", "max_num_seqs": "N",
-    "max_num_batched_tokens": "N", "kv_cache_memory": "SIZE", "num_kv_blocks": "N",
+    "max_num_batched_tokens": "N", "max_prefill_tokens_while_decoding": "N",
+    "kv_cache_memory": "SIZE", "num_kv_blocks": "N",
     "max_model_len": "N", "block_size": "N", "max_queue": "N", "frontend_threads": "N",
     "frontend_nice": "N", "shutdown_timeout": "SECONDS",
     "seed": "N", "num_threads": "N", "tensor_parallel_size": "N", "log_level": "LEVEL", "response_cache_max_entries": "N",

@@ -136,6 +136,10 @@ class ServerSettings(BaseSettings):
         "NAME")
     max_num_seqs: PositiveInt = _option(64, "most sequences decoded together in one step", "N")
     max_num_batched_tokens: PositiveInt = _option(2048, "most tokens computed in one step", "N")
+    max_prefill_tokens_while_decoding: NonNegativeInt | None = _option(
+        None, "while sequences decode, the most prompt tokens one step computes beside them (a "
+        "chunk deep into a long prompt counts for more), so a long prompt does not stall the "
+        "running streams; 0: no cap (default: 64 on CPU, no cap on CUDA)", "N")
     kv_cache_memory: Annotated[Text, BeforeValidator(_as_text), AfterValidator(_memory_size)] | None = (
         _option(None, "KV cache size: bytes like 2GiB / 512MB, or a fraction of free device "
                 "memory like 0.5 (default: the engine's choice)", "SIZE"))
@@ -230,6 +234,7 @@ class ServerSettings(BaseSettings):
             max_model_len=self.max_model_len,
             max_num_seqs=self.max_num_seqs,
             max_num_batched_tokens=self.max_num_batched_tokens,
+            max_prefill_tokens_while_decoding=self.max_prefill_tokens_while_decoding,
             block_size=self.block_size,
             enable_prefix_caching=self.prefix_caching,
             enforce_eager=self.enforce_eager,

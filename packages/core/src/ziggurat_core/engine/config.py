@@ -72,6 +72,8 @@ def parse_memory_size(value: int | float | str) -> int | float:
 
 
 QUANTIZATIONS = ("auto", "none", "int8")
+# EngineConfig.max_prefill_tokens_while_decoding left unset, on CPU.
+DEFAULT_CPU_PREFILL_TOKENS_WHILE_DECODING = 64
 KV_CACHE_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -92,6 +94,12 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     enable_chunked_prefill: bool = True
+    # While sequences decode, the most prompt work one step takes beside them, in tokens (a
+    # chunk late in a long prompt counts for more, its attention reading the context:
+    # prefill_allowance.py), so a long prompt cannot stall the running streams for the whole
+    # of its prefill. 0: no cap. None: the engine resolves it for its device
+    # (resolved_prefill_tokens_while_decoding). Needs chunked prefill.
+    max_prefill_tokens_while_decoding: int | None = None
     enable_prefix_caching: bool = True
     seed: int = 0
     num_threads: int | None = None  # torch CPU threads; None: torch's default
@@ -130,6 +138,16 @@ class EngineConfig:
                              "attention backend (attention/selector.default_block_size)")
         return self.block_size
 
+    def resolved_prefill_tokens_while_decoding(self, device_type: str) -> int:
+        """The cap an unset `max_prefill_tokens_while_decoding` takes on `device_type` ("cpu",
+        "cuda"): on CPU a step's cost grows with its prompt tokens from the first one, so a
+        whole token budget of prompt beside the decodes stalls them many decode steps long
+        (docs/reliability.md); on CUDA a step of a few hundred tokens costs little more than
+        a decode step, and a cap would only slow long prompts down."""
+        if self.max_prefill_tokens_while_decoding is not None:
+            return self.max_prefill_tokens_while_decoding
+        return DEFAULT_CPU_PREFILL_TOKENS_WHILE_DECODING if device_type == "cpu" else 0
+
     @property
     def uses_ray(self) -> bool:
         return self.num_replicas > 1 or self.ray_address is not None
@@ -141,6 +159,9 @@ class EngineConfig:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        cap = self.max_prefill_tokens_while_decoding
+        if cap is not None and cap < 0:
+            raise ValueError(f"max_prefill_tokens_while_decoding must be >= 0, got {cap}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
         if self.kv_cache_memory is not None:

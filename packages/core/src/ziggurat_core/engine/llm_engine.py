@@ -74,8 +74,12 @@ class InferenceEngine:
             )
         self.resolved_settings = self.runner.resolved_settings()
         # The runner resolves an unset block size from its attention backend; the block manager
-        # must cut the cache into the same blocks.
-        self.config = config = dataclasses.replace(config, block_size=self.runner.kv_spec.block_size)
+        # must cut the cache into the same blocks. The prefill cap depends on the device.
+        device_type = self.resolved_settings.engine_device.split(":")[0]
+        self.config = config = dataclasses.replace(
+            config, block_size=self.runner.kv_spec.block_size,
+            max_prefill_tokens_while_decoding=config.resolved_prefill_tokens_while_decoding(device_type),
+        )
         self.scheduler = Scheduler(config, self.runner.kv_spec.num_blocks, self.max_model_len)
         eos = list(dict.fromkeys([*self.model_config.eos_token_ids, *self.tokenizer.eos_token_ids]))
         self.eos_token_ids = eos

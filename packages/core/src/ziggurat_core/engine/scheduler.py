@@ -9,6 +9,9 @@ Every step it picks, per sequence, how many new tokens to compute under a token 
 2. running prefills that were chunked, oldest first;
 3. waiting sequences in FCFS order, while budget, seats and blocks allow (skipped in a step that
    had to preempt, since blocks are short).
+When phase 1 scheduled any decode, phases 2 and 3 together take at most
+`max_prefill_tokens_while_decoding` tokens' worth of prompt work (prefill_allowance.py), so that
+a long prompt is spread over several steps instead of stalling every decoding sequence in one.
 
 A step is schedule -> run the model -> `postprocess`, and `postprocess` is the one place where a
 sequence gains its sampled token, finishes and has its blocks freed. The scheduler owns every
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from .block_manager import BlockManager, BlockManagerStats
 from .config import EngineConfig
 from .errors import DuplicateRequestError, PromptTooLongError
+from .prefill_allowance import PrefillAllowance
 from .sequence import SequenceState, SequenceStatus
 
 
@@ -91,6 +95,10 @@ class Scheduler:
         self._arrival: dict[int, int] = {}  # seq_id -> arrival number of its request
         self._arrival_counter = itertools.count()
         self._num_preemptions = 0
+        # Without chunked prefill a prompt runs whole, so there is nothing a cap could split.
+        # None (unresolved) or 0: no cap.
+        cap = config.max_prefill_tokens_while_decoding
+        self._prefill_cap_while_decoding = cap if cap and config.enable_chunked_prefill else None
 
     # ----- admission control -----
 
@@ -150,9 +158,11 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         budget = self._schedule_running_decodes(budget, out)
-        budget = self._schedule_running_prefills(budget, out)
+        # Phase 1 schedules decodes only: anything scheduled so far is a decode.
+        allowance = PrefillAllowance(self._prefill_cap_while_decoding if out.scheduled else None)
+        budget = self._schedule_running_prefills(budget, out, allowance)
         if not out.preempted:
-            budget = self._admit_waiting(budget, out)
+            budget = self._admit_waiting(budget, out, allowance)
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
         return out
 
@@ -279,19 +289,24 @@ class Scheduler:
                 index += 1
         return budget
 
-    def _schedule_running_prefills(self, budget: int, out: SchedulerOutput) -> int:
+    def _schedule_running_prefills(
+        self, budget: int, out: SchedulerOutput, allowance: PrefillAllowance
+    ) -> int:
         # Prompt blocks were all allocated at admission, so chunks never need new blocks.
         for seq in self._running:
             if budget == 0:
                 break
             if seq.num_uncomputed_tokens > 1 and not self._is_decode(seq):
-                num_new = min(seq.num_uncomputed_tokens, budget)
+                wanted = min(seq.num_uncomputed_tokens, budget)
+                num_new = allowance.grant(seq.num_computed_tokens, wanted)
+                if num_new == 0:
+                    break
                 self.block_manager.append(seq, num_new)
                 out.scheduled.append(ScheduledSequence(seq, num_new))
                 budget -= num_new
         return budget
 
-    def _admit_waiting(self, budget: int, out: SchedulerOutput) -> int:
+    def _admit_waiting(self, budget: int, out: SchedulerOutput, allowance: PrefillAllowance) -> int:
         bm = self.block_manager
         max_batched = self.config.max_num_batched_tokens
         while self._waiting and budget > 0 and len(self._running) < self.config.max_num_seqs:
@@ -300,7 +315,8 @@ class Scheduler:
                 self._finish(seq, SequenceStatus.FINISHED_LENGTH)
                 out.finished_by_scheduler.append(seq)
                 continue
-            remaining = len(seq) - bm.cached_prefix_len(seq)
+            cached = bm.cached_prefix_len(seq)
+            remaining = len(seq) - cached
             if remaining <= budget:
                 num_new = remaining
             elif self.config.enable_chunked_prefill or remaining > max_batched:
@@ -310,6 +326,9 @@ class Scheduler:
             else:
                 break  # FCFS: later prompts do not overtake this one
             if not bm.can_allocate(seq):
+                break
+            num_new = allowance.grant(cached, num_new)  # allocate() starts it at `cached`
+            if num_new == 0:
                 break
             self._waiting.popleft()
             bm.allocate(seq)

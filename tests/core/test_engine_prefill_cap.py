@@ -1,0 +1,51 @@
+"""The prefill cap beside decodes in a real engine (tiny random model): a long prompt spread
+over many small chunks next to decoding streams gives every request the same greedy tokens as
+the uncapped engine, which prefills it in one step; and an unset cap resolves to the CPU's."""
+
+from __future__ import annotations
+
+from fixtures_models import TinyModel
+from ziggurat_core.engine import InferenceEngine, SamplingParams
+from ziggurat_core.engine.config import DEFAULT_CPU_PREFILL_TOKENS_WHILE_DECODING, EngineConfig
+
+
+def run(tiny: TinyModel, cap: int | None) -> tuple[dict[str, list[int]], int, InferenceEngine]:
+    engine = InferenceEngine(EngineConfig(model=str(tiny.gguf_path), num_kv_blocks=64,
+                                          max_prefill_tokens_while_decoding=cap))
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    vocab = tiny.config.vocab_size
+    for i in range(4):
+        engine.add_request(f"s{i}", prompt_token_ids=[(7 * i + j) % vocab for j in range(5)],
+                           sampling_params=params)
+    for _ in range(3):
+        engine.step()  # the streams are decoding when the long prompt arrives
+    engine.add_request("long", prompt_token_ids=[(13 * j + 5) % vocab for j in range(180)],
+                       sampling_params=SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
+    steps_before = engine.counters["steps"]
+    tokens: dict[str, list[int]] = {}
+    long_done_at = None
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            if output.finished:
+                tokens[output.request_id] = output.outputs[0].token_ids
+                if output.request_id == "long":
+                    long_done_at = engine.counters["steps"] - steps_before
+    assert long_done_at is not None
+    return tokens, long_done_at, engine
+
+
+def test_capped_prefill_gives_the_same_tokens_as_one_big_chunk(tiny_llama: TinyModel) -> None:
+    uncapped, uncapped_steps, _ = run(tiny_llama, 0)
+    capped, capped_steps, engine = run(tiny_llama, 8)
+    assert capped == uncapped
+    assert len(capped) == 5
+    assert engine.config.max_prefill_tokens_while_decoding == 8
+    # 180 prompt tokens at most 8 a step (fewer deeper in): spread over more than 22 steps,
+    # where the uncapped engine took the whole prompt in its first step.
+    assert uncapped_steps == 4
+    assert capped_steps > 180 // 8 + 3
+
+
+def test_an_unset_cap_resolves_to_the_cpu_default(tiny_llama: TinyModel) -> None:
+    engine = InferenceEngine(EngineConfig(model=str(tiny_llama.gguf_path), num_kv_blocks=16))
+    assert engine.config.max_prefill_tokens_while_decoding == DEFAULT_CPU_PREFILL_TOKENS_WHILE_DECODING
