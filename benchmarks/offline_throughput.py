@@ -105,12 +105,17 @@ def int8_matmul_peak_ops(seconds: float = 1.5, trials: int = 3) -> float:
 def run_ziggurat(
     workload: list[tuple[list[dict[str, str]], int]], max_num_seqs: int, quantization: str,
     max_num_batched_tokens: int | None = None,
+    max_prefill_tokens_while_decoding: int | None = None,
 ) -> dict[str, Any]:
     from ziggurat_core.engine import InferenceEngine, SamplingParams
     from ziggurat_core.engine.config import EngineConfig
 
     load_start = time.perf_counter()
-    budget = {} if max_num_batched_tokens is None else {"max_num_batched_tokens": max_num_batched_tokens}
+    budget: dict[str, int] = {}
+    if max_num_batched_tokens is not None:
+        budget["max_num_batched_tokens"] = max_num_batched_tokens
+    if max_prefill_tokens_while_decoding is not None:
+        budget["max_prefill_tokens_while_decoding"] = max_prefill_tokens_while_decoding
     engine = InferenceEngine(
         EngineConfig(model="default", max_num_seqs=max_num_seqs, quantization=quantization, **budget)
     )
@@ -230,12 +235,15 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--max-num-batched-tokens", type=int, default=None,
                         help="the engine's token budget per step (default: the engine's)")
+    parser.add_argument("--max-prefill-tokens-while-decoding", type=int, default=None,
+                        help="the engine's prefill cap beside decodes (default: the engine's)")
     parser.add_argument("--quantization", default="auto", choices=["auto", "none", "int8"])
     args = parser.parse_args()
 
     workload = make_workload(args.requests, args.seed)
     peak, int8_peak = matmul_peak_flops(), int8_matmul_peak_ops()
-    zig = run_ziggurat(workload, args.max_num_seqs, args.quantization, args.max_num_batched_tokens)
+    zig = run_ziggurat(workload, args.max_num_seqs, args.quantization, args.max_num_batched_tokens,
+                       args.max_prefill_tokens_while_decoding)
     # Measured before and after the engine run; the best counts.
     peak, int8_peak = max(peak, matmul_peak_flops()), max(int8_peak, int8_matmul_peak_ops())
     prompts = zig.pop("prompts_chat_formatted")
