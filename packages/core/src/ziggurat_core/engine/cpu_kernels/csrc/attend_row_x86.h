@@ -119,7 +119,7 @@ static inline __attribute__((always_inline)) void cursor_next(cache_cursor *c, i
  * tokens ahead of the reads, one token's prefetch beside each token read; into L2
  * (_MM_HINT_T1), as the int8 GEMM does: prefetches into L1 hold the L1's few miss buffers, and
  * the reads wait on them. */
-#define PREFETCH_TOKENS 48
+#define PREFETCH_TOKENS 16
 
 typedef struct {
     cache_cursor at;
