@@ -1,6 +1,6 @@
 """The CPU KV cache's memory (cpu_kernels/cache_memory.py): zeros that cost nothing until
 touched, kept alive by the tensor, and advised to transparent huge pages on Linux, which the
-decode attention's scattered block reads depend on (docs/benchmarks.md)."""
+decode attention's scattered block reads depend on."""
 
 from __future__ import annotations
 

@@ -3,10 +3,11 @@ transparent huge pages.
 
 A decode step reads every sequence's cached keys and values block by block, and a sequence's
 blocks are scattered over the cache. With 4 KiB pages nearly every block starts on a page the
-TLB does not hold, and the attention kernel's prefetches into such pages come to little (figures
-in docs/benchmarks.md); with 2 MiB pages the TLB covers the cache. madvise(MADV_HUGEPAGE) is
-only advice: where the kernel has no transparent huge pages, or they are off, nothing else
-changes.
+TLB does not hold, and the attention kernel's prefetches into such pages do little; with 2 MiB
+pages the TLB covers the cache. The price: a first write anywhere in a 2 MiB stretch makes all of
+it resident, so each cache tensor holds up to 2 MiB more than the blocks in use.
+madvise(MADV_HUGEPAGE) is only advice: where the kernel has no transparent huge pages, or they
+are off, nothing else changes.
 """
 
 from __future__ import annotations
