@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from .attention.base import StepLayout
 from .attention.selector import default_block_size, select_attention_backend
 from .config import KV_CACHE_DTYPES, EngineConfig
 from .cpu_kernels import cpu_isa
+from .cpu_kernels.cache_memory import zeroed_cache_tensor
 from .cuda_graphs import DecodeGraphRunner, decode_graphs_wanted
 from .decode_graph_setup import capture_measured, decode_step_over, make_decode_graphs
 from .device import dtype_name, host_to_device, resolve_device, resolve_dtype
@@ -103,15 +102,13 @@ def resolve_kv_cache_dtype(setting: str, quantization: str, dtype: torch.dtype) 
 
 
 def zeroed_tensor(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """torch.zeros, but on CPU from calloc'd memory whose pages the OS zeroes on first touch:
-    writing zeros into a large KV cache up front was a large share of the model load (figures in
-    docs/benchmarks.md). (Zeros matter:
+    """torch.zeros, but on CPU from memory whose pages the OS zeroes on first touch (huge pages
+    where Linux has them, `cpu_kernels/cache_memory.py`): writing zeros into a large KV cache up
+    front was a large share of the model load (figures in docs/benchmarks.md). (Zeros matter:
     padded slots are read and masked, and 0 * NaN from stale memory would poison the result.)"""
     if device.type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
-    element = torch.empty((), dtype=dtype).element_size()
-    raw = torch.from_numpy(np.zeros(math.prod(shape) * element, dtype=np.uint8))
-    return raw.view(dtype).view(shape)
+    return zeroed_cache_tensor(shape, dtype)
 
 
 class ModelRunner:

@@ -30,8 +30,16 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include "attend_row_x86.h"
 #include "decode_parts.h"
 #include "paged_common.h"
+
+/* Cached tokens the per-thread token buffer holds: a tile for attend_row_x86, else one. */
+#if defined(HAVE_ATTEND_ROW_X86)
+#define BUFFERED_TOKENS TILE_TOKENS
+#else
+#define BUFFERED_TOKENS 1
+#endif
 
 /* Stores num_tokens tokens' keys and values into cache slots slot_mapping[t]. Each token is
  * `floats` float32 values (all its kv heads), rows key_stride / value_stride floats apart; the
@@ -129,11 +137,25 @@ static inline __attribute__((always_inline)) void attend_seq(
                    num_kv_heads, DIM == 0 ? head_dim : DIM, block_size, scale, HALF, scores,     \
                    token_buf);                                                                   \
     }
-SPECIALISE(attend_f32_64, 0, 64)
+/* head_dim 64 through attend_row_x86 where the build has it (same bits, fewer instructions). */
+#if defined(HAVE_ATTEND_ROW_X86)
+#define SPECIALISE_64(NAME, HALF)                                                                \
+    static void NAME(const float *query, const void *k_cache, const void *v_cache,               \
+                     const int64_t *table, int64_t context_len, int64_t q_row, float *out,       \
+                     int num_heads, int num_kv_heads, int head_dim, int block_size, float scale, \
+                     float *scores, float *token_buf) {                                          \
+        (void)head_dim;                                                                          \
+        attend_row_x86(query, k_cache, v_cache, table, context_len, q_row, out, num_heads,       \
+                       num_kv_heads, block_size, scale, HALF, scores, token_buf);                \
+    }
+#else
+#define SPECIALISE_64(NAME, HALF) SPECIALISE(NAME, HALF, 64)
+#endif
+SPECIALISE_64(attend_f32_64, 0)
 SPECIALISE(attend_f32_128, 0, 128)
 SPECIALISE(attend_f32_any, 0, 0)
 #if HAVE_F16
-SPECIALISE(attend_f16_64, 1, 64)
+SPECIALISE_64(attend_f16_64, 1)
 SPECIALISE(attend_f16_128, 1, 128)
 SPECIALISE(attend_f16_any, 1, 0)
 #endif
@@ -200,7 +222,8 @@ static int paged_rows(attend_fn attend, const float *query, const void *k_cache,
         first = end;
     }
     qsort(items, (size_t)num_items, sizeof(work_item), costlier_first);
-    size_t scratch_floats = (size_t)num_heads * (size_t)longest + (size_t)num_kv_heads * (size_t)head_dim;
+    size_t scratch_floats = (size_t)num_heads * (size_t)longest +
+                            (size_t)BUFFERED_TOKENS * (size_t)num_kv_heads * (size_t)head_dim;
     const int group = num_heads / num_kv_heads;
     const size_t block_floats =
         (size_t)paged_prefill_scratch_floats(PREFILL_BLOCK_ROWS, group, longest, head_dim);
