@@ -13,11 +13,20 @@ thread) is also given alone, with the times other threads took its core from it 
 context switches per 1,000 tokens): what a replica spends beyond its engine, and how often the
 rest of the machine interrupts it. `--offline-reference` also runs, in the same session, N
 offline one-thread `LLM`s side by side with 1/N of the streams each (no server, no Ray): the
-engines' own CPU per token to compare the replicas with. Prints one JSON object.
+engines' own CPU per token to compare the replicas with.
+
+Both configurations run with the same `--stream-interval` (each value given is run, the servers
+otherwise alike). The streams are read with the openai SDK (`--client openai`, the default) or
+with httpx, the client package's SSE decoder and `json` (`--client sse`): either way every
+chunk is parsed and the text put together, and the tokens are the usage's `completion_tokens`.
+`--repeat K` runs the whole sequence K times, alternating, so that a loaded machine's drift
+reaches every configuration; each run's speedup is against the first replica count's run of its
+own round, interval and client. Prints one JSON object.
 
     python benchmarks/replicas.py                        # the default model, 1 and 2 replicas
     python benchmarks/replicas.py --model path/to/model.gguf --replicas 1 2 --max-tokens 32
     python benchmarks/replicas.py --replicas 1 2 --max-tokens 256 --offline-reference
+    python benchmarks/replicas.py --stream-interval 1 8 --client openai sse --repeat 2
 """
 
 from __future__ import annotations
