@@ -60,6 +60,11 @@ def test_a_failure_drops_what_was_held() -> None:
     assert len(sent) == 2 and sent[-1] is error
 
 
+def test_an_interval_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="stream_interval must be >= 1, got 0"):
+        EngineConfig(stream_interval=0).validate()
+
+
 # ---------------------------------------------------------------------- a real engine
 @pytest.fixture(scope="module")
 def engines(tiny_llama: TinyModel) -> Iterator[dict[int, AsyncEngine]]:
