@@ -25,12 +25,10 @@ from .llm_engine import InferenceEngine
 from .outputs import RequestOutput
 from .reports import DeviceInfo, EngineStats, ReplicaReport, ResolvedSettings
 from .sampling_params import SamplingParams
-from .stream_interval import PacedStream
+from .stream_interval import OutputSink, PacedStream
 from .tokenizer import Tokenizer
 
 logger = logging.getLogger("ziggurat.engine")
-# Where a request's outputs go, called on the loop thread: each output, or the error ending it.
-OutputSink = Callable[[RequestOutput | BaseException], None]
 
 
 @dataclass

@@ -21,7 +21,9 @@ from collections.abc import Callable
 
 from .outputs import RequestOutput
 
-Deliver = Callable[[RequestOutput | BaseException], None]
+# Where a request's outputs go, called on the engine's loop thread: each output, or the error
+# ending it.
+OutputSink = Callable[[RequestOutput | BaseException], None]
 
 
 def merge_into(later: RequestOutput, earlier: RequestOutput) -> RequestOutput:
@@ -44,7 +46,7 @@ class PacedStream:
     """One request's way to its consumer: `push` each output the engine makes for it, with
     whether this step is one that sends."""
 
-    def __init__(self, deliver: Deliver) -> None:
+    def __init__(self, deliver: OutputSink) -> None:
         self.deliver = deliver
         self._held: RequestOutput | None = None
         self._started = False  # its first output went out
