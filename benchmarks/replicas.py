@@ -13,11 +13,20 @@ thread) is also given alone, with the times other threads took its core from it 
 context switches per 1,000 tokens): what a replica spends beyond its engine, and how often the
 rest of the machine interrupts it. `--offline-reference` also runs, in the same session, N
 offline one-thread `LLM`s side by side with 1/N of the streams each (no server, no Ray): the
-engines' own CPU per token to compare the replicas with. Prints one JSON object.
+engines' own CPU per token to compare the replicas with.
+
+Both configurations run with the same `--stream-interval` (each value given is run, the servers
+otherwise alike). The streams are read with the openai SDK (`--client openai`, the default) or
+with httpx, the client package's SSE decoder and `json` (`--client sse`): either way every
+chunk is parsed and the text put together, and the tokens are the usage's `completion_tokens`.
+`--repeat K` runs the whole sequence K times, alternating, so that a loaded machine's drift
+reaches every configuration; each run's speedup is against the first replica count's run of its
+own round, interval and client. Prints one JSON object.
 
     python benchmarks/replicas.py                        # the default model, 1 and 2 replicas
     python benchmarks/replicas.py --model path/to/model.gguf --replicas 1 2 --max-tokens 32
     python benchmarks/replicas.py --replicas 1 2 --max-tokens 256 --offline-reference
+    python benchmarks/replicas.py --stream-interval 1 8 --client openai sse --repeat 2
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import httpx
 import openai
 import psutil
 from machine import machine_info
+from ziggurat import SSEDecoder
 
 PROMPTS = ["Tell me about the ocean.", "Describe a lighthouse.", "Write about mountains.",
            "Explain how a robot works.", "Describe the moon.", "Write about a library.",
@@ -192,11 +202,13 @@ def cpu_per_token(before: dict[int, tuple[str, float]], after: dict[int, tuple[s
     return {name: round(1000 * seconds / max(tokens, 1), 3) for name, seconds in spent.items()}
 
 
-def start(model: str, replicas: int, port: int) -> tuple[subprocess.Popen[bytes], float]:
+def start(model: str, replicas: int, port: int, stream_interval: int
+          ) -> tuple[subprocess.Popen[bytes], float]:
     placement = (["--num-threads", "1"] if replicas == 1 else
                  ["--num-replicas", str(replicas), "--replica-cpus", "1"])
     command = [sys.executable, "-m", "ziggurat_server.cli", "serve", "--model", model,
-               "--port", str(port), "--log-level", "warning", *placement]
+               "--port", str(port), "--log-level", "warning",
+               "--stream-interval", str(stream_interval), *placement]
     began = time.monotonic()
     process = subprocess.Popen(command)
     while True:
@@ -210,7 +222,10 @@ def start(model: str, replicas: int, port: int) -> tuple[subprocess.Popen[bytes]
         time.sleep(0.2)
 
 
-async def streams(base_url: str, concurrency: int, max_tokens: int) -> dict[str, float]:
+async def streams(base_url: str, concurrency: int, max_tokens: int, client: str
+                  ) -> dict[str, float]:
+    if client == "sse":
+        return await sse_streams(base_url, concurrency, max_tokens)
     async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="none", max_retries=0,
                                   timeout=600) as sdk:
         model = (await sdk.models.list()).data[0].id
@@ -234,6 +249,44 @@ async def streams(base_url: str, concurrency: int, max_tokens: int) -> dict[str,
             "output_tokens_per_s": sum(counts) / elapsed}
 
 
+async def sse_streams(base_url: str, concurrency: int, max_tokens: int) -> dict[str, float]:
+    """`streams` read with httpx and the client package's SSE decoder: every event is decoded
+    and its JSON parsed (the text put together, the finish reason and the usage read), without
+    the openai SDK's typed chunk objects."""
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=f"{base_url}/v1", timeout=600, limits=limits) as http:
+        model = (await http.get("/models")).json()["data"][0]["id"]
+
+        async def one(index: int) -> int:
+            body = {"model": model, "max_tokens": max_tokens, "stream": True,
+                    "messages": [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}],
+                    "stream_options": {"include_usage": True}, "ignore_eos": True}
+            decoder = SSEDecoder()
+            text: list[str] = []
+            tokens, finish_reason = 0, None
+            async with http.stream("POST", "/chat/completions", json=body) as response:
+                response.raise_for_status()
+                async for data in response.aiter_bytes():
+                    for event in decoder.feed(data):
+                        if event.data == "[DONE]":
+                            continue
+                        chunk = json.loads(event.data)
+                        for choice in chunk["choices"]:
+                            text.append(choice["delta"].get("content") or "")
+                            finish_reason = choice["finish_reason"] or finish_reason
+                        if chunk.get("usage"):
+                            tokens = chunk["usage"]["completion_tokens"]
+            if finish_reason != "length" or not "".join(text):
+                raise SystemExit(f"stream {index} ended with {finish_reason!r}")
+            return int(tokens)
+
+        began = time.monotonic()
+        counts = await asyncio.gather(*(one(i) for i in range(concurrency)))
+        elapsed = time.monotonic() - began
+    return {"output_tokens": sum(counts), "seconds": elapsed,
+            "output_tokens_per_s": sum(counts) / elapsed}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
@@ -243,6 +296,14 @@ def main() -> None:
                         help="tokens each stream generates in the measured round")
     parser.add_argument("--warmup-tokens", type=int, default=8,
                         help="tokens each stream generates in the unmeasured first round")
+    parser.add_argument("--stream-interval", type=int, nargs="+", default=[1],
+                        help="the servers' --stream-interval; with several, each is run")
+    parser.add_argument("--client", choices=["openai", "sse"], nargs="+", default=["openai"],
+                        help="the streams' reader: the openai SDK, or httpx with the client "
+                             "package's SSE decoder and json (every chunk parsed either way)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the whole sequence of configurations this many times, "
+                             "alternating (a loaded machine's drift then hits all of them)")
     parser.add_argument("--offline-reference", action="store_true",
                         help="also run N offline one-thread engines side by side for each N")
     parser.add_argument("--offline-worker", type=int, metavar="SEQUENCES",
@@ -253,22 +314,26 @@ def main() -> None:
         return
     results: dict[str, Any] = {"machine": machine_info(), "concurrency": args.concurrency,
                                "max_tokens": args.max_tokens, "runs": []}
-    for replicas in args.replicas:
+    configurations = [(round_, interval, client, replicas) for round_ in range(args.repeat)
+                      for interval in args.stream_interval for client in args.client
+                      for replicas in args.replicas]
+    for round_, interval, client_name, replicas in configurations:
         port = free_port()
-        process, start_s = start(args.model, replicas, port)
+        process, start_s = start(args.model, replicas, port, interval)
         try:
             idle_rss = tree_rss(process.pid)
             base_url = f"http://127.0.0.1:{port}"
-            asyncio.run(streams(base_url, args.concurrency, args.warmup_tokens))
+            asyncio.run(streams(base_url, args.concurrency, args.warmup_tokens, client_name))
             # The benchmark's own client shares the machine's cores: its CPU is counted too.
             client = psutil.Process()
             cpu_before = {**tree_cpu(process.pid), client.pid: ("client", _cpu(client))}
             threads_before = replica_threads(process.pid)
-            run = asyncio.run(streams(base_url, args.concurrency, args.max_tokens))
+            run = asyncio.run(streams(base_url, args.concurrency, args.max_tokens, client_name))
             threads_after = replica_threads(process.pid)
             cpu_after = {**tree_cpu(process.pid), client.pid: ("client", _cpu(client))}
             tokens = int(run["output_tokens"])
             results["runs"].append({
+                "round": round_, "stream_interval": interval, "client": client_name,
                 "replicas": replicas, "start_s": start_s, "idle_rss_bytes": idle_rss, **run,
                 "cpu_ms_per_token": cpu_per_token(cpu_before, cpu_after, tokens),
                 "replica_threads": engine_threads(threads_before, threads_after, tokens)})
@@ -280,8 +345,11 @@ def main() -> None:
             # 1/N of all: compare with N times its per-token figures above).
             results["runs"][-1]["offline_reference_ms_per_own_token"] = offline_reference(
                 args.model, replicas, args.concurrency, args.max_tokens)
-    base = results["runs"][0]["output_tokens_per_s"]
+    # Each run against the first replica count's run of its own round, interval and client.
+    firsts: dict[tuple[int, int, str], float] = {}
     for run in results["runs"]:
+        key = (run["round"], run["stream_interval"], run["client"])
+        base = firsts.setdefault(key, run["output_tokens_per_s"])
         run["speedup"] = run["output_tokens_per_s"] / base
     print(json.dumps(results, indent=2))
 

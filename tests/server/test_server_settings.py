@@ -44,6 +44,7 @@ ROWS: list[tuple[str, str, Any, Any]] = [
     ("seed", "42", 42, 42),
     ("num_threads", "3", 3, 3),
     ("tensor_parallel_size", "2", 2, 2),
+    ("stream_interval", "8", 8, 8),
     ("log_level", "DEBUG", "debug", "debug"),
     ("response_cache_max_entries", "10", 10, 10),
     ("response_cache_max_bytes", "1KiB", "1KiB", 1024),
@@ -83,7 +84,7 @@ def test_defaults(resolve: Any) -> None:
         "max_request_bytes": 4 * 1024 * 1024, "frontend_threads": None, "frontend_nice": 10,
         "shutdown_timeout": 30, "seed": 0,
         "num_threads": None, "tensor_parallel_size": 1, "num_replicas": 1, "ray_address": None,
-        "replica_cpus": 1.0, "replica_gpus": 0.0, "log_level": "info",
+        "replica_cpus": 1.0, "replica_gpus": 0.0, "stream_interval": 1, "log_level": "info",
         "response_cache": False, "response_cache_max_entries": 1024,
         "response_cache_max_bytes": 64 * 1024 * 1024, "response_cache_ttl": 3600.0,
     }
@@ -158,6 +159,7 @@ def test_engine_config_carries_the_engine_options(resolve: Any) -> None:
     capped = resolve(["--max-prefill-tokens-while-decoding", "64"]).engine_config()
     assert capped.max_prefill_tokens_while_decoding == 64
     assert config.max_prefill_tokens_while_decoding is None  # the engine picks for its device
+    assert resolve(["--stream-interval", "8"]).engine_config().stream_interval == 8
     # int8 linears are not split per rank: refused where the settings come in.
     with pytest.raises(SettingsError, match="tensor_parallel_size"):
         resolve(["--tensor-parallel-size", "2", "--quantization", "int8"])
@@ -241,6 +243,7 @@ def test_memory_sizes_and_fractions_are_kept_as_given(resolve: Any, tmp_path: Pa
     ([], {"ZIGGURAT_FRONTEND_NICE": "low"}, None, ["--frontend-nice", "ZIGGURAT_FRONTEND_NICE"]),
     ([], {}, "frontend_nice: true\n", ["--frontend-nice", "config file"]),
     (["--frontend-threads", "0"], {}, None, ["--frontend-threads", "greater than or equal to 1"]),
+    (["--stream-interval", "0"], {}, None, ["--stream-interval", "greater than or equal to 1"]),
     ([], {}, "prot: 8000\n", ["unknown option 'prot'"]),
     ([], {}, "- 1\n- 2\n", ["mapping"]),
     ([], {}, "port: [1\n", ["not valid YAML"]),

@@ -186,6 +186,9 @@ class ServerSettings(BaseSettings):
         1.0, "Ray CPUs each replica reserves (also its torch threads unless --num-threads)", "N")
     replica_gpus: Annotated[float, Field(ge=0)] = _option(
         0.0, "Ray GPUs each replica reserves", "N")
+    stream_interval: PositiveInt = _option(
+        1, "engine steps between a streamed response's chunks: each chunk carries the tokens of "
+        "N steps (N tokens while decoding); the first and the last chunk go out at once", "N")
     log_level: LogLevel = _option("info", "log level: " + ", ".join(LOG_LEVELS), "LEVEL")
     response_cache: bool = _option(
         False, "serve repeated reproducible requests (temperature 0 or a seed) from the response "
@@ -245,6 +248,7 @@ class ServerSettings(BaseSettings):
             ray_address=self.ray_address,
             replica_cpus=self.replica_cpus,
             replica_gpus=self.replica_gpus,
+            stream_interval=self.stream_interval,
         )
 
     def public_dict(self) -> dict[str, Any]:

@@ -25,11 +25,10 @@ from .llm_engine import InferenceEngine
 from .outputs import RequestOutput
 from .reports import DeviceInfo, EngineStats, ReplicaReport, ResolvedSettings
 from .sampling_params import SamplingParams
+from .stream_interval import OutputSink, PacedStream
 from .tokenizer import Tokenizer
 
 logger = logging.getLogger("ziggurat.engine")
-# Where a request's outputs go, called on the loop thread: each output, or the error ending it.
-OutputSink = Callable[[RequestOutput | BaseException], None]
 
 
 @dataclass
@@ -55,7 +54,10 @@ class AsyncEngine:
             queue.SimpleQueue()
         )
         self._wakeup = threading.Event()
-        self._streams: dict[str, OutputSink] = {}  # by request id; used by the loop thread only
+        # By request id; used by the loop thread only.
+        self._streams: dict[str, PacedStream] = {}
+        self._steps = 0  # steps run; a stream sends on every stream_interval-th (stream_interval.py)
+        self._stream_interval = 1  # the engine's config says, once it is built
         self._stopping = False
         self.errored = False
         self.error: BaseException | None = None
@@ -153,8 +155,9 @@ class AsyncEngine:
         sampling_params: SamplingParams | None = None,
     ) -> None:
         """Queue the request (raising what `InferenceEngine.add_request` raises). The loop thread
-        then calls `deliver` with each of its outputs, or with the error that ends it, until it
-        finishes or is aborted; `deliver` must return at once."""
+        then calls `deliver` with its outputs (the first and the last at once, between them one
+        every `stream_interval` steps, each with the deltas since the previous one), or with the
+        error that ends it, until it finishes or is aborted; `deliver` must return at once."""
         self._check_alive()
 
         def add() -> None:
@@ -162,7 +165,7 @@ class AsyncEngine:
                 request_id, prompt, sampling_params,
                 prompt_token_ids=prompt_token_ids, messages=messages, tools=tools,
             )
-            self._streams[request_id] = deliver
+            self._streams[request_id] = PacedStream(deliver)
 
         try:
             await asyncio.wrap_future(self._submit(add))
@@ -201,8 +204,8 @@ class AsyncEngine:
         self._stopping = True
         self._wakeup.set()
         self._thread.join(timeout)
-        for deliver in list(self._streams.values()):
-            deliver(EngineDeadError("the engine was shut down"))
+        for stream in list(self._streams.values()):
+            stream.fail(EngineDeadError("the engine was shut down"))
         self._streams.clear()
 
     # ------------------------------------------------------------------ loop thread
@@ -238,6 +241,7 @@ class AsyncEngine:
             self._ready.set_exception(exc)
             return
         self.engine = engine
+        self._stream_interval = engine.config.stream_interval
         self._snapshot = engine.stats()
         self._ready.set_result(engine)
         try:
@@ -250,10 +254,12 @@ class AsyncEngine:
                     continue
                 outputs = self.engine.step()
                 self._snapshot = self.engine.stats()
+                self._steps += 1
+                sending_step = self._steps % self._stream_interval == 0
                 for output in outputs:
-                    deliver = self._streams.get(output.request_id)
-                    if deliver is not None:
-                        deliver(output)
+                    stream = self._streams.get(output.request_id)
+                    if stream is not None:
+                        stream.push(output, sending_step)
                         if output.finished:
                             del self._streams[output.request_id]
         except BaseException as exc:
@@ -261,8 +267,8 @@ class AsyncEngine:
             self.error = exc
             self.errored = True
             dead = EngineDeadError(f"the engine stopped after an internal error: {exc!r}")
-            for deliver in list(self._streams.values()):
-                deliver(dead)
+            for stream in list(self._streams.values()):
+                stream.fail(dead)
             self._streams.clear()
             self._fail_pending(dead)
         finally:

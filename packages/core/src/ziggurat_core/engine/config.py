@@ -128,6 +128,10 @@ class EngineConfig:
     ray_address: str | None = None  # join this Ray cluster; None: start a local Ray instance
     replica_cpus: float = 1.0  # Ray CPUs reserved for each replica
     replica_gpus: float = 0.0  # Ray GPUs reserved for each replica
+    # Streamed outputs (AsyncEngine, so the server and each replica) go out every N engine
+    # steps, each with the deltas of those steps, instead of after every step: fewer chunks,
+    # wake-ups and Ray items for a coarser stream (vLLM's name; stream_interval.py).
+    stream_interval: int = 1
 
     @property
     def resolved_block_size(self) -> int:
@@ -187,6 +191,8 @@ class EngineConfig:
         if self.replica_cpus < 0 or self.replica_gpus < 0:
             raise ValueError("replica_cpus and replica_gpus must be >= 0, got "
                              f"{self.replica_cpus} and {self.replica_gpus}")
+        if self.stream_interval < 1:
+            raise ValueError(f"stream_interval must be >= 1, got {self.stream_interval}")
         if self.attention_backend not in ("auto", "torch", "xformers"):
             raise ValueError(f"attention_backend must be auto, torch or xformers, got {self.attention_backend!r}")
 
