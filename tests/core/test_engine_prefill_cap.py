@@ -1,11 +1,13 @@
 """The prefill cap beside decodes in a real engine (tiny random model): a long prompt spread
 over many small chunks next to decoding streams gives every request the same greedy tokens as
-the uncapped engine, which prefills it in one step; and an unset cap resolves to the CPU's."""
+the uncapped engine, which prefills it in one step; and an unset cap is on for a streaming
+engine (the server's) on CPU only."""
 
 from __future__ import annotations
 
 from fixtures_models import TinyModel
 from ziggurat_core.engine import InferenceEngine, SamplingParams
+from ziggurat_core.engine.async_engine import AsyncEngine
 from ziggurat_core.engine.config import DEFAULT_CPU_PREFILL_TOKENS_WHILE_DECODING, EngineConfig
 
 
@@ -46,6 +48,12 @@ def test_capped_prefill_gives_the_same_tokens_as_one_big_chunk(tiny_llama: TinyM
     assert capped_steps > 180 // 8 + 3
 
 
-def test_an_unset_cap_resolves_to_the_cpu_default(tiny_llama: TinyModel) -> None:
-    engine = InferenceEngine(EngineConfig(model=str(tiny_llama.gguf_path), num_kv_blocks=16))
-    assert engine.config.max_prefill_tokens_while_decoding == DEFAULT_CPU_PREFILL_TOKENS_WHILE_DECODING
+def test_an_unset_cap_is_on_for_a_streaming_engine_only(tiny_llama: TinyModel) -> None:
+    config = EngineConfig(model=str(tiny_llama.gguf_path), device="cpu", num_kv_blocks=16)
+    assert InferenceEngine(config).config.max_prefill_tokens_while_decoding == 0  # offline
+    streaming = AsyncEngine.from_config(config)
+    try:
+        cap = streaming.engine.config.max_prefill_tokens_while_decoding
+        assert cap == DEFAULT_CPU_PREFILL_TOKENS_WHILE_DECODING
+    finally:
+        streaming.shutdown()

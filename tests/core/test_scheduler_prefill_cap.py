@@ -164,12 +164,13 @@ def test_allowance_charges_chunks_by_their_depth() -> None:
         PrefillAllowance(4).grant(0, 0)
 
 
-def test_the_default_cap_depends_on_the_device_and_a_setting_wins() -> None:
-    assert EngineConfig().resolved_prefill_tokens_while_decoding("cpu") == 64
-    assert EngineConfig().resolved_prefill_tokens_while_decoding("cuda") == 0
+def test_the_default_cap_depends_on_the_device_and_use_and_a_setting_wins() -> None:
+    assert EngineConfig().resolved_prefill_tokens_while_decoding("cpu", streaming=True) == 64
+    assert EngineConfig().resolved_prefill_tokens_while_decoding("cpu", streaming=False) == 0
+    assert EngineConfig().resolved_prefill_tokens_while_decoding("cuda", streaming=True) == 0
     config = EngineConfig(max_prefill_tokens_while_decoding=0)
-    assert config.resolved_prefill_tokens_while_decoding("cpu") == 0
+    assert config.resolved_prefill_tokens_while_decoding("cpu", streaming=True) == 0
     config = EngineConfig(max_prefill_tokens_while_decoding=300)
-    assert config.resolved_prefill_tokens_while_decoding("cuda") == 300
+    assert config.resolved_prefill_tokens_while_decoding("cuda", streaming=False) == 300
     with pytest.raises(ValueError, match="max_prefill_tokens_while_decoding"):
         EngineConfig(max_prefill_tokens_while_decoding=-1).validate()

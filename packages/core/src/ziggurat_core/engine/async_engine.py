@@ -73,7 +73,7 @@ class AsyncEngine:
     @classmethod
     def from_config(cls, config: EngineConfig | None = None, **overrides: Any) -> AsyncEngine:
         """Load the model (blocking: call it from a worker thread) and start stepping."""
-        return cls(lambda: InferenceEngine(config, **overrides))
+        return cls(lambda: InferenceEngine(config, streaming=True, **overrides))
 
     # ------------------------------------------------------------------ properties
     @property

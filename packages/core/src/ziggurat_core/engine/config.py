@@ -97,8 +97,9 @@ class EngineConfig:
     # While sequences decode, the most prompt work one step takes beside them, in tokens (a
     # chunk late in a long prompt counts for more, its attention reading the context:
     # prefill_allowance.py), so a long prompt cannot stall the running streams for the whole
-    # of its prefill. 0: no cap. None: the engine resolves it for its device
-    # (resolved_prefill_tokens_while_decoding). Needs chunked prefill.
+    # of its prefill. 0: no cap. None: the engine resolves it for its device and use
+    # (resolved_prefill_tokens_while_decoding: 64 for a server on CPU, else none). Needs
+    # chunked prefill.
     max_prefill_tokens_while_decoding: int | None = None
     enable_prefix_caching: bool = True
     seed: int = 0
@@ -142,15 +143,18 @@ class EngineConfig:
                              "attention backend (attention/selector.default_block_size)")
         return self.block_size
 
-    def resolved_prefill_tokens_while_decoding(self, device_type: str) -> int:
+    def resolved_prefill_tokens_while_decoding(self, device_type: str, streaming: bool) -> int:
         """The cap an unset `max_prefill_tokens_while_decoding` takes on `device_type` ("cpu",
-        "cuda"): on CPU a step's cost grows with its prompt tokens from the first one, so a
-        whole token budget of prompt beside the decodes stalls them many decode steps long
-        (docs/reliability.md); on CUDA a step of a few hundred tokens costs little more than
-        a decode step, and a cap would only slow long prompts down."""
+        "cuda") for an engine whose outputs stream to waiting clients (`streaming`: the
+        server's, a replica's) or not (`LLM`, an `InferenceEngine` driven directly). Only a
+        streaming engine on CPU gets one: there a step's cost grows with its prompt tokens from
+        the first one, so a whole token budget of prompt beside the decodes stalls the streams
+        many decode steps long (docs/reliability.md). Offline, nobody waits between tokens and
+        the cap only costs throughput (docs/benchmarks.md); on CUDA a step of a few hundred
+        tokens costs little more than a decode step, and a cap would only slow prompts down."""
         if self.max_prefill_tokens_while_decoding is not None:
             return self.max_prefill_tokens_while_decoding
-        return DEFAULT_CPU_PREFILL_TOKENS_WHILE_DECODING if device_type == "cpu" else 0
+        return DEFAULT_CPU_PREFILL_TOKENS_WHILE_DECODING if streaming and device_type == "cpu" else 0
 
     @property
     def uses_ray(self) -> bool:

@@ -41,7 +41,12 @@ def load_tokenizer(checkpoint: Checkpoint) -> Tokenizer:
 class InferenceEngine:
     """Continuous-batching engine. Drive it with `step()` or iterate `get_outputs()`."""
 
-    def __init__(self, config: EngineConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, config: EngineConfig | None = None, *, streaming: bool = False, **overrides: Any
+    ) -> None:
+        """`streaming`: the outputs stream to waiting clients (AsyncEngine: the server, a
+        replica), which changes the defaults that trade throughput for their inter-token
+        latency (`EngineConfig.resolved_prefill_tokens_while_decoding`)."""
         from .device import resolve_device, resolve_dtype
         from .loader import load_checkpoint
         from .model_runner import ModelRunner
@@ -78,7 +83,9 @@ class InferenceEngine:
         device_type = self.resolved_settings.engine_device.split(":")[0]
         self.config = config = dataclasses.replace(
             config, block_size=self.runner.kv_spec.block_size,
-            max_prefill_tokens_while_decoding=config.resolved_prefill_tokens_while_decoding(device_type),
+            max_prefill_tokens_while_decoding=config.resolved_prefill_tokens_while_decoding(
+                device_type, streaming
+            ),
         )
         self.scheduler = Scheduler(config, self.runner.kv_spec.num_blocks, self.max_model_len)
         eos = list(dict.fromkeys([*self.model_config.eos_token_ids, *self.tokenizer.eos_token_ids]))
