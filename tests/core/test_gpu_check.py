@@ -13,7 +13,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from gpu_check import (  # noqa: E402
+from gpu_judgements import (  # noqa: E402
     bandwidth_fraction,
     first_difference,
     judge_greedy_parity,
