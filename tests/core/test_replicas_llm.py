@@ -5,32 +5,26 @@ replicas taking work; `ReplicaSetEngine` takes, refuses and aborts requests as
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from comparisons import shared_prefix_prompts
 from fixtures_models import TinyModel
+from replica_streams import WAIT_S, stream_concurrently, tiny_settings
 from ziggurat_core.engine import InferenceEngine, SamplingParams
 from ziggurat_core.engine.errors import PromptTooLongError
 from ziggurat_core.engine.llm import LLM
 from ziggurat_core.engine.replicas.sync_engine import ReplicaSetEngine
 
-WAIT_S = 60.0
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
-
-
-def _settings(model: TinyModel) -> dict[str, Any]:
-    return dict(model=str(model.gguf_path), device="cpu", num_threads=1, num_kv_blocks=64)
 
 
 @pytest.fixture(scope="module")
 def replicated(tiny_llama: TinyModel) -> Iterator[LLM]:
-    llm = LLM(**_settings(tiny_llama), num_replicas=2, replica_cpus=1)
+    llm = LLM(**tiny_settings(tiny_llama), num_replicas=2, replica_cpus=1)
     yield llm
     llm.close()
 
@@ -56,7 +50,7 @@ def test_greedy_results_equal_one_engine_and_both_replicas_work(
     prompts = shared_prefix_prompts(tiny_llama.config.vocab_size) * 2
     before = _generation_tokens(replicated)
     got = replicated.generate(prompts, GREEDY, use_tqdm=False)
-    expected = LLM(**_settings(tiny_llama)).generate(prompts, GREEDY, use_tqdm=False)
+    expected = LLM(**tiny_settings(tiny_llama)).generate(prompts, GREEDY, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in expected]
     assert [o.outputs[0].text for o in got] == [o.outputs[0].text for o in expected]
     assert [o.prompt_token_ids for o in got] == prompts
@@ -71,12 +65,12 @@ def test_greedy_results_equal_one_engine_and_both_replicas_work(
 
 
 def test_chat_and_tokenizer_match_one_engine(replicated: LLM, tiny_llama: TinyModel) -> None:
-    one = InferenceEngine(**_settings(tiny_llama))
+    one = InferenceEngine(**tiny_settings(tiny_llama))
     assert replicated.tokenizer.encode("the quick brown fox") == one.tokenizer.encode(
         "the quick brown fox")
     messages = [{"role": "user", "content": "hello there"}]
     got = replicated.chat(messages, GREEDY, use_tqdm=False)[0]
-    expected = LLM(**_settings(tiny_llama)).chat(messages, GREEDY, use_tqdm=False)[0]
+    expected = LLM(**tiny_settings(tiny_llama)).chat(messages, GREEDY, use_tqdm=False)[0]
     assert got.prompt_token_ids == expected.prompt_token_ids
     assert got.outputs[0].token_ids == expected.outputs[0].token_ids
 
@@ -115,18 +109,8 @@ def test_concurrent_generates_on_one_loop_stream_every_output_in_order(
     waiting on one event loop at once; each request still gets every output, in order, each
     adding its delta to the previous, and ends with the tokens one engine makes."""
     prompts = shared_prefix_prompts(tiny_llama.config.vocab_size) * 2
-    replicas = _engine(replicated).replicas
-
-    async def stream(index: int, prompt: list[int]) -> list[Any]:
-        return [output async for output in replicas.generate(
-            f"loop-{index}", prompt_token_ids=prompt, sampling_params=GREEDY)]
-
-    async def run() -> list[list[Any]]:
-        return await asyncio.wait_for(
-            asyncio.gather(*(stream(i, p) for i, p in enumerate(prompts))), WAIT_S)
-
-    streams = asyncio.run(run())
-    expected = LLM(**_settings(tiny_llama)).generate(prompts, GREEDY, use_tqdm=False)
+    streams = stream_concurrently(_engine(replicated).replicas, prompts, GREEDY, "loop")
+    expected = LLM(**tiny_settings(tiny_llama)).generate(prompts, GREEDY, use_tqdm=False)
     for outputs, want in zip(streams, expected, strict=True):
         assert [o.finished for o in outputs] == [False] * (len(outputs) - 1) + [True]
         tokens: list[int] = []
@@ -138,7 +122,7 @@ def test_concurrent_generates_on_one_loop_stream_every_output_in_order(
 
 def test_inference_engine_points_to_the_replica_set(tiny_llama: TinyModel) -> None:
     with pytest.raises(ValueError, match="ReplicaSetEngine"):
-        InferenceEngine(**_settings(tiny_llama), num_replicas=2)
+        InferenceEngine(**tiny_settings(tiny_llama), num_replicas=2)
 
 
 def test_one_replica_llm_never_imports_ray(tiny_llama: TinyModel) -> None:

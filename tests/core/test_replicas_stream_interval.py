@@ -4,30 +4,24 @@ tokens and logprobs one in-process engine makes."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from comparisons import shared_prefix_prompts
 from fixtures_models import TinyModel
+from replica_streams import stream_concurrently, tiny_settings
 from ziggurat_core.engine import SamplingParams
 from ziggurat_core.engine.llm import LLM
 from ziggurat_core.engine.replicas.sync_engine import ReplicaSetEngine
 
 INTERVAL = 3
 MAX_TOKENS = 16
-WAIT_S = 60.0
 PARAMS = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True, logprobs=1)
-
-
-def _settings(model: TinyModel) -> dict[str, Any]:
-    return dict(model=str(model.gguf_path), device="cpu", num_threads=1, num_kv_blocks=64)
 
 
 @pytest.fixture(scope="module")
 def paced(tiny_llama: TinyModel) -> Iterator[LLM]:
-    llm = LLM(**_settings(tiny_llama), num_replicas=2, replica_cpus=1,
+    llm = LLM(**tiny_settings(tiny_llama), num_replicas=2, replica_cpus=1,
               stream_interval=INTERVAL)
     yield llm
     llm.close()
@@ -37,18 +31,8 @@ def test_replica_streams_come_every_n_steps_with_every_token(
         paced: LLM, tiny_llama: TinyModel) -> None:
     prompts = shared_prefix_prompts(tiny_llama.config.vocab_size) * 2
     assert isinstance(paced.engine, ReplicaSetEngine)
-    replicas = paced.engine.replicas
-
-    async def stream(index: int, prompt: list[int]) -> list[Any]:
-        return [output async for output in replicas.generate(
-            f"paced-{index}", prompt_token_ids=prompt, sampling_params=PARAMS)]
-
-    async def run() -> list[list[Any]]:
-        return await asyncio.wait_for(
-            asyncio.gather(*(stream(i, p) for i, p in enumerate(prompts))), WAIT_S)
-
-    streams = asyncio.run(run())
-    expected = LLM(**_settings(tiny_llama)).generate(prompts, PARAMS, use_tqdm=False)
+    streams = stream_concurrently(paced.engine.replicas, prompts, PARAMS, "paced")
+    expected = LLM(**tiny_settings(tiny_llama)).generate(prompts, PARAMS, use_tqdm=False)
     for outputs, want in zip(streams, expected, strict=True):
         assert [o.finished for o in outputs] == [False] * (len(outputs) - 1) + [True]
         # The first token at once, then at most one output every INTERVAL steps, the last.
