@@ -31,7 +31,9 @@
 
 #define ROWS 4
 /* Rows whose activations stay cached while a thread's weight tiles pass over them. */
+#ifndef ROW_BLOCK
 #define ROW_BLOCK 64
+#endif
 /* Bytes ahead of the current position to prefetch in each weight stream, into L2 (_MM_HINT_T1):
  * a decode step streams every weight once, and one core keeps enough lines in flight to cover
  * memory latency only when it asks this far ahead; asking into L2 leaves the L1's few miss
@@ -116,6 +118,138 @@ static inline __attribute__((always_inline)) void four_row_groups(__m256i acc[][
     acc[2][0] = c20, acc[2][1] = c21, acc[3][0] = c30, acc[3][1] = c31;
 }
 
+/* The tall register tile of prefill-sized blocks: TALL_ROWS rows x 8 outputs (half of a 16-output
+ * weight tile). 12 accumulators leave room for |w|, the sign mask, one activation/product
+ * temporary and `ones`, and the per-group weight work (load, |w|, mask) is shared by 12 rows
+ * instead of 4, which leaves the loop mostly the per-row multiply-adds. */
+#define TALL_ROWS 12
+
+/* The integer sums of the `full` complete groups of TALL_ROWS rows (row r at x0 + r * K) x the 8
+ * outputs whose weights are the first 32 bytes of each 64-byte group from w on, into c: the
+ * whole loop in assembly with the registers named (ymm0-11 the accumulators, 12 the sign mask,
+ * 13 |w|, 14 the activations and products, 15 `ones`), as the accumulators as operands would
+ * take more operands than an asm statement may have. */
+static inline __attribute__((always_inline)) void tall_groups(__m256i c[TALL_ROWS],
+                                                              const int8_t *x0, int64_t K,
+                                                              const int8_t *w, int64_t full) {
+    static const int16_t ones[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 1, 1,
+                                                                  1, 1, 1, 1, 1, 1, 1, 1};
+    /* Rows 0-3, 4-7 and 8-11 from three base pointers: (p), (p + K), (p + 2K), (p + 3K). */
+    const int8_t *p0 = x0, *p4 = x0 + 4 * K, *p8 = x0 + 8 * K;
+    const int64_t k3 = 3 * K;
+    int64_t n = full;
+    /* volatile: its outputs are only the pointers it advanced; what counts is what it stores. */
+    __asm__ volatile(
+        "vpxor %%ymm0, %%ymm0, %%ymm0\n\t"
+        "vpxor %%ymm1, %%ymm1, %%ymm1\n\t"
+        "vpxor %%ymm2, %%ymm2, %%ymm2\n\t"
+        "vpxor %%ymm3, %%ymm3, %%ymm3\n\t"
+        "vpxor %%ymm4, %%ymm4, %%ymm4\n\t"
+        "vpxor %%ymm5, %%ymm5, %%ymm5\n\t"
+        "vpxor %%ymm6, %%ymm6, %%ymm6\n\t"
+        "vpxor %%ymm7, %%ymm7, %%ymm7\n\t"
+        "vpxor %%ymm8, %%ymm8, %%ymm8\n\t"
+        "vpxor %%ymm9, %%ymm9, %%ymm9\n\t"
+        "vpxor %%ymm10, %%ymm10, %%ymm10\n\t"
+        "vpxor %%ymm11, %%ymm11, %%ymm11\n\t"
+        "vmovdqa %[ones], %%ymm15\n\t"
+        "test %[n], %[n]\n\t"
+        "jz 2f\n\t"
+        "1:\n\t"
+        "vmovdqu (%[w]), %%ymm12\n\t"
+        "vpabsb %%ymm12, %%ymm13\n\t"
+        "vpxor %%ymm14, %%ymm14, %%ymm14\n\t"
+        "vpcmpgtb %%ymm12, %%ymm14, %%ymm12\n\t"
+#define ZIG_TALL_ROW(ADDR, C)                        \
+        "vpbroadcastd " ADDR ", %%ymm14\n\t"         \
+        "vpxor %%ymm12, %%ymm14, %%ymm14\n\t"        \
+        "vpmaddubsw %%ymm14, %%ymm13, %%ymm14\n\t"   \
+        "vpmaddwd %%ymm15, %%ymm14, %%ymm14\n\t"     \
+        "vpaddd %%ymm14, %%" C ", %%" C "\n\t"
+        ZIG_TALL_ROW("(%[p0])", "ymm0") ZIG_TALL_ROW("(%[p0],%[K],1)", "ymm1")
+        ZIG_TALL_ROW("(%[p0],%[K],2)", "ymm2") ZIG_TALL_ROW("(%[p0],%[k3],1)", "ymm3")
+        ZIG_TALL_ROW("(%[p4])", "ymm4") ZIG_TALL_ROW("(%[p4],%[K],1)", "ymm5")
+        ZIG_TALL_ROW("(%[p4],%[K],2)", "ymm6") ZIG_TALL_ROW("(%[p4],%[k3],1)", "ymm7")
+        ZIG_TALL_ROW("(%[p8])", "ymm8") ZIG_TALL_ROW("(%[p8],%[K],1)", "ymm9")
+        ZIG_TALL_ROW("(%[p8],%[K],2)", "ymm10") ZIG_TALL_ROW("(%[p8],%[k3],1)", "ymm11")
+#undef ZIG_TALL_ROW
+        "add $64, %[w]\n\t"
+        "add $4, %[p0]\n\t"
+        "add $4, %[p4]\n\t"
+        "add $4, %[p8]\n\t"
+        "dec %[n]\n\t"
+        "jnz 1b\n\t"
+        "2:\n\t"
+        "vmovdqu %%ymm0, (%[c])\n\t"
+        "vmovdqu %%ymm1, 32(%[c])\n\t"
+        "vmovdqu %%ymm2, 64(%[c])\n\t"
+        "vmovdqu %%ymm3, 96(%[c])\n\t"
+        "vmovdqu %%ymm4, 128(%[c])\n\t"
+        "vmovdqu %%ymm5, 160(%[c])\n\t"
+        "vmovdqu %%ymm6, 192(%[c])\n\t"
+        "vmovdqu %%ymm7, 224(%[c])\n\t"
+        "vmovdqu %%ymm8, 256(%[c])\n\t"
+        "vmovdqu %%ymm9, 288(%[c])\n\t"
+        "vmovdqu %%ymm10, 320(%[c])\n\t"
+        "vmovdqu %%ymm11, 352(%[c])\n\t"
+        : [w] "+r"(w), [p0] "+r"(p0), [p4] "+r"(p4), [p8] "+r"(p8), [n] "+r"(n)
+        : [c] "r"(c), [K] "r"(K), [k3] "r"(k3), [ones] "m"(*(const __m256i *)ones)
+        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+          "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory");
+}
+
+/* Rows m0 .. m0 + TALL_ROWS - 1 x the (up to) 16 outputs of weight tile `tile`, as two tall tiles
+ * of 8 outputs, one after the other while the rows' activations are still in L1. */
+static inline __attribute__((always_inline)) void tall_tile(
+    const int8_t *x, const float *row_scale, int64_t m0, int64_t K, int64_t N,
+    const int8_t *packed, int64_t tile, const int32_t *negative_sum, const float *col_scale,
+    const float *bias, float *out) {
+    const int64_t groups = (K + 3) / 4, full = K / 4;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int8_t *x0 = x + m0 * K;
+    for (int h = 0; h < 2; h++) {
+        const int64_t n0 = tile * 16 + 8 * h;
+        if (n0 >= N) break;
+        const int8_t *w = packed + tile * groups * 64 + 32 * h;
+        if (h == 0)
+            for (int r = 0; r < TALL_ROWS; r++)
+                __builtin_prefetch(out + (m0 + r) * N + n0, 1 /* write */, 3);
+        __m256i c[TALL_ROWS];
+        tall_groups(c, x0, K, w, full);
+        if (full < groups) {
+            const __m256i wk = _mm256_loadu_si256((const __m256i *)(w + full * 64));
+            const __m256i w_abs = _mm256_abs_epi8(wk);
+            const __m256i w_neg = _mm256_cmpgt_epi8(_mm256_setzero_si256(), wk);
+            for (int r = 0; r < TALL_ROWS; r++)
+                c[r] = dot(c[r], _mm256_set1_epi32(int8_gemm_group(x0 + r * K, full, K)), w_abs,
+                           w_neg, ones);
+        }
+        if (N - n0 >= 8) {
+            const __m256 cs = _mm256_loadu_ps(col_scale + n0);
+            const __m256i neg = _mm256_loadu_si256((const __m256i *)(negative_sum + n0));
+            const __m256 b = bias != NULL ? _mm256_loadu_ps(bias + n0) : _mm256_setzero_ps();
+            for (int r = 0; r < TALL_ROWS; r++) {
+                /* int8_gemm_epilogue, lane by lane */
+                const __m256 v = _mm256_cvtepi32_ps(_mm256_add_epi32(c[r], neg));
+                __m256 scale = _mm256_mul_ps(_mm256_set1_ps(row_scale[m0 + r]), cs);
+                INT8_GEMM_OPAQUE(scale);
+                const __m256 y = bias != NULL ? _mm256_fmadd_ps(v, scale, b) : _mm256_mul_ps(v, scale);
+                _mm256_storeu_ps(out + (m0 + r) * N + n0, y);
+            }
+        } else {
+            /* The last outputs of an N that is not a multiple of 8. */
+            for (int r = 0; r < TALL_ROWS; r++) {
+                int32_t lanes[8];
+                _mm256_storeu_si256((__m256i *)lanes, c[r]);
+                for (int64_t n = n0; n < N; n++)
+                    out[(m0 + r) * N + n] = int8_gemm_epilogue(
+                        lanes[n - n0] + negative_sum[n], row_scale[m0 + r], col_scale[n],
+                        bias != NULL ? bias + n : NULL);
+            }
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void row_tile(
     const int8_t *x, const float *row_scale, int64_t m0, int64_t rows, int64_t K, int64_t N,
     const int8_t *packed, int64_t tile, const int TILES, const int R,
@@ -195,6 +329,12 @@ int int8_gemm_avx2(const int8_t *x, const float *row_scale, int64_t M, int64_t K
             const int64_t tile = unit * step;
             const int width = tile + 1 < tiles && step == 2 ? 2 : 1;
             for (int64_t m0 = b0; m0 < b1; m0 += ROWS) {
+                if (width == 1 && b1 - m0 >= TALL_ROWS) {
+                    tall_tile(x, row_scale, m0, K, N, packed, tile, negative_sum, col_scale, bias,
+                              out);
+                    m0 += TALL_ROWS - ROWS;
+                    continue;
+                }
                 const int64_t rows = b1 - m0 < ROWS ? b1 - m0 : ROWS;
                 /* Constant tile shapes so the loops unroll. */
 #define ROW_TILE(T, R)                                                                       \
