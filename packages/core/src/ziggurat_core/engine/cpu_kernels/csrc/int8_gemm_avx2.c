@@ -12,28 +12,31 @@
  * with the two multiplies of each step (one of them on Zen 3 by LLVM's scheduling model; a Zen 4
  * ran the vpsignb loop as if both), which held the loop below the multipliers' rate.
  *
- * A register tile is up to ROWS rows x 16 outputs over all of K (ROWS x 2 accumulators, plus the
- * weights' magnitudes and sign masks, fit the 16 ymm registers); a few-row step (decode) takes
- * two weight tiles at once instead, for more independent work per activation load. The full
- * 4-row tile's loop is written in assembly: compiled from intrinsics, GCC keeps some of its
- * accumulators in memory. Rows go in blocks of ROW_BLOCK; within a block every thread sweeps its
- * own weight tiles (the same ones for every block, static schedule), so a block's activations are
- * read from cache for each tile and a thread's weights from its L2 for each block. A decode step
- * is one block: each weight is streamed from memory once, prefetched ahead.
+ * Fewer than TALL_ROWS rows (decode steps): a register tile is up to ROWS rows x 16 outputs over
+ * all of K (ROWS x 2 accumulators, plus the weights' magnitudes and sign masks, fit the 16 ymm
+ * registers); one or two rows take two weight tiles at once instead, for more independent work
+ * per activation load. The full 4-row tile's loop is written in assembly: compiled from
+ * intrinsics, GCC keeps some of its accumulators in memory. Each weight is streamed from memory
+ * once, prefetched ahead.
+ *
+ * TALL_ROWS rows or more (prefill, large decode batches): 12 rows x 8 outputs at a time, with the
+ * activations pre-broadcast to memory (tall_groups). Each thread takes its own share of the
+ * weight tiles, the same for every row block of TALL_BLOCK rows, in batches of TILE_BATCH tiles
+ * whose weights stay in L2 while the block's 12-row tiles pass over them; the rows a block has
+ * beyond whole 12-row tiles take the few-row tiles above.
  */
 #include "isa.h"
 
 #if defined(ZIG_ISA_AVX2)
 #include <immintrin.h>
 #include <string.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include "int8_gemm.h"
 
 #define ROWS 4
-/* Rows whose activations stay cached while a thread's weight tiles pass over them. */
-#ifndef ROW_BLOCK
-#define ROW_BLOCK 64
-#endif
 /* Bytes ahead of the current position to prefetch in each weight stream, into L2 (_MM_HINT_T1):
  * a decode step streams every weight once, and one core keeps enough lines in flight to cover
  * memory latency only when it asks this far ahead; asking into L2 leaves the L1's few miss
@@ -118,28 +121,41 @@ static inline __attribute__((always_inline)) void four_row_groups(__m256i acc[][
     acc[2][0] = c20, acc[2][1] = c21, acc[3][0] = c30, acc[3][1] = c31;
 }
 
-/* The tall register tile of prefill-sized blocks: TALL_ROWS rows x 8 outputs (half of a 16-output
- * weight tile). 12 accumulators leave room for |w|, the sign mask, one activation/product
- * temporary and `ones`, and the per-group weight work (load, |w|, mask) is shared by 12 rows
- * instead of 4, which leaves the loop mostly the per-row multiply-adds. */
+/* The tall register tile of prefill-sized row counts: TALL_ROWS rows x 8 outputs (half of a
+ * 16-output weight tile), 12 accumulators. The weights' per-group work (load, |w|, sign mask) is
+ * shared by 12 rows instead of 4, and the activations come pre-broadcast from memory as the
+ * operand of the xor (a 32-byte copy of each row's 4-byte group, made once per chunk of K and
+ * used by every weight tile of a batch): a vpbroadcastd per row and group costs the loop about as
+ * much as the weights' own work, while a load folded into the xor costs it nothing. */
 #define TALL_ROWS 12
+/* Groups of 4 inputs per pre-broadcast chunk: 12 rows x 32 groups x 32 bytes, which stay in L1
+ * while every tile of a batch passes over them. */
+#define CHUNK_GROUPS 32
+/* Weight tiles whose accumulators are kept (in memory, 2 x 12 ymm each) across the chunks of K,
+ * and whose weights stay in L2 while a row block's 12-row tiles pass over them. */
+#define TILE_BATCH 16
+/* Rows per block of the tall path (a multiple of TALL_ROWS); a thread's weights are read from
+ * beyond L2 once per block. */
+#define TALL_BLOCK 120
 
-/* The integer sums of the `full` complete groups of TALL_ROWS rows (row r at x0 + r * K) x the 8
- * outputs whose weights are the first 32 bytes of each 64-byte group from w on, into c: the
- * whole loop in assembly with the registers named (ymm0-11 the accumulators, 12 the sign mask,
- * 13 |w|, 14 the activations and products, 15 `ones`), as the accumulators as operands would
- * take more operands than an asm statement may have. */
-static inline __attribute__((always_inline)) void tall_groups(__m256i c[TALL_ROWS],
-                                                              const int8_t *x0, int64_t K,
-                                                              const int8_t *w, int64_t full) {
-    static const int16_t ones[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 1, 1,
-                                                                  1, 1, 1, 1, 1, 1, 1, 1};
-    /* Rows 0-3, 4-7 and 8-11 from three base pointers: (p), (p + K), (p + 2K), (p + 3K). */
-    const int8_t *p0 = x0, *p4 = x0 + 4 * K, *p8 = x0 + 8 * K;
-    const int64_t k3 = 3 * K;
-    int64_t n = full;
+static const int16_t ONES16[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 1, 1,
+                                                                1, 1, 1, 1, 1, 1, 1, 1};
+
+/* acc[0..11] (+)= the `count` groups of pre-broadcast activations e (per group, TALL_ROWS rows x
+ * 32 bytes) times the 8-output weights from w on (one group every 64 bytes); `first`: start from
+ * zero instead of acc. The whole loop is assembly with the registers named (ymm0-11 the
+ * accumulators, 12 the sign mask, 13 |w|, 14 the products, 15 `ones`): accumulators as
+ * operands would take more operands than an asm statement may have, and compiled from
+ * intrinsics GCC keeps some of them in memory. Each group also prefetches the same group of the
+ * next weight tile (tile_stride bytes on), which the batch reads next: the tiles of a chunk are
+ * not one sequential stream that the hardware prefetchers would follow. */
+static inline __attribute__((always_inline)) void tall_groups(__m256i *acc, const int8_t *e,
+                                                              const int8_t *w, int64_t count,
+                                                              int first, int64_t tile_stride) {
     /* volatile: its outputs are only the pointers it advanced; what counts is what it stores. */
     __asm__ volatile(
+        "test %[first], %[first]\n\t"
+        "jz 3f\n\t"
         "vpxor %%ymm0, %%ymm0, %%ymm0\n\t"
         "vpxor %%ymm1, %%ymm1, %%ymm1\n\t"
         "vpxor %%ymm2, %%ymm2, %%ymm2\n\t"
@@ -152,99 +168,127 @@ static inline __attribute__((always_inline)) void tall_groups(__m256i c[TALL_ROW
         "vpxor %%ymm9, %%ymm9, %%ymm9\n\t"
         "vpxor %%ymm10, %%ymm10, %%ymm10\n\t"
         "vpxor %%ymm11, %%ymm11, %%ymm11\n\t"
+        "jmp 4f\n\t"
+        "3:\n\t"
+        "vmovdqu (%[acc]), %%ymm0\n\t"
+        "vmovdqu 32(%[acc]), %%ymm1\n\t"
+        "vmovdqu 64(%[acc]), %%ymm2\n\t"
+        "vmovdqu 96(%[acc]), %%ymm3\n\t"
+        "vmovdqu 128(%[acc]), %%ymm4\n\t"
+        "vmovdqu 160(%[acc]), %%ymm5\n\t"
+        "vmovdqu 192(%[acc]), %%ymm6\n\t"
+        "vmovdqu 224(%[acc]), %%ymm7\n\t"
+        "vmovdqu 256(%[acc]), %%ymm8\n\t"
+        "vmovdqu 288(%[acc]), %%ymm9\n\t"
+        "vmovdqu 320(%[acc]), %%ymm10\n\t"
+        "vmovdqu 352(%[acc]), %%ymm11\n\t"
+        "4:\n\t"
         "vmovdqa %[ones], %%ymm15\n\t"
         "test %[n], %[n]\n\t"
         "jz 2f\n\t"
         "1:\n\t"
         "vmovdqu (%[w]), %%ymm12\n\t"
+        "prefetcht0 (%[w],%[tile_stride],1)\n\t"
         "vpabsb %%ymm12, %%ymm13\n\t"
         "vpxor %%ymm14, %%ymm14, %%ymm14\n\t"
         "vpcmpgtb %%ymm12, %%ymm14, %%ymm12\n\t"
-#define ZIG_TALL_ROW(ADDR, C)                        \
-        "vpbroadcastd " ADDR ", %%ymm14\n\t"         \
-        "vpxor %%ymm12, %%ymm14, %%ymm14\n\t"        \
-        "vpmaddubsw %%ymm14, %%ymm13, %%ymm14\n\t"   \
-        "vpmaddwd %%ymm15, %%ymm14, %%ymm14\n\t"     \
+#define ZIG_TALL_ROW(OFFSET, C)                        \
+        "vpxor " OFFSET "(%[e]), %%ymm12, %%ymm14\n\t" \
+        "vpmaddubsw %%ymm14, %%ymm13, %%ymm14\n\t"     \
+        "vpmaddwd %%ymm15, %%ymm14, %%ymm14\n\t"       \
         "vpaddd %%ymm14, %%" C ", %%" C "\n\t"
-        ZIG_TALL_ROW("(%[p0])", "ymm0") ZIG_TALL_ROW("(%[p0],%[K],1)", "ymm1")
-        ZIG_TALL_ROW("(%[p0],%[K],2)", "ymm2") ZIG_TALL_ROW("(%[p0],%[k3],1)", "ymm3")
-        ZIG_TALL_ROW("(%[p4])", "ymm4") ZIG_TALL_ROW("(%[p4],%[K],1)", "ymm5")
-        ZIG_TALL_ROW("(%[p4],%[K],2)", "ymm6") ZIG_TALL_ROW("(%[p4],%[k3],1)", "ymm7")
-        ZIG_TALL_ROW("(%[p8])", "ymm8") ZIG_TALL_ROW("(%[p8],%[K],1)", "ymm9")
-        ZIG_TALL_ROW("(%[p8],%[K],2)", "ymm10") ZIG_TALL_ROW("(%[p8],%[k3],1)", "ymm11")
+        ZIG_TALL_ROW("0", "ymm0") ZIG_TALL_ROW("32", "ymm1") ZIG_TALL_ROW("64", "ymm2")
+        ZIG_TALL_ROW("96", "ymm3") ZIG_TALL_ROW("128", "ymm4") ZIG_TALL_ROW("160", "ymm5")
+        ZIG_TALL_ROW("192", "ymm6") ZIG_TALL_ROW("224", "ymm7") ZIG_TALL_ROW("256", "ymm8")
+        ZIG_TALL_ROW("288", "ymm9") ZIG_TALL_ROW("320", "ymm10") ZIG_TALL_ROW("352", "ymm11")
 #undef ZIG_TALL_ROW
         "add $64, %[w]\n\t"
-        "add $4, %[p0]\n\t"
-        "add $4, %[p4]\n\t"
-        "add $4, %[p8]\n\t"
+        "add $384, %[e]\n\t" /* TALL_ROWS * 32 */
         "dec %[n]\n\t"
         "jnz 1b\n\t"
         "2:\n\t"
-        "vmovdqu %%ymm0, (%[c])\n\t"
-        "vmovdqu %%ymm1, 32(%[c])\n\t"
-        "vmovdqu %%ymm2, 64(%[c])\n\t"
-        "vmovdqu %%ymm3, 96(%[c])\n\t"
-        "vmovdqu %%ymm4, 128(%[c])\n\t"
-        "vmovdqu %%ymm5, 160(%[c])\n\t"
-        "vmovdqu %%ymm6, 192(%[c])\n\t"
-        "vmovdqu %%ymm7, 224(%[c])\n\t"
-        "vmovdqu %%ymm8, 256(%[c])\n\t"
-        "vmovdqu %%ymm9, 288(%[c])\n\t"
-        "vmovdqu %%ymm10, 320(%[c])\n\t"
-        "vmovdqu %%ymm11, 352(%[c])\n\t"
-        : [w] "+r"(w), [p0] "+r"(p0), [p4] "+r"(p4), [p8] "+r"(p8), [n] "+r"(n)
-        : [c] "r"(c), [K] "r"(K), [k3] "r"(k3), [ones] "m"(*(const __m256i *)ones)
+        "vmovdqu %%ymm0, (%[acc])\n\t"
+        "vmovdqu %%ymm1, 32(%[acc])\n\t"
+        "vmovdqu %%ymm2, 64(%[acc])\n\t"
+        "vmovdqu %%ymm3, 96(%[acc])\n\t"
+        "vmovdqu %%ymm4, 128(%[acc])\n\t"
+        "vmovdqu %%ymm5, 160(%[acc])\n\t"
+        "vmovdqu %%ymm6, 192(%[acc])\n\t"
+        "vmovdqu %%ymm7, 224(%[acc])\n\t"
+        "vmovdqu %%ymm8, 256(%[acc])\n\t"
+        "vmovdqu %%ymm9, 288(%[acc])\n\t"
+        "vmovdqu %%ymm10, 320(%[acc])\n\t"
+        "vmovdqu %%ymm11, 352(%[acc])\n\t"
+        : [w] "+r"(w), [e] "+r"(e), [n] "+r"(count)
+        : [acc] "r"(acc), [first] "r"(first), [tile_stride] "r"(tile_stride),
+          [ones] "m"(*(const __m256i *)ONES16)
         : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
           "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory");
 }
 
-/* Rows m0 .. m0 + TALL_ROWS - 1 x the (up to) 16 outputs of weight tile `tile`, as two tall tiles
- * of 8 outputs, one after the other while the rows' activations are still in L1. */
-static inline __attribute__((always_inline)) void tall_tile(
-    const int8_t *x, const float *row_scale, int64_t m0, int64_t K, int64_t N,
-    const int8_t *packed, int64_t tile, const int32_t *negative_sum, const float *col_scale,
-    const float *bias, float *out) {
-    const int64_t groups = (K + 3) / 4, full = K / 4;
-    const __m256i ones = _mm256_set1_epi16(1);
+/* Rows m0 .. m0 + TALL_ROWS - 1 x weight tiles [t0, t1) (at most TILE_BATCH), stored to out. */
+static void tall_rows(const int8_t *x, const float *row_scale, int64_t m0, int64_t K, int64_t N,
+                      const int8_t *packed, int64_t t0, int64_t t1, const int32_t *negative_sum,
+                      const float *col_scale, const float *bias, float *out) {
+    const int64_t groups = (K + 3) / 4, full = K / 4, tile_stride = groups * 64;
     const int8_t *x0 = x + m0 * K;
-    for (int h = 0; h < 2; h++) {
-        const int64_t n0 = tile * 16 + 8 * h;
-        if (n0 >= N) break;
-        const int8_t *w = packed + tile * groups * 64 + 32 * h;
-        if (h == 0)
-            for (int r = 0; r < TALL_ROWS; r++)
-                __builtin_prefetch(out + (m0 + r) * N + n0, 1 /* write */, 3);
-        __m256i c[TALL_ROWS];
-        tall_groups(c, x0, K, w, full);
-        if (full < groups) {
-            const __m256i wk = _mm256_loadu_si256((const __m256i *)(w + full * 64));
-            const __m256i w_abs = _mm256_abs_epi8(wk);
-            const __m256i w_neg = _mm256_cmpgt_epi8(_mm256_setzero_si256(), wk);
-            for (int r = 0; r < TALL_ROWS; r++)
-                c[r] = dot(c[r], _mm256_set1_epi32(int8_gemm_group(x0 + r * K, full, K)), w_abs,
-                           w_neg, ones);
-        }
-        if (N - n0 >= 8) {
-            const __m256 cs = _mm256_loadu_ps(col_scale + n0);
-            const __m256i neg = _mm256_loadu_si256((const __m256i *)(negative_sum + n0));
-            const __m256 b = bias != NULL ? _mm256_loadu_ps(bias + n0) : _mm256_setzero_ps();
+    __m256i e[CHUNK_GROUPS * TALL_ROWS];
+    __m256i acc[TILE_BATCH * 2][TALL_ROWS];
+    for (int64_t c0 = 0; c0 < full; c0 += CHUNK_GROUPS) {
+        const int64_t count = full - c0 < CHUNK_GROUPS ? full - c0 : CHUNK_GROUPS;
+        for (int64_t g = 0; g < count; g++)
             for (int r = 0; r < TALL_ROWS; r++) {
-                /* int8_gemm_epilogue, lane by lane */
-                const __m256 v = _mm256_cvtepi32_ps(_mm256_add_epi32(c[r], neg));
-                __m256 scale = _mm256_mul_ps(_mm256_set1_ps(row_scale[m0 + r]), cs);
-                INT8_GEMM_OPAQUE(scale);
-                const __m256 y = bias != NULL ? _mm256_fmadd_ps(v, scale, b) : _mm256_mul_ps(v, scale);
-                _mm256_storeu_ps(out + (m0 + r) * N + n0, y);
+                int32_t a4;
+                memcpy(&a4, x0 + r * K + (c0 + g) * 4, 4);
+                e[g * TALL_ROWS + r] = _mm256_set1_epi32(a4);
             }
-        } else {
-            /* The last outputs of an N that is not a multiple of 8. */
-            for (int r = 0; r < TALL_ROWS; r++) {
-                int32_t lanes[8];
-                _mm256_storeu_si256((__m256i *)lanes, c[r]);
-                for (int64_t n = n0; n < N; n++)
-                    out[(m0 + r) * N + n] = int8_gemm_epilogue(
-                        lanes[n - n0] + negative_sum[n], row_scale[m0 + r], col_scale[n],
-                        bias != NULL ? bias + n : NULL);
+        for (int64_t tile = t0; tile < t1; tile++)
+            for (int h = 0; h < 2 && tile * 16 + 8 * h < N; h++)
+                tall_groups(acc[(tile - t0) * 2 + h], (const int8_t *)e,
+                            packed + tile * tile_stride + c0 * 64 + 32 * h, count, c0 == 0,
+                            tile_stride);
+    }
+    const __m256i ones = _mm256_load_si256((const __m256i *)ONES16);
+    for (int64_t tile = t0; tile < t1; tile++) {
+        for (int h = 0; h < 2; h++) {
+            const int64_t n0 = tile * 16 + 8 * h;
+            if (n0 >= N) break;
+            __m256i *c = acc[(tile - t0) * 2 + h];
+            if (full == 0)
+                for (int r = 0; r < TALL_ROWS; r++) c[r] = _mm256_setzero_si256();
+            if (full < groups) {
+                /* The last group of a K that is not a multiple of 4. */
+                const int8_t *w = packed + tile * tile_stride + full * 64 + 32 * h;
+                const __m256i wk = _mm256_loadu_si256((const __m256i *)w);
+                const __m256i w_abs = _mm256_abs_epi8(wk);
+                const __m256i w_neg = _mm256_cmpgt_epi8(_mm256_setzero_si256(), wk);
+                for (int r = 0; r < TALL_ROWS; r++)
+                    c[r] = dot(c[r], _mm256_set1_epi32(int8_gemm_group(x0 + r * K, full, K)),
+                               w_abs, w_neg, ones);
+            }
+            if (N - n0 >= 8) {
+                const __m256 cs = _mm256_loadu_ps(col_scale + n0);
+                const __m256i neg = _mm256_loadu_si256((const __m256i *)(negative_sum + n0));
+                const __m256 b = bias != NULL ? _mm256_loadu_ps(bias + n0) : _mm256_setzero_ps();
+                for (int r = 0; r < TALL_ROWS; r++) {
+                    /* int8_gemm_epilogue, lane by lane */
+                    const __m256 v = _mm256_cvtepi32_ps(_mm256_add_epi32(c[r], neg));
+                    __m256 scale = _mm256_mul_ps(_mm256_set1_ps(row_scale[m0 + r]), cs);
+                    INT8_GEMM_OPAQUE(scale);
+                    const __m256 y =
+                        bias != NULL ? _mm256_fmadd_ps(v, scale, b) : _mm256_mul_ps(v, scale);
+                    _mm256_storeu_ps(out + (m0 + r) * N + n0, y);
+                }
+            } else {
+                /* The last outputs of an N that is not a multiple of 8. */
+                for (int r = 0; r < TALL_ROWS; r++) {
+                    int32_t lanes[8];
+                    _mm256_storeu_si256((__m256i *)lanes, c[r]);
+                    for (int64_t n = n0; n < N; n++)
+                        out[(m0 + r) * N + n] = int8_gemm_epilogue(
+                            lanes[n - n0] + negative_sum[n], row_scale[m0 + r], col_scale[n],
+                            bias != NULL ? bias + n : NULL);
+                }
             }
         }
     }
@@ -313,46 +357,97 @@ static inline __attribute__((always_inline)) void row_tile(
     }
 }
 
+/* The rows of [b0, b1) left over by whole 12-row tiles (fewer than 12) x weight tile `tile`, in
+ * register tiles of up to ROWS rows. */
+static inline __attribute__((always_inline)) void short_rows(const int8_t *x, const float *row_scale, int64_t b0, int64_t b1, int64_t K,
+                       int64_t N, const int8_t *packed, int64_t tile, const int32_t *negative_sum,
+                       const float *col_scale, const float *bias, float *out) {
+    for (int64_t m0 = b0; m0 < b1; m0 += ROWS) {
+        const int64_t rows = b1 - m0 < ROWS ? b1 - m0 : ROWS;
+        /* Constant tile shapes so the loops unroll. */
+#define ROW_TILE(R)                                                                          \
+    row_tile(x, row_scale, m0, rows, K, N, packed, tile, 1, R, negative_sum, col_scale, bias, \
+             out)
+        if (rows == 4) {
+            ROW_TILE(4);
+        } else if (rows == 3) {
+            ROW_TILE(3);
+        } else if (rows == 2) {
+            ROW_TILE(2);
+        } else {
+            ROW_TILE(1);
+        }
+#undef ROW_TILE
+    }
+}
+
+/* M >= TALL_ROWS, on one thread of the team: its share of the weight tiles (the same for every
+ * row block, so its weights stay in its caches), in batches of TILE_BATCH; each batch takes a
+ * row block's 12-row tiles, then the rows left over. */
+static void tall_gemm(const int8_t *x, const float *row_scale, int64_t M, int64_t K, int64_t N,
+                      const int8_t *packed, const int32_t *negative_sum, const float *col_scale,
+                      const float *bias, float *out, int thread, int threads) {
+    const int64_t tiles = (N + 15) / 16, share = (tiles + threads - 1) / threads;
+    const int64_t ta = thread * share < tiles ? thread * share : tiles;
+    const int64_t tb = tiles - ta < share ? tiles : ta + share;
+    for (int64_t b0 = 0; b0 < M; b0 += TALL_BLOCK) {
+        const int64_t b1 = M - b0 < TALL_BLOCK ? M : b0 + TALL_BLOCK;
+        const int64_t tall_end = b0 + (b1 - b0) / TALL_ROWS * TALL_ROWS;
+        for (int64_t t0 = ta; t0 < tb; t0 += TILE_BATCH) {
+            const int64_t t1 = tb - t0 < TILE_BATCH ? tb : t0 + TILE_BATCH;
+            for (int64_t m0 = b0; m0 < tall_end; m0 += TALL_ROWS)
+                tall_rows(x, row_scale, m0, K, N, packed, t0, t1, negative_sum, col_scale, bias,
+                          out);
+            for (int64_t tile = t0; tile < t1; tile++)
+                short_rows(x, row_scale, tall_end, b1, K, N, packed, tile, negative_sum, col_scale,
+                           bias, out);
+        }
+    }
+}
+
 int int8_gemm_avx2(const int8_t *x, const float *row_scale, int64_t M, int64_t K, int64_t N,
                    const int8_t *packed, const int32_t *negative_sum, const float *col_scale,
                    const float *bias, float *out, int num_threads) {
     if (M <= 0 || K <= 0 || N <= 0) return 1;
+    if (M >= TALL_ROWS) {
+#pragma omp parallel num_threads(num_threads)
+        {
+#if defined(_OPENMP)
+            const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
+#else
+            const int thread = 0, threads = 1;
+#endif
+            tall_gemm(x, row_scale, M, K, N, packed, negative_sum, col_scale, bias, out, thread,
+                      threads);
+        }
+        return 0;
+    }
     const int64_t tiles = (N + 15) / 16;
     /* Decode-sized steps take two tiles per register tile (one row needs few registers). */
     const int64_t step = M <= 2 ? 2 : 1;
     const int64_t units = (tiles + step - 1) / step;
-#pragma omp parallel num_threads(num_threads)
-    for (int64_t b0 = 0; b0 < M; b0 += ROW_BLOCK) {
-        const int64_t b1 = M - b0 < ROW_BLOCK ? M : b0 + ROW_BLOCK;
-#pragma omp for schedule(static) nowait
-        for (int64_t unit = 0; unit < units; unit++) {
-            const int64_t tile = unit * step;
-            const int width = tile + 1 < tiles && step == 2 ? 2 : 1;
-            for (int64_t m0 = b0; m0 < b1; m0 += ROWS) {
-                if (width == 1 && b1 - m0 >= TALL_ROWS) {
-                    tall_tile(x, row_scale, m0, K, N, packed, tile, negative_sum, col_scale, bias,
-                              out);
-                    m0 += TALL_ROWS - ROWS;
-                    continue;
-                }
-                const int64_t rows = b1 - m0 < ROWS ? b1 - m0 : ROWS;
-                /* Constant tile shapes so the loops unroll. */
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t unit = 0; unit < units; unit++) {
+        const int64_t tile = unit * step;
+        const int width = tile + 1 < tiles && step == 2 ? 2 : 1;
+        for (int64_t m0 = 0; m0 < M; m0 += ROWS) {
+            const int64_t rows = M - m0 < ROWS ? M - m0 : ROWS;
+            /* Constant tile shapes so the loops unroll. */
 #define ROW_TILE(T, R)                                                                       \
     row_tile(x, row_scale, m0, rows, K, N, packed, tile, T, R, negative_sum, col_scale, bias, \
              out)
-                if (width == 2) {
-                    if (rows == 2) ROW_TILE(2, 2); else ROW_TILE(2, 1);
-                } else if (rows == 4) {
-                    ROW_TILE(1, 4);
-                } else if (rows == 3) {
-                    ROW_TILE(1, 3);
-                } else if (rows == 2) {
-                    ROW_TILE(1, 2);
-                } else {
-                    ROW_TILE(1, 1);
-                }
-#undef ROW_TILE
+            if (width == 2) {
+                if (rows == 2) ROW_TILE(2, 2); else ROW_TILE(2, 1);
+            } else if (rows == 4) {
+                ROW_TILE(1, 4);
+            } else if (rows == 3) {
+                ROW_TILE(1, 3);
+            } else if (rows == 2) {
+                ROW_TILE(1, 2);
+            } else {
+                ROW_TILE(1, 1);
             }
+#undef ROW_TILE
         }
     }
     return 0;
