@@ -7,16 +7,20 @@ Prints one JSON object, everything measured in one run so the ratios are fair:
     matmul (torch's `F.linear`, and the oneDNN-packed weight the engine uses for float32);
     with `--int-mm` also `torch._int_mm` (int32 output, no epilogue), which is how the
     AVX-512 VNNI threshold in `layers/packed.py` is chosen;
+  - with `--cold` the int8 GEMM cycles through enough copies of each weight to read it from
+    memory on every call, as an engine step reads each layer's weights (the default re-reads one
+    weight that stays in cache, which hides how well the kernel streams it);
   - the memory bandwidth of a large copy in the same run, the time to read the model's int8
     weights once at it (the bound of a decode step that streams every weight), and the time of
     one single-sequence decode step's int8 GEMMs over every layer's own weights beside it.
 
-Usage: python benchmarks/int8_gemm.py [--rows 1 8 64 512] [--int-mm] [--seconds 0.5]
+Usage: python benchmarks/int8_gemm.py [--rows 1 8 64 512 2048] [--int-mm] [--cold] [--seconds 0.5]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import time
@@ -61,7 +65,13 @@ def memory_bandwidth(seconds: float) -> float:
     return 2 * src.numel() * 4 / best_seconds(lambda: dst.copy_(src), seconds)
 
 
-def measure_shape(k: int, n: int, m: int, seconds: float, int_mm: bool) -> dict[str, Any]:
+# Bytes of weight copies a `--cold` measurement cycles through: beyond any CPU's caches.
+COLD_BYTES = 256 * 2**20
+
+
+def measure_shape(
+    k: int, n: int, m: int, seconds: float, int_mm: bool, cold: bool
+) -> dict[str, Any]:
     gemm = load_int8_gemm()
     assert gemm is not None, "the CPU kernels did not build"
     gen = torch.Generator().manual_seed(k * n + m)
@@ -69,10 +79,11 @@ def measure_shape(k: int, n: int, m: int, seconds: float, int_mm: bool) -> dict[
     qx = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=gen)
     if gemm.input_offset:
         qx = (qx.to(torch.int16) + gemm.input_offset).to(gemm.input_dtype)
-    packed = PackedInt8Weight(weight)
+    copies = -(-COLD_BYTES // (k * n)) if cold else 1
+    packed = itertools.cycle([PackedInt8Weight(weight) for _ in range(copies)])
     row_scale, col_scale = torch.rand(m) + 0.5, torch.rand(n) + 0.5
     ops = 2 * m * k * n
-    int8_s = best_seconds(lambda: gemm(qx, row_scale, packed, col_scale, None), seconds)
+    int8_s = best_seconds(lambda: gemm(qx, row_scale, next(packed), col_scale, None), seconds)
     w32, x32 = weight.float(), torch.randn(m, k, generator=gen)
     float_s = best_seconds(lambda: F.linear(x32, w32), seconds)
     onednn = OneDnnWeight(w32, None)
@@ -127,6 +138,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 64, 512])
     parser.add_argument("--int-mm", action="store_true", help="also time torch._int_mm")
+    parser.add_argument(
+        "--cold", action="store_true", help="int8 weights read from memory on every call"
+    )
     parser.add_argument("--seconds", type=float, default=0.5, help="per measurement")
     args = parser.parse_args()
 
@@ -138,7 +152,9 @@ def main() -> None:
             "name": name,
             "k": k,
             "n": n,
-            "rows": [measure_shape(k, n, m, args.seconds, args.int_mm) for m in args.rows],
+            "rows": [
+                measure_shape(k, n, m, args.seconds, args.int_mm, args.cold) for m in args.rows
+            ],
         }
         for name, k, n, _ in SHAPES
     ]
@@ -148,6 +164,7 @@ def main() -> None:
                 "cpu": cpu_model(),
                 "isa": cpu_isa(),
                 "threads": torch.get_num_threads(),
+                "int8_weights_cold": args.cold,
                 "memory_bandwidth_gb_s": round(bandwidth / 1e9, 2),
                 "int8_weight_bytes": weight_bytes,
                 "int8_weights_read_once_ms": round(weight_bytes / bandwidth * 1e3, 2),

@@ -107,8 +107,10 @@ def test_packing_rejects_what_is_not_a_2d_int8_weight(weight: torch.Tensor) -> N
 _MODEL_SHAPES = [(576, 960), (1536, 576)]
 # N = 29: a last 16-output tile whose second 8-output half is partial (N = 37: absent).
 _TAIL_SHAPES = [(64, 16), (8, 48), (13, 37), (3, 5), (577, 50), (130, 70), (21, 29)]
-# 12, 24, 28: whole 12-row tiles (the AVX2 variant's tall tile for prefill), alone and with a
-# 4-row remainder.
+# From 12 rows the AVX2 variant takes 12-row tiles over 32-group chunks of K, in 120-row blocks:
+# 12, 24, 28 (whole 12-row tiles, alone and with a 4-row remainder), 129/130/513 (a second or
+# last block shorter than one tile or with a remainder); K = 577 and 130 end in a partial chunk
+# and a partial group, K = 3 has no whole group.
 _ROWS = [1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 24, 28, 64, 65, 100, 130, 513]
 CASES = [(m, k, n) for k, n in _MODEL_SHAPES for m in (1, 5, 8, 17, 65, 129)] + [
     (m, k, n) for k, n in _TAIL_SHAPES for m in _ROWS
