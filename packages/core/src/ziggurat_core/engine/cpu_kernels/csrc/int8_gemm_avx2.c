@@ -21,8 +21,8 @@
  *
  * TALL_ROWS rows or more (prefill, large decode batches): 12 rows x 8 outputs at a time, with the
  * activations pre-broadcast to memory (tall_groups). Each thread takes its own share of the
- * weight tiles, the same for every row block of TALL_BLOCK rows, in batches of TILE_BATCH tiles
- * whose weights stay in L2 while the block's 12-row tiles pass over them; the rows a block has
+ * weight tiles, the same for every row block of TALL_BLOCK rows, in batches of up to TILE_BATCH
+ * tiles whose weights stay in L2 while the block's 12-row tiles pass over them; the rows a block has
  * beyond whole 12-row tiles take the few-row tiles above.
  */
 #include "isa.h"
@@ -131,9 +131,12 @@ static inline __attribute__((always_inline)) void four_row_groups(__m256i acc[][
 /* Groups of 4 inputs per pre-broadcast chunk: 12 rows x 32 groups x 32 bytes, which stay in L1
  * while every tile of a batch passes over them. */
 #define CHUNK_GROUPS 32
-/* Weight tiles whose accumulators are kept (in memory, 2 x 12 ymm each) across the chunks of K,
- * and whose weights stay in L2 while a row block's 12-row tiles pass over them. */
-#define TILE_BATCH 16
+/* Weight tiles whose accumulators are kept (in memory, 2 x 12 ymm each) across the chunks of K:
+ * as many as BATCH_WEIGHT_BYTES of weights, which stay in L2 while a row block's 12-row tiles pass
+ * over them, and at most TILE_BATCH. The more tiles a batch has, the more of them share each
+ * chunk's pre-broadcast copy. */
+#define TILE_BATCH 32
+#define BATCH_WEIGHT_BYTES (384 * 1024)
 /* Rows per block of the tall path (a multiple of TALL_ROWS); a thread's weights are read from
  * beyond L2 once per block. */
 #define TALL_BLOCK 120
@@ -388,13 +391,17 @@ static void tall_gemm(const int8_t *x, const float *row_scale, int64_t M, int64_
                       const int8_t *packed, const int32_t *negative_sum, const float *col_scale,
                       const float *bias, float *out, int thread, int threads) {
     const int64_t tiles = (N + 15) / 16, share = (tiles + threads - 1) / threads;
+    const int64_t tile_bytes = (K + 3) / 4 * 64;
+    const int64_t batch = BATCH_WEIGHT_BYTES / tile_bytes < 1            ? 1
+                          : BATCH_WEIGHT_BYTES / tile_bytes > TILE_BATCH ? TILE_BATCH
+                                                                         : BATCH_WEIGHT_BYTES / tile_bytes;
     const int64_t ta = thread * share < tiles ? thread * share : tiles;
     const int64_t tb = tiles - ta < share ? tiles : ta + share;
     for (int64_t b0 = 0; b0 < M; b0 += TALL_BLOCK) {
         const int64_t b1 = M - b0 < TALL_BLOCK ? M : b0 + TALL_BLOCK;
         const int64_t tall_end = b0 + (b1 - b0) / TALL_ROWS * TALL_ROWS;
-        for (int64_t t0 = ta; t0 < tb; t0 += TILE_BATCH) {
-            const int64_t t1 = tb - t0 < TILE_BATCH ? tb : t0 + TILE_BATCH;
+        for (int64_t t0 = ta; t0 < tb; t0 += batch) {
+            const int64_t t1 = tb - t0 < batch ? tb : t0 + batch;
             for (int64_t m0 = b0; m0 < tall_end; m0 += TALL_ROWS)
                 tall_rows(x, row_scale, m0, K, N, packed, t0, t1, negative_sum, col_scale, bias,
                           out);
