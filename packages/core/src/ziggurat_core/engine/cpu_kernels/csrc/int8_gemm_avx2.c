@@ -22,8 +22,8 @@
  * TALL_ROWS rows or more (prefill, large decode batches): 12 rows x 8 outputs at a time, with the
  * activations pre-broadcast to memory (tall_groups). Each thread takes its own share of the
  * weight tiles, the same for every row block of TALL_BLOCK rows, in batches of up to TILE_BATCH
- * tiles whose weights stay in L2 while the block's 12-row tiles pass over them; the rows a block has
- * beyond whole 12-row tiles take the few-row tiles above.
+ * tiles whose weights stay in L2 while the block's 12-row tiles pass over them; the rows a block
+ * has beyond whole 12-row tiles take the few-row tiles above.
  */
 #include "isa.h"
 
@@ -362,9 +362,10 @@ static inline __attribute__((always_inline)) void row_tile(
 
 /* The rows of [b0, b1) left over by whole 12-row tiles (fewer than 12) x weight tile `tile`, in
  * register tiles of up to ROWS rows. */
-static inline __attribute__((always_inline)) void short_rows(const int8_t *x, const float *row_scale, int64_t b0, int64_t b1, int64_t K,
-                       int64_t N, const int8_t *packed, int64_t tile, const int32_t *negative_sum,
-                       const float *col_scale, const float *bias, float *out) {
+static inline __attribute__((always_inline)) void short_rows(
+    const int8_t *x, const float *row_scale, int64_t b0, int64_t b1, int64_t K, int64_t N,
+    const int8_t *packed, int64_t tile, const int32_t *negative_sum, const float *col_scale,
+    const float *bias, float *out) {
     for (int64_t m0 = b0; m0 < b1; m0 += ROWS) {
         const int64_t rows = b1 - m0 < ROWS ? b1 - m0 : ROWS;
         /* Constant tile shapes so the loops unroll. */
@@ -385,16 +386,15 @@ static inline __attribute__((always_inline)) void short_rows(const int8_t *x, co
 }
 
 /* M >= TALL_ROWS, on one thread of the team: its share of the weight tiles (the same for every
- * row block, so its weights stay in its caches), in batches of TILE_BATCH; each batch takes a
+ * row block, so its weights stay in its caches), in batches (see TILE_BATCH); each batch takes a
  * row block's 12-row tiles, then the rows left over. */
 static void tall_gemm(const int8_t *x, const float *row_scale, int64_t M, int64_t K, int64_t N,
                       const int8_t *packed, const int32_t *negative_sum, const float *col_scale,
                       const float *bias, float *out, int thread, int threads) {
     const int64_t tiles = (N + 15) / 16, share = (tiles + threads - 1) / threads;
     const int64_t tile_bytes = (K + 3) / 4 * 64;
-    const int64_t batch = BATCH_WEIGHT_BYTES / tile_bytes < 1            ? 1
-                          : BATCH_WEIGHT_BYTES / tile_bytes > TILE_BATCH ? TILE_BATCH
-                                                                         : BATCH_WEIGHT_BYTES / tile_bytes;
+    const int64_t fit = BATCH_WEIGHT_BYTES / tile_bytes;
+    const int64_t batch = fit < 1 ? 1 : fit > TILE_BATCH ? TILE_BATCH : fit;
     const int64_t ta = thread * share < tiles ? thread * share : tiles;
     const int64_t tb = tiles - ta < share ? tiles : ta + share;
     for (int64_t b0 = 0; b0 < M; b0 += TALL_BLOCK) {
