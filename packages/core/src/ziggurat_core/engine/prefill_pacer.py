@@ -103,7 +103,9 @@ class PrefillPacer:
         if token_cost == 0.0:
             return self.cap  # prompt work costs nothing measurable: only the static cap bounds it
         target = self.max_decode_slowdown * self._decode_time.predict(num_decodes)
-        allowed = max(1, int(min(target / token_cost, _NO_LIMIT)))
+        # (The relative 1e-9: estimates averaged in floating point land a hair below a whole
+        # count they equal, and must not lose that token.)
+        allowed = max(1, int(min(target / token_cost * (1 + 1e-9), _NO_LIMIT)))
         return allowed if self.cap is None else min(allowed, self.cap)
 
     def observe(self, num_decodes: int, charged_prefill_tokens: int, seconds: float) -> None:
