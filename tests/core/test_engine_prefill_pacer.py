@@ -18,8 +18,8 @@ TOKEN_SECONDS = 0.001
 
 
 class FakeClock:
-    """Time that moves only when a step runs the model: by DECODE_SECONDS plus TOKEN_SECONDS a
-    charged prompt token of the step the scheduler planned last."""
+    """Seconds that move only when the test moves them (`run` does, when a step runs the model:
+    by DECODE_SECONDS plus TOKEN_SECONDS a charged prompt token of the step planned last)."""
 
     def __init__(self) -> None:
         self.seconds = 1000.0
@@ -42,7 +42,7 @@ def run(tiny: TinyModel, cap: int, slowdown: float
         return planned[-1]
 
     def execute_in_fake_time(*args: Any, **kwargs: Any) -> Any:
-        clock.seconds += DECODE_SECONDS + TOKEN_SECONDS * planned[-1].prefill_charge
+        clock.seconds += DECODE_SECONDS + TOKEN_SECONDS * planned[-1].charged_prefill_tokens
         return execute(*args, **kwargs)
 
     engine.scheduler.schedule = schedule_and_keep  # type: ignore[method-assign]
@@ -74,7 +74,7 @@ def test_paced_prefill_stays_within_the_allowance_and_gives_the_same_tokens(tiny
     beside_decodes = [out for out in steps if out.num_decodes and out.num_batched_tokens > out.num_decodes]
     for out in beside_decodes:
         assert out.prefill_allowance is not None and out.prefill_allowance <= 8
-        assert out.prefill_charge <= out.prefill_allowance or out.num_batched_tokens == out.num_decodes + 1
+        assert out.charged_prefill_tokens <= out.prefill_allowance or out.num_batched_tokens == out.num_decodes + 1
     # The first step beside decodes gets the cap; from the fake clock the pacer learns a
     # decode step of 10 ms and a charged token of 1 ms: a quarter of a step is 2 tokens.
     assert beside_decodes[0].prefill_allowance == 8

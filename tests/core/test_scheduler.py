@@ -480,7 +480,7 @@ class SimulatedEngine:
         self.scheduler.postprocess(out, fake_samples(out), self.stop)
         # A made-up step time (arbitrary units) for the prefill pacer: a fixed part, a part a
         # decode and a part a charged prompt token.
-        self.scheduler.record_step_time(out, 10.0 + 2.0 * out.num_decodes + out.prefill_charge)
+        self.scheduler.record_step_time(out, 10.0 + 2.0 * out.num_decodes + out.charged_prefill_tokens)
         self.check_state()
 
     def stop(self, seq: SequenceState) -> SequenceStatus | None:
@@ -527,7 +527,7 @@ class SimulatedEngine:
         prefills = [item for item in out.scheduled if item not in decodes]
         assert out.scheduled[:out.num_decodes] == decodes
         charged = sum(prefill_charge(item.start_position, item.num_new_tokens) for item in prefills)
-        assert out.prefill_charge == charged
+        assert out.charged_prefill_tokens == charged
         allowed = out.prefill_allowance
         if decodes and cap and config.enable_chunked_prefill:
             assert allowed is not None and 1 <= allowed <= cap  # the cap, or the pacer's within it

@@ -24,7 +24,7 @@ def paced(slowdown: float | None, cap: int | None, max_num_seqs: int = 16,
 
 def linear_cost(decode_seconds: float, token_seconds: float) -> StepCost:
     """A step costs `decode_seconds` for its decodes and `token_seconds` a charged prompt token."""
-    return lambda out: decode_seconds + token_seconds * out.prefill_charge
+    return lambda out: decode_seconds + token_seconds * out.charged_prefill_tokens
 
 
 def timed_step(scheduler: Scheduler, cost: StepCost) -> SchedulerOutput:
@@ -51,7 +51,7 @@ def prefill_beside(scheduler: Scheduler, streams: int, prompt_len: int, cost: St
         # (The prompt's last token, when a chunk leaves one alone, is computed as a decode.)
         assert out.num_decodes in (streams, streams + 1)
         assert out.prefill_allowance is not None
-        assert out.prefill_charge <= out.prefill_allowance or out.num_batched_tokens == streams + 1
+        assert out.charged_prefill_tokens <= out.prefill_allowance or out.num_batched_tokens == streams + 1
         if long_seq.is_finished:
             break
     assert long_seq.status is SequenceStatus.FINISHED_LENGTH
@@ -67,7 +67,7 @@ def test_the_pacer_sizes_the_prompt_work_to_the_slowdown() -> None:
     allowances = [out.prefill_allowance for out in outputs]
     assert allowances[-100:] == [2] * 100
     # Every step it allowed kept within 1.25 decode steps once learned (the 1-token floor aside).
-    assert all(out.prefill_charge <= 2 for out in outputs[-100:])
+    assert all(out.charged_prefill_tokens <= 2 for out in outputs[-100:])
     # 600 tokens at 2 charged tokens a step (fewer tokens deeper in): hundreds of steps, where
     # the cap alone takes fewer than 20 (600 tokens charged at most 1.6 each, 64 a step).
     assert len(outputs) > 250

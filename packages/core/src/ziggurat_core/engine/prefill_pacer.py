@@ -5,7 +5,7 @@ A fixed cap of prompt tokens per step (`max_prefill_tokens_while_decoding`) cann
 everywhere: the same 64 tokens are several decode steps' worth for a few streams on a small
 CPU, a small fraction of a step of many streams, and different again on another CPU or model.
 The pacer instead learns, from the steps the engine ran, what a decode-only step costs and what
-one charged prefill token adds to a step (`prefill_allowance.prefill_charge`), and gives each
+one charged prefill token adds to a step (`prefill_allowance.charged_prefill_tokens`), and gives each
 step beside decodes as much prompt work as keeps it within `1 + max_decode_slowdown` times a
 decode-only step of the same batch.
 

@@ -65,7 +65,7 @@ class SchedulerOutput:
     # The prompt work the prefill chunks may take (charged tokens: prefill_allowance.py; None:
     # no limit) and what they were charged.
     prefill_allowance: int | None = None
-    prefill_charge: int = 0
+    charged_prefill_tokens: int = 0
 
 
 # Called by `postprocess` after a sequence gained a token: the finished status it must take now,
@@ -178,14 +178,14 @@ class Scheduler:
         if not out.preempted:
             budget = self._admit_waiting(budget, out, allowance)
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
-        out.prefill_charge = allowance.charged
+        out.charged_prefill_tokens = allowance.charged
         return out
 
     def record_step_time(self, output: SchedulerOutput, seconds: float) -> None:
         """The wall time of the step that ran `output` (schedule, model, postprocess), for the
         prefill pacer to learn from. The engine loop measures it; without a pacer, ignored."""
         if self.pacer is not None:
-            self.pacer.observe(output.num_decodes, output.prefill_charge, seconds)
+            self.pacer.observe(output.num_decodes, output.charged_prefill_tokens, seconds)
 
     def postprocess(
         self,
