@@ -108,7 +108,8 @@ class EngineConfig:
     # prompt work may take, as a fraction (0.25: at most 1.25 times): the prefill pacer learns
     # both costs from the steps it ran and sizes each step's prompt work to fit
     # (prefill_pacer.py), within max_prefill_tokens_while_decoding if that is set. 0: no pacing,
-    # the cap alone. None: the engine resolves it as the cap (resolved_max_decode_slowdown).
+    # the cap alone. None: the engine resolves it like the cap (resolved_max_decode_slowdown:
+    # 0.25 for a server on CPU, else off).
     max_decode_slowdown: float | None = None
     enable_prefix_caching: bool = True
     seed: int = 0
