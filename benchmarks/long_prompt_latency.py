@@ -25,6 +25,10 @@ which stay at normal priority. `--sender-nice 0` measures a client competing for
     # before/after in one run: two servers, every phase against both, alternated each round
     python benchmarks/long_prompt_latency.py --skip health --phases quiet generate \
         --server-arg=--max-prefill-tokens-while-decoding=0 --compare-arg=--max-prefill-tokens-while-decoding=64
+    # the prefill pacer against the cap alone (both capped at 64); streams long enough that
+    # several paced long prompts are answered within each window
+    python benchmarks/long_prompt_latency.py --skip health --phases quiet generate --stream-tokens 512 \
+        --server-arg=--max-decode-slowdown=0 --compare-arg=--max-decode-slowdown=0.25
 
 With `--compare-arg`, a second server (the same `--server-arg`s plus those) runs beside the first
 and every ITL phase of every round runs against both, one after the other, so that both see the
@@ -156,7 +160,8 @@ async def send_long_prompts(http: httpx.AsyncClient, model: str, phase: str, lon
     text so no prefix cache or response cache can help. Without a `rate`, one after another
     (the next when the last is answered); with one, `rate` a second whether or not the earlier
     ones were answered, as independent clients would send them, so that configurations that
-    answer at different speeds still get the same load."""
+    answer at different speeds still get the same load. `sent` counts those answered before
+    `stop`."""
 
     async def send(index: int) -> None:
         text = f"{index} {long_text}"
@@ -168,7 +173,11 @@ async def send_long_prompts(http: httpx.AsyncClient, model: str, phase: str, lon
         if rate is not None and response.status_code == 429:
             return  # a fixed rate above what the engine admits: the server's refusal, not counted
         response.raise_for_status()
-        sent[0] += 1
+        if not stop.is_set():
+            # Answered within the measured window: one still being prefilled when the window
+            # closes finishes unhindered after it (the streams are gone) and would flatter a
+            # configuration that serves long prompts slowly.
+            sent[0] += 1
 
     index = 0
     if rate is None:
@@ -235,7 +244,7 @@ class SenderProcess:
 @dataclass
 class PhaseResult:
     gaps: list[float]
-    long_prompts_sent: int
+    long_prompts_sent: int  # answered within the window
     window_s: float  # from the streams' first tokens to their end
     cpu: dict[str, Any] | None  # CpuSnapshot.until of the window the long prompts arrived in
 
@@ -309,7 +318,7 @@ def summarise(results: dict[str, list[PhaseResult]]) -> dict[str, Any]:
         sent = sum(run.long_prompts_sent for run in runs)
         phases[phase] = {**ms([gap for run in runs for gap in run.gaps]),
                          "long_prompts_sent": sent, "long_prompts_per_s": round(
-                             sent / sum(run.window_s for run in runs), 1)}
+                             sent / sum(run.window_s for run in runs), 2)}
         windows = [run.cpu for run in runs if run.cpu is not None]
         if windows:
             phases[phase]["cpu"] = mean_cores(windows)

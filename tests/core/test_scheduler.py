@@ -26,6 +26,7 @@ def make_config(
     chunked: bool = True,
     prefix_caching: bool = True,
     prefill_cap: int | None = None,
+    decode_slowdown: float | None = None,
 ) -> EngineConfig:
     return EngineConfig(
         block_size=block_size,
@@ -34,6 +35,7 @@ def make_config(
         enable_chunked_prefill=chunked,
         enable_prefix_caching=prefix_caching,
         max_prefill_tokens_while_decoding=prefill_cap,
+        max_decode_slowdown=decode_slowdown,
     )
 
 
@@ -476,6 +478,9 @@ class SimulatedEngine:
         self.outgrown.update(seq.seq_id for seq in out.finished_by_scheduler)
         self.fake_forward(out)
         self.scheduler.postprocess(out, fake_samples(out), self.stop)
+        # A made-up step time (arbitrary units) for the prefill pacer: a fixed part, a part a
+        # decode and a part a charged prompt token.
+        self.scheduler.record_step_time(out, 10.0 + 2.0 * out.num_decodes + out.charged_prefill_tokens)
         self.check_state()
 
     def stop(self, seq: SequenceState) -> SequenceStatus | None:
@@ -520,11 +525,18 @@ class SimulatedEngine:
         decodes = [item for item in out.scheduled if item.seq.seq_id in running_before and (
             len(item.seq) - item.start_position == 1 or item.start_position >= item.seq.num_prompt_tokens)]
         prefills = [item for item in out.scheduled if item not in decodes]
-        if cap and config.enable_chunked_prefill and decodes and prefills:
-            # The step's prefill work stays within the cap; only a lone one-token chunk may
-            # exceed it (the progress every step guarantees a prompt).
-            charged = sum(prefill_charge(item.start_position, item.num_new_tokens) for item in prefills)
-            assert charged <= cap or (len(prefills) == 1 and prefills[0].num_new_tokens == 1)
+        assert out.scheduled[:out.num_decodes] == decodes
+        charged = sum(prefill_charge(item.start_position, item.num_new_tokens) for item in prefills)
+        assert out.charged_prefill_tokens == charged
+        allowed = out.prefill_allowance
+        if decodes and cap and config.enable_chunked_prefill:
+            assert allowed is not None and 1 <= allowed <= cap  # the cap, or the pacer's within it
+        elif not (decodes and config.max_decode_slowdown and config.enable_chunked_prefill):
+            assert allowed is None  # no pacer either (a pacer without a cap may limit or not)
+        if allowed is not None and prefills:
+            # The step's prefill work stays within its allowance; only a lone one-token chunk
+            # may exceed it (the progress every step guarantees a prompt).
+            assert charged <= allowed or (len(prefills) == 1 and prefills[0].num_new_tokens == 1)
         for seq in out.preempted:
             assert seq.status is SequenceStatus.WAITING
             assert seq.block_table == [] and seq.num_computed_tokens == 0
@@ -612,6 +624,7 @@ events = st.one_of(
     chunked=st.booleans(),
     prefix_caching=st.booleans(),
     prefill_cap=st.sampled_from([None, 0, 1, 3, 8]),
+    decode_slowdown=st.sampled_from([None, 0.0, 0.1, 1.0]),
     prefixes=st.lists(st.lists(token_ids, min_size=4, max_size=16), min_size=3, max_size=3),
     script=st.lists(events, min_size=4, max_size=30),
 )
@@ -624,11 +637,12 @@ def test_simulated_engine_keeps_block_accounting_and_finishes_everything(
     chunked: bool,
     prefix_caching: bool,
     prefill_cap: int | None,
+    decode_slowdown: float | None,
     prefixes: list[list[int]],
     script: list[tuple],
 ) -> None:
     config = make_config(block_size, max_num_seqs, max_num_batched_tokens, chunked, prefix_caching,
-                         prefill_cap)
+                         prefill_cap, decode_slowdown)
     sim = SimulatedEngine(config, num_blocks, max_model_len)
     for event in script:
         if event[0] == "add":

@@ -51,6 +51,9 @@ def test_info_reports_model_memory_and_settings(client: httpx.Client,
     # Unset, the prefill cap beside decodes resolves for the device: the CPU's default.
     assert info["engine"]["config"]["max_prefill_tokens_while_decoding"] == 64
     assert info["server"]["max_prefill_tokens_while_decoding"] is None
+    # The pacing of that prompt work likewise: on for a server on CPU.
+    assert info["engine"]["config"]["max_decode_slowdown"] == 0.25
+    assert info["server"]["max_decode_slowdown"] is None
     assert info["engine"]["max_model_len"] == config.max_position_embeddings
     # The tiny model is a float32 GGUF: "auto" keeps float linear layers and a float32 cache.
     # The kernel variant depends on this CPU (pinned with a forced one in test_server_cpu_isa.py).

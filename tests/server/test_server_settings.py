@@ -31,6 +31,7 @@ ROWS: list[tuple[str, str, Any, Any]] = [
     ("max_num_seqs", "5", 5, 5),
     ("max_num_batched_tokens", "256", 256, 256),
     ("max_prefill_tokens_while_decoding", "0", 0, 0),
+    ("max_decode_slowdown", "0.5", 0.5, 0.5),
     ("kv_cache_memory", "2GiB", "2GiB", "2GiB"),
     ("num_kv_blocks", "77", 77, 77),
     ("gpu_memory_utilization", "0.75", 0.75, 0.75),
@@ -78,7 +79,7 @@ def test_defaults(resolve: Any) -> None:
         "api_key": None, "device": "auto", "dtype": "auto", "attention_backend": "auto",
         "quantization": "auto", "kv_cache_dtype": "auto", "max_num_seqs": 64,
         "max_num_batched_tokens": 2048, "max_prefill_tokens_while_decoding": None,
-        "kv_cache_memory": None, "num_kv_blocks": None, "gpu_memory_utilization": 0.9,
+        "max_decode_slowdown": None, "kv_cache_memory": None, "num_kv_blocks": None, "gpu_memory_utilization": 0.9,
         "max_model_len": None, "block_size": None, "prefix_caching": True, "enforce_eager": False,
         "max_queue": 256,
         "max_request_bytes": 4 * 1024 * 1024, "frontend_threads": None, "frontend_nice": 10,
@@ -159,6 +160,9 @@ def test_engine_config_carries_the_engine_options(resolve: Any) -> None:
     capped = resolve(["--max-prefill-tokens-while-decoding", "64"]).engine_config()
     assert capped.max_prefill_tokens_while_decoding == 64
     assert config.max_prefill_tokens_while_decoding is None  # the engine picks for its device
+    paced = resolve(["--max-decode-slowdown", "0.1"]).engine_config()
+    assert paced.max_decode_slowdown == 0.1
+    assert config.max_decode_slowdown is None  # likewise
     assert resolve(["--stream-interval", "8"]).engine_config().stream_interval == 8
     # int8 linears are not split per rank: refused where the settings come in.
     with pytest.raises(SettingsError, match="tensor_parallel_size"):
@@ -221,6 +225,12 @@ def test_memory_sizes_and_fractions_are_kept_as_given(resolve: Any, tmp_path: Pa
     (["--max-num-batched-tokens", "-4"], {}, None, ["--max-num-batched-tokens"]),
     (["--max-prefill-tokens-while-decoding", "-1"], {}, None,
      ["--max-prefill-tokens-while-decoding"]),
+    (["--max-decode-slowdown", "-0.1"], {}, None, ["--max-decode-slowdown"]),
+    (["--max-decode-slowdown", "inf"], {}, None, ["--max-decode-slowdown", "finite"]),
+    (["--max-decode-slowdown", "nan"], {}, None, ["--max-decode-slowdown"]),
+    ([], {"ZIGGURAT_MAX_DECODE_SLOWDOWN": "a bit"}, None,
+     ["--max-decode-slowdown", "ZIGGURAT_MAX_DECODE_SLOWDOWN"]),
+    ([], {}, "max_decode_slowdown: true\n", ["--max-decode-slowdown", "config file"]),
     (["--kv-cache-memory", "lots"], {}, None, ["--kv-cache-memory"]),
     (["--kv-cache-memory", "5 parsecs"], {}, None, ["--kv-cache-memory"]),
     (["--kv-cache-memory", "0"], {}, None, ["--kv-cache-memory"]),
@@ -273,6 +283,7 @@ METAVARS = {
     "api_key": "KEY", "device": "DEVICE", "dtype": "DTYPE", "quantization": "MODE",
     "kv_cache_dtype": "DTYPE", "attention_backend": "NAME", "max_num_seqs": "N",
     "max_num_batched_tokens": "N", "max_prefill_tokens_while_decoding": "N",
+    "max_decode_slowdown": "FRACTION",
     "kv_cache_memory": "SIZE", "num_kv_blocks": "N",
     "max_model_len": "N", "block_size": "N", "max_queue": "N", "frontend_threads": "N",
     "frontend_nice": "N", "shutdown_timeout": "SECONDS",

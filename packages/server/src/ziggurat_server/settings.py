@@ -60,6 +60,13 @@ def _integer(value: Any) -> Any:
     return value
 
 
+def _number(value: Any) -> Any:
+    # pydantic would read YAML's `true` as 1.0.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return value
+
+
 def _as_text(value: Any) -> Any:
     # A YAML number (`kv_cache_memory: 0.5`) is kept as written.
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -91,6 +98,7 @@ def _memory_size(value: str) -> str:
 Int = Annotated[int, BeforeValidator(_integer)]
 PositiveInt = Annotated[Int, Field(ge=1)]
 NonNegativeInt = Annotated[Int, Field(ge=0)]
+NonNegativeNumber = Annotated[float, BeforeValidator(_number), Field(ge=0, allow_inf_nan=False)]
 Text = Annotated[str, Field(min_length=1)]
 DType = Annotated[str, AfterValidator(_one_of(DTYPES))]
 Quantization = Annotated[str, AfterValidator(_one_of(QUANTIZATIONS))]
@@ -140,6 +148,12 @@ class ServerSettings(BaseSettings):
         None, "while sequences decode, the most prompt tokens one step computes beside them (a "
         "chunk deep into a long prompt counts for more), so a long prompt does not stall the "
         "running streams; 0: no cap (default: 64 on CPU, no cap on CUDA)", "N")
+    max_decode_slowdown: NonNegativeNumber | None = _option(
+        None, "while sequences decode, how much longer than a decode-only step a step that also "
+        "computes prompt tokens may take, as a fraction (0.25: 1.25 times); the engine measures "
+        "its steps and sizes each one's prompt work to fit, within "
+        "--max-prefill-tokens-while-decoding; 0: no pacing, the cap alone (default: 0.25 on "
+        "CPU, off on CUDA)", "FRACTION")
     kv_cache_memory: Annotated[Text, BeforeValidator(_as_text), AfterValidator(_memory_size)] | None = (
         _option(None, "KV cache size: bytes like 2GiB / 512MB, or a fraction of free device "
                 "memory like 0.5 (default: the engine's choice)", "SIZE"))
@@ -238,6 +252,7 @@ class ServerSettings(BaseSettings):
             max_num_seqs=self.max_num_seqs,
             max_num_batched_tokens=self.max_num_batched_tokens,
             max_prefill_tokens_while_decoding=self.max_prefill_tokens_while_decoding,
+            max_decode_slowdown=self.max_decode_slowdown,
             block_size=self.block_size,
             enable_prefix_caching=self.prefix_caching,
             enforce_eager=self.enforce_eager,

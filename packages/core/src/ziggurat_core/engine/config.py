@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -74,6 +75,8 @@ def parse_memory_size(value: int | float | str) -> int | float:
 QUANTIZATIONS = ("auto", "none", "int8")
 # EngineConfig.max_prefill_tokens_while_decoding left unset, on CPU.
 DEFAULT_CPU_PREFILL_TOKENS_WHILE_DECODING = 64
+# EngineConfig.max_decode_slowdown left unset, on CPU.
+DEFAULT_CPU_MAX_DECODE_SLOWDOWN = 0.25
 KV_CACHE_DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -101,6 +104,13 @@ class EngineConfig:
     # (resolved_prefill_tokens_while_decoding: 64 for a server on CPU, else none). Needs
     # chunked prefill.
     max_prefill_tokens_while_decoding: int | None = None
+    # While sequences decode, how much longer than a decode-only step a step that also carries
+    # prompt work may take, as a fraction (0.25: at most 1.25 times): the prefill pacer learns
+    # both costs from the steps it ran and sizes each step's prompt work to fit
+    # (prefill_pacer.py), within max_prefill_tokens_while_decoding if that is set. 0: no pacing,
+    # the cap alone. None: the engine resolves it like the cap (resolved_max_decode_slowdown:
+    # 0.25 for a server on CPU, else off).
+    max_decode_slowdown: float | None = None
     enable_prefix_caching: bool = True
     seed: int = 0
     num_threads: int | None = None  # torch CPU threads; None: torch's default
@@ -156,6 +166,14 @@ class EngineConfig:
             return self.max_prefill_tokens_while_decoding
         return DEFAULT_CPU_PREFILL_TOKENS_WHILE_DECODING if streaming and device_type == "cpu" else 0
 
+    def resolved_max_decode_slowdown(self, device_type: str, streaming: bool) -> float:
+        """The pacing an unset `max_decode_slowdown` takes, where the cap is on by default and
+        for the same reasons (`resolved_prefill_tokens_while_decoding`): on for a streaming
+        engine on CPU, off offline and on CUDA."""
+        if self.max_decode_slowdown is not None:
+            return self.max_decode_slowdown
+        return DEFAULT_CPU_MAX_DECODE_SLOWDOWN if streaming and device_type == "cpu" else 0.0
+
     @property
     def uses_ray(self) -> bool:
         return self.num_replicas > 1 or self.ray_address is not None
@@ -170,6 +188,11 @@ class EngineConfig:
         cap = self.max_prefill_tokens_while_decoding
         if cap is not None and cap < 0:
             raise ValueError(f"max_prefill_tokens_while_decoding must be >= 0, got {cap}")
+        slowdown = self.max_decode_slowdown
+        if slowdown is not None and (isinstance(slowdown, bool) or not isinstance(slowdown, (int, float))
+                                     or not math.isfinite(slowdown) or slowdown < 0):
+            raise ValueError(f"max_decode_slowdown must be a finite number >= 0 (0: no pacing), "
+                             f"got {slowdown!r}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
         if self.kv_cache_memory is not None:

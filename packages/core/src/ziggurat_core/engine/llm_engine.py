@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .calibration_text import CALIBRATION_TEXT
@@ -42,11 +42,18 @@ class InferenceEngine:
     """Continuous-batching engine. Drive it with `step()` or iterate `get_outputs()`."""
 
     def __init__(
-        self, config: EngineConfig | None = None, *, streaming: bool = False, **overrides: Any
+        self,
+        config: EngineConfig | None = None,
+        *,
+        streaming: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
+        **overrides: Any,
     ) -> None:
         """`streaming`: the outputs stream to waiting clients (AsyncEngine: the server, a
         replica), which changes the defaults that trade throughput for their inter-token
-        latency (`EngineConfig.resolved_prefill_tokens_while_decoding`)."""
+        latency (`EngineConfig.resolved_prefill_tokens_while_decoding`,
+        `resolved_max_decode_slowdown`). `clock`: seconds, what the steps are timed with for
+        the prefill pacer (a test's fake clock)."""
         from .device import resolve_device, resolve_dtype
         from .loader import load_checkpoint
         from .model_runner import ModelRunner
@@ -79,14 +86,17 @@ class InferenceEngine:
             )
         self.resolved_settings = self.runner.resolved_settings()
         # The runner resolves an unset block size from its attention backend; the block manager
-        # must cut the cache into the same blocks. The prefill cap depends on the device.
+        # must cut the cache into the same blocks. The prefill cap and pacing depend on the
+        # device and the use.
         device_type = self.resolved_settings.engine_device.split(":")[0]
         self.config = config = dataclasses.replace(
             config, block_size=self.runner.kv_spec.block_size,
             max_prefill_tokens_while_decoding=config.resolved_prefill_tokens_while_decoding(
                 device_type, streaming
             ),
+            max_decode_slowdown=config.resolved_max_decode_slowdown(device_type, streaming),
         )
+        self._clock = clock
         self.scheduler = Scheduler(config, self.runner.kv_spec.num_blocks, self.max_model_len)
         eos = list(dict.fromkeys([*self.model_config.eos_token_ids, *self.tokenizer.eos_token_ids]))
         self.eos_token_ids = eos
@@ -206,6 +216,7 @@ class InferenceEngine:
     # ------------------------------------------------------------------ stepping
     def step(self) -> list[RequestOutput]:
         """Run one scheduling step; return the outputs of requests that progressed."""
+        started = self._clock()
         sched = self.scheduler.schedule()
         touched: dict[str, RequestState] = {}
         for seq in sched.finished_by_scheduler:
@@ -234,6 +245,7 @@ class InferenceEngine:
                     return self.output_processor.process_token(sample, results[seq.seq_id])
 
                 grown = self.scheduler.postprocess(sched, sampled, check_stop)
+            self.scheduler.record_step_time(sched, self._clock() - started)
             now = time.monotonic()
             for seq in grown:
                 state = self._requests[seq.request_id]

@@ -31,13 +31,14 @@ def prefill_charge(start_position: int, num_tokens: int) -> int:
 class PrefillAllowance:
     """The prefill work one step may still take: all it wants (`cap` None), or `cap` tokens'
     worth as `prefill_charge` counts them, shared by the step's prefill chunks in the order
-    they ask."""
+    they ask. `charged`: what the chunks granted so far are charged in all (capped or not)."""
 
     def __init__(self, cap: int | None) -> None:
         if cap is not None and cap < 1:
             raise ValueError(f"a prefill cap must be >= 1 (or None for none), got {cap}")
         self._left = cap
         self._granted_any = False
+        self.charged = 0
 
     def grant(self, start_position: int, wanted: int) -> int:
         """How many of the `wanted` tokens of a chunk starting at `start_position` the step may
@@ -46,12 +47,16 @@ class PrefillAllowance:
         if wanted < 1:
             raise ValueError(f"a chunk needs at least one token, got {wanted}")
         if self._left is None:
-            return wanted
-        affordable = self._left * CONTEXT_TOKENS // (CONTEXT_TOKENS + start_position)
-        granted = min(wanted, affordable)
-        if granted == 0 and not self._granted_any:
-            granted = 1
+            granted = wanted
+        else:
+            affordable = self._left * CONTEXT_TOKENS // (CONTEXT_TOKENS + start_position)
+            granted = min(wanted, affordable)
+            if granted == 0 and not self._granted_any:
+                granted = 1
         if granted:
             self._granted_any = True
-            self._left = max(0, self._left - prefill_charge(start_position, granted))
+            charge = prefill_charge(start_position, granted)
+            self.charged += charge
+            if self._left is not None:
+                self._left = max(0, self._left - charge)
         return granted

@@ -11,7 +11,9 @@ Every step it picks, per sequence, how many new tokens to compute under a token 
    had to preempt, since blocks are short).
 When phase 1 scheduled any decode, phases 2 and 3 together take at most
 `max_prefill_tokens_while_decoding` tokens' worth of prompt work (prefill_allowance.py), so that
-a long prompt is spread over several steps instead of stalling every decoding sequence in one.
+a long prompt is spread over several steps instead of stalling every decoding sequence in one;
+with `max_decode_slowdown` set, the prefill pacer (prefill_pacer.py) sets that allowance step by
+step from the measured step times (`record_step_time`), the cap bounding it.
 
 A step is schedule -> run the model -> `postprocess`, and `postprocess` is the one place where a
 sequence gains its sampled token, finishes and has its blocks freed. The scheduler owns every
@@ -30,6 +32,7 @@ from .block_manager import BlockManager, BlockManagerStats
 from .config import EngineConfig
 from .errors import DuplicateRequestError, PromptTooLongError
 from .prefill_allowance import PrefillAllowance
+from .prefill_pacer import PrefillPacer
 from .sequence import SequenceState, SequenceStatus
 
 
@@ -58,6 +61,11 @@ class SchedulerOutput:
     # Finished with FINISHED_LENGTH by the scheduler: the sequence outgrew the whole KV cache or
     # the context window. The engine must emit their final outputs.
     finished_by_scheduler: list[SequenceState] = field(default_factory=list)
+    num_decodes: int = 0  # sequences scheduled by phase 1 (the first num_decodes of `scheduled`)
+    # The prompt work the prefill chunks may take (charged tokens: prefill_allowance.py; None:
+    # no limit) and what they were charged.
+    prefill_allowance: int | None = None
+    charged_prefill_tokens: int = 0
 
 
 # Called by `postprocess` after a sequence gained a token: the finished status it must take now,
@@ -99,6 +107,10 @@ class Scheduler:
         # None (unresolved) or 0: no cap.
         cap = config.max_prefill_tokens_while_decoding
         self._prefill_cap_while_decoding = cap if cap and config.enable_chunked_prefill else None
+        # None (unresolved) or 0: no pacing, the cap alone.
+        slowdown = config.max_decode_slowdown
+        self.pacer = (PrefillPacer(slowdown, self._prefill_cap_while_decoding)
+                      if slowdown and config.enable_chunked_prefill else None)
 
     # ----- admission control -----
 
@@ -159,12 +171,21 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         budget = self._schedule_running_decodes(budget, out)
         # Phase 1 schedules decodes only: anything scheduled so far is a decode.
-        allowance = PrefillAllowance(self._prefill_cap_while_decoding if out.scheduled else None)
+        out.num_decodes = len(out.scheduled)
+        out.prefill_allowance = self._prefill_allowance(out.num_decodes)
+        allowance = PrefillAllowance(out.prefill_allowance)
         budget = self._schedule_running_prefills(budget, out, allowance)
         if not out.preempted:
             budget = self._admit_waiting(budget, out, allowance)
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
+        out.charged_prefill_tokens = allowance.charged
         return out
+
+    def record_step_time(self, output: SchedulerOutput, seconds: float) -> None:
+        """The wall time of the step that ran `output` (schedule, model, postprocess), for the
+        prefill pacer to learn from. The engine loop measures it; without a pacer, ignored."""
+        if self.pacer is not None:
+            self.pacer.observe(output.num_decodes, output.charged_prefill_tokens, seconds)
 
     def postprocess(
         self,
@@ -339,6 +360,14 @@ class Scheduler:
         return budget
 
     # ----- helpers -----
+
+    def _prefill_allowance(self, num_decodes: int) -> int | None:
+        """The prompt work the step may take beside `num_decodes` decodes (None: no limit)."""
+        if num_decodes == 0:
+            return None
+        if self.pacer is not None:
+            return self.pacer.allowance(num_decodes)
+        return self._prefill_cap_while_decoding
 
     @staticmethod
     def _is_decode(seq: SequenceState) -> bool:

@@ -1,0 +1,97 @@
+"""The prefill pacer in a real engine (tiny random model) timed by a fake clock: the engine hands
+each step's time to the scheduler's pacer, every step's prompt work stays within what the pacer
+allowed, the long prompt finishes, greedy tokens equal those of the unpaced engine, and an unset
+`max_decode_slowdown` is on for a streaming engine on CPU only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fixtures_models import TinyModel
+from ziggurat_core.engine import InferenceEngine, SamplingParams
+from ziggurat_core.engine.async_engine import AsyncEngine
+from ziggurat_core.engine.config import DEFAULT_CPU_MAX_DECODE_SLOWDOWN, EngineConfig
+from ziggurat_core.engine.scheduler import SchedulerOutput
+
+DECODE_SECONDS = 0.010
+TOKEN_SECONDS = 0.001
+
+
+class FakeClock:
+    """Seconds that move only when the test moves them (`run` does, when a step runs the model:
+    by DECODE_SECONDS plus TOKEN_SECONDS a charged prompt token of the step planned last)."""
+
+    def __init__(self) -> None:
+        self.seconds = 1000.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+def run(tiny: TinyModel, cap: int, slowdown: float
+        ) -> tuple[dict[str, list[int]], list[SchedulerOutput], InferenceEngine]:
+    clock = FakeClock()
+    engine = InferenceEngine(EngineConfig(model=str(tiny.gguf_path), num_kv_blocks=64,
+                                          max_prefill_tokens_while_decoding=cap,
+                                          max_decode_slowdown=slowdown), clock=clock)
+    planned: list[SchedulerOutput] = []
+    schedule, execute = engine.scheduler.schedule, engine.runner.execute
+
+    def schedule_and_keep() -> SchedulerOutput:
+        planned.append(schedule())
+        return planned[-1]
+
+    def execute_in_fake_time(*args: Any, **kwargs: Any) -> Any:
+        clock.seconds += DECODE_SECONDS + TOKEN_SECONDS * planned[-1].charged_prefill_tokens
+        return execute(*args, **kwargs)
+
+    engine.scheduler.schedule = schedule_and_keep  # type: ignore[method-assign]
+    engine.runner.execute = execute_in_fake_time  # type: ignore[method-assign]
+    params = SamplingParams(temperature=0.0, max_tokens=60, ignore_eos=True)
+    vocab = tiny.config.vocab_size
+    for i in range(4):
+        engine.add_request(f"s{i}", prompt_token_ids=[(7 * i + j) % vocab for j in range(5)],
+                           sampling_params=params)
+    for _ in range(6):
+        engine.step()  # the streams decode alone for a while when the long prompt arrives
+    engine.add_request("long", prompt_token_ids=[(13 * j + 5) % vocab for j in range(100)],
+                       sampling_params=SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
+    arrived = len(planned)
+    tokens: dict[str, list[int]] = {}
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            if output.finished:
+                tokens[output.request_id] = output.outputs[0].token_ids
+    return tokens, planned[arrived:], engine
+
+
+def test_paced_prefill_stays_within_the_allowance_and_gives_the_same_tokens(tiny_llama: TinyModel) -> None:
+    unpaced, _, _ = run(tiny_llama, cap=0, slowdown=0.0)
+    paced, steps, engine = run(tiny_llama, cap=8, slowdown=0.25)
+    assert paced == unpaced
+    assert len(paced) == 5
+    assert engine.config.max_decode_slowdown == 0.25
+    beside_decodes = [out for out in steps if out.num_decodes and out.num_batched_tokens > out.num_decodes]
+    for out in beside_decodes:
+        assert out.prefill_allowance is not None and out.prefill_allowance <= 8
+        assert out.charged_prefill_tokens <= out.prefill_allowance or out.num_batched_tokens == out.num_decodes + 1
+    # The first step beside decodes gets the cap; from the fake clock the pacer learns a
+    # decode step of 10 ms and a charged token of 1 ms: a quarter of a step is 2 tokens.
+    assert beside_decodes[0].prefill_allowance == 8
+    assert [out.prefill_allowance for out in beside_decodes[-10:]] == [2] * 10
+
+
+def test_an_unset_slowdown_is_on_for_a_streaming_engine_on_cpu_only(tiny_llama: TinyModel) -> None:
+    assert EngineConfig().resolved_max_decode_slowdown("cpu", streaming=True) == DEFAULT_CPU_MAX_DECODE_SLOWDOWN
+    assert EngineConfig().resolved_max_decode_slowdown("cpu", streaming=False) == 0.0
+    assert EngineConfig().resolved_max_decode_slowdown("cuda", streaming=True) == 0.0
+    assert EngineConfig(max_decode_slowdown=0.5).resolved_max_decode_slowdown("cuda", False) == 0.5
+    config = EngineConfig(model=str(tiny_llama.gguf_path), device="cpu", num_kv_blocks=16)
+    offline = InferenceEngine(config)
+    assert offline.config.max_decode_slowdown == 0.0 and offline.scheduler.pacer is None
+    streaming = AsyncEngine.from_config(config)
+    try:
+        assert streaming.engine.config.max_decode_slowdown == DEFAULT_CPU_MAX_DECODE_SLOWDOWN
+        assert streaming.engine.scheduler.pacer is not None
+    finally:
+        streaming.shutdown()

@@ -1,0 +1,110 @@
+"""The prefill pacer in the scheduler (`max_decode_slowdown`), with step times from a written-down
+cost model instead of a clock: a long prompt beside decodes still finishes, every decode runs in
+every step, each step's prompt work stays within what the pacer allowed, and the allowance
+settles where the cost model says a step is `1 + max_decode_slowdown` decode steps long."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from test_scheduler import make_config, make_request, run_step
+from test_scheduler_prefill_cap import start_decoding
+from ziggurat_core.engine.scheduler import Scheduler, SchedulerOutput
+from ziggurat_core.engine.sequence import SequenceStatus
+
+StepCost = Callable[[SchedulerOutput], float]
+
+
+def paced(slowdown: float | None, cap: int | None, max_num_seqs: int = 16,
+          budget: int = 2048) -> Scheduler:
+    config = make_config(block_size=16, max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
+                         prefix_caching=False, prefill_cap=cap, decode_slowdown=slowdown)
+    return Scheduler(config, num_blocks=2048, max_model_len=8192)
+
+
+def linear_cost(decode_seconds: float, token_seconds: float) -> StepCost:
+    """A step costs `decode_seconds` for its decodes and `token_seconds` a charged prompt token."""
+    return lambda out: decode_seconds + token_seconds * out.charged_prefill_tokens
+
+
+def timed_step(scheduler: Scheduler, cost: StepCost) -> SchedulerOutput:
+    out = run_step(scheduler)
+    scheduler.record_step_time(out, cost(out))
+    return out
+
+
+def prefill_beside(scheduler: Scheduler, streams: int, prompt_len: int, cost: StepCost,
+                   decode_only_steps: int = 10) -> list[SchedulerOutput]:
+    """`streams` decoding streams and `decode_only_steps` steps of them alone, then a prompt of
+    `prompt_len` tokens stepped until it sampled its token; checks every step on the way."""
+    decoding = start_decoding(scheduler, streams)
+    for _ in range(decode_only_steps):
+        timed_step(scheduler, cost)
+    (long_seq,) = make_request("long", list(range(prompt_len)), max_tokens=1)
+    scheduler.add_request("long", [long_seq])
+    outputs = []
+    for _ in range(20_000):
+        before = [seq.num_output_tokens for seq in decoding]
+        out = timed_step(scheduler, cost)
+        outputs.append(out)
+        assert [seq.num_output_tokens for seq in decoding] == [n + 1 for n in before]
+        # (The prompt's last token, when a chunk leaves one alone, is computed as a decode.)
+        assert out.num_decodes in (streams, streams + 1)
+        assert out.prefill_allowance is not None
+        assert out.charged_prefill_tokens <= out.prefill_allowance or out.num_batched_tokens == streams + 1
+        if long_seq.is_finished:
+            break
+    assert long_seq.status is SequenceStatus.FINISHED_LENGTH
+    return outputs
+
+
+def test_the_pacer_sizes_the_prompt_work_to_the_slowdown() -> None:
+    # 8 streams, 10 ms a decode step, 1 ms a charged token: a quarter of a decode step is 2.5
+    # tokens' worth, so once learned each step takes 2 charged tokens of the long prompt.
+    scheduler = paced(0.25, cap=64)
+    outputs = prefill_beside(scheduler, 8, 600, linear_cost(0.010, 0.001))
+    assert outputs[0].prefill_allowance == 64  # the first step beside decodes: the cap
+    allowances = [out.prefill_allowance for out in outputs]
+    assert allowances[-100:] == [2] * 100
+    # Every step it allowed kept within 1.25 decode steps once learned (the 1-token floor aside).
+    assert all(out.charged_prefill_tokens <= 2 for out in outputs[-100:])
+    # 600 tokens at 2 charged tokens a step (fewer tokens deeper in): hundreds of steps, where
+    # the cap alone takes fewer than 20 (600 tokens charged at most 1.6 each, 64 a step).
+    assert len(outputs) > 250
+    capped = prefill_beside(paced(None, cap=64), 8, 600, linear_cost(0.010, 0.001))
+    assert len(capped) < 20
+
+
+def test_a_larger_batch_buys_more_prompt_work() -> None:
+    # 64 streams, 80 ms a decode step: the same slowdown is 20 charged tokens a step.
+    scheduler = paced(0.25, cap=64, max_num_seqs=80)
+    outputs = prefill_beside(scheduler, 64, 400, linear_cost(0.080, 0.001))
+    assert [out.prefill_allowance for out in outputs[-5:]] == [20] * 5
+
+
+def test_the_static_cap_bounds_the_pacer_and_zero_unbounds_it() -> None:
+    # Prompt tokens so cheap that a quarter of a decode step buys 250: the cap still holds.
+    cheap = linear_cost(0.010, 0.00001)
+    outputs = prefill_beside(paced(0.25, cap=64), 8, 1500, cheap)
+    assert {out.prefill_allowance for out in outputs} == {64}
+    # Without a static cap the pacer alone decides (a small start until it has measured).
+    outputs = prefill_beside(paced(0.25, cap=0), 8, 1500, cheap)
+    assert outputs[0].prefill_allowance == 16
+    assert outputs[-2].prefill_allowance == 250
+
+
+def test_without_decodes_the_pacer_does_not_limit_a_prompt() -> None:
+    scheduler = paced(0.25, cap=64, budget=512)
+    (seq,) = make_request("long", list(range(1200)), max_tokens=2)
+    scheduler.add_request("long", [seq])
+    outputs = [timed_step(scheduler, linear_cost(0.010, 0.001)) for _ in range(3)]
+    assert [out.num_batched_tokens for out in outputs] == [512, 512, 176]
+    assert all(out.prefill_allowance is None and out.num_decodes == 0 for out in outputs)
+
+
+def test_without_chunked_prefill_there_is_no_pacer() -> None:
+    config = make_config(block_size=16, max_num_seqs=16, max_num_batched_tokens=2048,
+                         chunked=False, prefill_cap=64, decode_slowdown=0.25)
+    assert Scheduler(config, num_blocks=64, max_model_len=1024).pacer is None
+    assert paced(0.0, cap=64).pacer is None
+    assert paced(None, cap=64).pacer is None
