@@ -54,10 +54,27 @@ def test_the_decode_time_follows_the_batch_size() -> None:
         assert allowed is not None
         pacer.observe(decodes, allowed, 0.005 + 0.001 * decodes + 0.0001 * allowed)
     # A whole decode step's worth (slowdown 1.0): 9 ms / 0.1 ms at 4, 13 ms at 8, 21 at 16,
-    # within the fit's shrinkage of the slope.
+    # within the fit's shrinkage of the slope (which the baseline's lean towards the faster
+    # steps compounds at the largest batch: it errs low, never high).
     for decodes, exact in ((4, 90), (8, 130), (16, 210)):
         allowed = pacer.allowance(decodes)
-        assert allowed is not None and abs(allowed - exact) <= 0.05 * exact, (decodes, allowed)
+        assert allowed is not None and abs(allowed - exact) <= 0.08 * exact, (decodes, allowed)
+        assert allowed <= exact * 1.02, (decodes, allowed)
+
+
+def test_the_baseline_follows_the_fast_decode_steps() -> None:
+    # 8 decodes: every third decode-only step shares the cores and takes 20 ms instead of 10
+    # (a server reading and tokenising the next prompt between long prompts). The baseline
+    # stays near the 10 ms of the decodes' own work, so the prompts get what a 10 ms step
+    # allows (0.25 x 10 ms / 1 ms a token = 2-3), not what the 13.3 ms average would (3-4).
+    pacer = PrefillPacer(0.25)
+    for i in range(300):
+        pacer.observe(8, 0, 0.020 if i % 3 == 2 else 0.010)
+    for _ in range(100):
+        allowed = pacer.allowance(8)
+        assert allowed is not None
+        pacer.observe(8, allowed, 0.010 + 0.001 * allowed)
+    assert pacer.allowance(8) in (2, 3)
 
 
 def test_the_static_cap_and_one_token_bound_it() -> None:

@@ -22,6 +22,12 @@ from dataclasses import dataclass
 # estimates follow a change of load within a fraction of a second of steps, while one slow
 # step moves them by a tenth of its excess at most.
 SMOOTHING = 0.1
+# Weight of a decode-only step slower than predicted, against SMOOTHING for one as fast or faster:
+# the baseline follows the fast steps and drifts up only slowly. Decode-only steps slower than
+# the decodes' own work are mostly steps that shared the cores (in a server, the gaps between
+# long prompts, while the next is read and tokenised); learned at full weight they inflated the
+# baseline, and the pacer then gave the prompts more than the target allows.
+SLOWER_STEP_WEIGHT = SMOOTHING / 8
 # A step measured beyond this many times its prediction counts as this many times: a garbage
 # collection or another process taking the core is not a property of the step's work, and one
 # such step must not shut the prompts out for many steps after it.
@@ -49,14 +55,16 @@ class _DecodeTimeFit:
     sum_nn: float = 0.0
     sum_nt: float = 0.0
 
-    def add(self, num_decodes: int, seconds: float) -> None:
-        keep = 1.0 - SMOOTHING
+    def add(self, num_decodes: int, seconds: float, rate: float = SMOOTHING) -> None:
+        """Weighs in a step at `rate` (the weight of the newest step; the older ones keep
+        1 - rate of theirs)."""
+        keep = 1.0 - rate
         n = float(num_decodes)
-        self.weight = keep * self.weight + SMOOTHING
-        self.sum_n = keep * self.sum_n + SMOOTHING * n
-        self.sum_t = keep * self.sum_t + SMOOTHING * seconds
-        self.sum_nn = keep * self.sum_nn + SMOOTHING * n * n
-        self.sum_nt = keep * self.sum_nt + SMOOTHING * n * seconds
+        self.weight = keep * self.weight + rate
+        self.sum_n = keep * self.sum_n + rate * n
+        self.sum_t = keep * self.sum_t + rate * seconds
+        self.sum_nn = keep * self.sum_nn + rate * n * n
+        self.sum_nt = keep * self.sum_nt + rate * n * seconds
 
     @property
     def measured(self) -> bool:
@@ -116,9 +124,13 @@ class PrefillPacer:
             return
         fit = self._decode_time
         if charged_prefill_tokens == 0:
+            rate = SMOOTHING
             if fit.measured:
-                seconds = min(seconds, OUTLIER_FACTOR * fit.predict(num_decodes))
-            fit.add(num_decodes, seconds)
+                predicted = fit.predict(num_decodes)
+                seconds = min(seconds, OUTLIER_FACTOR * predicted)
+                if seconds > predicted:
+                    rate = SLOWER_STEP_WEIGHT
+            fit.add(num_decodes, seconds, rate)
             return
         if not fit.measured:
             return  # nothing to subtract the decodes' share from yet
