@@ -121,6 +121,36 @@ static inline __attribute__((always_inline)) void four_row_groups(__m256i acc[][
     acc[2][0] = c20, acc[2][1] = c21, acc[3][0] = c30, acc[3][1] = c31;
 }
 
+/* Rows [0, rows) of 8 summed outputs from n0 (row r's in acc[r * stride]) through
+ * int8_gemm_epilogue, lane by lane, into out's rows m0 on: in vectors where 8 outputs remain,
+ * one by one for the last ones of an N that is not a multiple of 8. */
+static inline __attribute__((always_inline)) void store_eight(
+    const __m256i *acc, int64_t stride, int64_t rows, int64_t m0, int64_t n0, int64_t N,
+    const int32_t *negative_sum, const float *row_scale, const float *col_scale,
+    const float *bias, float *out) {
+    if (N - n0 >= 8) {
+        const __m256 cs = _mm256_loadu_ps(col_scale + n0);
+        const __m256i neg = _mm256_loadu_si256((const __m256i *)(negative_sum + n0));
+        const __m256 b = bias != NULL ? _mm256_loadu_ps(bias + n0) : _mm256_setzero_ps();
+        for (int64_t r = 0; r < rows; r++) {
+            const __m256 v = _mm256_cvtepi32_ps(_mm256_add_epi32(acc[r * stride], neg));
+            __m256 scale = _mm256_mul_ps(_mm256_set1_ps(row_scale[m0 + r]), cs);
+            INT8_GEMM_OPAQUE(scale);
+            const __m256 y = bias != NULL ? _mm256_fmadd_ps(v, scale, b) : _mm256_mul_ps(v, scale);
+            _mm256_storeu_ps(out + (m0 + r) * N + n0, y);
+        }
+    } else {
+        for (int64_t r = 0; r < rows; r++) {
+            int32_t lanes[8];
+            _mm256_storeu_si256((__m256i *)lanes, acc[r * stride]);
+            for (int64_t n = n0; n < N; n++)
+                out[(m0 + r) * N + n] = int8_gemm_epilogue(
+                    lanes[n - n0] + negative_sum[n], row_scale[m0 + r], col_scale[n],
+                    bias != NULL ? bias + n : NULL);
+        }
+    }
+}
+
 /* The tall register tile of prefill-sized row counts: TALL_ROWS rows x 8 outputs (half of a
  * 16-output weight tile), 12 accumulators. The weights' per-group work (load, |w|, sign mask) is
  * shared by 12 rows instead of 4, and the activations come pre-broadcast from memory as the
@@ -269,30 +299,7 @@ static void tall_rows(const int8_t *x, const float *row_scale, int64_t m0, int64
                     c[r] = dot(c[r], _mm256_set1_epi32(int8_gemm_group(x0 + r * K, full, K)),
                                w_abs, w_neg, ones);
             }
-            if (N - n0 >= 8) {
-                const __m256 cs = _mm256_loadu_ps(col_scale + n0);
-                const __m256i neg = _mm256_loadu_si256((const __m256i *)(negative_sum + n0));
-                const __m256 b = bias != NULL ? _mm256_loadu_ps(bias + n0) : _mm256_setzero_ps();
-                for (int r = 0; r < TALL_ROWS; r++) {
-                    /* int8_gemm_epilogue, lane by lane */
-                    const __m256 v = _mm256_cvtepi32_ps(_mm256_add_epi32(c[r], neg));
-                    __m256 scale = _mm256_mul_ps(_mm256_set1_ps(row_scale[m0 + r]), cs);
-                    INT8_GEMM_OPAQUE(scale);
-                    const __m256 y =
-                        bias != NULL ? _mm256_fmadd_ps(v, scale, b) : _mm256_mul_ps(v, scale);
-                    _mm256_storeu_ps(out + (m0 + r) * N + n0, y);
-                }
-            } else {
-                /* The last outputs of an N that is not a multiple of 8. */
-                for (int r = 0; r < TALL_ROWS; r++) {
-                    int32_t lanes[8];
-                    _mm256_storeu_si256((__m256i *)lanes, c[r]);
-                    for (int64_t n = n0; n < N; n++)
-                        out[(m0 + r) * N + n] = int8_gemm_epilogue(
-                            lanes[n - n0] + negative_sum[n], row_scale[m0 + r], col_scale[n],
-                            bias != NULL ? bias + n : NULL);
-                }
-            }
+            store_eight(c, 1, TALL_ROWS, m0, n0, N, negative_sum, row_scale, col_scale, bias, out);
         }
     }
 }
@@ -322,42 +329,10 @@ static inline __attribute__((always_inline)) void row_tile(
         for (int64_t g = 0; g < full; g++) group_step(acc, xr, w, g, K, 0, TILES, R, ones);
     }
     if (full < groups) group_step(acc, xr, w, full, K, 1, TILES, R, ones);
-    for (int t = 0; t < TILES; t++) {
-        const int64_t n0 = (tile + t) * 16;
-        if (N - n0 >= 16) {
-            const __m256 cs[2] = {_mm256_loadu_ps(col_scale + n0), _mm256_loadu_ps(col_scale + n0 + 8)};
-            const __m256i neg[2] = {_mm256_loadu_si256((const __m256i *)(negative_sum + n0)),
-                                    _mm256_loadu_si256((const __m256i *)(negative_sum + n0 + 8))};
-            __m256 b[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-            if (bias != NULL) {
-                b[0] = _mm256_loadu_ps(bias + n0);
-                b[1] = _mm256_loadu_ps(bias + n0 + 8);
-            }
-            for (int r = 0; r < rows; r++) {
-                const __m256 rs = _mm256_set1_ps(row_scale[m0 + r]);
-                for (int h = 0; h < 2; h++) {
-                    /* int8_gemm_epilogue, lane by lane */
-                    const __m256 v = _mm256_cvtepi32_ps(_mm256_add_epi32(acc[r][2 * t + h], neg[h]));
-                    __m256 scale = _mm256_mul_ps(rs, cs[h]);
-                    INT8_GEMM_OPAQUE(scale);
-                    const __m256 y = bias != NULL ? _mm256_fmadd_ps(v, scale, b[h])
-                                                  : _mm256_mul_ps(v, scale);
-                    _mm256_storeu_ps(out + (m0 + r) * N + n0 + 8 * h, y);
-                }
-            }
-        } else {
-            /* The last tile of an N that is not a multiple of 16: only N's outputs. */
-            for (int r = 0; r < rows; r++) {
-                int32_t lanes[16];
-                _mm256_storeu_si256((__m256i *)lanes, acc[r][2 * t]);
-                _mm256_storeu_si256((__m256i *)(lanes + 8), acc[r][2 * t + 1]);
-                for (int64_t n = n0; n < N; n++)
-                    out[(m0 + r) * N + n] = int8_gemm_epilogue(
-                        lanes[n - n0] + negative_sum[n], row_scale[m0 + r], col_scale[n],
-                        bias != NULL ? bias + n : NULL);
-            }
-        }
-    }
+    for (int t = 0; t < TILES; t++)
+        for (int h = 0; h < 2 && (tile + t) * 16 + 8 * h < N; h++)
+            store_eight(&acc[0][2 * t + h], 4, rows, m0, (tile + t) * 16 + 8 * h, N, negative_sum,
+                        row_scale, col_scale, bias, out);
 }
 
 /* The rows of [b0, b1) left over by whole 12-row tiles (fewer than 12) x weight tile `tile`, in
@@ -437,24 +412,16 @@ int int8_gemm_avx2(const int8_t *x, const float *row_scale, int64_t M, int64_t K
     for (int64_t unit = 0; unit < units; unit++) {
         const int64_t tile = unit * step;
         const int width = tile + 1 < tiles && step == 2 ? 2 : 1;
-        for (int64_t m0 = 0; m0 < M; m0 += ROWS) {
-            const int64_t rows = M - m0 < ROWS ? M - m0 : ROWS;
-            /* Constant tile shapes so the loops unroll. */
-#define ROW_TILE(T, R)                                                                       \
-    row_tile(x, row_scale, m0, rows, K, N, packed, tile, T, R, negative_sum, col_scale, bias, \
-             out)
-            if (width == 2) {
-                if (rows == 2) ROW_TILE(2, 2); else ROW_TILE(2, 1);
-            } else if (rows == 4) {
-                ROW_TILE(1, 4);
-            } else if (rows == 3) {
-                ROW_TILE(1, 3);
-            } else if (rows == 2) {
-                ROW_TILE(1, 2);
-            } else {
-                ROW_TILE(1, 1);
-            }
-#undef ROW_TILE
+        if (width == 2) {
+            /* M <= 2: one register tile of every row over two weight tiles. */
+            if (M == 2)
+                row_tile(x, row_scale, 0, 2, K, N, packed, tile, 2, 2, negative_sum, col_scale,
+                         bias, out);
+            else
+                row_tile(x, row_scale, 0, 1, K, N, packed, tile, 2, 1, negative_sum, col_scale,
+                         bias, out);
+        } else {
+            short_rows(x, row_scale, 0, M, K, N, packed, tile, negative_sum, col_scale, bias, out);
         }
     }
     return 0;
