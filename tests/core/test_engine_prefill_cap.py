@@ -6,7 +6,8 @@ engine (the server's) on CPU only."""
 from __future__ import annotations
 
 from fixtures_models import TinyModel
-from ziggurat_core.engine import InferenceEngine, SamplingParams
+from streams_then_long_prompt import streams_then_long_prompt
+from ziggurat_core.engine import InferenceEngine
 from ziggurat_core.engine.async_engine import AsyncEngine
 from ziggurat_core.engine.config import DEFAULT_CPU_PREFILL_TOKENS_WHILE_DECODING, EngineConfig
 
@@ -14,15 +15,9 @@ from ziggurat_core.engine.config import DEFAULT_CPU_PREFILL_TOKENS_WHILE_DECODIN
 def run(tiny: TinyModel, cap: int | None) -> tuple[dict[str, list[int]], int, InferenceEngine]:
     engine = InferenceEngine(EngineConfig(model=str(tiny.gguf_path), num_kv_blocks=64,
                                           max_prefill_tokens_while_decoding=cap))
-    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
-    vocab = tiny.config.vocab_size
-    for i in range(4):
-        engine.add_request(f"s{i}", prompt_token_ids=[(7 * i + j) % vocab for j in range(5)],
-                           sampling_params=params)
-    for _ in range(3):
-        engine.step()  # the streams are decoding when the long prompt arrives
-    engine.add_request("long", prompt_token_ids=[(13 * j + 5) % vocab for j in range(180)],
-                       sampling_params=SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
+    # the streams are decoding when the long prompt arrives
+    streams_then_long_prompt(engine, tiny.config.vocab_size, stream_tokens=40, decode_steps=3,
+                             long_tokens=180)
     steps_before = engine.counters["steps"]
     tokens: dict[str, list[int]] = {}
     long_done_at = None

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from fixtures_models import TinyModel
-from ziggurat_core.engine import InferenceEngine, SamplingParams
+from streams_then_long_prompt import streams_then_long_prompt
+from ziggurat_core.engine import InferenceEngine
 from ziggurat_core.engine.async_engine import AsyncEngine
 from ziggurat_core.engine.config import DEFAULT_CPU_MAX_DECODE_SLOWDOWN, EngineConfig
 from ziggurat_core.engine.scheduler import SchedulerOutput
@@ -47,15 +48,9 @@ def run(tiny: TinyModel, cap: int, slowdown: float
 
     engine.scheduler.schedule = schedule_and_keep  # type: ignore[method-assign]
     engine.runner.execute = execute_in_fake_time  # type: ignore[method-assign]
-    params = SamplingParams(temperature=0.0, max_tokens=60, ignore_eos=True)
-    vocab = tiny.config.vocab_size
-    for i in range(4):
-        engine.add_request(f"s{i}", prompt_token_ids=[(7 * i + j) % vocab for j in range(5)],
-                           sampling_params=params)
-    for _ in range(6):
-        engine.step()  # the streams decode alone for a while when the long prompt arrives
-    engine.add_request("long", prompt_token_ids=[(13 * j + 5) % vocab for j in range(100)],
-                       sampling_params=SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
+    # the streams decode alone for a while when the long prompt arrives
+    streams_then_long_prompt(engine, tiny.config.vocab_size, stream_tokens=60, decode_steps=6,
+                             long_tokens=100)
     arrived = len(planned)
     tokens: dict[str, list[int]] = {}
     while engine.has_unfinished_requests():
