@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ziggurat_core.engine.errors import EngineError
 from ziggurat_core.engine.reports import DeviceInfo
+from ziggurat_core.engine.startup_heap import freeze_startup_heap
 
 from .admission import AdmissionControl
 from .errors import engine_unavailable
@@ -106,6 +107,8 @@ class ServerState:
                 on_error(self.load_error)
             return
         progress.close()
+        frozen = freeze_startup_heap()
+        logger.debug("froze %d start-up objects out of the garbage collector's reach", frozen)
         self.engine = engine
         if on_ready is not None:
             on_ready(engine)

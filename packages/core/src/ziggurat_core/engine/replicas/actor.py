@@ -63,8 +63,10 @@ class ReplicaActor:
 
     def __init__(self, config: EngineConfig) -> None:
         from ..async_engine import AsyncEngine
+        from ..startup_heap import freeze_startup_heap
 
         self.engine = AsyncEngine.from_config(config)
+        freeze_startup_heap()  # this process is the replica's own
         # Requests added and not yet finished (a set's add is atomic across the two threads
         # that change it: this actor's event loop and the engine's loop thread).
         self._live: set[str] = set()
