@@ -54,6 +54,11 @@ def test_info_reports_model_memory_and_settings(client: httpx.Client,
     # The pacing of that prompt work likewise: on for a server on CPU.
     assert info["engine"]["config"]["max_decode_slowdown"] == 0.25
     assert info["server"]["max_decode_slowdown"] is None
+    # The model runs with the engine thread's OpenMP team, one thread fewer while the host is
+    # crowded (--adaptive-threads, on by default).
+    assert info["engine"]["config"]["adaptive_threads"] is True
+    stats = info["engine"]["stats"]
+    assert stats["cpu_threads"] >= 1 and stats["cpu_thread_yields"] >= 0
     assert info["engine"]["max_model_len"] == config.max_position_embeddings
     # The tiny model is a float32 GGUF: "auto" keeps float linear layers and a float32 cache.
     # The kernel variant depends on this CPU (pinned with a forced one in test_server_cpu_isa.py).

@@ -34,6 +34,12 @@ EXPECTED_SERIES = {
     "ziggurat_preemptions_total": (
         "counter", "sequences preempted (KV blocks freed, recomputed later) because the KV cache "
                    "ran out"),
+    "ziggurat_cpu_threads": (
+        "gauge", "OpenMP threads the model runs with now on CPU, one fewer while other work on "
+                 "the host waits for a CPU (--adaptive-threads)"),
+    "ziggurat_cpu_thread_yields_total": (
+        "counter", "times the engine gave a CPU core back to other work waiting for one on the "
+                   "host (--adaptive-threads)"),
     "ziggurat_response_cache_hits_total": ("counter", "requests served from the response cache"),
     "ziggurat_response_cache_misses_total": (
         "counter", "cacheable requests not found in the response cache"),

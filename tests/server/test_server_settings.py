@@ -80,7 +80,8 @@ def test_defaults(resolve: Any) -> None:
         "quantization": "auto", "kv_cache_dtype": "auto", "max_num_seqs": 64,
         "max_num_batched_tokens": 2048, "max_prefill_tokens_while_decoding": None,
         "max_decode_slowdown": None, "kv_cache_memory": None, "num_kv_blocks": None, "gpu_memory_utilization": 0.9,
-        "max_model_len": None, "block_size": None, "prefix_caching": True, "enforce_eager": False,
+        "max_model_len": None, "block_size": None, "prefix_caching": True, "adaptive_threads": True,
+        "enforce_eager": False,
         "max_queue": 256,
         "max_request_bytes": 4 * 1024 * 1024, "frontend_threads": None, "frontend_nice": 10,
         "shutdown_timeout": 30, "seed": 0,
@@ -163,6 +164,8 @@ def test_engine_config_carries_the_engine_options(resolve: Any) -> None:
     paced = resolve(["--max-decode-slowdown", "0.1"]).engine_config()
     assert paced.max_decode_slowdown == 0.1
     assert config.max_decode_slowdown is None  # likewise
+    assert config.adaptive_threads is True  # the engine applies it on CPU only
+    assert resolve(["--no-adaptive-threads"]).engine_config().adaptive_threads is False
     assert resolve(["--stream-interval", "8"]).engine_config().stream_interval == 8
     # int8 linears are not split per rank: refused where the settings come in.
     with pytest.raises(SettingsError, match="tensor_parallel_size"):

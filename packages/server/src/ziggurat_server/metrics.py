@@ -67,6 +67,10 @@ class ServerMetrics:
         self.prefix_hit_rate = Gauge("ziggurat_prefix_cache_hit_rate",
                                      "fraction of prompt blocks served from the prefix cache",
                                      registry=registry)
+        self.cpu_threads = Gauge("ziggurat_cpu_threads",
+                                 "OpenMP threads the model runs with now on CPU, one fewer while "
+                                 "other work on the host waits for a CPU (--adaptive-threads)",
+                                 registry=registry)
 
         self.engine_totals = EngineTotals()
         registry.register(self.engine_totals)
@@ -83,7 +87,10 @@ class ServerMetrics:
             self.kv_blocks_used.set(engine_stats.kv_blocks_used)
             self.kv_blocks_total.set(engine_stats.kv_blocks_total)
             self.prefix_hit_rate.set(engine_stats.prefix_cache_hit_rate)
+            if engine_stats.cpu_threads is not None:
+                self.cpu_threads.set(engine_stats.cpu_threads)
             self.engine_totals.preemptions = engine_stats.preemptions
+            self.engine_totals.cpu_thread_yields = engine_stats.cpu_thread_yields
         return generate_latest(self.registry)
 
 
@@ -93,11 +100,15 @@ class EngineTotals(Collector):
 
     def __init__(self) -> None:
         self.preemptions = 0
+        self.cpu_thread_yields = 0
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(
             "ziggurat_preemptions", "sequences preempted (KV blocks freed, recomputed later) "
             "because the KV cache ran out", value=self.preemptions)
+        yield CounterMetricFamily(
+            "ziggurat_cpu_thread_yields", "times the engine gave a CPU core back to other work "
+            "waiting for one on the host (--adaptive-threads)", value=self.cpu_thread_yields)
 
 
 class ResponseCacheMetrics:

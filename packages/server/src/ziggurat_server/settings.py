@@ -169,6 +169,10 @@ class ServerSettings(BaseSettings):
         None, "tokens per KV block (a power of two); unset: 256 with the xformers attention "
         "backend (CUDA), else 16", "N")
     prefix_caching: bool = _option(True, "reuse KV blocks of shared prompt prefixes")
+    adaptive_threads: bool = _option(
+        True, "CPU: while other work on the host waits for a CPU (this server's frontend, "
+        "clients, other processes), run the model with one thread fewer, and take it back when "
+        "that work leaves the core idle")
     enforce_eager: bool = _option(
         False, "run decode steps eagerly on CUDA instead of as CUDA graphs captured at start-up")
     max_queue: NonNegativeInt = _option(
@@ -256,6 +260,7 @@ class ServerSettings(BaseSettings):
             block_size=self.block_size,
             enable_prefix_caching=self.prefix_caching,
             enforce_eager=self.enforce_eager,
+            adaptive_threads=self.adaptive_threads,
             seed=self.seed,
             num_threads=self.num_threads,
             tensor_parallel_size=self.tensor_parallel_size,

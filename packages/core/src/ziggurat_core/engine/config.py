@@ -111,6 +111,12 @@ class EngineConfig:
     # the cap alone. None: the engine resolves it like the cap (resolved_max_decode_slowdown:
     # 0.25 for a server on CPU, else off).
     max_decode_slowdown: float | None = None
+    # On CPU, while other work on the host waits for a CPU (the server's frontend, clients,
+    # other processes), run the model with one OpenMP thread fewer and take it back once that
+    # work leaves the core idle (adaptive_threads.py): the team's parallel regions otherwise
+    # wait for whichever thread lost its core. None: the engine resolves it like the prefill cap
+    # (resolved_adaptive_threads: on for a streaming engine on CPU, off offline and on CUDA).
+    adaptive_threads: bool | None = None
     enable_prefix_caching: bool = True
     seed: int = 0
     num_threads: int | None = None  # torch CPU threads; None: torch's default
@@ -174,6 +180,14 @@ class EngineConfig:
             return self.max_decode_slowdown
         return DEFAULT_CPU_MAX_DECODE_SLOWDOWN if streaming and device_type == "cpu" else 0.0
 
+    def resolved_adaptive_threads(self, device_type: str, streaming: bool) -> bool:
+        """An unset `adaptive_threads`: on for a streaming engine on CPU, where the streams'
+        latency is what crowded cores cost; offline only throughput counts, and a steady team
+        serves it best."""
+        if self.adaptive_threads is not None:
+            return self.adaptive_threads
+        return streaming and device_type == "cpu"
+
     @property
     def uses_ray(self) -> bool:
         return self.num_replicas > 1 or self.ray_address is not None
@@ -193,6 +207,8 @@ class EngineConfig:
                                      or not math.isfinite(slowdown) or slowdown < 0):
             raise ValueError(f"max_decode_slowdown must be a finite number >= 0 (0: no pacing), "
                              f"got {slowdown!r}")
+        if self.adaptive_threads is not None and not isinstance(self.adaptive_threads, bool):
+            raise ValueError(f"adaptive_threads must be true, false or None, got {self.adaptive_threads!r}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
         if self.kv_cache_memory is not None:

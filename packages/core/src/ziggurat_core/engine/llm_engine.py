@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .adaptive_threads import AdaptiveThreads, HostCpuSample, read_host_cpu
 from .calibration_text import CALIBRATION_TEXT
 from .config import EngineConfig, ModelConfig, engine_config
 from .default_model import default_served_name, resolve_model_path
@@ -47,13 +48,15 @@ class InferenceEngine:
         *,
         streaming: bool = False,
         clock: Callable[[], float] = time.perf_counter,
+        host_cpu: Callable[[], HostCpuSample | None] = read_host_cpu,
         **overrides: Any,
     ) -> None:
         """`streaming`: the outputs stream to waiting clients (AsyncEngine: the server, a
         replica), which changes the defaults that trade throughput for their inter-token
         latency (`EngineConfig.resolved_prefill_tokens_while_decoding`,
         `resolved_max_decode_slowdown`). `clock`: seconds, what the steps are timed with for
-        the prefill pacer (a test's fake clock)."""
+        the prefill pacer and the adaptive threads (a test's fake clock). `host_cpu`: how the
+        adaptive threads read the host's CPU pressure and idle time (a test's fake host)."""
         from .device import resolve_device, resolve_dtype
         from .loader import load_checkpoint
         from .model_runner import ModelRunner
@@ -95,8 +98,16 @@ class InferenceEngine:
                 device_type, streaming
             ),
             max_decode_slowdown=config.resolved_max_decode_slowdown(device_type, streaming),
+            adaptive_threads=config.resolved_adaptive_threads(device_type, streaming),
         )
         self._clock = clock
+        # A team of one has no core to give back; a tensor-parallel run's ranks keep theirs.
+        self._cpu_threads = self.runner.cpu_threads if isinstance(self.runner, ModelRunner) else None
+        self.adaptive_threads: AdaptiveThreads | None = None
+        if (config.adaptive_threads and isinstance(self.runner, ModelRunner)
+                and self._cpu_threads is not None and self._cpu_threads >= 2):
+            self.adaptive_threads = AdaptiveThreads(self._cpu_threads, read=host_cpu, clock=clock)
+            self._set_cpu_threads = self.runner.set_cpu_threads
         self.scheduler = Scheduler(config, self.runner.kv_spec.num_blocks, self.max_model_len)
         eos = list(dict.fromkeys([*self.model_config.eos_token_ids, *self.tokenizer.eos_token_ids]))
         self.eos_token_ids = eos
@@ -232,6 +243,9 @@ class InferenceEngine:
                     metrics.first_scheduled_time = scheduled_at
             self.counters["steps"] += 1
             self._track_kv_stats()
+            if self.adaptive_threads is not None:
+                self._cpu_threads = self.adaptive_threads.threads_for_step()
+                self._set_cpu_threads(self._cpu_threads)
             structured = self.structured_output
             token_mask = structured.fill_bitmask if structured.num_live else None
             results = self.runner.execute(sched.scheduled, self.eos_token_ids, token_mask)
@@ -346,4 +360,6 @@ class InferenceEngine:
             steps=self.counters["steps"],
             preemptions=sched.num_preemptions,
             uptime_s=time.time() - self.started_at,
+            cpu_threads=self._cpu_threads,
+            cpu_thread_yields=self.adaptive_threads.yields if self.adaptive_threads else 0,
         )

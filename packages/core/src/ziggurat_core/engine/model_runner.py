@@ -275,6 +275,17 @@ class ModelRunner:
             memory_profile=self.memory_profile,
         )
 
+    @property
+    def cpu_threads(self) -> int | None:
+        """The OpenMP threads this thread's parallel regions run with; None on CUDA."""
+        return torch.get_num_threads() if self.device.type == "cpu" else None
+
+    def set_cpu_threads(self, threads: int) -> None:
+        """Run the next steps with `threads` OpenMP threads (from the thread that steps: the
+        count is that thread's own)."""
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+
     def close(self) -> None:
         """Give the device memory back: the decode graphs and the KV cache go, and on CUDA the
         allocator's cache with them, so a process can load another engine after closing one

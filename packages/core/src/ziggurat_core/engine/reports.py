@@ -30,6 +30,11 @@ class EngineStats:
     preemptions: int
     uptime_s: float
     errored: bool = False  # the serving loop died (AsyncEngine); a stepping engine never is
+    # The OpenMP threads the model runs with now (None on CUDA), fewer than configured while
+    # other work on the host waits for a CPU (adaptive_threads.py), and how often it gave one
+    # back.
+    cpu_threads: int | None = None
+    cpu_thread_yields: int = 0
 
 
 @dataclass(frozen=True)

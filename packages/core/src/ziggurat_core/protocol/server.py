@@ -78,6 +78,10 @@ class EngineCounters(ResponseModel):
     preemptions: int | None = None
     uptime_s: float | None = None
     errored: bool | None = None  # the engine's serving loop died
+    # CPU: the OpenMP threads the model runs with now (summed over replicas), one fewer while
+    # other work on the host waits for a CPU (--adaptive-threads), and how often that happened.
+    cpu_threads: int | None = None
+    cpu_thread_yields: int | None = None
 
 
 class EngineInfo(ResponseModel):

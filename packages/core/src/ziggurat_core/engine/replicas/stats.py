@@ -39,4 +39,7 @@ def combine_stats(snapshots: Sequence[EngineStats], *, uptime_s: float,
         preemptions=sum(s.preemptions for s in snapshots),
         uptime_s=uptime_s,
         errored=errored,
+        cpu_threads=(None if any(s.cpu_threads is None for s in snapshots) or not snapshots
+                     else sum(s.cpu_threads or 0 for s in snapshots)),
+        cpu_thread_yields=sum(s.cpu_thread_yields for s in snapshots),
     )
