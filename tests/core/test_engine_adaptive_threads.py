@@ -1,7 +1,7 @@
 """The adaptive thread count in a real engine (tiny random model): on a fake host that reports
 crowded CPUs the model's steps run with one OpenMP thread fewer, the stats say so, the greedy
-tokens equal those of a steady team, and the setting resolves on for a streaming engine on CPU
-only."""
+tokens equal those of a steady team, the scheduler is told (its prefill pacer relearns the step
+costs), and the setting resolves on for a streaming engine on CPU only."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ziggurat_core.engine.adaptive_threads import HostCpuSample
 from ziggurat_core.engine.config import EngineConfig
 
 STEP_S = 0.05
+COSTS_CHANGED = -1  # marks, among the team sizes, where the scheduler heard of a change
 # A team with a thread on every CPU this process may use, and at least two.
 TEAM = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
@@ -49,6 +50,13 @@ def generate(tiny: TinyModel, adaptive: bool) -> tuple[list[list[int]], list[int
                              clock=host.clock, host_cpu=host.read)
     team_sizes: list[int] = []
     execute = engine.runner.execute
+    costs_changed = engine.scheduler.step_costs_changed
+
+    def record_cost_change() -> None:
+        team_sizes.append(COSTS_CHANGED)
+        costs_changed()
+
+    engine.scheduler.step_costs_changed = record_cost_change  # type: ignore[method-assign]
 
     def execute_on_crowded_host(*args: Any, **kwargs: Any) -> Any:
         team_sizes.append(torch.get_num_threads())
@@ -75,7 +83,11 @@ def test_a_crowded_host_gets_a_core_back_and_the_tokens_stay_the_same(tiny_llama
     tokens, sizes, engine = generate(tiny_llama, adaptive=True)
     assert steady.adaptive_threads is None and set(steady_sizes) == {TEAM}
     assert tokens == steady_tokens
-    assert sizes[0] == TEAM and sizes[-1] == TEAM - 1
+    # the scheduler heard of the change before the first step of the smaller team (its pacer's
+    # step costs move with the team)
+    change = sizes.index(COSTS_CHANGED)
+    assert sizes.count(COSTS_CHANGED) == 1 and COSTS_CHANGED not in steady_sizes
+    assert set(sizes[:change]) == {TEAM} and set(sizes[change + 1:]) == {TEAM - 1}
     stats = engine.stats()
     assert stats.cpu_threads == TEAM - 1 and stats.cpu_thread_yields == 1
     assert steady.stats().cpu_threads == TEAM and steady.stats().cpu_thread_yields == 0

@@ -154,3 +154,37 @@ def test_zero_or_unset_is_no_pacing_and_a_number_is_kept() -> None:
     assert engine_config(max_decode_slowdown=0).max_decode_slowdown == 0
     assert engine_config().max_decode_slowdown is None
     assert engine_config(max_decode_slowdown=2).max_decode_slowdown == 2
+
+
+def test_after_the_team_changes_the_baseline_is_relearned_and_the_allowance_holds() -> None:
+    # 10 ms decode steps, 1 ms a charged token: 2 tokens at a quarter of a step.
+    pacer = PrefillPacer(0.25, cap=64)
+    learn(pacer, 8, 0.010, 0.001)
+    assert pacer.allowance(8) == 2 and not pacer.relearning
+    # The team shrinks: every step now takes 1.6 times as long, prompt work included.
+    pacer.rebaseline()
+    assert pacer.relearning
+    # Steps beside prompts teach nothing until the baseline is relearned (their extra time
+    # would hold the old baseline's error: 6 ms of it here, 6 tokens' worth).
+    for _ in range(20):
+        pacer.observe(8, 2, 1.6 * (0.010 + 0.001 * 2))
+    assert pacer.allowance(8) == 2 and pacer.relearning
+    # Three decode-only steps, each taken at full weight (the damping of slower steps would
+    # need dozens), and the baseline is the new one; the token cost moved with it.
+    for _ in range(3):
+        pacer.observe(8, 0, 0.016)
+    assert not pacer.relearning
+    assert pacer.allowance(8) == 2
+    given = learn(pacer, 8, 0.016, 0.0016, decode_steps=0)
+    assert set(given) == {2}  # 0.25 x 16 ms / 1.6 ms = 2.5
+    # Without the relearning, the slower decode-only steps barely move the baseline and the
+    # prompt work takes the blame: the allowance collapses to the floor.
+    stale = PrefillPacer(0.25, cap=64)
+    learn(stale, 8, 0.010, 0.001)
+    assert learn(stale, 8, 0.016, 0.0016, decode_steps=3)[-1] == 1
+
+
+def test_a_pacer_that_measured_nothing_has_nothing_to_relearn() -> None:
+    pacer = PrefillPacer(0.25, cap=64)
+    pacer.rebaseline()
+    assert not pacer.relearning and pacer.allowance(8) == 64

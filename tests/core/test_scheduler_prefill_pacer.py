@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from test_scheduler import make_config, make_request, run_step
 from test_scheduler_prefill_cap import start_decoding
+from ziggurat_core.engine.prefill_pacer import RELEARN_STEPS
 from ziggurat_core.engine.scheduler import Scheduler, SchedulerOutput
 from ziggurat_core.engine.sequence import SequenceStatus
 
@@ -108,3 +109,28 @@ def test_without_chunked_prefill_there_is_no_pacer() -> None:
     assert Scheduler(config, num_blocks=64, max_model_len=1024).pacer is None
     assert paced(0.0, cap=64).pacer is None
     assert paced(None, cap=64).pacer is None
+
+
+def test_when_the_step_costs_change_a_few_decode_only_steps_relearn_the_baseline() -> None:
+    # The long prompt fills every step beside the decodes, so no decode-only step would come
+    # by itself; after `step_costs_changed` the scheduler makes RELEARN_STEPS of them.
+    scheduler = paced(0.25, cap=64)
+    decoding = start_decoding(scheduler, 8)
+    slow = 1.0
+    cost: StepCost = lambda out: slow * (0.010 + 0.001 * out.charged_prefill_tokens)  # noqa: E731
+    for _ in range(10):
+        timed_step(scheduler, cost)
+    (long_seq,) = make_request("long", list(range(1500)), max_tokens=1)
+    scheduler.add_request("long", [long_seq])
+    for _ in range(40):
+        timed_step(scheduler, cost)
+    slow = 1.6  # the CPU team shrank: every step 1.6 times as long
+    scheduler.step_costs_changed()
+    outputs = [timed_step(scheduler, cost) for _ in range(40)]
+    decode_only = [out.num_batched_tokens == out.num_decodes for out in outputs]
+    assert decode_only[:RELEARN_STEPS] == [True] * RELEARN_STEPS
+    assert not any(decode_only[RELEARN_STEPS:])  # then the prompt goes on at once
+    assert all(out.num_decodes == 8 for out in outputs)
+    assert all(seq.status is SequenceStatus.RUNNING for seq in decoding)
+    # and at what the slowdown allows in the new regime: 0.25 x 16 ms / 1.6 ms = 2.5 tokens
+    assert [out.prefill_allowance for out in outputs[-10:]] == [2] * 10

@@ -228,6 +228,8 @@ class InferenceEngine:
     def step(self) -> list[RequestOutput]:
         """Run one scheduling step; return the outputs of requests that progressed."""
         started = self._clock()
+        if self.adaptive_threads is not None and self.has_unfinished_requests():
+            self._adapt_cpu_threads(self.adaptive_threads.threads_for_step())
         sched = self.scheduler.schedule()
         touched: dict[str, RequestState] = {}
         for seq in sched.finished_by_scheduler:
@@ -243,9 +245,6 @@ class InferenceEngine:
                     metrics.first_scheduled_time = scheduled_at
             self.counters["steps"] += 1
             self._track_kv_stats()
-            if self.adaptive_threads is not None:
-                self._cpu_threads = self.adaptive_threads.threads_for_step()
-                self._set_cpu_threads(self._cpu_threads)
             structured = self.structured_output
             token_mask = structured.fill_bitmask if structured.num_live else None
             results = self.runner.execute(sched.scheduled, self.eos_token_ids, token_mask)
@@ -274,6 +273,13 @@ class InferenceEngine:
                 if self.structured_output.num_live:
                     self.structured_output.release(sample.seq.seq_id for sample in state.samples)
         return outputs
+
+    def _adapt_cpu_threads(self, threads: int) -> None:
+        if threads == self._cpu_threads:
+            return
+        self._set_cpu_threads(threads)
+        self._cpu_threads = threads
+        self.scheduler.step_costs_changed()  # every step's time moves with the team
 
     def _postprocess_constrained(
         self, sched: SchedulerOutput, results: dict[int, SampleResult]

@@ -35,6 +35,9 @@ OUTLIER_FACTOR = 4.0
 # The allowance, in charged tokens, before anything is measured and no static cap bounds it:
 # small enough that the first step beside decodes cannot stall them long on any machine.
 UNMEASURED_ALLOWANCE = 16
+# Decode-only steps the pacer learns the baseline from anew after the engine changed how it runs
+# steps (`rebaseline`: its CPU team grew or shrank).
+RELEARN_STEPS = 3
 # Prior on the spread of decode batch sizes (sequences squared) in the decode-time fit: with a
 # batch size that barely varies, the slope stays near 0 and the fit is the mean step time.
 _SLOPE_PRIOR = 1.0
@@ -99,6 +102,26 @@ class PrefillPacer:
         # origin in which a step of few tokens (mostly timing noise) weighs little.
         self._extra_seconds = 0.0
         self._extra_tokens = 0.0
+        # After `rebaseline`: the decode-only time learned anew (None: not relearning).
+        self._relearned: _DecodeTimeFit | None = None
+        self._relearn_steps = 0
+
+    @property
+    def relearning(self) -> bool:
+        """Whether the next steps beside decodes should be decode-only: the baseline is being
+        learned anew (`rebaseline`), and only decode-only steps teach it."""
+        return self._relearned is not None
+
+    def rebaseline(self) -> None:
+        """The engine's steps run differently from now on (its CPU team changed size), so every
+        step's time moves by a factor: learn the decode-only time anew from the next
+        RELEARN_STEPS decode-only steps, at full weight (the estimate from before is wrong, not
+        noisy), and teach the token cost nothing meanwhile (a step's extra time would carry the
+        old baseline's error). Then the token cost is scaled by how much the baseline moved:
+        both scale alike with the team, and their ratio sets the allowance. Until then the
+        allowance keeps its value."""
+        if self._decode_time.measured:
+            self._relearned, self._relearn_steps = _DecodeTimeFit(), 0
 
     def allowance(self, num_decodes: int) -> int | None:
         """Charged prefill tokens the next step may take beside `num_decodes` decodes (None: no
@@ -122,6 +145,10 @@ class PrefillPacer:
         nothing about slowing decodes down and is ignored."""
         if num_decodes < 1 or not math.isfinite(seconds) or seconds < 0:
             return
+        if self._relearned is not None:
+            if charged_prefill_tokens == 0:
+                self._relearn(num_decodes, seconds)
+            return
         fit = self._decode_time
         if charged_prefill_tokens == 0:
             rate = SMOOTHING
@@ -142,6 +169,18 @@ class PrefillPacer:
         keep = 1.0 - SMOOTHING
         self._extra_seconds = keep * self._extra_seconds + SMOOTHING * (seconds - decode_seconds)
         self._extra_tokens = keep * self._extra_tokens + SMOOTHING * charged_prefill_tokens
+
+    def _relearn(self, num_decodes: int, seconds: float) -> None:
+        relearned = self._relearned
+        assert relearned is not None
+        relearned.add(num_decodes, seconds)  # the weights normalise: a plain mean of the few
+        self._relearn_steps += 1
+        if self._relearn_steps < RELEARN_STEPS:
+            return
+        mean_decodes = max(1, round(relearned.sum_n / relearned.weight))
+        factor = relearned.predict(mean_decodes) / self._decode_time.predict(mean_decodes)
+        self._extra_seconds *= factor
+        self._decode_time, self._relearned = relearned, None
 
     def _token_cost(self) -> float | None:
         """Seconds one charged prefill token adds to a step beside decodes (never negative);

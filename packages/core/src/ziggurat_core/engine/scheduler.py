@@ -174,8 +174,11 @@ class Scheduler:
         out.num_decodes = len(out.scheduled)
         out.prefill_allowance = self._prefill_allowance(out.num_decodes)
         allowance = PrefillAllowance(out.prefill_allowance)
-        budget = self._schedule_running_prefills(budget, out, allowance)
-        if not out.preempted:
+        # A pacer learning its baseline anew needs decode-only steps: the prompts wait a few.
+        probing = out.num_decodes > 0 and self.pacer is not None and self.pacer.relearning
+        if not probing:
+            budget = self._schedule_running_prefills(budget, out, allowance)
+        if not out.preempted and not probing:
             budget = self._admit_waiting(budget, out, allowance)
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
         out.charged_prefill_tokens = allowance.charged
@@ -186,6 +189,12 @@ class Scheduler:
         prefill pacer to learn from. The engine loop measures it; without a pacer, ignored."""
         if self.pacer is not None:
             self.pacer.observe(output.num_decodes, output.charged_prefill_tokens, seconds)
+
+    def step_costs_changed(self) -> None:
+        """The engine runs its steps differently from now on (its CPU team changed size): the
+        prefill pacer learns the decode-only time anew, from the next few decode-only steps."""
+        if self.pacer is not None:
+            self.pacer.rebaseline()
 
     def postprocess(
         self,
