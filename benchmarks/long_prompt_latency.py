@@ -247,6 +247,16 @@ class PhaseResult:
     long_prompts_sent: int  # answered within the window
     window_s: float  # from the streams' first tokens to their end
     cpu: dict[str, Any] | None  # CpuSnapshot.until of the window the long prompts arrived in
+    # The engine's CPU team in the window (--adaptive-threads): the times it gave a core back,
+    # and its size at the end; None from a server whose /v1/info does not say.
+    thread_yields: int | None = None
+    threads_at_end: int | None = None
+
+
+async def engine_threads(http: httpx.AsyncClient) -> tuple[int | None, int | None]:
+    """The server's engine team (`cpu_thread_yields`, `cpu_threads`) from /v1/info."""
+    stats = (await http.get("/v1/info")).json().get("engine", {}).get("stats", {})
+    return stats.get("cpu_thread_yields"), stats.get("cpu_threads")
 
 
 async def itl_phase(url: str, model: str, phase: str, streams: int, max_tokens: int,
@@ -270,6 +280,7 @@ async def itl_phase(url: str, model: str, phase: str, streams: int, max_tokens: 
         clients = [os.getpid()] + ([sender.process.pid] if sender is not None and
                                    sender.process.pid is not None else [])
         before = CpuSnapshot.take(server_pid, clients) if server_pid is not None else None
+        yields_before, _ = await engine_threads(http)
         window_start = time.perf_counter()
         if sender is not None:
             sender.go.set()
@@ -278,9 +289,12 @@ async def itl_phase(url: str, model: str, phase: str, streams: int, max_tokens: 
         cpu = (before.until(CpuSnapshot.take(before.server_pid, clients))
                if before is not None else None)
         sent = await sender.finish() if sender is not None else 0
+        yields_after, threads = await engine_threads(http)
     gaps = [gap for state, start in zip(states, counted_from, strict=True)
             for gap in state.gaps[start:]]
-    return PhaseResult(gaps, sent, window_s, cpu)
+    yields = (yields_after - yields_before
+              if yields_after is not None and yields_before is not None else None)
+    return PhaseResult(gaps, sent, window_s, cpu, yields, threads)
 
 
 def mean_cores(windows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -322,6 +336,9 @@ def summarise(results: dict[str, list[PhaseResult]]) -> dict[str, Any]:
         windows = [run.cpu for run in runs if run.cpu is not None]
         if windows:
             phases[phase]["cpu"] = mean_cores(windows)
+        if all(run.thread_yields is not None for run in runs):
+            phases[phase]["engine_thread_yields"] = sum(run.thread_yields or 0 for run in runs)
+            phases[phase]["engine_threads_at_end"] = [run.threads_at_end for run in runs]
     return phases
 
 
