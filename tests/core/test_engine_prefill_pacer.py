@@ -12,7 +12,7 @@ from streams_then_long_prompt import streams_then_long_prompt
 from ziggurat_core.engine import InferenceEngine
 from ziggurat_core.engine.async_engine import AsyncEngine
 from ziggurat_core.engine.config import DEFAULT_CPU_MAX_DECODE_SLOWDOWN, EngineConfig
-from ziggurat_core.engine.scheduler import SchedulerOutput
+from ziggurat_core.engine.scheduler_output import SchedulerOutput
 
 DECODE_SECONDS = 0.010
 TOKEN_SECONDS = 0.001

@@ -15,7 +15,8 @@ from ziggurat_core.engine.errors import (
 )
 from ziggurat_core.engine.prefill_allowance import prefill_charge
 from ziggurat_core.engine.sampling_params import SamplingParams
-from ziggurat_core.engine.scheduler import Scheduler, SchedulerOutput
+from ziggurat_core.engine.scheduler import Scheduler
+from ziggurat_core.engine.scheduler_output import SchedulerOutput
 from ziggurat_core.engine.sequence import SequenceState, SequenceStatus
 
 

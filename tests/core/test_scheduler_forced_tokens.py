@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from ziggurat_core.engine.config import EngineConfig
 from ziggurat_core.engine.sampling_params import SamplingParams
-from ziggurat_core.engine.scheduler import Scheduler, SchedulerOutput
+from ziggurat_core.engine.scheduler import Scheduler
+from ziggurat_core.engine.scheduler_output import SchedulerOutput
 from ziggurat_core.engine.sequence import SequenceState, SequenceStatus
 
 FORCED = [7, 8, 9, 10, 11]

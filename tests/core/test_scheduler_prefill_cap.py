@@ -8,7 +8,8 @@ import pytest
 from test_scheduler import make_config, make_request, run_step
 from ziggurat_core.engine.config import EngineConfig
 from ziggurat_core.engine.prefill_allowance import CONTEXT_TOKENS, PrefillAllowance, prefill_charge
-from ziggurat_core.engine.scheduler import Scheduler, SchedulerOutput
+from ziggurat_core.engine.scheduler import Scheduler
+from ziggurat_core.engine.scheduler_output import SchedulerOutput
 from ziggurat_core.engine.sequence import SequenceState, SequenceStatus
 
 

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from test_scheduler import make_config, make_request, run_step
 from test_scheduler_prefill_cap import start_decoding
 from ziggurat_core.engine.prefill_pacer import RELEARN_STEPS
-from ziggurat_core.engine.scheduler import Scheduler, SchedulerOutput
+from ziggurat_core.engine.scheduler import Scheduler
+from ziggurat_core.engine.scheduler_output import SchedulerOutput
 from ziggurat_core.engine.sequence import SequenceStatus
 
 StepCost = Callable[[SchedulerOutput], float]

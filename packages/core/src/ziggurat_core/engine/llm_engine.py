@@ -20,7 +20,8 @@ from .outputs import RequestMetrics, RequestOutput
 from .reports import EngineStats
 from .sample_result import SampleResult
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler, SchedulerOutput
+from .scheduler import Scheduler
+from .scheduler_output import SchedulerOutput
 from .sequence import SequenceState, SequenceStatus
 from .structured_output.manager import GrammarState, StructuredOutputManager
 from .tokenizer import Tokenizer

@@ -29,7 +29,7 @@ from .sampler import Sampler, SampleResult
 
 if TYPE_CHECKING:
     from .loader import Checkpoint
-    from .scheduler import ScheduledSequence
+    from .scheduler_output import ScheduledSequence
     from .sequence import SequenceState
     from .structured_output.manager import TokenBitmask
 

@@ -13,7 +13,9 @@ When phase 1 scheduled any decode, phases 2 and 3 together take at most
 `max_prefill_tokens_while_decoding` tokens' worth of prompt work (prefill_allowance.py), so that
 a long prompt is spread over several steps instead of stalling every decoding sequence in one;
 with `max_decode_slowdown` set, the prefill pacer (prefill_pacer.py) sets that allowance step by
-step from the measured step times (`record_step_time`), the cap bounding it.
+step from the measured step times (`record_step_time`), the cap bounding it; after the engine
+changed how it runs its steps (`step_costs_changed`), the few steps the pacer needs to relearn
+its baseline are decode-only.
 
 A step is schedule -> run the model -> `postprocess`, and `postprocess` is the one place where a
 sequence gains its sampled token, finishes and has its blocks freed. The scheduler owns every
@@ -25,63 +27,21 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
-from .block_manager import BlockManager, BlockManagerStats
+from .block_manager import BlockManager
 from .config import EngineConfig
 from .errors import DuplicateRequestError, PromptTooLongError
 from .prefill_allowance import PrefillAllowance
 from .prefill_pacer import PrefillPacer
+from .scheduler_output import (
+    ForcedTokens,
+    ScheduledSequence,
+    SchedulerOutput,
+    SchedulerStats,
+    StopCheck,
+)
 from .sequence import SequenceState, SequenceStatus
-
-
-@dataclass(frozen=True)
-class ScheduledSequence:
-    """`num_new_tokens` of `seq` to compute this step, starting at `start_position`."""
-
-    seq: SequenceState
-    num_new_tokens: int
-    # Captured when scheduled, so `samples` stays right after postprocess advances the sequence.
-    start_position: int = field(init=False)
-    samples: bool = field(init=False)  # the chunk reaches the end of token_ids: sample a token
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "start_position", self.seq.num_computed_tokens)
-        object.__setattr__(
-            self, "samples", self.seq.num_computed_tokens + self.num_new_tokens == len(self.seq)
-        )
-
-
-@dataclass
-class SchedulerOutput:
-    scheduled: list[ScheduledSequence] = field(default_factory=list)
-    num_batched_tokens: int = 0
-    preempted: list[SequenceState] = field(default_factory=list)
-    # Finished with FINISHED_LENGTH by the scheduler: the sequence outgrew the whole KV cache or
-    # the context window. The engine must emit their final outputs.
-    finished_by_scheduler: list[SequenceState] = field(default_factory=list)
-    num_decodes: int = 0  # sequences scheduled by phase 1 (the first num_decodes of `scheduled`)
-    # The prompt work the prefill chunks may take (charged tokens: prefill_allowance.py; None:
-    # no limit) and what they were charged.
-    prefill_allowance: int | None = None
-    charged_prefill_tokens: int = 0
-
-
-# Called by `postprocess` after a sequence gained a token: the finished status it must take now,
-# or None to keep generating.
-StopCheck = Callable[[SequenceState], SequenceStatus | None]
-# Called by `postprocess` after a sequence gained its sampled token and goes on: tokens to append
-# right after it without sampling (a grammar's forced run); computed in the next step.
-ForcedTokens = Callable[[SequenceState], list[int]]
-
-
-@dataclass(frozen=True)
-class SchedulerStats:
-    kv: BlockManagerStats
-    num_running: int
-    num_waiting: int
-    num_preemptions: int  # since start
 
 
 class Scheduler:

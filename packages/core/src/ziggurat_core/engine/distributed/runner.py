@@ -31,7 +31,7 @@ from .worker import agree_ready, rank_config, worker_main
 
 if TYPE_CHECKING:
     from ..loader import Checkpoint
-    from ..scheduler import ScheduledSequence
+    from ..scheduler_output import ScheduledSequence
     from ..sequence import SequenceState
 
 logger = logging.getLogger("ziggurat.engine")
