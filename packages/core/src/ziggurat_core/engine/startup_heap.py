@@ -3,10 +3,12 @@ stay short.
 
 A loaded engine leaves a few hundred thousand long-lived Python objects behind (torch, the
 model's modules, the tokenizer, the web framework's routes). CPython's full collection walks
-every one of them, holding the GIL, in whichever thread's allocation triggered it; in a server
-under load such a pass stopped the engine's stepping thread for up to a fifth of a second
-(docs/reliability.md, session 9). `gc.freeze()` moves those objects where the collector never
-looks; everything requests create afterwards is collected as before.
+every one of them, holding the GIL, in whichever thread's allocation triggered it: over the
+default model's server heap one pass takes 0.15-0.2 s of CPU (docs/reliability.md, session 9),
+and while serving, the objects that outlive their requests trigger one every so often, each
+stopping the engine's stepping thread, and so every stream, for as long. `gc.freeze()` moves
+those objects where the collector never looks; everything created afterwards is collected as
+before.
 """
 
 from __future__ import annotations
