@@ -6,28 +6,11 @@ from __future__ import annotations
 
 import gc
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from proc_mappings import THP, mapping_of
 from ziggurat_core.engine.cpu_kernels.cache_memory import zeroed_cache_tensor
-
-_THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-
-
-def _mapping_of(address: int) -> dict[str, str]:
-    """The /proc/self/smaps fields of the mapping holding `address`."""
-    fields: dict[str, str] = {}
-    inside = False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()[0]
-        if not head.endswith(":") and "-" in head:  # a mapping's first line: start-end ...
-            start, end = (int(part, 16) for part in head.split("-"))
-            inside = start <= address < end
-        elif inside:
-            name, _, value = line.partition(":")
-            fields[name] = value.strip()
-    return fields
 
 
 def test_zero_filled_writable_and_kept_alive_by_the_tensor() -> None:
@@ -47,12 +30,12 @@ def test_empty_shape() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps (Linux)")
 def test_untouched_pages_cost_no_memory() -> None:
     cache = zeroed_cache_tensor((64 * 2**20,), torch.uint8)
-    assert int(_mapping_of(cache.data_ptr())["Rss"].split()[0]) == 0
+    assert int(mapping_of(cache.data_ptr())["Rss"].split()[0]) == 0
     cache[: 2**20] = 1
-    assert int(_mapping_of(cache.data_ptr())["Rss"].split()[0]) >= 1024
+    assert int(mapping_of(cache.data_ptr())["Rss"].split()[0]) >= 1024
 
 
-@pytest.mark.skipif(not _THP.exists(), reason="this kernel has no transparent huge pages")
+@pytest.mark.skipif(not THP.exists(), reason="this kernel has no transparent huge pages")
 def test_advised_to_huge_pages() -> None:
     cache = zeroed_cache_tensor((16 * 2**20,), torch.uint8)
-    assert "hg" in _mapping_of(cache.data_ptr())["VmFlags"].split()
+    assert "hg" in mapping_of(cache.data_ptr())["VmFlags"].split()

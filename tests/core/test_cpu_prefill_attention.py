@@ -156,6 +156,9 @@ STEPS = [
         # walks blocks smaller and larger than its tile of 16 tokens
         (6, 2, 64, 5),
         (4, 4, 64, 32),
+        # more query heads per kv head than the x86 kernel takes at once (4): 4 + 3, 4 + 4 + 2
+        (14, 2, 64, 16),
+        (10, 1, 64, 7),
         (4, 2, 128, 16),
         (6, 2, 72, 5),
         (3, 3, 80, 8),

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .build import KernelError, check_float_vectors, library_wrapper
+from .weight_memory import huge_page_copy
 
 # The packed layout's block: 16 outputs x 4 consecutive inputs.
 _TILE_OUTPUTS, _GROUP_INPUTS = 16, 4
@@ -36,8 +37,10 @@ class PackedInt8Weight:
         # Groups of 4 consecutive inputs move together: permute them as int32 (one element per
         # group instead of four single bytes), then look at the result as bytes again.
         words = padded.view(torch.int32).reshape(tiles, _TILE_OUTPUTS, groups)
-        # (flatten: a size-1 dimension may keep an odd stride, which `view` refuses)
-        self.packed = (
+        # (flatten: a size-1 dimension may keep an odd stride, which `view` refuses), then
+        # into memory with 2 MiB pages, which the GEMM's far-apart tile reads need
+        # (`weight_memory.py`).
+        self.packed = huge_page_copy(
             words.permute(0, 2, 1)
             .contiguous()
             .flatten()

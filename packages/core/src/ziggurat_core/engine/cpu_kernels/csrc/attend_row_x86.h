@@ -3,11 +3,14 @@
  *
  * attend_seq spends most of a decode step's attention in work around its arithmetic: every
  * score ends in lanes_total's horizontal sum (about ten shuffles and scalar adds for eight
- * fused multiply-adds), and every value update loads and stores the row's outputs once per key.
- * Here a tile of TILE_TOKENS cached tokens is widened at once; each query head keeps its vector
- * in registers over the tile's keys, and lanes_total's tree runs on eight keys' partial sums at
- * a time, as vertical adds between shuffles; each head's outputs stay in registers over the
- * tile's values. The arithmetic is that of the C code, value for value:
+ * fused multiply-adds), every value update loads and stores the row's outputs once per key, and
+ * a half cache is widened into a buffer, stored and loaded again. Here the keys and values come
+ * a tile of TILE_TOKENS tokens at a time, and each key or value vector is widened straight into
+ * a register, once for all the query heads of its kv head (up to HEAD_CHUNK at a time): a key's
+ * 8 vectors meet each head's query from L1, and lanes_total's tree runs on eight keys' partial
+ * sums at a time, as vertical adds between shuffles; the heads' outputs stay in registers over
+ * the tile's values, 16 elements per pass.
+ * The arithmetic is that of the C code, value for value:
  * - a score's 16 lane sums are lane_dot's as GCC compiles it for head_dim 64 (the zero start
  *   folded away, the first two products of a lane contracted into fma(a[l], b[l], a[l + 16] *
  *   b[l + 16]), the later ones fused in order), then lanes_total's tree, (s4[0] + s4[2]) +
@@ -47,53 +50,87 @@ static inline __attribute__((always_inline)) __m256 totals8(const __m256 *v) {
     return _mm256_permutevar8x32_ps(d, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-/* The scores of one query head (q: 64 floats) against n <= TILE_TOKENS keys k[j] (64 floats
- * each), times scale, into dst[0 .. n). */
-static inline __attribute__((always_inline)) void score_tile(const float *restrict q,
-                                                             const float *const *k, int64_t n,
-                                                             float scale, float *restrict dst) {
-    __m256 qv[8];
-    for (int i = 0; i < 8; i++) qv[i] = _mm256_loadu_ps(q + 8 * i);
-    __m256 s8[TILE_TOKENS];
+/* Query heads that share a kv head, taken together over a tile (a model's group is usually 1 to
+ * 8): each key or value vector is widened once for all of them, straight into a register. */
+#define HEAD_CHUNK 4
+
+/* Elements [i, i + 8) of a cached token as float32: widened from IEEE halves, or loaded as they
+ * are. `half` is a constant in every caller, so the branch folds away. */
+static inline __attribute__((always_inline)) __m256 token8(const void *token, int i, int half) {
+    return half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)token + i)))
+                : _mm256_loadu_ps((const float *)token + i);
+}
+
+/* The scores of `heads` <= HEAD_CHUNK query heads (q: 64 floats each, consecutive) against
+ * n <= TILE_TOKENS keys (k[j]: 64 cached elements), times scale, into dst[c * dst_stride + j]
+ * for head c. Each key is widened once, into registers, for all the heads. */
+static inline __attribute__((always_inline)) void score_tile(const float *restrict q, int heads,
+                                                             const void *const *k, int64_t n,
+                                                             float scale, int half,
+                                                             float *restrict dst,
+                                                             int64_t dst_stride) {
+    __m256 s8[HEAD_CHUNK][TILE_TOKENS];
     for (int64_t j = 0; j < n; j++) {
-        const float *kj = k[j];
-        /* lanes 0-7 (lo) hold elements l, l + 16, l + 32, l + 48; lanes 8-15 (hi) the rest */
-        __m256 lo = _mm256_fmadd_ps(qv[0], _mm256_loadu_ps(kj),
-                                    _mm256_mul_ps(qv[2], _mm256_loadu_ps(kj + 16)));
-        __m256 hi = _mm256_fmadd_ps(qv[1], _mm256_loadu_ps(kj + 8),
-                                    _mm256_mul_ps(qv[3], _mm256_loadu_ps(kj + 24)));
-        lo = _mm256_fmadd_ps(qv[4], _mm256_loadu_ps(kj + 32), lo);
-        hi = _mm256_fmadd_ps(qv[5], _mm256_loadu_ps(kj + 40), hi);
-        lo = _mm256_fmadd_ps(qv[6], _mm256_loadu_ps(kj + 48), lo);
-        hi = _mm256_fmadd_ps(qv[7], _mm256_loadu_ps(kj + 56), hi);
-        s8[j] = _mm256_add_ps(lo, hi);
+        __m256 kv[8];
+        for (int i = 0; i < 8; i++) kv[i] = token8(k[j], 8 * i, half);
+        for (int c = 0; c < heads; c++) {
+            const float *qc = q + 64 * c;
+            /* lanes 0-7 (lo) hold elements l, l + 16, l + 32, l + 48; lanes 8-15 (hi) the rest */
+            __m256 lo = _mm256_fmadd_ps(_mm256_loadu_ps(qc), kv[0],
+                                        _mm256_mul_ps(_mm256_loadu_ps(qc + 16), kv[2]));
+            __m256 hi = _mm256_fmadd_ps(_mm256_loadu_ps(qc + 8), kv[1],
+                                        _mm256_mul_ps(_mm256_loadu_ps(qc + 24), kv[3]));
+            lo = _mm256_fmadd_ps(_mm256_loadu_ps(qc + 32), kv[4], lo);
+            hi = _mm256_fmadd_ps(_mm256_loadu_ps(qc + 40), kv[5], hi);
+            lo = _mm256_fmadd_ps(_mm256_loadu_ps(qc + 48), kv[6], lo);
+            hi = _mm256_fmadd_ps(_mm256_loadu_ps(qc + 56), kv[7], hi);
+            s8[c][j] = _mm256_add_ps(lo, hi);
+        }
     }
-    for (int64_t j = n; j < (n + 7) / 8 * 8; j++) s8[j] = _mm256_setzero_ps();
     const __m256 sv = _mm256_set1_ps(scale);
-    for (int64_t j = 0; j < n; j += 8) {
-        const __m256 scores = _mm256_mul_ps(totals8(s8 + j), sv);
-        if (n - j >= 8) {
-            _mm256_storeu_ps(dst + j, scores);
-        } else {
-            float part[8];
-            _mm256_storeu_ps(part, scores);
-            memcpy(dst + j, part, sizeof(float) * (size_t)(n - j));
+    for (int c = 0; c < heads; c++) {
+        for (int64_t j = n; j < (n + 7) / 8 * 8; j++) s8[c][j] = _mm256_setzero_ps();
+        float *d = dst + c * dst_stride;
+        for (int64_t j = 0; j < n; j += 8) {
+            const __m256 scores = _mm256_mul_ps(totals8(s8[c] + j), sv);
+            if (n - j >= 8) {
+                _mm256_storeu_ps(d + j, scores);
+            } else {
+                float part[8];
+                _mm256_storeu_ps(part, scores);
+                memcpy(d + j, part, sizeof(float) * (size_t)(n - j));
+            }
         }
     }
 }
 
-/* o (64 floats) = fma(p[j], v[j], o) for j < n, in order. */
+/* o_c (64 floats each, consecutive) = fma(p_c[j], v[j], o_c) for j < n, in order, for HEADS
+ * query heads (p_c = p + c * p_stride; v[j]: 64 cached elements). Sixteen elements at a time, so
+ * that every head's sums stay in registers while each value vector is widened once for all. */
 static inline __attribute__((always_inline)) void accumulate_tile(float *restrict o,
                                                                   const float *restrict p,
-                                                                  const float *const *v,
-                                                                  int64_t n) {
-    __m256 ov[8];
-    for (int i = 0; i < 8; i++) ov[i] = _mm256_loadu_ps(o + 8 * i);
-    for (int64_t j = 0; j < n; j++) {
-        const __m256 pj = _mm256_broadcast_ss(p + j);
-        for (int i = 0; i < 8; i++) ov[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v[j] + 8 * i), ov[i]);
+                                                                  int64_t p_stride,
+                                                                  const void *const *v, int64_t n,
+                                                                  int half, const int HEADS) {
+    for (int i = 0; i < 8; i += 2) {
+        __m256 acc[HEAD_CHUNK][2];
+        for (int c = 0; c < HEADS; c++) {
+            acc[c][0] = _mm256_loadu_ps(o + 64 * c + 8 * i);
+            acc[c][1] = _mm256_loadu_ps(o + 64 * c + 8 * i + 8);
+        }
+        for (int64_t j = 0; j < n; j++) {
+            const __m256 v0 = token8(v[j], 8 * i, half), v1 = token8(v[j], 8 * i + 8, half);
+            for (int c = 0; c < HEADS; c++) {
+                const __m256 pj = _mm256_broadcast_ss(p + c * p_stride + j);
+                acc[c][0] = _mm256_fmadd_ps(pj, v0, acc[c][0]);
+                acc[c][1] = _mm256_fmadd_ps(pj, v1, acc[c][1]);
+            }
+        }
+        for (int c = 0; c < HEADS; c++) {
+            _mm256_storeu_ps(o + 64 * c + 8 * i, acc[c][0]);
+            _mm256_storeu_ps(o + 64 * c + 8 * i + 8, acc[c][1]);
+        }
     }
-    for (int i = 0; i < 8; i++) _mm256_storeu_ps(o + 8 * i, ov[i]);
 }
 
 /* A position of a row's context and the cache slot holding it, advanced without a division per
@@ -140,33 +177,51 @@ static inline __attribute__((always_inline)) void prefetch_next(
     cursor_next(&ahead->at, block_size);
 }
 
-/* Pointers to the n tokens from `at` on (all kv heads each) as float32: into the cache for a
- * float32 one, else widened into buf; `at` moves past them, `ahead` as many tokens. */
+/* Pointers to the n cached tokens from `at` on (all kv heads each, as the cache holds them);
+ * `at` moves past them, `ahead` as many tokens. */
 static inline __attribute__((always_inline)) void tile_tokens(
     const void *cache, const void *k_cache, const void *v_cache, const int64_t *restrict table,
     int64_t context_len, cache_cursor *at, prefetch_stream *ahead, int64_t n, int block_size,
-    int64_t token_stride, int half, float *restrict buf, const float **tokens) {
-    const int64_t token_bytes = token_stride * (half ? 2 : 4);
+    int64_t token_bytes, const char **tokens) {
     for (int64_t j = 0; j < n; j++) {
         prefetch_next(ahead, k_cache, v_cache, table, context_len, block_size, token_bytes);
-        tokens[j] = token_as_floats(cache, (table[at->block] * block_size + at->offset) * token_stride,
-                                    token_stride, half, buf + j * token_stride);
+        tokens[j] = (const char *)cache + (table[at->block] * block_size + at->offset) * token_bytes;
         cursor_next(at, block_size);
     }
 }
 
-/* attend_seq's contract and result for head_dim 64; `tile` holds TILE_TOKENS tokens
- * (num_kv_heads * 64 floats each). */
+/* The value tiles of a kv head's query heads, in chunks of HEAD_CHUNK with the chunk's size a
+ * constant (so that its sums stay in registers). */
+static inline __attribute__((always_inline)) void accumulate_heads(float *restrict o,
+                                                                   const float *restrict p,
+                                                                   int64_t p_stride,
+                                                                   const void *const *v,
+                                                                   int64_t n, int half,
+                                                                   int heads) {
+    for (int c0 = 0; c0 < heads; c0 += HEAD_CHUNK) {
+        float *oc = o + 64 * c0;
+        const float *pc = p + c0 * p_stride;
+        switch (heads - c0 < HEAD_CHUNK ? heads - c0 : HEAD_CHUNK) {
+            case 4: accumulate_tile(oc, pc, p_stride, v, n, half, 4); break;
+            case 3: accumulate_tile(oc, pc, p_stride, v, n, half, 3); break;
+            case 2: accumulate_tile(oc, pc, p_stride, v, n, half, 2); break;
+            default: accumulate_tile(oc, pc, p_stride, v, n, half, 1); break;
+        }
+    }
+}
+
+/* attend_seq's contract and result for head_dim 64. */
 static inline __attribute__((always_inline)) void attend_row_x86(
     const float *restrict query, const void *k_cache, const void *v_cache,
     const int64_t *restrict table, int64_t context_len, int64_t q_row, float *restrict out,
     int num_heads, int num_kv_heads, int block_size, float scale, int half,
-    float *restrict scores, float *restrict tile) {
+    float *restrict scores) {
     const int group = num_heads / num_kv_heads;
-    const int64_t token_stride = (int64_t)num_kv_heads * 64;
-    const int64_t token_bytes = token_stride * (half ? 2 : 4);
+    const int64_t token_bytes = (int64_t)num_kv_heads * 64 * (half ? 2 : 4);
+    const int64_t head_bytes = 64 * (half ? 2 : 4);
     const float *q = query + q_row * num_heads * 64;
-    const float *tokens[TILE_TOKENS], *heads[TILE_TOKENS];
+    const char *tokens[TILE_TOKENS];
+    const void *heads[TILE_TOKENS];
     /* The stream's first tokens, before any read can walk it. */
     prefetch_stream ahead = {cursor_at(0, block_size), 0};
     for (int64_t t = 0; t < PREFETCH_TOKENS; t++)
@@ -176,11 +231,13 @@ static inline __attribute__((always_inline)) void attend_row_x86(
     for (int64_t t0 = 0; t0 < context_len; t0 += TILE_TOKENS) {
         const int64_t n = context_len - t0 < TILE_TOKENS ? context_len - t0 : TILE_TOKENS;
         tile_tokens(k_cache, k_cache, v_cache, table, context_len, &at, &ahead, n, block_size,
-                    token_stride, half, tile, tokens);
+                    token_bytes, tokens);
         for (int kvh = 0; kvh < num_kv_heads; kvh++) {
-            for (int64_t j = 0; j < n; j++) heads[j] = tokens[j] + (int64_t)kvh * 64;
-            for (int h = kvh * group; h < (kvh + 1) * group; h++)
-                score_tile(q + (int64_t)h * 64, heads, n, scale, scores + h * context_len + t0);
+            for (int64_t j = 0; j < n; j++) heads[j] = tokens[j] + kvh * head_bytes;
+            for (int h = kvh * group; h < (kvh + 1) * group; h += HEAD_CHUNK)
+                score_tile(q + (int64_t)h * 64,
+                           (kvh + 1) * group - h < HEAD_CHUNK ? (kvh + 1) * group - h : HEAD_CHUNK,
+                           heads, n, scale, half, scores + h * context_len + t0, context_len);
         }
     }
     for (int h = 0; h < num_heads; h++) softmax_row(scores + h * context_len, context_len);
@@ -190,11 +247,11 @@ static inline __attribute__((always_inline)) void attend_row_x86(
     for (int64_t t0 = 0; t0 < context_len; t0 += TILE_TOKENS) {
         const int64_t n = context_len - t0 < TILE_TOKENS ? context_len - t0 : TILE_TOKENS;
         tile_tokens(v_cache, k_cache, v_cache, table, context_len, &at, &ahead, n, block_size,
-                    token_stride, half, tile, tokens);
+                    token_bytes, tokens);
         for (int kvh = 0; kvh < num_kv_heads; kvh++) {
-            for (int64_t j = 0; j < n; j++) heads[j] = tokens[j] + (int64_t)kvh * 64;
-            for (int h = kvh * group; h < (kvh + 1) * group; h++)
-                accumulate_tile(o + (int64_t)h * 64, scores + h * context_len + t0, heads, n);
+            for (int64_t j = 0; j < n; j++) heads[j] = tokens[j] + kvh * head_bytes;
+            accumulate_heads(o + (int64_t)kvh * group * 64, scores + kvh * group * context_len + t0,
+                             context_len, heads, n, half, group);
         }
     }
 }

@@ -170,6 +170,11 @@ static inline __attribute__((always_inline)) void store_eight(
 /* Rows per block of the tall path (a multiple of TALL_ROWS); a thread's weights are read from
  * beyond L2 once per block. */
 #define TALL_BLOCK 120
+/* How far ahead, in weight tiles of a chunk, the tall loop prefetches: a decode step reads each
+ * weight from memory once, in the first 12-row tile, where the loop's 64 bytes per group come in
+ * too slowly for the memory's latency to hide behind the arithmetic of one tile (into L2, as the
+ * few-row loop does: a prefetch into L1 holds one of the L1's few miss buffers). */
+#define PREFETCH_TILES 2
 
 static const int16_t ONES16[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1, 1, 1,
                                                                 1, 1, 1, 1, 1, 1, 1, 1};
@@ -179,12 +184,12 @@ static const int16_t ONES16[16] __attribute__((aligned(32))) = {1, 1, 1, 1, 1, 1
  * zero instead of acc. The whole loop is assembly with the registers named (ymm0-11 the
  * accumulators, 12 the sign mask, 13 |w|, 14 the products, 15 `ones`): accumulators as
  * operands would take more operands than an asm statement may have, and compiled from
- * intrinsics GCC keeps some of them in memory. Each group also prefetches the same group of the
- * next weight tile (tile_stride bytes on), which the batch reads next: the tiles of a chunk are
+ * intrinsics GCC keeps some of them in memory. Each group also prefetches, into L2, the group
+ * `ahead` bytes on, which tall_rows reads PREFETCH_TILES tiles later: the tiles of a chunk are
  * not one sequential stream that the hardware prefetchers would follow. */
 static inline __attribute__((always_inline)) void tall_groups(__m256i *acc, const int8_t *e,
                                                               const int8_t *w, int64_t count,
-                                                              int first, int64_t tile_stride) {
+                                                              int first, int64_t ahead) {
     /* volatile: its outputs are only the pointers it advanced; what counts is what it stores. */
     __asm__ volatile(
         "test %[first], %[first]\n\t"
@@ -221,7 +226,7 @@ static inline __attribute__((always_inline)) void tall_groups(__m256i *acc, cons
         "jz 2f\n\t"
         "1:\n\t"
         "vmovdqu (%[w]), %%ymm12\n\t"
-        "prefetcht0 (%[w],%[tile_stride],1)\n\t"
+        "prefetcht1 (%[w],%[ahead],1)\n\t"
         "vpabsb %%ymm12, %%ymm13\n\t"
         "vpxor %%ymm14, %%ymm14, %%ymm14\n\t"
         "vpcmpgtb %%ymm12, %%ymm14, %%ymm12\n\t"
@@ -253,7 +258,7 @@ static inline __attribute__((always_inline)) void tall_groups(__m256i *acc, cons
         "vmovdqu %%ymm10, 320(%[acc])\n\t"
         "vmovdqu %%ymm11, 352(%[acc])\n\t"
         : [w] "+r"(w), [e] "+r"(e), [n] "+r"(count)
-        : [acc] "r"(acc), [first] "r"(first), [tile_stride] "r"(tile_stride),
+        : [acc] "r"(acc), [first] "r"(first), [ahead] "r"(ahead),
           [ones] "m"(*(const __m256i *)ONES16)
         : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
           "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory");
@@ -275,11 +280,20 @@ static void tall_rows(const int8_t *x, const float *row_scale, int64_t m0, int64
                 memcpy(&a4, x0 + r * K + (c0 + g) * 4, 4);
                 e[g * TALL_ROWS + r] = _mm256_set1_epi32(a4);
             }
-        for (int64_t tile = t0; tile < t1; tile++)
+        for (int64_t tile = t0; tile < t1; tile++) {
+            /* Where the weights read PREFETCH_TILES tiles later in this order start (bytes into
+             * `packed`): the same chunk of a later tile of the batch, else the next chunk of the
+             * batch's first tiles, else the first chunk of the tiles after the batch (the next
+             * batch's, or none: a prefetch past the weights reads nothing and cannot fault). */
+            const int64_t later = tile + PREFETCH_TILES, at = tile * tile_stride + c0 * 64;
+            const int64_t next = later < t1            ? later * tile_stride + c0 * 64
+                                 : c0 + count < full ? (t0 + later - t1) * tile_stride +
+                                                           (c0 + count) * 64
+                                                     : later * tile_stride;
             for (int h = 0; h < 2 && tile * 16 + 8 * h < N; h++)
-                tall_groups(acc[(tile - t0) * 2 + h], (const int8_t *)e,
-                            packed + tile * tile_stride + c0 * 64 + 32 * h, count, c0 == 0,
-                            tile_stride);
+                tall_groups(acc[(tile - t0) * 2 + h], (const int8_t *)e, packed + at + 32 * h,
+                            count, c0 == 0, next - at);
+        }
     }
     const __m256i ones = _mm256_load_si256((const __m256i *)ONES16);
     for (int64_t tile = t0; tile < t1; tile++) {

@@ -21,7 +21,8 @@
  * only the speed.
  *
  * A half cache halves the bytes read. Each cached token (all its kv heads) is widened to float32
- * into a small per-thread buffer that stays in L1, and the float32 code then runs on that buffer:
+ * into a small per-thread buffer that stays in L1, and the float32 code then runs on that buffer
+ * (attend_row_x86.h widens into registers instead):
  * all arithmetic is float32, the same as the float32 kernel on the upcast cache. (GCC 12 does not
  * vectorise loops over _Float16 loads without AVX512-FP16, hence the explicit F16C / AVX-512
  * conversions.)
@@ -33,13 +34,6 @@
 #include "attend_row_x86.h"
 #include "decode_parts.h"
 #include "paged_common.h"
-
-/* Cached tokens the per-thread token buffer holds: a tile for attend_row_x86, else one. */
-#if defined(HAVE_ATTEND_ROW_X86)
-#define BUFFERED_TOKENS TILE_TOKENS
-#else
-#define BUFFERED_TOKENS 1
-#endif
 
 /* Stores num_tokens tokens' keys and values into cache slots slot_mapping[t]. Each token is
  * `floats` float32 values (all its kv heads), rows key_stride / value_stride floats apart; the
@@ -145,8 +139,9 @@ static inline __attribute__((always_inline)) void attend_seq(
                      int num_heads, int num_kv_heads, int head_dim, int block_size, float scale, \
                      float *scores, float *token_buf) {                                          \
         (void)head_dim;                                                                          \
+        (void)token_buf;                                                                         \
         attend_row_x86(query, k_cache, v_cache, table, context_len, q_row, out, num_heads,       \
-                       num_kv_heads, block_size, scale, HALF, scores, token_buf);                \
+                       num_kv_heads, block_size, scale, HALF, scores);                           \
     }
 #else
 #define SPECIALISE_64(NAME, HALF) SPECIALISE(NAME, HALF, 64)
@@ -223,7 +218,7 @@ static int paged_rows(attend_fn attend, const float *query, const void *k_cache,
     }
     qsort(items, (size_t)num_items, sizeof(work_item), costlier_first);
     size_t scratch_floats = (size_t)num_heads * (size_t)longest +
-                            (size_t)BUFFERED_TOKENS * (size_t)num_kv_heads * (size_t)head_dim;
+                            (size_t)num_kv_heads * (size_t)head_dim;
     const int group = num_heads / num_kv_heads;
     const size_t block_floats =
         (size_t)paged_prefill_scratch_floats(PREFILL_BLOCK_ROWS, group, longest, head_dim);
