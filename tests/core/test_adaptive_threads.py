@@ -133,3 +133,26 @@ def test_without_a_signal_the_team_never_changes() -> None:
 def test_a_team_of_one_cannot_adapt() -> None:
     with pytest.raises(ValueError, match="no core to give back"):
         AdaptiveThreads(1, read=FakeHost().read)
+
+
+def test_a_window_that_spans_a_pause_of_the_engine_is_not_judged() -> None:
+    host = FakeHost()
+    team = AdaptiveThreads(2, read=host.read, clock=host.clock)
+    host.run(1.0, team)
+    # The engine waits for work while something else crowds the host, then steps again.
+    host.stall_rate = 0.9
+    host.now += 5.0
+    host.stall_s += 0.9 * 5.0
+    host.stall_rate = 0.05
+    assert set(host.run(2.0, team)) == {2} and team.yields == 0
+    # Crowded while it steps: that is judged.
+    host.stall_rate = 0.9
+    assert host.run(1.0, team)[-1] == 1
+
+
+def test_a_moderate_stall_keeps_the_full_team() -> None:
+    # What a server's own event loop and a benchmark client at 32 streams cost the host.
+    host = FakeHost()
+    team = AdaptiveThreads(2, read=host.read, clock=host.clock)
+    host.stall_rate = 0.3
+    assert set(host.run(10.0, team)) == {2}

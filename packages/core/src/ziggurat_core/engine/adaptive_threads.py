@@ -12,7 +12,8 @@ The signals are the kernel's own:
   runnable task waited for a CPU) says the team is crowded;
 - in a smaller team, the idle CPU time (`/proc/stat`) says whether the others still use the core
   it gave up; when they leave most of it idle, the team takes it back.
-Each decision looks at a window of at least WINDOW_S. A smaller team keeps its size for at least
+Each decision looks at a window of at least WINDOW_S of steps (one that spans a pause of the
+engine is not judged). A smaller team keeps its size for at least
 a dwell time, so that a brief lull does not bring the crowding straight back; one crowded again
 soon after taking its core back stays smaller twice as long the next time (up to MAX_DWELL_S).
 Where either signal is missing (no PSI, not Linux) the team keeps its configured size.
@@ -26,10 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-WINDOW_S = 0.5
-# Stall share that makes a full team give a core back. A quiet server's own event loop, writing
-# a handful of streams, stays far below it; a frontend tokenising long prompts far above.
-STALL_TO_YIELD = 0.3
+WINDOW_S = 0.25
+# A window longer than this spanned a pause of the engine's (nothing to run): what the host did
+# meanwhile says nothing of the team, so it is not judged, only restarted.
+STALE_WINDOW_S = 4 * WINDOW_S
+# Stall share that makes a full team give a core back. A server's own event loop and a client
+# on the same cores, at 32 streams, stay far below it; a frontend tokenising long prompts, or a
+# process busy on a core, far above.
+STALL_TO_YIELD = 0.4
 # Idle cores (out of the whole host) that make a smaller team take its core back: the others
 # leave most of the freed core unused.
 IDLE_TO_RECLAIM = 0.6
@@ -102,6 +107,9 @@ class AdaptiveThreads:
         sample = self._read()
         if sample is None:  # the signal went away: keep the configured team from now on
             self._sample, self.threads = None, self.max_threads
+            return self.threads
+        if elapsed > STALE_WINDOW_S:
+            self._sample, self._window_start = sample, now
             return self.threads
         stall = (sample.stall_s - previous.stall_s) / elapsed
         idle_cores = (sample.idle_s - previous.idle_s) / elapsed
