@@ -147,7 +147,7 @@ class PrefillPacer:
             return
         if self._relearned is not None:
             if charged_prefill_tokens == 0:
-                self._relearn(num_decodes, seconds)
+                self._relearn(self._relearned, num_decodes, seconds)
             return
         fit = self._decode_time
         if charged_prefill_tokens == 0:
@@ -170,10 +170,9 @@ class PrefillPacer:
         self._extra_seconds = keep * self._extra_seconds + SMOOTHING * (seconds - decode_seconds)
         self._extra_tokens = keep * self._extra_tokens + SMOOTHING * charged_prefill_tokens
 
-    def _relearn(self, num_decodes: int, seconds: float) -> None:
-        relearned = self._relearned
-        assert relearned is not None
-        relearned.add(num_decodes, seconds)  # the weights normalise: a plain mean of the few
+    def _relearn(self, relearned: _DecodeTimeFit, num_decodes: int, seconds: float) -> None:
+        # A fresh fit normalises by its own weight: nearly a plain mean of the few steps.
+        relearned.add(num_decodes, seconds)
         self._relearn_steps += 1
         if self._relearn_steps < RELEARN_STEPS:
             return

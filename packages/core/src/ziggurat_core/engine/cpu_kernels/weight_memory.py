@@ -4,9 +4,9 @@ A decode step reads every weight of the model once, and the GEMM reads a weight'
 apart (a chunk of inputs of one tile, then of the next, csrc/int8_gemm_avx2.c): with 4 KiB pages
 nearly every read starts on a page the TLB does not hold, and the page walks hold the loads and
 the prefetches back, most where a step has few rows to spread them over. Most weights are far
-smaller than 2 MiB, so they are placed one after another in shared mappings of ARENA_BYTES, each
-advised to huge pages (madvise(MADV_HUGEPAGE) is only advice, as for the KV cache in
-cache_memory.py: where the kernel has no transparent huge pages nothing else changes).
+smaller than 2 MiB, so they are placed one after another in mappings of ARENA_BYTES that many
+weights share, each advised to huge pages (madvise(MADV_HUGEPAGE) is only advice, as for the KV
+cache in cache_memory.py: where the kernel has no transparent huge pages nothing else changes).
 
 A mapping lives as long as any weight placed in it: the tensors hold it, and this module only
 keeps a weak reference to the one it is filling.
@@ -20,7 +20,8 @@ import weakref
 
 import torch
 
-# Bytes per shared mapping (a multiple of the 2 MiB huge page); a larger weight gets its own.
+# Bytes per mapping that weights share (a multiple of the 2 MiB huge page); a larger weight gets
+# its own.
 ARENA_BYTES = 32 * 2**20
 _HUGE_PAGE = 2 * 2**20
 # Each weight starts on a cache line.
@@ -45,7 +46,7 @@ def _huge_page_mapping(nbytes: int) -> tuple[mmap.mmap, int]:
 
 def huge_page_copy(tensor: torch.Tensor) -> torch.Tensor:
     """A contiguous copy of `tensor` (same shape and dtype) in huge-page-advised memory: in the
-    shared mapping being filled, or in a new one."""
+    mapping being filled, or in a new one."""
     global _arena, _next, _end
     nbytes = tensor.numel() * tensor.element_size()
     if nbytes == 0:
