@@ -23,7 +23,9 @@ def test_garbage_is_collected_and_the_rest_frozen() -> None:
     try:
         frozen = freeze_startup_heap()
         assert gone() is None
-        assert frozen == gc.get_freeze_count() > 0
+        assert frozen > 0
+        # Threads left running by earlier tests may free a few frozen objects meanwhile.
+        assert 0 < gc.get_freeze_count() <= frozen
         assert not any(obj is live for obj in gc.get_objects())
     finally:
         gc.unfreeze()
