@@ -158,7 +158,14 @@ def test_allowance_charges_chunks_by_their_depth() -> None:
     assert PrefillAllowance(None).grant(5000, 4096) == 4096
     assert prefill_charge(0, 64) == 64
     assert prefill_charge(CONTEXT_TOKENS, 1) == 2
-    assert prefill_charge(1, 1) == 2  # rounded up
+    # Exact, not rounded up: a one-token chunk just past the start costs a little over one.
+    assert prefill_charge(1, 1) == 1 + 1 / CONTEXT_TOKENS
+    assert prefill_charge(CONTEXT_TOKENS // 2, 3) == 4.5
+    # Four one-token chunks just past their starts leave 59.99 tokens' worth, not 56.
+    short_tails = PrefillAllowance(64)
+    assert [short_tails.grant(1, 1) for _ in range(4)] == [1, 1, 1, 1]
+    assert short_tails.grant(0, 100) == 59
+    assert short_tails.charged == 4 * (1 + 1 / CONTEXT_TOKENS) + 59
     with pytest.raises(ValueError):
         PrefillAllowance(0)
     with pytest.raises(ValueError):

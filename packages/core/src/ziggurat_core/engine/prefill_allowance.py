@@ -22,10 +22,17 @@ from __future__ import annotations
 CONTEXT_TOKENS = 1024
 
 
-def prefill_charge(start_position: int, num_tokens: int) -> int:
+def prefill_charge(start_position: int, num_tokens: int) -> float:
     """What a chunk of `num_tokens` prompt tokens starting at `start_position` costs, in tokens
-    at the start of a prompt (rounded up)."""
-    return -(-num_tokens * (CONTEXT_TOKENS + start_position) // CONTEXT_TOKENS)
+    at the start of a prompt: exact (a multiple of 1 / CONTEXT_TOKENS), not rounded, so that a
+    short chunk deep in a prompt is not charged a whole token more than it costs."""
+    return _charge_units(start_position, num_tokens) / CONTEXT_TOKENS
+
+
+def _charge_units(start_position: int, num_tokens: int) -> int:
+    """`prefill_charge` in units of 1 / CONTEXT_TOKENS token: integers, so the allowance's
+    running balance is exact whatever the constant."""
+    return num_tokens * (CONTEXT_TOKENS + start_position)
 
 
 class PrefillAllowance:
@@ -36,9 +43,14 @@ class PrefillAllowance:
     def __init__(self, cap: int | None) -> None:
         if cap is not None and cap < 1:
             raise ValueError(f"a prefill cap must be >= 1 (or None for none), got {cap}")
-        self._left = cap
+        # In units of 1 / CONTEXT_TOKENS token (`_charge_units`); None: no cap.
+        self._left = None if cap is None else cap * CONTEXT_TOKENS
         self._granted_any = False
-        self.charged = 0
+        self._charged = 0
+
+    @property
+    def charged(self) -> float:
+        return self._charged / CONTEXT_TOKENS
 
     def grant(self, start_position: int, wanted: int) -> int:
         """How many of the `wanted` tokens of a chunk starting at `start_position` the step may
@@ -49,14 +61,14 @@ class PrefillAllowance:
         if self._left is None:
             granted = wanted
         else:
-            affordable = self._left * CONTEXT_TOKENS // (CONTEXT_TOKENS + start_position)
+            affordable = self._left // (CONTEXT_TOKENS + start_position)
             granted = min(wanted, affordable)
             if granted == 0 and not self._granted_any:
                 granted = 1
         if granted:
             self._granted_any = True
-            charge = prefill_charge(start_position, granted)
-            self.charged += charge
+            charge = _charge_units(start_position, granted)
+            self._charged += charge
             if self._left is not None:
                 self._left = max(0, self._left - charge)
         return granted

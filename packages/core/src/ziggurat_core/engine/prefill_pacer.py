@@ -139,7 +139,7 @@ class PrefillPacer:
         allowed = max(1, int(min(target / token_cost * (1 + 1e-9), _NO_LIMIT)))
         return allowed if self.cap is None else min(allowed, self.cap)
 
-    def observe(self, num_decodes: int, charged_prefill_tokens: int, seconds: float) -> None:
+    def observe(self, num_decodes: int, charged_prefill_tokens: float, seconds: float) -> None:
         """The wall time of a step the engine ran with `num_decodes` decodes and
         `charged_prefill_tokens` tokens' worth of prompt work. A step of prompts alone says
         nothing about slowing decodes down and is ignored."""

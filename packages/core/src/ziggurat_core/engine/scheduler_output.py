@@ -39,7 +39,7 @@ class SchedulerOutput:
     # The prompt work the prefill chunks may take (charged tokens: prefill_allowance.py; None:
     # no limit) and what they were charged.
     prefill_allowance: int | None = None
-    charged_prefill_tokens: int = 0
+    charged_prefill_tokens: float = 0.0
 
 
 # Called by `postprocess` after a sequence gained a token: the finished status it must take now,
