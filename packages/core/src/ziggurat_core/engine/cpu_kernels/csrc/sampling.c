@@ -8,16 +8,18 @@
  * its weights exp((x - max) / T) a block of SAMPLE_BLOCK tokens at a time, each block summed in
  * lane_sum.h's fixed lane order (vectorised, and the same bits at every vector width) and the
  * block totals added up in double. The uniform's share of the total then falls into one block,
- * whose weights are computed again and scanned in order. Weights use exp_approx.h, so AVX-512,
- * AVX2 and NEON builds compute the same bits and choose the same tokens; the scalar x86 build
- * (no fused multiply-add) may differ in the last bit of a weight.
+ * whose weights are computed again and scanned in order. Weights use exp_approx.h, so the
+ * AVX-512 and AVX2 builds (and NEON, whose multiply-adds fuse alike) compute the same bits and
+ * choose the same tokens. The scalar x86 build has no fused multiply-add: a weight may differ
+ * in its last bit, which changes a token only for a uniform within a rounding of the edge of
+ * its interval.
  *
  * The chosen token always has a non-zero weight: a -inf logit (a mask) or a token below min_p
- * is never drawn, even where the uniform's share rounds up to the whole mass. (x - max) / T,
- * not x / T - max / T: a tiny T sends the others to -inf but the maximum's own weight stays
- * exp(0) = 1. A row without a finite logit has nothing to draw from and gets its last token, as
- * the torch path gives it. Rows are independent and split over threads: a token depends only
- * on its own row, whatever the batch and the thread count.
+ * is never drawn, whatever the uniform in [0, 1). The exponent is (x - max) / T, not
+ * x / T - max / T: a tiny T sends the others to -inf but keeps the maximum's weight exp(0) = 1
+ * (no inf - inf). A row without a finite logit has nothing to draw from and gets its last
+ * token, as the torch path gives it. Rows are independent and split over threads: a token
+ * depends only on its own row, whatever the batch and the thread count.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -70,34 +72,23 @@ static int64_t sample_row(const float *restrict x, int64_t vocab, float temperat
         mass_before[b] = total;
         total += (double)lane_sum(w, n);
     }
-    /* The first block whose end lies beyond target; a block that ends beyond its start holds a
-     * non-zero weight. Where target rounds to the total, no block does: the last one with any
-     * weight (at least the maximum's, 1 unless min_p > 1) takes it. */
+    /* The first block whose end lies beyond target: it ends beyond its start, so it holds a
+     * non-zero weight. One does, as u < 1 and the product is rounded to nearest: uniform * total
+     * stays below total. None does only where the weights are NaN (a NaN logit): nothing to draw
+     * from, the last token as for a row without a finite logit. */
     const double target = uniform * total;
-    int64_t chosen = -1, last_nonempty = -1;
-    for (int64_t b = 0; b < blocks; b++) {
+    int64_t chosen = -1;
+    for (int64_t b = 0; b < blocks && chosen < 0; b++) {
         const double end = b + 1 < blocks ? mass_before[b + 1] : total;
-        if (end > mass_before[b]) {
-            last_nonempty = b;
-            if (end > target) {
-                chosen = b;
-                break;
-            }
-        }
+        if (end > mass_before[b] && end > target) chosen = b;
     }
-    if (chosen < 0) chosen = last_nonempty;
-    if (chosen < 0) { /* nothing kept (min_p > 1): the first maximum, whose weight is exp(0) */
-        for (int64_t i = 0; i < vocab; i++)
-            if (x[i] == max) return i;
-        return 0;
-    }
+    if (chosen < 0) return vocab - 1;
     const int64_t start = chosen * SAMPLE_BLOCK;
     const int64_t n = vocab - start < SAMPLE_BLOCK ? vocab - start : SAMPLE_BLOCK;
     block_weights(x + start, n, max, temperature, min_p, w);
-    /* target >= mass_before[chosen] (or the fallback's target beyond everything), so the
-     * difference is >= 0, and the first token whose running sum passes it has a weight > 0. The
-     * in-order sum can fall short of the block's lane sum by a rounding: then its last token
-     * with a weight is taken. */
+    /* target >= mass_before[chosen], so the difference is >= 0, and the first token whose
+     * running sum passes it has a weight > 0. This in-order sum can fall short of the block's
+     * lane sum by a rounding: then the block's last token with a weight is taken. */
     const double remaining = target - mass_before[chosen];
     double running = 0.0;
     int64_t last_weighted = 0;
