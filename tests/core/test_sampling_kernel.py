@@ -5,7 +5,8 @@
   picks exactly that token, for vocabularies that are not multiples of the block or vector width.
 - It never picks a token of zero weight (-inf logits, tokens below min_p), even at u = 0 and at
   the largest uniform below 1, and tiny temperatures do not turn the maximum into NaN.
-- The AVX2 and scalar builds, and 1, 2 or 3 threads, choose the tokens of the native build.
+- The AVX2 and scalar builds, the AArch64 build (cross-compiled, run under qemu) and 1, 2 or 3
+  threads choose the tokens of the native build.
 - Many draws from one row follow its softmax at the requested temperature.
 - The sampler runs it for rows without top-k / top-p on CPU float32 logits, with the same
   uniforms as its torch path: both paths choose the same tokens for the same seeds.
@@ -14,11 +15,21 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from int8_helpers import generator, runnable_isas
+from test_neon_kernels import (  # noqa: F401 (arm_toolchain: a fixture)
+    CC,
+    CSRC,
+    TARGETS,
+    _run,
+    arm_toolchain,
+    library_flags,
+    run_driver,
+)
 from ziggurat_core.engine.cpu_kernels import SamplingKernel, load_sampling_kernel
 from ziggurat_core.engine.cpu_kernels.build import KernelError
 from ziggurat_core.engine.sampler import Sampler
@@ -289,6 +300,35 @@ def test_the_thread_count_does_not_change_the_tokens(
     assert _sample(kernel, logits, temperature, uniforms, min_p, num_threads=num_threads) == alone
     # A row's token does not depend on the other rows either.
     assert _sample(kernel, logits[5:6], temperature[5], uniforms[5:6], min_p[5]) == alone[5:6]
+
+
+@pytest.mark.usefixtures("arm_toolchain")
+def test_the_aarch64_build_chooses_the_tokens_of_this_build(
+    kernel: SamplingKernel, tmp_path: Path
+) -> None:
+    # Cross-compiled with the library's flags and run under qemu (test_neon_kernels.py's
+    # toolchain). Every AArch64 CPU has NEON and fused multiply-adds, so its scalar variant
+    # compiles this file the same way.
+    driver = tmp_path / "sampling_driver"
+    flags = [flag for flag in library_flags() if flag != "-shared"]
+    sources = [str(Path(__file__).parent / "arm" / "sampling_driver.c"), str(CSRC / "sampling.c")]
+    built = _run([CC, *flags, *TARGETS["neon"], f"-I{CSRC}", *sources, "-o", str(driver), "-lm"])
+    assert built.returncode == 0, built.stderr[-3000:]
+    logits, temperature, uniforms, min_p = _wide_batch()
+    inputs = {
+        "logits": logits.numpy(),
+        "temperature": np.array(temperature, dtype=np.float32),
+        "min_p": np.array(min_p, dtype=np.float32),
+        "uniforms": np.array(uniforms, dtype=np.float64),
+    }
+    for name, values in inputs.items():
+        values.tofile(tmp_path / name)
+    out = tmp_path / "tokens"
+    rows, vocab = logits.shape
+    ran = run_driver(driver, str(rows), str(vocab), *(str(tmp_path / n) for n in inputs), str(out))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    got = np.fromfile(out, dtype=np.int64).tolist()
+    assert got == _sample(kernel, logits, temperature, uniforms, min_p)
 
 
 # --- distribution -----------------------------------------------------------------------------
