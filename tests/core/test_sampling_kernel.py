@@ -117,9 +117,9 @@ def _clear_of_threshold(logits: torch.Tensor, temperature: float, min_p: float) 
 def _middle_uniforms(
     logits: torch.Tensor, temperature: float, min_p: float, per_row: int, seed: int
 ) -> tuple[list[int], list[int], list[float]]:
-    """(row, expected token, uniform) triples: up to `per_row` tokens of each row, among those
-    with probability >= MIN_PROBABILITY, with the uniform at the middle of the token's interval of
-    the float64 CDF."""
+    """Rows, expected tokens and uniforms, one of each per case: up to `per_row` tokens of each
+    row, among those with probability >= MIN_PROBABILITY, each with the uniform at the middle of
+    its interval of the float64 CDF."""
     rng = np.random.default_rng(seed)
     rows, tokens, uniforms = [], [], []
     for r in range(logits.shape[0]):
