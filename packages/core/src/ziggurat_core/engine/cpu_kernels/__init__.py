@@ -14,6 +14,7 @@ from .elementwise import ElementwiseKernels, load_elementwise_kernels
 from .int8_gemm import BoundInt8Linear, Int8Gemm, PackedInt8Weight, load_int8_gemm
 from .int8_rows import Int8RowKernels, load_int8_row_kernels
 from .paged_decode import PagedAttentionKernel, load_paged_attention_kernel
+from .sampling import SamplingKernel, load_sampling_kernel
 
 __all__ = [
     "ISAS",
@@ -30,6 +31,7 @@ __all__ = [
     "KernelError",
     "PackedInt8Weight",
     "PagedAttentionKernel",
+    "SamplingKernel",
     "cpu_isa",
     "decoder_layers_kernel_for",
     "load_cpu_library",
@@ -39,5 +41,6 @@ __all__ = [
     "load_int8_gemm",
     "load_int8_row_kernels",
     "load_paged_attention_kernel",
+    "load_sampling_kernel",
     "native_isa",
 ]

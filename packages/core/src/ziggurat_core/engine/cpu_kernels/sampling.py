@@ -1,0 +1,77 @@
+"""Temperature sampling (softmax, min_p, inverse CDF) of float32 CPU logit rows in one call
+(`csrc/sampling.c`)."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from .build import KernelError, check_float_vectors, library_wrapper
+
+
+def fits(logits: torch.Tensor) -> bool:
+    """Whether the kernel takes `logits` (after `.contiguous()`): 2-D float32 on the CPU."""
+    return logits.dtype == torch.float32 and logits.dim() == 2 and logits.device.type == "cpu"
+
+
+class SamplingKernel:
+    def __init__(self, library: ctypes.CDLL) -> None:
+        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        self._sample = library.sample_rows_f32
+        self._sample.argtypes = [p, i64, i64, p, p, p, p, p, i32]
+        self._sample.restype = None
+        block_size = library.sample_block_size
+        block_size.restype = i64
+        self._block_size = int(block_size())
+
+    def sample(
+        self,
+        logits: torch.Tensor,
+        temperature: torch.Tensor,
+        min_p: torch.Tensor | None,
+        uniforms: torch.Tensor,
+        num_threads: int | None = None,
+    ) -> torch.Tensor:
+        """The token of each row of `logits` [R, V] (contiguous float32, CPU) drawn by inverse
+        CDF from softmax(row / temperature) with the uniform `uniforms[r]` (float64 in [0, 1)):
+        [R] int64. `temperature` (> 0) and `min_p` (None: none) hold one float32 per row (any
+        shape, e.g. [R, 1]); a token whose weight relative to the row's largest is below min_p
+        is not drawn. Rows are split over `num_threads` threads (default: torch's count); the
+        tokens do not depend on it."""
+        if not fits(logits) or not logits.is_contiguous():
+            raise KernelError("sample: logits must be a contiguous 2-D float32 CPU tensor")
+        rows, vocab = logits.shape
+        check_float_vectors(
+            "sample", (("temperature", temperature, rows), ("min_p", min_p, rows))
+        )
+        if (
+            uniforms.dtype != torch.float64
+            or uniforms.numel() != rows
+            or not uniforms.is_contiguous()
+        ):
+            raise KernelError(f"sample: uniforms must be {rows} contiguous float64 values")
+        out = torch.empty(rows, dtype=torch.int64)
+        if rows == 0:
+            return out
+        if vocab == 0:
+            raise KernelError("sample: logits have no columns")
+        blocks = -(-vocab // self._block_size)
+        scratch = torch.empty(rows * blocks, dtype=torch.float64)
+        self._sample(
+            logits.data_ptr(),
+            rows,
+            vocab,
+            temperature.data_ptr(),
+            None if min_p is None else min_p.data_ptr(),
+            uniforms.data_ptr(),
+            scratch.data_ptr(),
+            out.data_ptr(),
+            torch.get_num_threads() if num_threads is None else num_threads,
+        )
+        return out
+
+
+def load_sampling_kernel() -> SamplingKernel | None:
+    """The kernel, or None where the CPU kernels cannot be built (see `build.py`)."""
+    return library_wrapper(SamplingKernel)

@@ -1,0 +1,404 @@
+"""The temperature-sampling C kernel (csrc/sampling.c, cpu_kernels/sampling.py).
+
+- It draws by inverse CDF from softmax(logits / T) with min_p: against a float64 reference, a
+  uniform placed in the middle of a token's CDF interval (so float32 rounding cannot move it out)
+  picks exactly that token, for vocabularies that are not multiples of the block or vector width.
+- It never picks a token of zero weight (-inf logits, tokens below min_p), even at u = 0 and at
+  the largest uniform below 1, and tiny temperatures do not turn the maximum into NaN.
+- The AVX2 and scalar builds, the AArch64 build (cross-compiled, run under qemu) and 1, 2 or 3
+  threads choose the tokens of the native build.
+- Many draws from one row follow its softmax at the requested temperature.
+- The sampler runs it for rows without top-k / top-p on CPU float32 logits, with the same
+  uniforms as its torch path: both paths choose the same tokens for the same seeds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from int8_helpers import generator, runnable_isas
+from test_neon_kernels import (  # noqa: F401 (arm_toolchain: a fixture)
+    CC,
+    CSRC,
+    TARGETS,
+    _run,
+    arm_toolchain,
+    library_flags,
+    run_driver,
+)
+from ziggurat_core.engine.cpu_kernels import SamplingKernel, load_sampling_kernel
+from ziggurat_core.engine.cpu_kernels.build import KernelError
+from ziggurat_core.engine.sampler import Sampler
+from ziggurat_core.engine.sampling_params import SamplingParams
+from ziggurat_core.engine.sequence import SequenceState
+
+pytestmark = pytest.mark.usefixtures("cpu_kernels")
+
+CPU = torch.device("cpu")
+EOS = 1
+VOCAB_SIZES = [1, 7, 63, 1000, 49152]
+TEMPERATURES = [0.05, 0.7, 1.0, 2.5]
+# The kernel's weights are within ~1e-5 (relative) of float64's, its prefix sums within ~1e-5 of
+# the total: a token is only asked for where half its interval is far wider than that.
+MIN_PROBABILITY = 1e-4
+LAST_UNIFORM = float(np.nextafter(1.0, 0.0))
+
+
+def _kernel_for(isa: str) -> SamplingKernel:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ZIGGURAT_CPU_ISA", isa)
+        kernel = load_sampling_kernel()
+    assert kernel is not None, "the CPU kernels failed to load"
+    return kernel
+
+
+@pytest.fixture(scope="module")
+def kernel() -> SamplingKernel:
+    """The kernel of the native build, or of the variant ZIGGURAT_CPU_ISA forces."""
+    loaded = load_sampling_kernel()
+    assert loaded is not None, "the CPU kernels failed to load"
+    return loaded
+
+
+def _sample(
+    kernel: SamplingKernel,
+    logits: torch.Tensor,
+    temperature: float | list[float],
+    uniforms: list[float],
+    min_p: float | list[float] | None = None,
+    num_threads: int | None = None,
+) -> list[int]:
+    rows = logits.shape[0]
+
+    def column(value: float | list[float]) -> torch.Tensor:
+        values = value if isinstance(value, list) else [value] * rows
+        return torch.tensor(values, dtype=torch.float32).unsqueeze(1)
+
+    tokens = kernel.sample(
+        logits.contiguous(),
+        column(temperature),
+        None if min_p is None else column(min_p),
+        torch.tensor(uniforms, dtype=torch.float64),
+        num_threads,
+    )
+    return [int(t) for t in tokens]
+
+
+def _reference_weights(row: torch.Tensor, temperature: float, min_p: float) -> np.ndarray:
+    """Unnormalised float64 probabilities of one row (its maximum's is 1), min_p applied."""
+    x = row.double().numpy()
+    with np.errstate(invalid="ignore"):
+        weights = np.exp((x - x.max()) / np.float64(np.float32(temperature)))
+    weights[np.isneginf(x)] = 0.0
+    weights[weights < np.float64(np.float32(min_p))] = 0.0
+    return weights
+
+
+def _random_logits(rows: int, vocab: int, seed: int, scale: float = 3.0) -> torch.Tensor:
+    return torch.randn(rows, vocab, generator=generator(seed)) * scale
+
+
+def _clear_of_threshold(logits: torch.Tensor, temperature: float, min_p: float) -> torch.Tensor:
+    """`logits` with the tokens whose weight lies within 1e-3 of min_p masked (-inf): rounding
+    may put those on either side of the threshold, and they would move every interval after
+    them."""
+    out = logits.clone()
+    for r in range(out.shape[0]):
+        weights = _reference_weights(out[r], temperature, 0.0)
+        near = np.abs(weights / np.float32(min_p) - 1.0) < 1e-3
+        out[r, torch.from_numpy(near)] = float("-inf")
+    return out
+
+
+def _middle_uniforms(
+    logits: torch.Tensor, temperature: float, min_p: float, per_row: int, seed: int
+) -> tuple[list[int], list[int], list[float]]:
+    """Rows, expected tokens and uniforms, one of each per case: up to `per_row` tokens of each
+    row, among those with probability >= MIN_PROBABILITY, each with the uniform at the middle of
+    its interval of the float64 CDF."""
+    rng = np.random.default_rng(seed)
+    rows, tokens, uniforms = [], [], []
+    for r in range(logits.shape[0]):
+        weights = _reference_weights(logits[r], temperature, min_p)
+        total = weights.sum()
+        cdf = np.cumsum(weights)
+        eligible = np.flatnonzero(weights / total >= MIN_PROBABILITY)
+        picked = rng.choice(eligible, size=min(per_row, eligible.size), replace=False)
+        for token in picked:
+            rows.append(r)
+            tokens.append(int(token))
+            uniforms.append(float((cdf[token] - weights[token] / 2) / total))
+    return rows, tokens, uniforms
+
+
+@pytest.mark.parametrize("vocab", VOCAB_SIZES)
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+@pytest.mark.parametrize("min_p", [None, 0.05])
+def test_picks_the_token_whose_cdf_interval_holds_the_uniform(
+    kernel: SamplingKernel, vocab: int, temperature: float, min_p: float | None
+) -> None:
+    logits = _random_logits(6, vocab, seed=vocab + int(temperature * 100))
+    if min_p is not None:
+        logits = _clear_of_threshold(logits, temperature, min_p)
+    rows, expected, uniforms = _middle_uniforms(
+        logits, temperature, min_p or 0.0, per_row=24, seed=vocab
+    )
+    got = _sample(kernel, logits[rows], temperature, uniforms, min_p)
+    assert got == expected
+    if vocab >= 63 and temperature >= 0.7:  # a wide distribution: many different tokens asked
+        assert len(set(expected)) > 20
+
+
+def test_each_row_uses_its_own_temperature_and_min_p(kernel: SamplingKernel) -> None:
+    row = _random_logits(1, 1000, seed=3)
+    batch, temperatures, min_ps, expected, uniforms = [], [], [], [], []
+    for seed, (temperature, min_p) in enumerate([(0.3, 0.0), (1.0, 0.0), (1.0, 0.2), (2.0, 0.01)]):
+        clear = _clear_of_threshold(row, temperature, min_p) if min_p else row
+        _, tokens, us = _middle_uniforms(clear, temperature, min_p, per_row=10, seed=seed)
+        batch += [clear[0]] * len(tokens)
+        temperatures += [temperature] * len(tokens)
+        min_ps += [min_p] * len(tokens)
+        expected += tokens
+        uniforms += us
+    assert _sample(kernel, torch.stack(batch), temperatures, uniforms, min_ps) == expected
+
+
+# --- never a zero weight ----------------------------------------------------------------------
+
+
+def _masked_row(vocab: int, finite: dict[int, float]) -> torch.Tensor:
+    row = torch.full((vocab,), float("-inf"))
+    for token, logit in finite.items():
+        row[token] = logit
+    return row
+
+
+@pytest.mark.parametrize("vocab", [7, 1000, 49152])
+def test_masked_tokens_are_never_drawn_even_at_the_extreme_uniforms(
+    kernel: SamplingKernel, vocab: int
+) -> None:
+    # The finite tokens sit in the first, a middle and (for large rows) the last block.
+    finite = {1: 0.5, vocab // 2: -1.0, vocab - 2: 2.0} if vocab > 7 else {1: 0.5, 3: -1.0, 5: 2.0}
+    row = _masked_row(vocab, finite).unsqueeze(0)
+    uniforms = [0.0, 1e-300, 0.25, 0.5, 0.75, 0.999999, LAST_UNIFORM]
+    for temperature in (0.5, 1.0, 50.0):
+        got = _sample(kernel, row.expand(len(uniforms), -1), temperature, uniforms)
+        assert set(got) <= set(finite), f"T={temperature}: {got}"
+        assert got[0] == min(finite)  # u = 0: the first token with a weight
+        assert got[-1] == max(finite)  # the largest u: the last token with a weight
+    # A tiny temperature leaves the maximum alone; the others' weights underflow to 0.
+    got = _sample(kernel, row.expand(len(uniforms), -1), 1e-30, uniforms)
+    assert got == [max(finite, key=finite.__getitem__)] * len(uniforms)
+
+
+@pytest.mark.parametrize("vocab", [1, 7, 300, 49152])
+def test_a_row_with_one_finite_logit_always_draws_it(kernel: SamplingKernel, vocab: int) -> None:
+    uniforms = [0.0, 0.3, 0.9, LAST_UNIFORM]
+    for token in sorted({0, vocab // 3, vocab - 1}):
+        row = _masked_row(vocab, {token: -12.0}).unsqueeze(0)
+        for temperature in (1e-30, 1.0, 1e4):
+            got = _sample(kernel, row.expand(len(uniforms), -1), temperature, uniforms)
+            assert got == [token] * len(uniforms)
+
+
+def test_a_row_without_a_finite_logit_gets_its_last_token_as_in_torch(
+    kernel: SamplingKernel,
+) -> None:
+    # Nothing can be drawn; the torch path's NaN weights put the search past the last column.
+    row = torch.full((1, 300), float("-inf"))
+    assert _sample(kernel, row.expand(3, -1), 1.0, [0.0, 0.5, LAST_UNIFORM]) == [299] * 3
+
+
+def test_min_p_one_keeps_only_the_maximum(kernel: SamplingKernel) -> None:
+    logits = _random_logits(5, 1000, seed=8)
+    uniforms = [0.0, 0.5, LAST_UNIFORM]
+    for r in range(5):
+        row = logits[r : r + 1].expand(len(uniforms), -1)
+        got = _sample(kernel, row, 1.0, uniforms, min_p=1.0)
+        assert got == [int(logits[r].argmax())] * len(uniforms)
+
+
+def test_tiny_temperature_splits_between_tied_maxima(kernel: SamplingKernel) -> None:
+    # (x - max) / T: the maxima keep weight 1 at any T > 0, the others drop to 0.
+    row = torch.tensor([0.0, 3.0, 2.9999998, 3.0, -1.0, float("-inf")]).unsqueeze(0)
+    uniforms = [0.0, 0.4999, 0.5001, LAST_UNIFORM]
+    got = _sample(kernel, row.expand(len(uniforms), -1), 1e-30, uniforms)
+    assert got == [1, 1, 3, 3]
+
+
+def test_random_masks_and_uniforms_never_draw_a_zero_weight(kernel: SamplingKernel) -> None:
+    rows, vocab = 64, 3000
+    gen = generator(21)
+    logits = torch.randn(rows, vocab, generator=gen) * 4
+    keep = torch.rand(rows, vocab, generator=gen) < torch.rand(rows, 1, generator=gen) * 0.02
+    keep[torch.arange(rows), torch.randint(vocab, (rows,), generator=gen)] = True
+    logits[~keep] = float("-inf")
+    uniforms = torch.rand(rows, dtype=torch.float64, generator=gen).tolist()
+    uniforms[:4] = [0.0, LAST_UNIFORM, 0.0, LAST_UNIFORM]
+    min_p = [0.0 if r % 2 else 0.3 for r in range(rows)]
+    got = _sample(kernel, logits, 0.8, uniforms, min_p)
+    for r, token in enumerate(got):
+        assert bool(keep[r, token]), f"row {r} drew masked token {token}"
+        weight = _reference_weights(logits[r], 0.8, 0.0)[token]
+        assert weight >= min_p[r] * (1 - 1e-5), f"row {r} drew token {token} below min_p"
+
+
+def test_rejects_inputs_it_cannot_read(kernel: SamplingKernel) -> None:
+    logits = torch.zeros(2, 5)
+    temperature = torch.ones(2, 1)
+    uniforms = torch.zeros(2, dtype=torch.float64)
+    with pytest.raises(KernelError, match="logits"):
+        kernel.sample(logits.double(), temperature, None, uniforms)
+    with pytest.raises(KernelError, match="logits"):
+        kernel.sample(logits.t(), temperature, None, uniforms)
+    with pytest.raises(KernelError, match="temperature"):
+        kernel.sample(logits, torch.ones(3, 1), None, uniforms)
+    with pytest.raises(KernelError, match="min_p"):
+        kernel.sample(logits, temperature, torch.zeros(2, 1, dtype=torch.float64), uniforms)
+    with pytest.raises(KernelError, match="uniforms"):
+        kernel.sample(logits, temperature, None, uniforms.float())
+
+
+# --- the same tokens in every build and at every thread count -------------------------------
+
+
+def _wide_batch() -> tuple[torch.Tensor, list[float], list[float], list[float]]:
+    """Rows of 49,152 and random uniforms (not kept away from interval edges)."""
+    rows = 48
+    gen = generator(5)
+    logits = torch.randn(rows, 49152, generator=gen) * torch.rand(rows, 1, generator=gen) * 6
+    logits[::7, 100:40000] = float("-inf")
+    temperature = [(0.3, 1.0, 1.7)[r % 3] for r in range(rows)]
+    min_p = [(0.0, 0.0, 0.01, 0.1)[r % 4] for r in range(rows)]
+    uniforms = torch.rand(rows, dtype=torch.float64, generator=gen).tolist()
+    return logits, temperature, uniforms, min_p
+
+
+@pytest.mark.parametrize("isa", runnable_isas())
+def test_every_variant_chooses_the_tokens_of_the_default_build(
+    kernel: SamplingKernel, isa: str
+) -> None:
+    # The SIMD builds compute the same weights bit for bit; the scalar build's may differ in
+    # the last bit (no fused multiply-add), which could only move a uniform within ~1e-7 of an
+    # interval's edge: none of these seeded ones.
+    logits, temperature, uniforms, min_p = _wide_batch()
+    expected = _sample(kernel, logits, temperature, uniforms, min_p)
+    assert _sample(_kernel_for(isa), logits, temperature, uniforms, min_p) == expected
+    assert len(set(expected)) > 30
+
+
+@pytest.mark.parametrize("num_threads", [2, 3])
+def test_the_thread_count_does_not_change_the_tokens(
+    kernel: SamplingKernel, num_threads: int
+) -> None:
+    logits, temperature, uniforms, min_p = _wide_batch()
+    alone = _sample(kernel, logits, temperature, uniforms, min_p, num_threads=1)
+    assert _sample(kernel, logits, temperature, uniforms, min_p, num_threads=num_threads) == alone
+    # A row's token does not depend on the other rows either.
+    assert _sample(kernel, logits[5:6], temperature[5], uniforms[5:6], min_p[5]) == alone[5:6]
+
+
+@pytest.mark.usefixtures("arm_toolchain")
+def test_the_aarch64_build_chooses_the_tokens_of_this_build(
+    kernel: SamplingKernel, tmp_path: Path
+) -> None:
+    # Cross-compiled with the library's flags and run under qemu (test_neon_kernels.py's
+    # toolchain). Every AArch64 CPU has NEON and fused multiply-adds, so its scalar variant
+    # compiles this file the same way.
+    driver = tmp_path / "sampling_driver"
+    flags = [flag for flag in library_flags() if flag != "-shared"]
+    sources = [str(Path(__file__).parent / "arm" / "sampling_driver.c"), str(CSRC / "sampling.c")]
+    built = _run([CC, *flags, *TARGETS["neon"], f"-I{CSRC}", *sources, "-o", str(driver), "-lm"])
+    assert built.returncode == 0, built.stderr[-3000:]
+    logits, temperature, uniforms, min_p = _wide_batch()
+    inputs = {
+        "logits": logits.numpy(),
+        "temperature": np.array(temperature, dtype=np.float32),
+        "min_p": np.array(min_p, dtype=np.float32),
+        "uniforms": np.array(uniforms, dtype=np.float64),
+    }
+    for name, values in inputs.items():
+        values.tofile(tmp_path / name)
+    out = tmp_path / "tokens"
+    rows, vocab = logits.shape
+    ran = run_driver(driver, str(rows), str(vocab), *(str(tmp_path / n) for n in inputs), str(out))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    got = np.fromfile(out, dtype=np.int64).tolist()
+    assert got == _sample(kernel, logits, temperature, uniforms, min_p)
+
+
+# --- distribution -----------------------------------------------------------------------------
+
+# Chi-square bound for 11 degrees of freedom at p ~ 1e-5 (seeded: deterministic). Ignoring the
+# temperature moves these counts by thousands.
+CHI2_BOUND_11 = 45.0
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_draws_follow_the_softmax_at_the_temperature(
+    kernel: SamplingKernel, temperature: float
+) -> None:
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.9, 0.5, 0.0, -0.3, -1.0, -1.5, -2.0, -3.0, 0.2])
+    probs = torch.softmax(logits.double() / temperature, dim=0).tolist()
+    draws = 30000
+    uniforms = torch.rand(draws, dtype=torch.float64, generator=generator(int(temperature * 10)))
+    got = _sample(kernel, logits.expand(draws, -1), temperature, uniforms.tolist())
+    counts = Counter(got)
+    chi_square = sum((counts[i] - draws * p) ** 2 / (draws * p) for i, p in enumerate(probs))
+    assert chi_square < CHI2_BOUND_11
+
+
+# --- in the sampler ---------------------------------------------------------------------------
+
+
+def _seqs(params: list[SamplingParams]) -> list[SequenceState]:
+    return [SequenceState("req", [0], p, index=i) for i, p in enumerate(params)]
+
+
+MIXED_PARAMS = [
+    SamplingParams(temperature=1.0, seed=11),
+    SamplingParams(temperature=0.0),
+    SamplingParams(temperature=0.7, min_p=0.02, seed=12),
+    SamplingParams(temperature=1.0, top_k=50, seed=13),
+    SamplingParams(temperature=1.3),
+    SamplingParams(temperature=0.9, top_p=0.8, min_p=0.01),
+    SamplingParams(temperature=1.0, seed=14),
+]
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+@pytest.mark.parametrize(
+    "params", [MIXED_PARAMS, [p for p in MIXED_PARAMS if p.top_k <= 0 and p.top_p == 1.0]]
+)
+def test_the_sampler_chooses_the_torch_paths_tokens_through_the_kernel(
+    monkeypatch: pytest.MonkeyPatch, params: list[SamplingParams], sync_free: bool
+) -> None:
+    vocab = 3000
+    calls: list[int] = []
+    original = SamplingKernel.sample
+
+    def counted(self: SamplingKernel, logits: torch.Tensor, *args: object) -> torch.Tensor:
+        calls.append(logits.shape[0])
+        return original(self, logits, *args)  # type: ignore[arg-type]
+
+    def run(kernels: str) -> list[list[int]]:
+        monkeypatch.setenv("ZIGGURAT_CPU_KERNELS", kernels)
+        sampler = Sampler(vocab, CPU, seed=3, sync_free=sync_free)
+        seqs = _seqs(params)
+        tokens = []
+        for step in range(6):
+            logits = torch.randn(len(seqs), vocab, generator=generator(step)) * 2
+            tokens.append([r.token_id for r in sampler(logits, seqs, [EOS])])
+        return tokens
+
+    monkeypatch.setattr(SamplingKernel, "sample", counted)
+    with_kernel = run("1")
+    untruncated = [p for p in params if p.temperature > 0 and p.top_k <= 0 and p.top_p == 1.0]
+    assert calls == [len(untruncated)] * 6
+    assert run("0") == with_kernel
+    assert len(calls) == 6  # the torch path did not call it
+    assert len({tuple(step) for step in with_kernel}) == 6  # real random draws
