@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from arm_qemu import install_arm_toolchain
 from fixtures_models import TinyModel, make_tiny_llama
 
 TinyModelFactory = Callable[..., TinyModel]
@@ -50,3 +51,9 @@ def cpu_kernels() -> None:
         pytest.skip("the CPU kernels are turned off (ZIGGURAT_CPU_KERNELS=0)")
     if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler on this machine: the CPU kernels cannot be built")
+
+
+@pytest.fixture(scope="session")
+def arm_toolchain() -> None:
+    """aarch64-linux-gnu-gcc and qemu-aarch64 on PATH (arm_qemu.py), installed if missing."""
+    install_arm_toolchain()

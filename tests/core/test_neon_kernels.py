@@ -21,60 +21,14 @@ apt-get when missing; the tests skip only where that is impossible (no apt-get, 
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from ziggurat_core.engine.cpu_kernels import build
+from arm_qemu import CC, CSRC, NM, TARGETS, library_flags, run_command, run_driver
 
-CSRC = Path(build.__file__).parent / "csrc"
 DRIVER = Path(__file__).parent / "arm" / "neon_driver.c"
-CC = "aarch64-linux-gnu-gcc"
-NM = "aarch64-linux-gnu-nm"
-QEMU = "qemu-aarch64"
-SYSROOT = "/usr/aarch64-linux-gnu"
-PACKAGES = ("gcc-aarch64-linux-gnu", "qemu-user")
-# Target flags per variant, in place of build.py's -mcpu=native: an AArch64 CPU with the
-# dot-product extension, a baseline ARMv8 CPU (NEON without sdot), and the forced scalar build.
-TARGETS = {
-    "sdot": ["-march=armv8.2-a+dotprod"],
-    "neon": ["-march=armv8-a"],
-    "scalar": ["-march=armv8-a", "-DZIGGURAT_ISA_SCALAR"],
-}
-# qemu's default CPU model ("max") has every extension, sdot included.
-QEMU_TIMEOUT_S = 300
-
-
-def _run(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-@pytest.fixture(scope="session")
-def arm_toolchain() -> None:
-    """aarch64-linux-gnu-gcc and qemu-aarch64 on PATH, installed through apt-get if missing."""
-    if all(shutil.which(tool) for tool in (CC, NM, QEMU)):
-        return
-    if shutil.which("apt-get") is None:
-        pytest.skip(f"{CC} / {QEMU} missing and no apt-get to install {' '.join(PACKAGES)}")
-    if os.geteuid() != 0:
-        pytest.skip(f"{CC} / {QEMU} missing and installing {' '.join(PACKAGES)} needs root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
-    result = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
-    if result.returncode != 0:  # stale or empty package lists: refresh them once
-        subprocess.run(["apt-get", "update"], capture_output=True, env=env, check=False)
-        result = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
-    assert result.returncode == 0, f"apt-get could not install {PACKAGES}:\n{result.stderr[-3000:]}"
-    assert all(shutil.which(tool) for tool in (CC, NM, QEMU)), result.stdout[-3000:]
-
-
-def library_flags() -> list[str]:
-    """The flags build.py compiles the kernels with (its target flags aside)."""
-    return list(build._FLAGS)
 
 
 @pytest.fixture(scope="session")
@@ -88,17 +42,13 @@ def drivers(arm_toolchain: None, tmp_path_factory: pytest.TempPathFactory) -> di
         sources = [
             DRIVER, CSRC / "int8_gemm_neon.c", CSRC / "int8_gemm_reference.c", CSRC / "paged_prefill.c"
         ]
-        result = _run(
+        result = run_command(
             [CC, *flags, *target_flags, f"-I{CSRC}", *map(str, sources), "-o", str(executable)]
             + ["-lm"]
         )
         assert result.returncode == 0, result.stderr[-3000:]
         built[target] = executable
     return built
-
-
-def run_driver(driver: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return _run([QEMU, "-L", SYSROOT, str(driver), *args], timeout=QEMU_TIMEOUT_S)
 
 
 @pytest.mark.parametrize("target", list(TARGETS))
@@ -108,12 +58,12 @@ def test_whole_library_builds_for_aarch64(
     library = tmp_path / "libziggurat_cpu.so"
     sources = sorted(str(path) for path in CSRC.glob("*.c"))
     # --no-undefined: a shared library links even with unresolved calls; this one must not.
-    result = _run(
+    result = run_command(
         [CC, *library_flags(), *TARGETS[target], *sources, "-o", str(library), "-lm"]
         + ["-Wl,--no-undefined"]
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    symbols = _run([NM, "-D", "--defined-only", str(library)]).stdout.split()
+    symbols = run_command([NM, "-D", "--defined-only", str(library)]).stdout.split()
     for symbol in ("ziggurat_cpu_isa", "int8_gemm_reference", "paged_decode_attention_f16"):
         assert symbol in symbols
     assert ("int8_gemm_neon" in symbols) == (target != "scalar")

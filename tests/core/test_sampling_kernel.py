@@ -20,16 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from arm_qemu import CC, CSRC, TARGETS, library_flags, run_command, run_driver
 from int8_helpers import generator, runnable_isas
-from test_neon_kernels import (  # noqa: F401 (arm_toolchain: a fixture)
-    CC,
-    CSRC,
-    TARGETS,
-    _run,
-    arm_toolchain,
-    library_flags,
-    run_driver,
-)
 from ziggurat_core.engine.cpu_kernels import SamplingKernel, load_sampling_kernel
 from ziggurat_core.engine.cpu_kernels.build import KernelError
 from ziggurat_core.engine.sampler import Sampler
@@ -312,7 +304,7 @@ def test_the_aarch64_build_chooses_the_tokens_of_this_build(
     driver = tmp_path / "sampling_driver"
     flags = [flag for flag in library_flags() if flag != "-shared"]
     sources = [str(Path(__file__).parent / "arm" / "sampling_driver.c"), str(CSRC / "sampling.c")]
-    built = _run([CC, *flags, *TARGETS["neon"], f"-I{CSRC}", *sources, "-o", str(driver), "-lm"])
+    built = run_command([CC, *flags, *TARGETS["neon"], f"-I{CSRC}", *sources, "-o", str(driver), "-lm"])
     assert built.returncode == 0, built.stderr[-3000:]
     logits, temperature, uniforms, min_p = _wide_batch()
     inputs = {
