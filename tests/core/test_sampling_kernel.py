@@ -8,6 +8,8 @@
 - The AVX2 and scalar builds, the AArch64 build (cross-compiled, run under qemu) and 1, 2 or 3
   threads choose the tokens of the native build.
 - Many draws from one row follow its softmax at the requested temperature.
+- The greedy argmax equals torch.argmax (the first of equal maxima, across and within its
+  blocks; rows of -inf), in every build and at every thread count.
 - The sampler runs it for rows without top-k / top-p on CPU float32 logits, with the same
   uniforms as its torch path: both paths choose the same tokens for the same seeds.
 """
@@ -344,6 +346,53 @@ def test_draws_follow_the_softmax_at_the_temperature(
     assert chi_square < CHI2_BOUND_11
 
 
+# --- greedy argmax ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vocab", [1, 7, 63, 64, 65, 1000, 49152])
+def test_argmax_equals_torch(kernel: SamplingKernel, vocab: int) -> None:
+    logits = _random_logits(9, vocab, seed=vocab)
+    assert kernel.argmax(logits).tolist() == logits.argmax(dim=-1).tolist()
+
+
+def test_argmax_takes_the_first_of_equal_maxima(kernel: SamplingKernel) -> None:
+    vocab = 1000
+    logits = _random_logits(5, vocab, seed=2)
+    ties = [(3, 5, 700), (64, 65, 127), (130, 129 + 64, 999), (0, 999), (998, 999)]
+    for row, columns in enumerate(ties):
+        logits[row, list(columns)] = 50.0
+    assert kernel.argmax(logits).tolist() == [min(columns) for columns in ties]
+    assert logits.argmax(dim=-1).tolist() == [min(columns) for columns in ties]
+
+
+def test_argmax_of_masked_rows_as_in_torch(kernel: SamplingKernel) -> None:
+    logits = torch.full((3, 300), float("-inf"))
+    logits[1, 250] = -1e30
+    logits[2, 77] = 0.0
+    logits[2, 200] = 0.0
+    assert kernel.argmax(logits).tolist() == logits.argmax(dim=-1).tolist() == [0, 250, 77]
+
+
+@pytest.mark.parametrize("isa", runnable_isas())
+def test_argmax_in_every_variant_and_thread_count(isa: str) -> None:
+    logits, _, _, _ = _wide_batch()
+    logits[3, [10, 20000]] = 1e4
+    expected = logits.argmax(dim=-1).tolist()
+    variant = _kernel_for(isa)
+    for num_threads in (1, 2, 3):
+        assert variant.argmax(logits, num_threads=num_threads).tolist() == expected
+    assert expected[3] == 10 and len(set(expected)) > 30
+
+
+def test_argmax_rejects_inputs_it_cannot_read(kernel: SamplingKernel) -> None:
+    with pytest.raises(KernelError):
+        kernel.argmax(torch.zeros(2, 8, dtype=torch.float64))
+    with pytest.raises(KernelError):
+        kernel.argmax(torch.zeros(4, 8)[:, ::2])
+    with pytest.raises(KernelError):
+        kernel.argmax(torch.zeros(2, 0))
+
+
 # --- in the sampler ---------------------------------------------------------------------------
 
 
@@ -377,6 +426,13 @@ def test_the_sampler_chooses_the_torch_paths_tokens_through_the_kernel(
         calls.append(logits.shape[0])
         return original(self, logits, *args)  # type: ignore[arg-type]
 
+    argmax_calls: list[int] = []
+    original_argmax = SamplingKernel.argmax
+
+    def counted_argmax(self: SamplingKernel, logits: torch.Tensor) -> torch.Tensor:
+        argmax_calls.append(logits.shape[0])
+        return original_argmax(self, logits)
+
     def run(kernels: str) -> list[list[int]]:
         monkeypatch.setenv("ZIGGURAT_CPU_KERNELS", kernels)
         sampler = Sampler(vocab, CPU, seed=3, sync_free=sync_free)
@@ -388,9 +444,12 @@ def test_the_sampler_chooses_the_torch_paths_tokens_through_the_kernel(
         return tokens
 
     monkeypatch.setattr(SamplingKernel, "sample", counted)
+    monkeypatch.setattr(SamplingKernel, "argmax", counted_argmax)
     with_kernel = run("1")
     untruncated = [p for p in params if p.temperature > 0 and p.top_k <= 0 and p.top_p == 1.0]
     assert calls == [len(untruncated)] * 6
+    greedy = [p for p in params if p.temperature == 0]
+    assert argmax_calls == ([len(greedy)] * 6 if greedy else [])
     assert run("0") == with_kernel
     assert len(calls) == 6  # the torch path did not call it
     assert len({tuple(step) for step in with_kernel}) == 6  # real random draws

@@ -5,10 +5,10 @@ min_tokens EOS mask change the logits; greedy rows (temperature 0 or top_k 1) ta
 other rows divide by the temperature, apply min_p, then top-k, then top-p (each on the
 distribution left by the previous filter) and draw by inverse CDF with one uniform number.
 
-On the CPU, rows without top-k / top-p are drawn by one C kernel (`cpu_kernels/sampling.py`:
-softmax, min_p and the inverse CDF in one call, the same tokens at every vector width) where
-the kernels are available and the logits are float32; elsewhere, and for top-k / top-p rows,
-by torch ops.
+On the CPU, where the kernels are available and the logits are float32, greedy rows take their
+argmax and rows without top-k / top-p are drawn through C kernels (`cpu_kernels/sampling.py`:
+softmax, min_p and the inverse CDF in one call, the same tokens at every vector width);
+elsewhere, and for top-k / top-p rows, torch ops do it.
 
 Off the CPU the sampler never reads the device until its results are ready: each row's
 candidate width is known on the host from its settings, and the results of the step (tokens,
@@ -118,15 +118,21 @@ class Sampler:
 
     def _choose_tokens(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
         if meta.random is None:
-            return logits.argmax(dim=-1)
+            return self._argmax(logits)
         if not meta.greedy_rows:
             return self._sample_random(logits, meta.random)
         token_ids = torch.empty(meta.num_rows, dtype=torch.int64, device=logits.device)
         greedy = _row_index(meta.greedy_rows, meta.num_rows, logits.device)
-        token_ids[greedy] = logits[greedy].argmax(dim=-1)
+        token_ids[greedy] = self._argmax(logits[greedy])
         random = _row_index(meta.random.rows, meta.num_rows, logits.device)
         token_ids[random] = self._sample_random(logits[random], meta.random)
         return token_ids
+
+    def _argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each row's greedy token (the first of equal maxima, as torch.argmax)."""
+        if self._kernel is not None and fits(logits):
+            return self._kernel.argmax(logits.contiguous())
+        return logits.argmax(dim=-1)
 
     def _sample_random(self, logits: torch.Tensor, rows: RandomRows) -> torch.Tensor:
         """Token ids for the rows of `rows` (`logits` holds exactly those rows, in order)."""

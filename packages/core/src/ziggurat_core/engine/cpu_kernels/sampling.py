@@ -1,5 +1,5 @@
-"""Temperature sampling (softmax, min_p, inverse CDF) of float32 CPU logit rows in one call
-(`csrc/sampling.c`)."""
+"""Temperature sampling (softmax, min_p, inverse CDF) and greedy argmax of float32 CPU logit
+rows, each in one call (`csrc/sampling.c`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ class SamplingKernel:
         self._sample = library.sample_rows_f32
         self._sample.argtypes = [p, i64, i64, p, p, p, p, p, i32]
         self._sample.restype = None
+        self._argmax = library.argmax_rows_f32
+        self._argmax.argtypes = [p, i64, i64, p, i32]
+        self._argmax.restype = None
         block_size = library.sample_block_size
         block_size.restype = i64
         self._block_size = int(block_size())
@@ -66,6 +69,26 @@ class SamplingKernel:
             None if min_p is None else min_p.data_ptr(),
             uniforms.data_ptr(),
             scratch.data_ptr(),
+            out.data_ptr(),
+            torch.get_num_threads() if num_threads is None else num_threads,
+        )
+        return out
+
+    def argmax(self, logits: torch.Tensor, num_threads: int | None = None) -> torch.Tensor:
+        """The index of each row's largest value, the first of equal ones, as torch.argmax
+        gives it: [R] int64 for `logits` [R, V] (contiguous float32, CPU, V >= 1)."""
+        if not fits(logits) or not logits.is_contiguous():
+            raise KernelError("argmax: logits must be a contiguous 2-D float32 CPU tensor")
+        rows, vocab = logits.shape
+        out = torch.empty(rows, dtype=torch.int64)
+        if rows == 0:
+            return out
+        if vocab == 0:
+            raise KernelError("argmax: logits have no columns")
+        self._argmax(
+            logits.data_ptr(),
+            rows,
+            vocab,
             out.data_ptr(),
             torch.get_num_threads() if num_threads is None else num_threads,
         )

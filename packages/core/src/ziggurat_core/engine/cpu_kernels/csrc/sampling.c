@@ -2,6 +2,7 @@
  * softmax(logits / temperature), with min_p applied, for one uniform number.
  *
  *   sample_rows_f32: token[r] for rows r of logits [rows, vocab] (contiguous)
+ *   argmax_rows_f32: the greedy token of each row, the first of its largest logits
  *
  * torch needs a pass per op (divide, max, subtract, exp, cumsum, search), and its cumsum is one
  * serial chain of additions. Here a row is read twice: once for its maximum, once to compute
@@ -114,4 +115,32 @@ void sample_rows_f32(const float *logits, int64_t rows, int64_t vocab, const flo
         out[r] = sample_row(logits + r * vocab, vocab, temperature[r],
                             min_p == NULL ? 0.0f : min_p[r], uniforms[r], scratch + r * blocks);
     }
+}
+
+/* Greedy decoding's argmax, as torch.argmax picks it (the first of equal maxima) but in two
+ * vectorised passes: the row maximum, then the first block of ARGMAX_BLOCK logits that holds
+ * it, scanned in order. torch's argmax carries an index through a serial reduction, many
+ * times slower than its max over a vocabulary row (docs/benchmarks.md, session 10). */
+#define ARGMAX_BLOCK 64
+
+static int64_t argmax_row(const float *restrict x, int64_t vocab) {
+    const float max = row_max(x, vocab);
+    int64_t start = 0;
+    for (; start + ARGMAX_BLOCK <= vocab; start += ARGMAX_BLOCK) {
+        int found = 0;
+        for (int i = 0; i < ARGMAX_BLOCK; i++) found |= x[start + i] == max;
+        if (found) break;
+    }
+    for (int64_t i = start; i < vocab; i++) {
+        if (x[i] == max) return i;
+    }
+    return vocab - 1; /* not reached: the maximum is one of the row's logits (NaN aside) */
+}
+
+/* logits [rows, vocab] (vocab >= 1); out [rows]. */
+void argmax_rows_f32(const float *logits, int64_t rows, int64_t vocab, int64_t *out,
+                     int num_threads) {
+    const int threads = rows > 1 && rows * vocab >= PARALLEL_MIN_ELEMENTS ? num_threads : 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) out[r] = argmax_row(logits + r * vocab, vocab);
 }
