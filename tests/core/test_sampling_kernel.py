@@ -418,7 +418,10 @@ MIXED_PARAMS = [
 def test_the_sampler_chooses_the_torch_paths_tokens_through_the_kernel(
     monkeypatch: pytest.MonkeyPatch, params: list[SamplingParams], sync_free: bool
 ) -> None:
-    vocab = 3000
+    # The kernel's exp and torch's differ in the last bit, so a uniform within a rounding of an
+    # interval's edge could pick the neighbour; the chance grows with the vocabulary (about
+    # 1e-7 of a draw per token), and a small one keeps it negligible on any CPU's torch build.
+    vocab = 128
     calls: list[int] = []
     original = SamplingKernel.sample
 
