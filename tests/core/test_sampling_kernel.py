@@ -414,8 +414,8 @@ def _sample_truncated(
 ) -> list[int]:
     rows = logits.shape[0]
 
-    def values(value: float | list[float] | int | list[int]) -> list:  # type: ignore[type-arg]
-        return value if isinstance(value, list) else [value] * rows
+    def values(value: float | list[float] | int | list[int]) -> list[float] | list[int]:
+        return value if isinstance(value, list) else [value] * rows  # type: ignore[return-value]
 
     tokens = kernel.sample_truncated(
         logits.contiguous(),
@@ -511,7 +511,12 @@ def test_truncated_picks_the_token_whose_kept_interval_holds_the_uniform(
 
 def test_truncated_rows_of_one_batch_use_their_own_settings(kernel: SamplingKernel) -> None:
     row = _random_logits(1, 1000, seed=4)
-    settings = [(0.7, 0.0, 40, 1.0), (1.0, 0.0, 1000, 0.9), (1.0, 0.05, 10, 0.8), (2.0, 0.0, 2, 1.0)]
+    settings = [  # (temperature, min_p, top_k, top_p)
+        (0.7, 0.0, 40, 1.0),
+        (1.0, 0.0, 1000, 0.9),
+        (1.0, 0.05, 10, 0.8),
+        (2.0, 0.0, 2, 1.0),
+    ]
     batch, temperatures, min_ps, expected, uniforms, ks, ps = [], [], [], [], [], [], []
     for seed, (temperature, min_p, top_k, top_p) in enumerate(settings):
         clear = _clear_of_threshold(row, temperature, min_p) if min_p else row
@@ -540,7 +545,8 @@ def test_k_at_or_beyond_the_vocabulary_and_p_one_truncate_nothing(
     # The largest uniform draws the least likely token, 0 the most likely.
     for top_k in (vocab, vocab + 5):
         ends = _sample_truncated(kernel, logits, 0.8, [0.0, LAST_UNIFORM] * 2 + [0.0], top_k, 1.0)
-        assert ends == [int(logits[r].argmax() if r % 2 == 0 else logits[r].argmin()) for r in range(5)]
+        ends_expected = [logits[r].argmax() if r % 2 == 0 else logits[r].argmin() for r in range(5)]
+        assert ends == [int(token) for token in ends_expected]
 
 
 def test_top_k_one_and_tiny_top_p_keep_only_the_most_likely_token(kernel: SamplingKernel) -> None:
@@ -638,7 +644,11 @@ def test_truncated_equals_the_torch_path(kernel: SamplingKernel) -> None:
     assert len(set(via_torch)) > 40
 
 
-def _wide_truncated_batch() -> tuple[torch.Tensor, list[float], list[float], list[float], list[int], list[float]]:
+TruncatedBatch = tuple[torch.Tensor, list[float], list[float], list[float], list[int], list[float]]
+
+
+def _wide_truncated_batch() -> TruncatedBatch:
+    """`_wide_batch` with top-k and top-p settings (random uniforms, not kept from edges)."""
     logits, temperature, uniforms, min_p = _wide_batch()
     rows = logits.shape[0]
     top_k = [(1, 40, 1000, 49152)[r % 4] for r in range(rows)]
@@ -680,7 +690,8 @@ def test_truncated_draws_follow_the_renormalised_distribution(
     got = _sample_truncated(kernel, logits.expand(draws, -1), 1.0, uniforms, top_k, top_p)
     counts = Counter(got)
     assert set(counts) == set(order.tolist())
-    chi_square = sum((counts[t] - draws * p) ** 2 / (draws * p) for t, p in zip(order, expected))
+    pairs = zip(order.tolist(), expected, strict=True)
+    chi_square = sum((counts[t] - draws * p) ** 2 / (draws * p) for t, p in pairs)
     assert chi_square < CHI2_BOUND_4
 
 

@@ -97,7 +97,9 @@ class SamplingKernel:
         is below top_p[r] (float64 in (0, 1]; 1: off) of what top-k kept, at least one; the
         token is drawn from what is left with `uniforms[r]`. [R] int64."""
         if not fits(logits) or not logits.is_contiguous():
-            raise KernelError("sample_truncated: logits must be a contiguous 2-D float32 CPU tensor")
+            raise KernelError(
+                "sample_truncated: logits must be a contiguous 2-D float32 CPU tensor"
+            )
         rows, vocab = logits.shape
         check_float_vectors(
             "sample_truncated", (("temperature", temperature, rows), ("min_p", min_p, rows))
