@@ -570,6 +570,16 @@ def test_top_p_just_below_one_drops_only_the_tail(kernel: SamplingKernel) -> Non
     assert _sample_truncated(kernel, row.expand(4, -1), 1.0, uniforms, 5, 1.0)[-1] == 1
 
 
+def test_a_token_whose_mass_before_is_exactly_top_p_is_dropped(kernel: SamplingKernel) -> None:
+    # Four weights of exactly 1: at top_p 0.5 the third token has 2.0 = 0.5 * 4.0 before it (no
+    # rounding anywhere), which is not below top_p's share: two tokens are kept, the lowest ids.
+    row = _masked_row(300, {250: 0.0, 7: 0.0, 120: 0.0, 299: 0.0}).unsqueeze(0)
+    uniforms = [0.0, 0.4999, 0.5001, LAST_UNIFORM]
+    for top_k, top_p in ((300, 0.5), (4, 0.5), (3, 2 / 3)):
+        got = _sample_truncated(kernel, row.expand(4, -1), 1.0, uniforms, top_k, top_p)
+        assert got == [7, 7, 120, 120], f"top_k={top_k} top_p={top_p}"
+
+
 def test_equal_weights_are_kept_and_drawn_lower_id_first(kernel: SamplingKernel) -> None:
     # Eight tied maxima spread over the row, then smaller tokens: top-k 3 keeps the three with
     # the lowest ids, top-p 0.5 of the tied mass (8 of ~8.3) keeps the first five.
