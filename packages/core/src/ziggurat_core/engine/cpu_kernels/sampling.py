@@ -93,9 +93,11 @@ class SamplingKernel:
     ) -> torch.Tensor:
         """`sample` with top-k and top-p, as the sampler's torch path applies them: per row,
         the tokens sorted by probability (equal ones by lower id first), the first `top_k[r]`
-        (int64 >= 1; the vocabulary size or more: off), then those while the mass before them
-        is below top_p[r] (float64 in (0, 1]; 1: off) of what top-k kept, at least one; the
-        token is drawn from what is left with `uniforms[r]`. [R] int64."""
+        (int64; the vocabulary size or more: off; below 1 taken as 1), then those while the
+        mass before them is below top_p[r] (float64; 1 or more: off) of what top-k kept, at
+        least one; the token is drawn from what is left with `uniforms[r]`. [R] int64. The
+        values are not checked here (SamplingParams validates them; reading them would make
+        the device path's sampler wait on the host), only what the kernel cannot read."""
         if not fits(logits) or not logits.is_contiguous():
             raise KernelError(
                 "sample_truncated: logits must be a contiguous 2-D float32 CPU tensor"
@@ -116,8 +118,6 @@ class SamplingKernel:
             return out
         if vocab == 0 or vocab >= 2**31:
             raise KernelError(f"sample_truncated: logits have {vocab} columns (1 to 2^31 - 1)")
-        if bool((top_k < 1).any()) or not bool(((top_p > 0) & (top_p <= 1)).all()):
-            raise KernelError("sample_truncated: top_k must be >= 1 and top_p in (0, 1]")
         scratch = torch.empty(rows * self._truncated_scratch_bytes(vocab) + 64, dtype=torch.uint8)
         aligned = scratch.data_ptr() + (-scratch.data_ptr()) % 64
         self._sample_truncated(

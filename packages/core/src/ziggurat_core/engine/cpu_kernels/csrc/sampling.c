@@ -162,8 +162,8 @@ void argmax_rows_f32(const float *logits, int64_t rows, int64_t vocab, int64_t *
  * top_p * total (top-p only) hold every kept token: the sorted order visits whole bins in that
  * order, so with top-k every token kept (one of the first k) lies in them; without top-k, a
  * token of a lower bin has at least their mass before it, >= top_p * total, and is not kept.
- * The mass test carries a slack of a few roundings (the bins' sums and the sorted order's add
- * in different orders), which can only add a bin. Only those bins' tokens are gathered and
+ * The mass test carries a relative slack of 1e-9, far above the roundings by which the bins'
+ * sums and the sorted order's (added in different orders) can differ; it can only add a bin. Only those bins' tokens are gathered and
  * sorted: with top-k about k of them; with top-p the nucleus and part of one bin.
  *
  * Scratch per row (sample_truncated_scratch_bytes): the bin masses and counts, the row's
@@ -228,6 +228,7 @@ static int64_t sample_truncated_row(const float *restrict x, int64_t vocab, floa
     }
     for (int64_t bin = TRUNC_BINS - 1; bin >= 0; bin--) total += bin_mass[bin];
 
+    if (top_k < 1) top_k = 1; /* at least one token is kept, whatever the settings */
     const int top_k_on = top_k < vocab;
     const int top_p_on = top_p < 1.0;
     /* The lowest bin to gather (bins from the top until the kept set is surely inside). */
@@ -281,8 +282,8 @@ static int64_t sample_truncated_row(const float *restrict x, int64_t vocab, floa
 }
 
 /* logits [rows, vocab] (vocab < 2^31); temperature [rows] (> 0); min_p [rows] or NULL; top_k
- * [rows] (>= 1; vocab or more: off); top_p [rows] (in (0, 1]; 1: off); uniforms [rows] in
- * [0, 1); scratch: rows * sample_truncated_scratch_bytes(vocab) bytes, 64-byte aligned; out
+ * [rows] (vocab or more: off; below 1: 1); top_p [rows] (1 or more: off; 0 or less: one
+ * token); uniforms [rows] in [0, 1); scratch: rows * sample_truncated_scratch_bytes(vocab) bytes, 64-byte aligned; out
  * [rows]. */
 void sample_truncated_rows_f32(const float *logits, int64_t rows, int64_t vocab,
                                const float *temperature, const float *min_p, const int64_t *top_k,
