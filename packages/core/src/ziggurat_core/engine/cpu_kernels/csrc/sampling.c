@@ -163,8 +163,9 @@ void argmax_rows_f32(const float *logits, int64_t rows, int64_t vocab, int64_t *
  * order, so with top-k every token kept (one of the first k) lies in them; without top-k, a
  * token of a lower bin has at least their mass before it, >= top_p * total, and is not kept.
  * The mass test carries a relative slack of 1e-9, far above the roundings by which the bins'
- * sums and the sorted order's (added in different orders) can differ; it can only add a bin. Only those bins' tokens are gathered and
- * sorted: with top-k about k of them; with top-p the nucleus and part of one bin.
+ * sums and the sorted order's (added in different orders) can differ; it can only add a bin.
+ * Only those bins' tokens are gathered and sorted (qsort): with top-k about k of them, with
+ * top-p the nucleus and part of a bin or two.
  *
  * Scratch per row (sample_truncated_scratch_bytes): the bin masses and counts, the row's
  * weights and the candidates. Rows are split over threads; a token depends only on its row. */
