@@ -284,8 +284,8 @@ static int64_t sample_truncated_row(const float *restrict x, int64_t vocab, floa
 
 /* logits [rows, vocab] (vocab < 2^31); temperature [rows] (> 0); min_p [rows] or NULL; top_k
  * [rows] (vocab or more: off; below 1: 1); top_p [rows] (1 or more: off; 0 or less: one
- * token); uniforms [rows] in [0, 1); scratch: rows * sample_truncated_scratch_bytes(vocab) bytes, 64-byte aligned; out
- * [rows]. */
+ * token); uniforms [rows] in [0, 1); scratch: rows * sample_truncated_scratch_bytes(vocab)
+ * bytes, 64-byte aligned; out [rows]. */
 void sample_truncated_rows_f32(const float *logits, int64_t rows, int64_t vocab,
                                const float *temperature, const float *min_p, const int64_t *top_k,
                                const double *top_p, const double *uniforms, unsigned char *scratch,
