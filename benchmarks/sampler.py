@@ -1,8 +1,13 @@
-"""The CPU sampler with its C kernels (greedy argmax, temperature sampling) against its torch path.
+"""The CPU sampler with its C kernels (greedy argmax, temperature, top-k / top-p sampling) against
+its torch path.
 
 Times `Sampler.__call__` on random float32 logits of the default model's vocabulary (49,152) for
-each row count, with every row greedy (temperature 0) or every row sampled at temperature 1 with
-no top-k / top-p (the OpenAI default): what one engine step spends turning logits into tokens.
+each row count, with every row in one mode: greedy (temperature 0); temperature 1 with no top-k
+/ top-p (the OpenAI default); temperature 0.7 with top_p 0.9; temperature 0.7 with top_k 40
+(what chat UIs and llama.cpp send): what one engine step spends turning logits into tokens.
+The logits are `randn * 3`, whose nucleus is far wider (thousands of tokens at top_p 0.9) than a
+real model's usually is: the hard case for top-p, where the most candidates are gathered and
+sorted.
 The torch path runs in a child process with ZIGGURAT_CPU_KERNELS=0, the kernel path in another,
 alternated `--rounds` times, so both see the same machine; one thread each (`--threads`), as a
 replica's engine runs. Prints one JSON object with the machine, the milliseconds per call of
@@ -24,6 +29,13 @@ from typing import Any
 
 VOCAB = 49152
 EOS = 2
+# Mode -> the SamplingParams keywords of every row.
+MODES: dict[str, dict[str, Any]] = {
+    "greedy": {"temperature": 0.0},
+    "temperature_1": {"temperature": 1.0},
+    "top_p_0.9": {"temperature": 0.7, "top_p": 0.9},
+    "top_k_40": {"temperature": 0.7, "top_k": 40},
+}
 
 
 def measure(rows: list[int], seconds: float, threads: int) -> dict[str, dict[str, float]]:
@@ -37,10 +49,10 @@ def measure(rows: list[int], seconds: float, threads: int) -> dict[str, dict[str
     sampler = Sampler(VOCAB, torch.device("cpu"), seed=0)
     generator = torch.Generator().manual_seed(0)
     results: dict[str, dict[str, float]] = {}
-    for mode, temperature in (("greedy", 0.0), ("temperature_1", 1.0)):
+    for mode, settings in MODES.items():
         results[mode] = {}
+        params = SamplingParams(**settings)
         for count in rows:
-            params = SamplingParams(temperature=temperature)
             seqs = [SequenceState(f"r{i}", [0], params, index=0) for i in range(count)]
             logits = torch.randn(count, VOCAB, generator=generator) * 3
             sampler(logits, seqs, [EOS])  # warm-up: kernels loaded, buffers allocated
@@ -79,7 +91,7 @@ def main() -> int:
         rounds["kernel"].append(run_child(True, args))
     report: dict[str, Any] = {"benchmark": "sampler", "machine": machine_info(),
                               "vocab": VOCAB, "threads": args.threads, "rounds": args.rounds}
-    for mode in ("greedy", "temperature_1"):
+    for mode in MODES:
         table = {}
         for count in map(str, args.rows):
             torch_ms = statistics.median(r[mode][count] for r in rounds["torch"])

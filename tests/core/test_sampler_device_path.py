@@ -18,6 +18,13 @@ CPU = torch.device("cpu")
 EOS = 1
 
 
+@pytest.fixture(autouse=True)
+def torch_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both paths through torch ops: on CPU float32 logits the C sampling kernels would take
+    every row whatever `sync_free` says (test_sampling_kernel.py compares them with these)."""
+    monkeypatch.setenv("ZIGGURAT_CPU_KERNELS", "0")
+
+
 def test_a_row_candidate_width_follows_from_its_settings_alone() -> None:
     vocab = 50000
     assert candidate_width(1, vocab) == 256

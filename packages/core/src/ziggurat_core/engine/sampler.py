@@ -6,9 +6,9 @@ other rows divide by the temperature, apply min_p, then top-k, then top-p (each 
 distribution left by the previous filter) and draw by inverse CDF with one uniform number.
 
 On the CPU, where the kernels are available and the logits are float32, greedy rows take their
-argmax and rows without top-k / top-p are drawn through C kernels (`cpu_kernels/sampling.py`:
-softmax, min_p and the inverse CDF in one call, the same tokens at every vector width);
-elsewhere, and for top-k / top-p rows, torch ops do it.
+argmax and the other rows are drawn through C kernels (`cpu_kernels/sampling.py`: softmax,
+min_p, top-k / top-p and the inverse CDF in one call, the same tokens at every vector width);
+elsewhere torch ops do it.
 
 Off the CPU the sampler never reads the device until its results are ready: each row's
 candidate width is known on the host from its settings, and the results of the step (tokens,
@@ -136,7 +136,7 @@ class Sampler:
 
     def _sample_random(self, logits: torch.Tensor, rows: RandomRows) -> torch.Tensor:
         """Token ids for the rows of `rows` (`logits` holds exactly those rows, in order)."""
-        kernel = self._kernel if rows.untruncated and fits(logits) else None
+        kernel = self._kernel if fits(logits) else None
         if kernel is not None:
             return self._sample_random_with_kernel(kernel, logits.contiguous(), rows)
         weights = _weights(logits, rows.temperature, rows.min_p)
@@ -160,12 +160,17 @@ class Sampler:
     def _sample_random_with_kernel(
         self, kernel: SamplingKernel, logits: torch.Tensor, rows: RandomRows
     ) -> torch.Tensor:
-        """`_sample_random` on CPU float32 logits: the untruncated rows through the C kernel,
-        the others through torch ops. The same uniforms as the torch path (drawn in the same
-        order), so a seeded request draws the same numbers either way."""
+        """`_sample_random` on CPU float32 logits through the C kernels: the untruncated rows
+        through `sample`, the top-k / top-p rows through `sample_truncated` (whether or not
+        `sync_free`: both choose the torch paths' tokens). The same uniforms as the torch path
+        (drawn in the same order), so a seeded request draws the same numbers either way."""
         uniforms = self._uniforms(rows.generators, logits.device)
         if not rows.truncated:
             return kernel.sample(logits, rows.temperature, rows.min_p, uniforms)
+        if not rows.untruncated:
+            return kernel.sample_truncated(
+                logits, rows.temperature, rows.min_p, rows.top_k, rows.top_p, uniforms
+            )
         num_rows = len(rows.rows)
         token_ids = torch.empty(num_rows, dtype=torch.int64)
         untruncated = _row_index(rows.untruncated, num_rows, logits.device)
@@ -176,9 +181,14 @@ class Sampler:
             uniforms[untruncated],
         )
         truncated = _row_index(rows.truncated, num_rows, logits.device)
-        min_p = None if rows.min_p is None else rows.min_p[truncated]
-        weights = _weights(logits[truncated], rows.temperature[truncated], min_p)
-        token_ids[truncated] = self._sample_truncated(weights, rows, truncated, uniforms[truncated])
+        token_ids[truncated] = kernel.sample_truncated(
+            logits[truncated],
+            rows.temperature[truncated],
+            None if rows.min_p is None else rows.min_p[truncated],
+            rows.top_k[truncated],
+            rows.top_p[truncated],
+            uniforms[truncated],
+        )
         return token_ids
 
     def _sample_truncated(

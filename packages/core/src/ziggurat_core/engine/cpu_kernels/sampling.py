@@ -1,5 +1,5 @@
-"""Temperature sampling (softmax, min_p, inverse CDF) and greedy argmax of float32 CPU logit
-rows, each in one call (`csrc/sampling.c`)."""
+"""Temperature sampling (softmax, min_p, inverse CDF), with or without top-k / top-p, and greedy
+argmax of float32 CPU logit rows, each in one call (`csrc/sampling.c`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,13 @@ class SamplingKernel:
         self._sample = library.sample_rows_f32
         self._sample.argtypes = [p, i64, i64, p, p, p, p, p, i32]
         self._sample.restype = None
+        self._sample_truncated = library.sample_truncated_rows_f32
+        self._sample_truncated.argtypes = [p, i64, i64, p, p, p, p, p, p, p, i32]
+        self._sample_truncated.restype = None
+        scratch_bytes = library.sample_truncated_scratch_bytes
+        scratch_bytes.argtypes = [i64]
+        scratch_bytes.restype = i64
+        self._truncated_scratch_bytes = scratch_bytes
         self._argmax = library.argmax_rows_f32
         self._argmax.argtypes = [p, i64, i64, p, i32]
         self._argmax.restype = None
@@ -69,6 +76,60 @@ class SamplingKernel:
             None if min_p is None else min_p.data_ptr(),
             uniforms.data_ptr(),
             scratch.data_ptr(),
+            out.data_ptr(),
+            torch.get_num_threads() if num_threads is None else num_threads,
+        )
+        return out
+
+    def sample_truncated(
+        self,
+        logits: torch.Tensor,
+        temperature: torch.Tensor,
+        min_p: torch.Tensor | None,
+        top_k: torch.Tensor,
+        top_p: torch.Tensor,
+        uniforms: torch.Tensor,
+        num_threads: int | None = None,
+    ) -> torch.Tensor:
+        """`sample` with top-k and top-p, as the sampler's torch path applies them: per row,
+        the tokens sorted by probability (equal ones by lower id first), the first `top_k[r]`
+        (int64; the vocabulary size or more: off; below 1 taken as 1), then those while the
+        mass before them is below top_p[r] (float64; 1 or more: off) of what top-k kept, at
+        least one; the token is drawn from what is left with `uniforms[r]`. [R] int64. The
+        values are not checked here (SamplingParams validates them; reading them would make
+        the device path's sampler wait on the host), only what the kernel cannot read."""
+        if not fits(logits) or not logits.is_contiguous():
+            raise KernelError(
+                "sample_truncated: logits must be a contiguous 2-D float32 CPU tensor"
+            )
+        rows, vocab = logits.shape
+        check_float_vectors(
+            "sample_truncated", (("temperature", temperature, rows), ("min_p", min_p, rows))
+        )
+        for name, tensor, dtype in (
+            ("top_k", top_k, torch.int64),
+            ("top_p", top_p, torch.float64),
+            ("uniforms", uniforms, torch.float64),
+        ):
+            if tensor.dtype != dtype or tensor.numel() != rows or not tensor.is_contiguous():
+                raise KernelError(f"sample_truncated: {name} must be {rows} contiguous {dtype}")
+        out = torch.empty(rows, dtype=torch.int64)
+        if rows == 0:
+            return out
+        if vocab == 0 or vocab >= 2**31:
+            raise KernelError(f"sample_truncated: logits have {vocab} columns (1 to 2^31 - 1)")
+        scratch = torch.empty(rows * self._truncated_scratch_bytes(vocab) + 64, dtype=torch.uint8)
+        aligned = scratch.data_ptr() + (-scratch.data_ptr()) % 64
+        self._sample_truncated(
+            logits.data_ptr(),
+            rows,
+            vocab,
+            temperature.data_ptr(),
+            None if min_p is None else min_p.data_ptr(),
+            top_k.data_ptr(),
+            top_p.data_ptr(),
+            uniforms.data_ptr(),
+            aligned,
             out.data_ptr(),
             torch.get_num_threads() if num_threads is None else num_threads,
         )

@@ -24,6 +24,7 @@
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "exp_approx.h"
@@ -143,4 +144,158 @@ void argmax_rows_f32(const float *logits, int64_t rows, int64_t vocab, int64_t *
     const int threads = rows > 1 && rows * vocab >= PARALLEL_MIN_ELEMENTS ? num_threads : 1;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r = 0; r < rows; r++) out[r] = argmax_row(logits + r * vocab, vocab);
+}
+
+/* Top-k / top-p sampling (sample_truncated_rows_f32), with the semantics of the sampler's torch
+ * path (`_sample_sorted_prefix`): the weights are the untruncated kernel's (block_weights, the
+ * same bits in every SIMD build); candidates are ordered by weight, descending, equal weights
+ * by lower token id first; top-k keeps the first k; top-p keeps a token while the mass of the
+ * tokens before it is below top_p * (the mass of the top k with top-k, else the row's mass),
+ * at least one; the token is drawn by inverse CDF over what both keep, with masses summed in
+ * double in that order. A token of zero weight (-inf logit, below min_p) is never a candidate.
+ *
+ * Sorting the vocabulary would cost far more than the draw. Instead one pass computes the
+ * weights and a histogram of them by the high bits of their float representation (the
+ * exponent and the top TRUNC_MANTISSA_BITS of the mantissa: for weights in (0, 1] the bits
+ * order as the values do, so bin order is weight order), with a count and a double mass per
+ * bin. Walking the bins from the top, the first bins that hold k tokens (top-k) or a mass of
+ * top_p * total (top-p only) hold every kept token: the sorted order visits whole bins in that
+ * order, so with top-k every token kept (one of the first k) lies in them; without top-k, a
+ * token of a lower bin has at least their mass before it, >= top_p * total, and is not kept.
+ * The mass test carries a relative slack of 1e-9, far above the roundings by which the bins'
+ * sums and the sorted order's (added in different orders) can differ; it can only add a bin.
+ * Only those bins' tokens are gathered and sorted (qsort): with top-k about k of them, with
+ * top-p the nucleus and part of a bin or two.
+ *
+ * Scratch per row (sample_truncated_scratch_bytes): the bin masses and counts, the row's
+ * weights and the candidates. Rows are split over threads; a token depends only on its row. */
+
+#define TRUNC_MANTISSA_BITS 4
+#define TRUNC_BIN_SHIFT (23 - TRUNC_MANTISSA_BITS)
+/* The bin of 1.0f, the largest weight, is the last. */
+#define TRUNC_BINS ((0x3f800000u >> TRUNC_BIN_SHIFT) + 1)
+#define TRUNC_MASS_SLACK 1e-9
+
+typedef struct {
+    float weight;
+    int32_t token;
+} candidate;
+
+static size_t align64(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
+
+int64_t sample_truncated_scratch_bytes(int64_t vocab) {
+    return (int64_t)(align64(TRUNC_BINS * sizeof(double)) + align64(TRUNC_BINS * sizeof(int32_t)) +
+                     align64((size_t)vocab * sizeof(float)) +
+                     align64((size_t)vocab * sizeof(candidate)));
+}
+
+static inline uint32_t weight_bin(float w) {
+    uint32_t bits;
+    memcpy(&bits, &w, sizeof bits);
+    const uint32_t bin = bits >> TRUNC_BIN_SHIFT;
+    return bin < TRUNC_BINS ? bin : TRUNC_BINS - 1; /* NaN weights are excluded before this */
+}
+
+/* Weight descending, then token id ascending: a total order, so qsort's result is unique. */
+static int by_weight_then_token(const void *a, const void *b) {
+    const candidate *x = a, *y = b;
+    if (x->weight != y->weight) return x->weight > y->weight ? -1 : 1;
+    return x->token < y->token ? -1 : x->token > y->token;
+}
+
+static int64_t sample_truncated_row(const float *restrict x, int64_t vocab, float temperature,
+                                    float min_p, int64_t top_k, double top_p, double uniform,
+                                    unsigned char *restrict scratch) {
+    double *bin_mass = (double *)scratch;
+    int32_t *bin_count = (int32_t *)(scratch + align64(TRUNC_BINS * sizeof(double)));
+    float *w = (float *)((unsigned char *)bin_count + align64(TRUNC_BINS * sizeof(int32_t)));
+    candidate *cands = (candidate *)((unsigned char *)w + align64((size_t)vocab * sizeof(float)));
+
+    const float max = row_max(x, vocab);
+    if (is_minus_inf(max)) return vocab - 1;
+    memset(bin_mass, 0, TRUNC_BINS * sizeof(double));
+    memset(bin_count, 0, TRUNC_BINS * sizeof(int32_t));
+    for (int64_t start = 0; start < vocab; start += SAMPLE_BLOCK) {
+        const int64_t n = vocab - start < SAMPLE_BLOCK ? vocab - start : SAMPLE_BLOCK;
+        block_weights(x + start, n, max, temperature, min_p, w + start);
+    }
+    double total = 0.0;
+    for (int64_t i = 0; i < vocab; i++) {
+        if (w[i] > 0.0f) {
+            const uint32_t bin = weight_bin(w[i]);
+            bin_mass[bin] += (double)w[i];
+            bin_count[bin]++;
+        }
+    }
+    for (int64_t bin = TRUNC_BINS - 1; bin >= 0; bin--) total += bin_mass[bin];
+
+    if (top_k < 1) top_k = 1; /* at least one token is kept, whatever the settings */
+    const int top_k_on = top_k < vocab;
+    const int top_p_on = top_p < 1.0;
+    /* The lowest bin to gather (bins from the top until the kept set is surely inside). */
+    int64_t lowest = 0;
+    int64_t count = 0;
+    double mass = 0.0;
+    const double p_target = top_p * total * (1.0 + TRUNC_MASS_SLACK);
+    for (int64_t bin = TRUNC_BINS - 1; bin >= 0; bin--) {
+        count += bin_count[bin];
+        mass += bin_mass[bin];
+        if (top_k_on ? count >= top_k : (top_p_on && mass >= p_target)) {
+            lowest = bin;
+            break;
+        }
+    }
+    int64_t n = 0;
+    for (int64_t i = 0; i < vocab; i++) {
+        if (w[i] > 0.0f && weight_bin(w[i]) >= (uint32_t)lowest) {
+            cands[n].weight = w[i];
+            cands[n].token = (int32_t)i;
+            n++;
+        }
+    }
+    if (n == 0) return vocab - 1; /* NaN weights: nothing to draw from, as sample_row */
+    qsort(cands, (size_t)n, sizeof(candidate), by_weight_then_token);
+
+    const int64_t k_kept = top_k_on && top_k < n ? top_k : n;
+    int64_t kept = k_kept;
+    if (top_p_on) {
+        double k_mass = 0.0;
+        if (top_k_on) {
+            for (int64_t i = 0; i < k_kept; i++) k_mass += (double)cands[i].weight;
+        }
+        const double p_mass = top_p * (top_k_on ? k_mass : total);
+        double before = 0.0;
+        int64_t p_kept = 0;
+        while (p_kept < k_kept && before < p_mass) before += (double)cands[p_kept++].weight;
+        kept = p_kept > 1 ? p_kept : 1;
+    }
+    double kept_mass = 0.0;
+    for (int64_t i = 0; i < kept; i++) kept_mass += (double)cands[i].weight;
+    /* The first token whose running mass passes the target; u < 1 keeps the target below the
+     * kept mass, and the last kept token (weight > 0) is the answer to a rounding short of it. */
+    const double target = uniform * kept_mass;
+    double running = 0.0;
+    for (int64_t i = 0; i < kept; i++) {
+        running += (double)cands[i].weight;
+        if (running > target) return cands[i].token;
+    }
+    return cands[kept - 1].token;
+}
+
+/* logits [rows, vocab] (vocab < 2^31); temperature [rows] (> 0); min_p [rows] or NULL; top_k
+ * [rows] (vocab or more: off; below 1: 1); top_p [rows] (1 or more: off; 0 or less: one
+ * token); uniforms [rows] in [0, 1); scratch: rows * sample_truncated_scratch_bytes(vocab)
+ * bytes, 64-byte aligned; out [rows]. */
+void sample_truncated_rows_f32(const float *logits, int64_t rows, int64_t vocab,
+                               const float *temperature, const float *min_p, const int64_t *top_k,
+                               const double *top_p, const double *uniforms, unsigned char *scratch,
+                               int64_t *out, int num_threads) {
+    const int64_t row_bytes = sample_truncated_scratch_bytes(vocab);
+    const int threads = rows > 1 && rows * vocab >= PARALLEL_MIN_ELEMENTS ? num_threads : 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        out[r] = sample_truncated_row(logits + r * vocab, vocab, temperature[r],
+                                      min_p == NULL ? 0.0f : min_p[r], top_k[r], top_p[r],
+                                      uniforms[r], scratch + r * row_bytes);
+    }
 }
