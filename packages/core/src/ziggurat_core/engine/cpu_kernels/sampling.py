@@ -118,7 +118,10 @@ class SamplingKernel:
             return out
         if vocab == 0 or vocab >= 2**31:
             raise KernelError(f"sample_truncated: logits have {vocab} columns (1 to 2^31 - 1)")
-        scratch = torch.empty(rows * self._truncated_scratch_bytes(vocab) + 64, dtype=torch.uint8)
+        threads = max(1, torch.get_num_threads() if num_threads is None else num_threads)
+        # One row's scratch per thread, not per row: a batch's worth would be a fresh mapping
+        # of tens of MB, faulted in page by page on every call.
+        scratch = torch.empty(threads * self._truncated_scratch_bytes(vocab) + 64, dtype=torch.uint8)
         aligned = scratch.data_ptr() + (-scratch.data_ptr()) % 64
         self._sample_truncated(
             logits.data_ptr(),
@@ -131,7 +134,7 @@ class SamplingKernel:
             uniforms.data_ptr(),
             aligned,
             out.data_ptr(),
-            torch.get_num_threads() if num_threads is None else num_threads,
+            threads,
         )
         return out
 

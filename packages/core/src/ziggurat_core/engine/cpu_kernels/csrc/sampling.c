@@ -27,6 +27,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "exp_approx.h"
 #include "lane_sum.h"
 
@@ -167,7 +171,7 @@ void argmax_rows_f32(const float *logits, int64_t rows, int64_t vocab, int64_t *
  * Only those bins' tokens are gathered and sorted (qsort): with top-k about k of them, with
  * top-p the nucleus and part of a bin or two.
  *
- * Scratch per row (sample_truncated_scratch_bytes): the bin masses and counts, the row's
+ * Scratch per thread (sample_truncated_scratch_bytes): the bin masses and counts, the row's
  * weights and the candidates. Rows are split over threads; a token depends only on its row. */
 
 #define TRUNC_MANTISSA_BITS 4
@@ -284,18 +288,27 @@ static int64_t sample_truncated_row(const float *restrict x, int64_t vocab, floa
 
 /* logits [rows, vocab] (vocab < 2^31); temperature [rows] (> 0); min_p [rows] or NULL; top_k
  * [rows] (vocab or more: off; below 1: 1); top_p [rows] (1 or more: off; 0 or less: one
- * token); uniforms [rows] in [0, 1); scratch: rows * sample_truncated_scratch_bytes(vocab)
- * bytes, 64-byte aligned; out [rows]. */
+ * token); uniforms [rows] in [0, 1); scratch: max(num_threads, 1) *
+ * sample_truncated_scratch_bytes(vocab) bytes, 64-byte aligned (one row's worth per thread,
+ * reused row after row); out [rows]. */
 void sample_truncated_rows_f32(const float *logits, int64_t rows, int64_t vocab,
                                const float *temperature, const float *min_p, const int64_t *top_k,
                                const double *top_p, const double *uniforms, unsigned char *scratch,
                                int64_t *out, int num_threads) {
     const int64_t row_bytes = sample_truncated_scratch_bytes(vocab);
     const int threads = rows > 1 && rows * vocab >= PARALLEL_MIN_ELEMENTS ? num_threads : 1;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        out[r] = sample_truncated_row(logits + r * vocab, vocab, temperature[r],
-                                      min_p == NULL ? 0.0f : min_p[r], top_k[r], top_p[r],
-                                      uniforms[r], scratch + r * row_bytes);
+#pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+        unsigned char *mine = scratch + (size_t)omp_get_thread_num() * (size_t)row_bytes;
+#else
+        unsigned char *mine = scratch;
+#endif
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            out[r] = sample_truncated_row(logits + r * vocab, vocab, temperature[r],
+                                          min_p == NULL ? 0.0f : min_p[r], top_k[r], top_p[r],
+                                          uniforms[r], mine);
+        }
     }
 }
