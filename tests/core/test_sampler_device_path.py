@@ -8,11 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 from ziggurat_core.engine import sampler as sampler_module
+from ziggurat_core.engine import torch_sampling
 from ziggurat_core.engine.host_read import read_to_host
-from ziggurat_core.engine.sampler import Sampler, candidate_width
+from ziggurat_core.engine.sampler import Sampler
 from ziggurat_core.engine.sampling_metadata import build_sampling_metadata
 from ziggurat_core.engine.sampling_params import SamplingParams
 from ziggurat_core.engine.sequence import SequenceState
+from ziggurat_core.engine.torch_sampling import candidate_width
 
 CPU = torch.device("cpu")
 EOS = 1
@@ -59,13 +61,13 @@ def test_per_row_widths_pick_the_loops_tokens(vocab_size: int, seed: int) -> Non
     probs, top_k, top_p, uniforms = _mixed_rows(vocab_size, seed)
     widths = [candidate_width(int(k), vocab_size) for k in top_k]
 
-    loop = sampler_module._sample_top_k_top_p(probs, top_k, top_p, uniforms)
-    at_widths = sampler_module._sample_at_widths(probs, top_k, top_p, uniforms, widths)
+    loop = torch_sampling.sample_top_k_top_p(probs, top_k, top_p, uniforms)
+    at_widths = torch_sampling.sample_at_widths(probs, top_k, top_p, uniforms, widths)
     assert torch.equal(loop, at_widths)
     # Rows of one width alone take the same tokens as in the mixed batch.
     for width in set(widths):
         rows = torch.tensor([i for i, w in enumerate(widths) if w == width])
-        alone = sampler_module._sample_at_widths(
+        alone = torch_sampling.sample_at_widths(
             probs[rows], top_k[rows], top_p[rows], uniforms[rows], [width] * len(rows)
         )
         assert torch.equal(alone, at_widths[rows])
@@ -82,8 +84,8 @@ def test_top_k_rows_with_tied_probabilities_take_the_loops_tokens() -> None:
     uniforms = torch.rand(16, dtype=torch.float64, generator=gen)
     widths = [candidate_width(int(k), vocab_size) for k in top_k]
 
-    loop = sampler_module._sample_top_k_top_p(probs, top_k, top_p, uniforms)
-    assert torch.equal(sampler_module._sample_at_widths(probs, top_k, top_p, uniforms, widths), loop)
+    loop = torch_sampling.sample_top_k_top_p(probs, top_k, top_p, uniforms)
+    assert torch.equal(torch_sampling.sample_at_widths(probs, top_k, top_p, uniforms, widths), loop)
 
 
 def test_a_top_p_row_takes_the_lower_token_id_among_ties() -> None:
@@ -92,7 +94,7 @@ def test_a_top_p_row_takes_the_lower_token_id_among_ties() -> None:
     probs[0, 17] = probs[0, 431] = 0.5  # tied, all the mass between them
     # top_p 0.5 keeps only the first of the sorted pair, whatever the uniform.
     for uniform in (0.0, 0.3, 0.999):
-        token = sampler_module._sample_at_widths(
+        token = torch_sampling.sample_at_widths(
             probs, torch.tensor([vocab_size]), torch.tensor([0.5], dtype=torch.float64),
             torch.tensor([uniform], dtype=torch.float64), [vocab_size],
         )
@@ -196,8 +198,8 @@ def test_on_gpu_the_device_path_picks_the_loops_tokens_and_reads_back_exactly() 
     for seed in range(3):
         probs, top_k, top_p, uniforms = (t.to(cuda) for t in _mixed_rows(9000, seed))
         widths = [candidate_width(int(k), 9000) for k in top_k.tolist()]
-        loop = sampler_module._sample_top_k_top_p(probs, top_k, top_p, uniforms)
-        at_widths = sampler_module._sample_at_widths(probs, top_k, top_p, uniforms, widths)
+        loop = torch_sampling.sample_top_k_top_p(probs, top_k, top_p, uniforms)
+        at_widths = torch_sampling.sample_at_widths(probs, top_k, top_p, uniforms, widths)
         assert torch.equal(loop, at_widths)
     tensors = [torch.arange(7, device=cuda), torch.randn(3, 5, device=cuda)]
     assert all(torch.equal(a.cpu(), b) for a, b in zip(tensors, read_to_host(tensors), strict=True))

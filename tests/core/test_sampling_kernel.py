@@ -30,9 +30,10 @@ import pytest
 import torch
 from arm_qemu import CC, CSRC, TARGETS, library_flags, run_command, run_driver
 from int8_helpers import generator, runnable_isas
+from ziggurat_core.engine import torch_sampling
 from ziggurat_core.engine.cpu_kernels import SamplingKernel, load_sampling_kernel
 from ziggurat_core.engine.cpu_kernels.build import KernelError
-from ziggurat_core.engine.sampler import Sampler, _sample_top_k_top_p, _weights
+from ziggurat_core.engine.sampler import Sampler
 from ziggurat_core.engine.sampling_params import SamplingParams
 from ziggurat_core.engine.sequence import SequenceState
 
@@ -645,8 +646,8 @@ def test_truncated_equals_the_torch_path(kernel: SamplingKernel) -> None:
         expected_rows += rows
     chosen = logits[batch]
     temperature = torch.full((len(batch), 1), 0.9)
-    via_torch = _sample_top_k_top_p(
-        _weights(chosen, temperature, None),
+    via_torch = torch_sampling.sample_top_k_top_p(
+        torch_sampling.weights(chosen, temperature, None),
         torch.tensor(ks),
         torch.tensor(ps, dtype=torch.float64),
         torch.tensor(uniforms, dtype=torch.float64),
