@@ -15,6 +15,25 @@ def fits(logits: torch.Tensor) -> bool:
     return logits.dtype == torch.float32 and logits.dim() == 2 and logits.device.type == "cpu"
 
 
+def _logit_rows(op: str, logits: torch.Tensor) -> tuple[int, int]:
+    """(rows, vocab) of `logits`, which the kernels read as contiguous 2-D float32 on the CPU."""
+    if not fits(logits) or not logits.is_contiguous():
+        raise KernelError(f"{op}: logits must be a contiguous 2-D float32 CPU tensor")
+    rows, vocab = logits.shape
+    return rows, vocab
+
+
+def _check_row_values(op: str, rows: int, *values: tuple[str, torch.Tensor, torch.dtype]) -> None:
+    """Each named tensor holds one contiguous value of its dtype per row."""
+    for name, tensor, dtype in values:
+        if tensor.dtype != dtype or tensor.numel() != rows or not tensor.is_contiguous():
+            raise KernelError(f"{op}: {name} must be {rows} contiguous {dtype} values")
+
+
+def _threads(num_threads: int | None) -> int:
+    return max(1, torch.get_num_threads() if num_threads is None else num_threads)
+
+
 class SamplingKernel:
     def __init__(self, library: ctypes.CDLL) -> None:
         p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -49,18 +68,11 @@ class SamplingKernel:
         shape, e.g. [R, 1]); a token whose weight relative to the row's largest is below min_p
         is not drawn. Rows are split over `num_threads` threads (default: torch's count); the
         tokens do not depend on it."""
-        if not fits(logits) or not logits.is_contiguous():
-            raise KernelError("sample: logits must be a contiguous 2-D float32 CPU tensor")
-        rows, vocab = logits.shape
+        rows, vocab = _logit_rows("sample", logits)
         check_float_vectors(
             "sample", (("temperature", temperature, rows), ("min_p", min_p, rows))
         )
-        if (
-            uniforms.dtype != torch.float64
-            or uniforms.numel() != rows
-            or not uniforms.is_contiguous()
-        ):
-            raise KernelError(f"sample: uniforms must be {rows} contiguous float64 values")
+        _check_row_values("sample", rows, ("uniforms", uniforms, torch.float64))
         out = torch.empty(rows, dtype=torch.int64)
         if rows == 0:
             return out
@@ -77,7 +89,7 @@ class SamplingKernel:
             uniforms.data_ptr(),
             scratch.data_ptr(),
             out.data_ptr(),
-            torch.get_num_threads() if num_threads is None else num_threads,
+            _threads(num_threads),
         )
         return out
 
@@ -98,27 +110,23 @@ class SamplingKernel:
         least one; the token is drawn from what is left with `uniforms[r]`. [R] int64. The
         values are not checked here (SamplingParams validates them; reading them would make
         the device path's sampler wait on the host), only what the kernel cannot read."""
-        if not fits(logits) or not logits.is_contiguous():
-            raise KernelError(
-                "sample_truncated: logits must be a contiguous 2-D float32 CPU tensor"
-            )
-        rows, vocab = logits.shape
+        rows, vocab = _logit_rows("sample_truncated", logits)
         check_float_vectors(
             "sample_truncated", (("temperature", temperature, rows), ("min_p", min_p, rows))
         )
-        for name, tensor, dtype in (
+        _check_row_values(
+            "sample_truncated",
+            rows,
             ("top_k", top_k, torch.int64),
             ("top_p", top_p, torch.float64),
             ("uniforms", uniforms, torch.float64),
-        ):
-            if tensor.dtype != dtype or tensor.numel() != rows or not tensor.is_contiguous():
-                raise KernelError(f"sample_truncated: {name} must be {rows} contiguous {dtype}")
+        )
         out = torch.empty(rows, dtype=torch.int64)
         if rows == 0:
             return out
         if vocab == 0 or vocab >= 2**31:
             raise KernelError(f"sample_truncated: logits have {vocab} columns (1 to 2^31 - 1)")
-        threads = max(1, torch.get_num_threads() if num_threads is None else num_threads)
+        threads = _threads(num_threads)
         # One row's scratch per thread, not per row: a batch's worth would be a fresh mapping
         # of tens of MB, faulted in page by page on every call.
         scratch = torch.empty(threads * self._truncated_scratch_bytes(vocab) + 64, dtype=torch.uint8)
@@ -141,9 +149,7 @@ class SamplingKernel:
     def argmax(self, logits: torch.Tensor, num_threads: int | None = None) -> torch.Tensor:
         """The index of each row's largest value, the first of equal ones, as torch.argmax
         gives it: [R] int64 for `logits` [R, V] (contiguous float32, CPU, V >= 1)."""
-        if not fits(logits) or not logits.is_contiguous():
-            raise KernelError("argmax: logits must be a contiguous 2-D float32 CPU tensor")
-        rows, vocab = logits.shape
+        rows, vocab = _logit_rows("argmax", logits)
         out = torch.empty(rows, dtype=torch.int64)
         if rows == 0:
             return out
@@ -154,7 +160,7 @@ class SamplingKernel:
             rows,
             vocab,
             out.data_ptr(),
-            torch.get_num_threads() if num_threads is None else num_threads,
+            _threads(num_threads),
         )
         return out
 
