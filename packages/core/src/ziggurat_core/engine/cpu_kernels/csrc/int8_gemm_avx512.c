@@ -5,12 +5,19 @@
  * uint8 (x + 128, by quantize_rows_u8) and the product is corrected by `offset`
  * (128 * sum_k W[n, k], precomputed with the packing).
  *
- * A register tile is up to ROWS rows x 2 weight tiles (32 outputs) over all of K, so each
- * broadcast activation feeds two vpdpbusd and each weight load feeds up to ROWS. Rows go in
- * blocks of ROW_BLOCK; within a block every thread sweeps its own weight tiles (the same ones for
- * every block, static schedule), so a block's activations are read from cache for each tile and
- * a thread's weights from its L2 for each block. A decode step (few rows) is one block: each
- * weight is streamed from memory once, prefetched ahead.
+ * A register tile is up to 8 rows x 2 weight tiles (32 outputs) over all of K, so each
+ * broadcast activation feeds two vpdpbusd and each weight load feeds up to 8; or, for more than
+ * 8 rows, 16 rows x 1 weight tile, each weight load feeding 16. Rows go in blocks of ROW_BLOCK;
+ * within a block every thread sweeps its own weight tiles (the same ones for every block, static
+ * schedule), so a block's activations are read from cache for each tile and a thread's weights
+ * from its L2 for each block. A decode step (few rows) is one block: each weight is streamed
+ * from memory once, prefetched ahead.
+ *
+ * Why 16-row tiles: the first pass of rows over a weight tile streams it from memory and the
+ * later passes find it in cache. With 8 rows the first pass asks for weights faster than one core
+ * streams them (it waits on memory) and the later ones leave memory idle, so a decode step of 16
+ * rows paid the memory time and the compute time one after the other; 16 rows per pass ask for
+ * half the bytes per vpdpbusd, and the stream keeps up with the arithmetic.
  */
 #include "isa.h"
 
@@ -20,8 +27,10 @@
 
 #include "int8_gemm.h"
 
-/* Register rows per tile: 8 rows x 2 tiles is 16 accumulators of the 32 zmm registers. */
+/* Register rows per tile: 8 rows x 2 tiles or 16 rows x 1 tile is 16 accumulators of the 32 zmm
+ * registers (wider tiles spill). */
 #define ROWS 8
+#define WIDE_ROWS 16
 /* Rows whose activations stay cached while a thread's weight tiles pass over them. */
 #define ROW_BLOCK 64
 /* Bytes ahead of the current position to prefetch in each weight stream, into L2 (_MM_HINT_T1):
@@ -36,11 +45,11 @@ static inline __attribute__((always_inline)) void row_tile(
     const float *col_scale, const float *bias, float *out) {
     const int64_t groups = (K + 3) / 4, full = K / 4;
     /* R >= rows register rows; those past `rows` repeat the last row and are not stored. */
-    const uint8_t *xr[ROWS];
+    const uint8_t *xr[WIDE_ROWS];
     for (int r = 0; r < R; r++) xr[r] = x + (m0 + (r < rows ? r : rows - 1)) * K;
     const int8_t *w[2];
     for (int t = 0; t < TILES; t++) w[t] = packed + (tile + t) * groups * 64;
-    __m512i acc[ROWS][2];
+    __m512i acc[WIDE_ROWS][2];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < TILES; t++) acc[r][t] = _mm512_setzero_si512();
     for (int64_t g = 0; g < full; g++) {
@@ -97,18 +106,27 @@ int int8_gemm_avx512vnni(const uint8_t *x, const float *row_scale, int64_t M, in
         for (int64_t pair = 0; pair < pairs; pair++) {
             const int64_t tile = pair * 2;
             const int width = tile + 1 < tiles ? 2 : 1;
-            for (int64_t m0 = b0; m0 < b1; m0 += ROWS) {
-                const int64_t rows = b1 - m0 < ROWS ? b1 - m0 : ROWS;
-                /* Constant tile shapes so the loops unroll: 8, 4 or 1 register rows, 1 or 2
-                 * tiles. */
-#define ROW_TILE(T, R)                                                                       \
-    row_tile(x, row_scale, m0, rows, K, N, packed, tile, T, R, offset, col_scale, bias, out)
-                if (rows > 4) {
-                    if (width == 2) ROW_TILE(2, 8); else ROW_TILE(1, 8);
-                } else if (rows > 1) {
-                    if (width == 2) ROW_TILE(2, 4); else ROW_TILE(1, 4);
+            for (int64_t m0 = b0; m0 < b1;) {
+                const int64_t left = b1 - m0;
+                /* Constant tile shapes so the loops unroll: 16 register rows and 1 tile (twice
+                 * for a pair), or 8, 4 or 1 register rows and 1 or 2 tiles. */
+#define ROW_TILE(FIRST, T, R, ROWS_HERE)                                                     \
+    row_tile(x, row_scale, m0, ROWS_HERE, K, N, packed, FIRST, T, R, offset, col_scale, bias, \
+             out)
+                if (left > ROWS) {
+                    const int64_t rows = left < WIDE_ROWS ? left : WIDE_ROWS;
+                    ROW_TILE(tile, 1, WIDE_ROWS, rows);
+                    if (width == 2) ROW_TILE(tile + 1, 1, WIDE_ROWS, rows);
+                    m0 += rows;
                 } else {
-                    if (width == 2) ROW_TILE(2, 1); else ROW_TILE(1, 1);
+                    if (left > 4) {
+                        if (width == 2) ROW_TILE(tile, 2, 8, left); else ROW_TILE(tile, 1, 8, left);
+                    } else if (left > 1) {
+                        if (width == 2) ROW_TILE(tile, 2, 4, left); else ROW_TILE(tile, 1, 4, left);
+                    } else {
+                        if (width == 2) ROW_TILE(tile, 2, 1, left); else ROW_TILE(tile, 1, 1, left);
+                    }
+                    m0 = b1;
                 }
 #undef ROW_TILE
             }
