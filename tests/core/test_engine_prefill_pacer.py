@@ -1,17 +1,22 @@
 """The prefill pacer in a real engine (tiny random model) timed by a fake clock: the engine hands
 each step's time to the scheduler's pacer, every step's prompt work stays within what the pacer
-allowed, the long prompt finishes, greedy tokens equal those of the unpaced engine, and an unset
-`max_decode_slowdown` is on for a streaming engine on CPU only."""
+allowed, the long prompt finishes, greedy tokens equal those of the unpaced engine, an unset
+`max_decode_slowdown` is on for a streaming engine on CPU only, and on CPU the steps are timed by
+the stepping thread's CPU time, not by the wall."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import pytest
 from fixtures_models import TinyModel
 from streams_then_long_prompt import streams_then_long_prompt
 from ziggurat_core.engine import InferenceEngine
 from ziggurat_core.engine.async_engine import AsyncEngine
 from ziggurat_core.engine.config import DEFAULT_CPU_MAX_DECODE_SLOWDOWN, EngineConfig
+from ziggurat_core.engine.llm_engine import step_cost_clock
+from ziggurat_core.engine.sampling_params import SamplingParams
 from ziggurat_core.engine.scheduler_output import SchedulerOutput
 
 DECODE_SECONDS = 0.010
@@ -34,7 +39,7 @@ def run(tiny: TinyModel, cap: int, slowdown: float
     clock = FakeClock()
     engine = InferenceEngine(EngineConfig(model=str(tiny.gguf_path), num_kv_blocks=64,
                                           max_prefill_tokens_while_decoding=cap,
-                                          max_decode_slowdown=slowdown), clock=clock)
+                                          max_decode_slowdown=slowdown), step_clock=clock)
     planned: list[SchedulerOutput] = []
     schedule, execute = engine.scheduler.schedule, engine.runner.execute
 
@@ -90,3 +95,40 @@ def test_an_unset_slowdown_is_on_for_a_streaming_engine_on_cpu_only(tiny_llama: 
         assert streaming.engine.scheduler.pacer is not None
     finally:
         streaming.shutdown()
+
+
+def test_on_cpu_the_pacer_times_a_step_by_the_stepping_threads_cpu_time(
+        tiny_llama: TinyModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The thread's CPU clock moves 1.5 ms each time it is read (twice a step); the wall clock
+    # given as `clock` does not move at all. The pacer must hear 1.5 ms a step.
+    cpu = FakeClock()
+
+    def thread_time() -> float:
+        cpu.seconds += 0.0015
+        return cpu.seconds
+
+    monkeypatch.setattr(time, "thread_time", thread_time)
+    engine = InferenceEngine(EngineConfig(model=str(tiny_llama.gguf_path), num_kv_blocks=64,
+                                          max_decode_slowdown=0.25), clock=FakeClock())
+    heard: list[float] = []
+    record = engine.scheduler.record_step_time
+
+    def hear(out: SchedulerOutput, seconds: float) -> None:
+        heard.append(seconds)
+        record(out, seconds)
+
+    engine.scheduler.record_step_time = hear  # type: ignore[method-assign]
+    engine.add_request("r", prompt_token_ids=[1, 2, 3], sampling_params=SamplingParams(
+        max_tokens=4, ignore_eos=True))
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert len(heard) == 4 and all(seconds == pytest.approx(0.0015) for seconds in heard)
+
+
+def test_off_cpu_or_across_ranks_the_pacer_times_a_step_by_the_wall() -> None:
+    def wall() -> float:
+        return 0.0
+
+    # (A tensor-parallel runner is not a ModelRunner: its thread waits on the other ranks.)
+    assert step_cost_clock(object(), "cpu", wall) is wall
+    assert step_cost_clock(object(), "cuda", wall) is wall

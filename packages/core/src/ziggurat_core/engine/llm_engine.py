@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -40,6 +41,23 @@ def load_tokenizer(checkpoint: Checkpoint) -> Tokenizer:
     return Tokenizer.from_hf_dir(checkpoint.path)
 
 
+def step_cost_clock(runner: object, device_type: str, wall_clock: Callable[[], float]
+                    ) -> Callable[[], float]:
+    """What the prefill pacer times a step with. On CPU, in one process: the stepping thread's
+    CPU time, which is the step's own work (the OpenMP team's other threads work beside it,
+    and wait at the same barriers). Its wall time also holds whatever else took the core: in a
+    server whose replicas fill every core, the server's work on arriving requests lands on
+    exactly the steps that compute their prompts, and the pacer, timing those by the wall,
+    took prompt tokens for dearer than they are and let a burst of arrivals in a few tokens a
+    step. On a GPU or across tensor-parallel ranks the thread waits for work done elsewhere,
+    which only the wall clock sees; Windows counts thread time in 15.6 ms ticks."""
+    from .model_runner import ModelRunner
+
+    if device_type == "cpu" and isinstance(runner, ModelRunner) and sys.platform != "win32":
+        return time.thread_time
+    return wall_clock
+
+
 class InferenceEngine:
     """Continuous-batching engine. Drive it with `step()` or iterate `get_outputs()`."""
 
@@ -49,14 +67,17 @@ class InferenceEngine:
         *,
         streaming: bool = False,
         clock: Callable[[], float] = time.perf_counter,
+        step_clock: Callable[[], float] | None = None,
         host_cpu: Callable[[], HostCpuSample | None] = read_host_cpu,
         **overrides: Any,
     ) -> None:
         """`streaming`: the outputs stream to waiting clients (AsyncEngine: the server, a
         replica), which changes the defaults that trade throughput for their inter-token
         latency (`EngineConfig.resolved_prefill_tokens_while_decoding`,
-        `resolved_max_decode_slowdown`). `clock`: seconds, what the steps are timed with for
-        the prefill pacer and the adaptive threads (a test's fake clock). `host_cpu`: how the
+        `resolved_max_decode_slowdown`). `clock`: seconds, the adaptive threads' windows (a
+        test's fake clock). `step_clock`: seconds, what the steps are timed with for the
+        prefill pacer (a test's fake clock); by default the stepping thread's CPU time when one
+        process runs the model on CPU (`step_cost_clock`), else `clock`. `host_cpu`: how the
         adaptive threads read the host's CPU pressure and idle time (a test's fake host)."""
         from .device import resolve_device, resolve_dtype
         from .loader import load_checkpoint
@@ -101,7 +122,7 @@ class InferenceEngine:
             max_decode_slowdown=config.resolved_max_decode_slowdown(device_type, streaming),
             adaptive_threads=config.resolved_adaptive_threads(device_type, streaming),
         )
-        self._clock = clock
+        self._step_clock = step_clock or step_cost_clock(self.runner, device_type, clock)
         # A team of one has no core to give back; a tensor-parallel run's ranks keep theirs.
         self._cpu_threads = self.runner.cpu_threads if isinstance(self.runner, ModelRunner) else None
         self.adaptive_threads: AdaptiveThreads | None = None
@@ -228,7 +249,7 @@ class InferenceEngine:
     # ------------------------------------------------------------------ stepping
     def step(self) -> list[RequestOutput]:
         """Run one scheduling step; return the outputs of requests that progressed."""
-        started = self._clock()
+        started = self._step_clock()
         if self.adaptive_threads is not None and self.has_unfinished_requests():
             self._adapt_cpu_threads(self.adaptive_threads.threads_for_step())
         sched = self.scheduler.schedule()
@@ -259,7 +280,7 @@ class InferenceEngine:
                     return self.output_processor.process_token(sample, results[seq.seq_id])
 
                 grown = self.scheduler.postprocess(sched, sampled, check_stop)
-            self.scheduler.record_step_time(sched, self._clock() - started)
+            self.scheduler.record_step_time(sched, self._step_clock() - started)
             now = time.monotonic()
             for seq in grown:
                 state = self._requests[seq.request_id]
