@@ -62,6 +62,40 @@ def test_the_decode_time_follows_the_batch_size() -> None:
         assert allowed <= exact * 1.02, (decodes, allowed)
 
 
+def test_sequences_about_to_join_buy_the_step_of_the_batch_they_will_make() -> None:
+    # Decode steps of 5 ms + 1 ms a sequence (batches of 4 to 16 teach the slope), a charged
+    # token 0.1 ms beside them.
+    pacer = PrefillPacer(0.25)
+    for i in range(200):
+        decodes = 4 + i % 13
+        pacer.observe(decodes, 0, 0.005 + 0.001 * decodes)
+    for i in range(60):
+        decodes = 4 + i % 13
+        allowed = pacer.allowance(decodes, 0)
+        assert allowed is not None
+        pacer.observe(decodes, allowed, 0.005 + 0.001 * decodes + 0.0001 * allowed)
+    alone = pacer.allowance(4)
+    assert alone == pacer.allowance(4, 0)
+    # 4 streams decoding, 12 more about to join: the step may take 1.25 x the 21 ms step of
+    # 16 streams (26.25 ms), 17.25 ms beyond the 9 ms decode step: 172 tokens, where the
+    # 4 streams' own step allows 0.25 x 9 ms: 22.
+    joined = pacer.allowance(4, 12)
+    assert alone is not None and joined is not None
+    assert abs(alone - 22) <= 2, alone
+    # (The fit's shrunk slope, under-predicting the 16-stream step, errs low, never high.)
+    assert 0.8 * 172 <= joined <= 172 * 1.02, joined
+    # More to join, more prompt work; none (or a negative count) changes nothing.
+    assert alone < pacer.allowance(4, 4) < joined  # type: ignore[operator]
+    assert pacer.allowance(4, -3) == alone
+    # The static cap still bounds it, and nothing decoding is still no limit.
+    capped = PrefillPacer(0.25, cap=64)
+    capped.observe(4, 0, 0.009)
+    capped.observe(16, 0, 0.021)
+    capped.observe(4, 10, 0.010)
+    assert capped.allowance(4, 12) == 64
+    assert pacer.allowance(0, 12) is None
+
+
 def test_the_baseline_follows_the_fast_decode_steps() -> None:
     # 8 decodes: every third decode-only step shares the cores and takes 20 ms instead of 10
     # (a server reading and tokenising the next prompt between long prompts). The baseline

@@ -135,3 +135,59 @@ def test_when_the_step_costs_change_a_few_decode_only_steps_relearn_the_baseline
     assert all(seq.status is SequenceStatus.RUNNING for seq in decoding)
     # and at what the slowdown allows in the new regime: 0.25 x 16 ms / 1.6 ms = 2.5 tokens
     assert [out.prefill_allowance for out in outputs[-10:]] == [2] * 10
+
+
+def test_a_burst_of_arrivals_is_paced_to_the_batch_it_will_make() -> None:
+    # Decode steps of 5 ms + 1 ms a sequence, 0.5 ms a charged prompt token, learned over
+    # batches of 1 to 16. One stream decodes when 15 requests of 40-token prompts arrive.
+    def cost(out: SchedulerOutput) -> float:
+        return 0.005 + 0.001 * out.num_decodes + 0.0005 * out.charged_prefill_tokens
+
+    scheduler = paced(0.25, cap=64, max_num_seqs=32)
+    pacer = scheduler.pacer
+    assert pacer is not None
+    for i in range(200):
+        decodes = 1 + i % 16
+        pacer.observe(decodes, 0, 0.005 + 0.001 * decodes)
+        pacer.observe(decodes, 8, 0.005 + 0.001 * decodes + 0.004)
+    (stream,) = start_decoding(scheduler, 1)
+    burst = [make_request(f"b{i}", [7 + i] * 40, max_tokens=1000)[0] for i in range(15)]
+    for seq in burst:
+        scheduler.add_request(seq.request_id, [seq])
+    steps = []
+    while any(seq.num_output_tokens == 0 for seq in burst):
+        before = stream.num_output_tokens
+        out = timed_step(scheduler, cost)
+        steps.append(out)
+        assert stream.num_output_tokens == before + 1  # the first stream never stalls
+        assert out.prefill_allowance is not None
+        assert out.charged_prefill_tokens <= out.prefill_allowance
+        # Each step within 1.25 times the decode step of the 16 streams the burst makes.
+        assert cost(out) <= 1.25 * (0.005 + 0.001 * 16) * 1.02
+        assert len(steps) < 200
+    # 600 prompt tokens: held to a quarter of the first streams' own small steps (1.5 ms, 3
+    # tokens, at one stream) they took over 100 steps; paced to the 16-stream step, under 40.
+    assert len(steps) < 40
+    assert steps[0].prefill_allowance > 30  # type: ignore[operator]
+
+
+def test_only_the_seats_left_count_as_joining() -> None:
+    # 4 seats, 2 decoding: 10 waiting prompts can add only 2 streams to the batch, so they buy
+    # the allowance that 2 waiting ones do.
+    def allowance_with(waiting: int, seats: int) -> int | None:
+        scheduler = paced(0.25, cap=None, max_num_seqs=seats)
+        pacer = scheduler.pacer
+        assert pacer is not None
+        for i in range(200):
+            decodes = 1 + i % 16
+            pacer.observe(decodes, 0, 0.005 + 0.001 * decodes)
+            pacer.observe(decodes, 8, 0.005 + 0.001 * decodes + 0.004)
+        start_decoding(scheduler, 2)
+        for i in range(waiting):
+            (seq,) = make_request(f"w{i}", [9] * 200, max_tokens=4)
+            scheduler.add_request(seq.request_id, [seq])
+        return run_step(scheduler).prefill_allowance
+
+    assert allowance_with(10, seats=4) == allowance_with(2, seats=4)
+    assert allowance_with(10, seats=16) > allowance_with(2, seats=16)  # type: ignore[operator]
+    assert allowance_with(2, seats=16) > allowance_with(0, seats=16)  # type: ignore[operator]

@@ -86,8 +86,15 @@ class _DecodeTimeFit:
 class PrefillPacer:
     """Learns a decode-only step's time and a charged prefill token's cost from the steps the
     engine ran (`observe`) and gives the next step's prefill allowance beside decodes
-    (`allowance`): `max_decode_slowdown` x the decode-only time / the cost of a charged token,
-    at least 1 and at most `cap` (None: no static cap)."""
+    (`allowance`): the time by which the step may exceed a decode-only one / the cost of a
+    charged token, at least 1 and at most `cap` (None: no static cap).
+
+    The step may take `1 + max_decode_slowdown` times a decode-only step of the batch that the
+    decoding sequences and those about to join them (prompts being computed or waiting) will
+    make. With none about to join that is `max_decode_slowdown` x the decode-only time. When
+    many arrive together, the first few streams' small early steps are not the pace they will
+    keep: held to a fraction of those, a burst of requests was let in a few tokens a step while
+    most of it waited for its first token."""
 
     def __init__(self, max_decode_slowdown: float, cap: int | None = None) -> None:
         if not (math.isfinite(max_decode_slowdown) and max_decode_slowdown > 0):
@@ -123,8 +130,9 @@ class PrefillPacer:
         if self._decode_time.measured:
             self._relearned, self._relearn_steps = _DecodeTimeFit(), 0
 
-    def allowance(self, num_decodes: int) -> int | None:
-        """Charged prefill tokens the next step may take beside `num_decodes` decodes (None: no
+    def allowance(self, num_decodes: int, num_joining: int = 0) -> int | None:
+        """Charged prefill tokens the next step may take beside `num_decodes` decodes, with
+        `num_joining` more sequences to decode beside them once their prompts are in (None: no
         limit, as when nothing decodes)."""
         if num_decodes < 1:
             return None
@@ -133,7 +141,9 @@ class PrefillPacer:
             return self.cap if self.cap is not None else UNMEASURED_ALLOWANCE
         if token_cost == 0.0:
             return self.cap  # prompt work costs nothing measurable: only the static cap bounds it
-        target = self.max_decode_slowdown * self._decode_time.predict(num_decodes)
+        decode_time = self._decode_time.predict(num_decodes)
+        joined_time = self._decode_time.predict(num_decodes + max(0, num_joining))
+        target = (1 + self.max_decode_slowdown) * joined_time - decode_time
         # (The relative 1e-9: estimates averaged in floating point land a hair below a whole
         # count they equal, and must not lose that token.)
         allowed = max(1, int(min(target / token_cost * (1 + 1e-9), _NO_LIMIT)))

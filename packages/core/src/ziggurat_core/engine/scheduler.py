@@ -13,7 +13,8 @@ When phase 1 scheduled any decode, phases 2 and 3 together take at most
 `max_prefill_tokens_while_decoding` tokens' worth of prompt work (prefill_allowance.py), so that
 a long prompt is spread over several steps instead of stalling every decoding sequence in one;
 with `max_decode_slowdown` set, the prefill pacer (prefill_pacer.py) sets that allowance step by
-step from the measured step times (`record_step_time`), the cap bounding it; after the engine
+step from the measured step times (`record_step_time`) and the sequences about to join the
+decodes, the cap bounding it; after the engine
 changed how it runs its steps (`step_costs_changed`), the few steps the pacer needs to relearn
 its baseline are decode-only.
 
@@ -132,7 +133,7 @@ class Scheduler:
         budget = self._schedule_running_decodes(budget, out)
         # Phase 1 schedules decodes only: anything scheduled so far is a decode.
         out.num_decodes = len(out.scheduled)
-        out.prefill_allowance = self._prefill_allowance(out.num_decodes)
+        out.prefill_allowance = self._prefill_allowance(out.num_decodes, self._num_joining(out))
         allowance = PrefillAllowance(out.prefill_allowance)
         # A pacer learning its baseline anew needs decode-only steps: the prompts wait a few.
         probing = out.num_decodes > 0 and self.pacer is not None and self.pacer.relearning
@@ -330,13 +331,21 @@ class Scheduler:
 
     # ----- helpers -----
 
-    def _prefill_allowance(self, num_decodes: int) -> int | None:
-        """The prompt work the step may take beside `num_decodes` decodes (None: no limit)."""
+    def _prefill_allowance(self, num_decodes: int, num_joining: int) -> int | None:
+        """The prompt work the step may take beside `num_decodes` decodes, `num_joining` more
+        sequences to join them (None: no limit)."""
         if num_decodes == 0:
             return None
         if self.pacer is not None:
-            return self.pacer.allowance(num_decodes)
+            return self.pacer.allowance(num_decodes, num_joining)
         return self._prefill_cap_while_decoding
+
+    def _num_joining(self, out: SchedulerOutput) -> int:
+        """Sequences that will decode beside this step's decodes once their prompts are in:
+        the running ones whose prompt is not computed yet, the waiting and the held ones, as
+        far as seats allow."""
+        pending = len(self._running) - out.num_decodes + len(self._waiting) + self._num_held
+        return max(0, min(pending, self.config.max_num_seqs - out.num_decodes))
 
     @staticmethod
     def _is_decode(seq: SequenceState) -> bool:
