@@ -105,7 +105,8 @@ class EngineConfig:
     # chunked prefill.
     max_prefill_tokens_while_decoding: int | None = None
     # While sequences decode, how much longer than a decode-only step a step that also carries
-    # prompt work may take, as a fraction (0.25: at most 1.25 times): the prefill pacer learns
+    # prompt work may take, as a fraction (0.25: at most 1.25 times; a decode-only step of the
+    # batch that the decoding sequences make with the prompts about to join): the pacer learns
     # both costs from the steps it ran and sizes each step's prompt work to fit
     # (prefill_pacer.py), within max_prefill_tokens_while_decoding if that is set. 0: no pacing,
     # the cap alone. None: the engine resolves it like the cap (resolved_max_decode_slowdown:
