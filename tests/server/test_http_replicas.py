@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ import pytest
 from fixtures_models import TinyModel
 from server_helpers import fresh_prompt, metric_value
 from server_process import ServerProcess
+from ziggurat_server.thread_priority import NICEST, thread_nice, thread_nice_supported
 
 NUM_KV_BLOCKS = 128
 WAIT_S = 120.0
@@ -104,6 +106,27 @@ def test_two_replicas_serve_32_concurrent_streams(replica_server: ServerProcess)
     served = [a - b for a, b in zip([r["generation_tokens"] for r in _replicas(replica_server)],
                                     before, strict=True)]
     assert all(tokens > 0 for tokens in served), served
+
+
+def test_the_frontend_threads_keep_the_servers_priority(replica_server: ServerProcess) -> None:
+    # With replicas the frontend threads only wait on the replicas' tokenisers: niced, they
+    # held a burst of arriving requests back (settings.REPLICA_FRONTEND_NICE).
+    if not thread_nice_supported():
+        pytest.skip("per-thread nice values exist on Linux only")
+    base = thread_nice()  # the server inherits the test's priority
+    with httpx.Client(base_url=replica_server.base_url, timeout=60) as http:
+        for index in range(4):
+            response = http.post("/v1/chat/completions", json={
+                "model": "tiny", "max_tokens": 2,
+                "messages": [{"role": "user", "content": f"hello {index}"}]})
+            assert response.status_code == 200, response.text
+    values = {}
+    for task in Path(f"/proc/{replica_server.process.pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # the thread ended meanwhile
+            values[int(task.name)] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+    # Only the heap trimmer runs nicer than the server (at the in-process default, the
+    # frontend's threads would be at base + 10: test_http_frontend_priority.py).
+    assert set(values.values()) <= {base, NICEST}, values
 
 
 def test_aborted_streams_free_blocks_on_their_replica(replica_server: ServerProcess) -> None:

@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 from server_process import clean_environment, server_command
 from ziggurat_server.cli import build_parser
-from ziggurat_server.settings import ServerSettings, SettingsError, resolve_settings
+from ziggurat_server.settings import (
+    DEFAULT_FRONTEND_NICE,
+    REPLICA_FRONTEND_NICE,
+    ServerSettings,
+    SettingsError,
+    resolve_settings,
+)
 
 # option name, text given on the command line or in the environment, YAML value, parsed value
 ROWS: list[tuple[str, str, Any, Any]] = [
@@ -83,7 +89,7 @@ def test_defaults(resolve: Any) -> None:
         "max_model_len": None, "block_size": None, "prefix_caching": True, "adaptive_threads": True,
         "enforce_eager": False,
         "max_queue": 256,
-        "max_request_bytes": 4 * 1024 * 1024, "frontend_threads": None, "frontend_nice": 10,
+        "max_request_bytes": 4 * 1024 * 1024, "frontend_threads": None, "frontend_nice": None,
         "shutdown_timeout": 30, "seed": 0,
         "num_threads": None, "tensor_parallel_size": 1, "num_replicas": 1, "ray_address": None,
         "replica_cpus": 1.0, "replica_gpus": 0.0, "stream_interval": 1, "log_level": "info",
@@ -311,3 +317,12 @@ def test_help_names_every_flag_metavar_variable_and_default() -> None:
         assert shown in text, name
     assert "--config FILE.yaml YAML file of options (keys as the flags, '-' or '_'); also " \
            "ZIGGURAT_CONFIG" in text
+
+
+def test_the_frontend_nice_defaults_to_10_in_process_and_0_with_ray_replicas() -> None:
+    assert ServerSettings().resolved_frontend_nice == DEFAULT_FRONTEND_NICE == 10
+    assert ServerSettings(num_replicas=2).resolved_frontend_nice == REPLICA_FRONTEND_NICE == 0
+    assert ServerSettings(ray_address="auto").resolved_frontend_nice == 0
+    # Whatever is set wins, 0 and 19 included.
+    assert ServerSettings(frontend_nice=0).resolved_frontend_nice == 0
+    assert ServerSettings(num_replicas=2, frontend_nice=19).resolved_frontend_nice == 19

@@ -46,6 +46,10 @@ DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 # Well below the engine's threads (the kernel then runs the frontend mostly on cores they
 # leave idle), yet not starved outright when the engine keeps every core busy.
 DEFAULT_FRONTEND_NICE = 10
+# With Ray replicas the frontend threads only wait on the replicas, which render and tokenise
+# (ReplicaSet): a nice value there protects no stream and only delays each call's wake-up while
+# the replicas keep the cores busy.
+REPLICA_FRONTEND_NICE = 0
 
 
 class SettingsError(ValueError):
@@ -150,7 +154,8 @@ class ServerSettings(BaseSettings):
         "running streams; 0: no cap (default: 64 on CPU, no cap on CUDA)", "N")
     max_decode_slowdown: NonNegativeNumber | None = _option(
         None, "while sequences decode, how much longer than a decode-only step a step that also "
-        "computes prompt tokens may take, as a fraction (0.25: 1.25 times); the engine measures "
+        "computes prompt tokens may take, as a fraction (0.25: 1.25 times; a decode-only step of "
+        "the batch the prompts about to join will make); the engine measures "
         "its steps and sizes each one's prompt work to fit, within "
         "--max-prefill-tokens-while-decoding; 0: no pacing, the cap alone (default: 0.25 on "
         "CPU, off on CUDA)", "FRACTION")
@@ -183,10 +188,11 @@ class ServerSettings(BaseSettings):
     frontend_threads: PositiveInt | None = _option(
         None, "threads that render chat templates, tokenise and detokenise (default: the CPUs "
         "the server may use, at least 4)", "N")
-    frontend_nice: Annotated[Int, Field(ge=0, le=NICEST)] = _option(
-        DEFAULT_FRONTEND_NICE, "how much nicer (lower CPU priority) than the server those "
-        "threads run, 0-19, so that tokenising long prompts does not slow down the engine's "
-        "running streams (0: the same priority; Linux only)", "N")
+    frontend_nice: Annotated[Int, Field(ge=0, le=NICEST)] | None = _option(
+        None, "how much nicer (lower CPU priority) than the server those threads run, 0-19, so "
+        "that tokenising long prompts does not slow down the engine's running streams (0: the "
+        f"same priority; Linux only; default: {DEFAULT_FRONTEND_NICE}, {REPLICA_FRONTEND_NICE} "
+        "with Ray replicas, which tokenise themselves)", "N")
     shutdown_timeout: NonNegativeInt = _option(
         30, "seconds in-flight requests get to finish after SIGTERM", "SECONDS")
     seed: Int = _option(0, "engine random seed (requests without a seed draw from it)", "N")
@@ -270,6 +276,14 @@ class ServerSettings(BaseSettings):
             replica_gpus=self.replica_gpus,
             stream_interval=self.stream_interval,
         )
+
+    @property
+    def resolved_frontend_nice(self) -> int:
+        """`frontend_nice`, or its default: DEFAULT_FRONTEND_NICE when the engine runs in this
+        process, REPLICA_FRONTEND_NICE when Ray replicas serve (see there)."""
+        if self.frontend_nice is not None:
+            return self.frontend_nice
+        return REPLICA_FRONTEND_NICE if self.engine_config().uses_ray else DEFAULT_FRONTEND_NICE
 
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to show to clients (the API key is never echoed)."""

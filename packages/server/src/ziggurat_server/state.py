@@ -52,7 +52,7 @@ class ServerState:
         self.drain = ShutdownDrain(self.settings.shutdown_timeout)
         self.frontend = FrontendPool(
             self.settings.frontend_threads or default_frontend_threads(),
-            nice=self.settings.frontend_nice)
+            nice=self.settings.resolved_frontend_nice)
 
     # ------------------------------------------------------------------ status
     @property
