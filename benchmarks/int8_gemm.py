@@ -14,7 +14,11 @@ Prints one JSON object, everything measured in one run so the ratios are fair:
     weights once at it (the bound of a decode step that streams every weight), and the time of
     one single-sequence decode step's int8 GEMMs over every layer's own weights beside it.
 
+With `--step-rows`, the same whole-step GEMMs at those row counts too (a decode step of that
+many sequences).
+
 Usage: python benchmarks/int8_gemm.py [--rows 1 8 64 512 2048] [--int-mm] [--cold] [--seconds 0.5]
+                                      [--step-rows 1 16 32] [--threads 1]
 """
 
 from __future__ import annotations
@@ -113,16 +117,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def decode_step_seconds(seconds: float) -> float:
-    """One decode step's int8 GEMMs at one row: every layer's own weights (the whole model, far
-    beyond the caches), each streamed once, as a single-sequence step reads them."""
+def decode_step_seconds(seconds: float, rows: int = 1) -> float:
+    """One decode step's int8 GEMMs at `rows` rows (sequences): every layer's own weights (the
+    whole model, far beyond the caches), each streamed once, as a decode step reads them."""
     gemm = load_int8_gemm()
     assert gemm is not None, "the CPU kernels did not build"
     gen = torch.Generator().manual_seed(0)
     calls = []
     for _, k, n, count in SHAPES:
-        qx = torch.randint(0, 100, (1, k), dtype=gemm.input_dtype, generator=gen)
-        ones_m, ones_n = torch.ones(1), torch.ones(n)
+        qx = torch.randint(0, 100, (rows, k), dtype=gemm.input_dtype, generator=gen)
+        ones_m, ones_n = torch.ones(rows), torch.ones(n)
         for _ in range(count):
             weight = PackedInt8Weight(torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=gen))
             calls.append((qx, ones_m, weight, ones_n))
@@ -142,7 +146,12 @@ def main() -> None:
         "--cold", action="store_true", help="int8 weights read from memory on every call"
     )
     parser.add_argument("--seconds", type=float, default=0.5, help="per measurement")
+    parser.add_argument("--step-rows", type=int, nargs="+", default=[],
+                        help="also time a whole decode step's int8 GEMMs at these row counts")
+    parser.add_argument("--threads", type=int, default=None, help="default: torch's")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     bandwidth = memory_bandwidth(args.seconds)
     step_s = decode_step_seconds(max(args.seconds, 1.0))
@@ -169,6 +178,10 @@ def main() -> None:
                 "int8_weight_bytes": weight_bytes,
                 "int8_weights_read_once_ms": round(weight_bytes / bandwidth * 1e3, 2),
                 "decode_step_int8_gemms_ms": round(step_s * 1e3, 2),
+                "decode_step_int8_gemms_ms_by_rows": {
+                    rows: round(decode_step_seconds(max(args.seconds, 1.0), rows) * 1e3, 2)
+                    for rows in args.step_rows
+                },
                 "shapes": shapes,
             },
             indent=2,
