@@ -18,7 +18,9 @@ engines' own CPU per token to compare the replicas with.
 Both configurations run with the same `--stream-interval` (each value given is run, the servers
 otherwise alike). The streams are read with the openai SDK (`--client openai`, the default) or
 with httpx, the client package's SSE decoder and `json` (`--client sse`): either way every
-chunk is parsed and the text put together, and the tokens are the usage's `completion_tokens`.
+chunk is parsed and the text put together, and the tokens are the usage's `completion_tokens`;
+with `sse` the run also gives when the streams' first chunks came and when they ended (earliest
+and latest, seconds from the start).
 `--repeat K` runs the whole sequence K times, alternating, so that a loaded machine's drift
 reaches every configuration; each run's speedup is against the first replica count's run of its
 own round, interval and client. Prints one JSON object.
@@ -257,16 +259,23 @@ async def sse_streams(base_url: str, concurrency: int, max_tokens: int) -> dict[
     async with httpx.AsyncClient(base_url=f"{base_url}/v1", timeout=600, limits=limits) as http:
         model = (await http.get("/models")).json()["data"][0]["id"]
 
+        began = time.monotonic()
+        first_chunk: list[float] = []  # seconds from the start, per stream
+        finished: list[float] = []
+
         async def one(index: int) -> int:
             body = {"model": model, "max_tokens": max_tokens, "stream": True,
                     "messages": [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}],
                     "stream_options": {"include_usage": True}, "ignore_eos": True}
             decoder = SSEDecoder()
             text: list[str] = []
-            tokens, finish_reason = 0, None
+            tokens, finish_reason, seen = 0, None, False
             async with http.stream("POST", "/chat/completions", json=body) as response:
                 response.raise_for_status()
                 async for data in response.aiter_bytes():
+                    if not seen:
+                        seen = True
+                        first_chunk.append(time.monotonic() - began)
                     for event in decoder.feed(data):
                         if event.data == "[DONE]":
                             continue
@@ -278,13 +287,17 @@ async def sse_streams(base_url: str, concurrency: int, max_tokens: int) -> dict[
                             tokens = chunk["usage"]["completion_tokens"]
             if finish_reason != "length" or not "".join(text):
                 raise SystemExit(f"stream {index} ended with {finish_reason!r}")
+            finished.append(time.monotonic() - began)
             return int(tokens)
 
-        began = time.monotonic()
         counts = await asyncio.gather(*(one(i) for i in range(concurrency)))
         elapsed = time.monotonic() - began
+    # When the streams' first chunks and their ends came: a burst let in slowly ends ragged,
+    # and the last streams then run in ever smaller batches.
     return {"output_tokens": sum(counts), "seconds": elapsed,
-            "output_tokens_per_s": sum(counts) / elapsed}
+            "output_tokens_per_s": sum(counts) / elapsed,
+            "first_chunk_s": [round(min(first_chunk), 3), round(max(first_chunk), 3)],
+            "finished_s": [round(min(finished), 3), round(max(finished), 3)]}
 
 
 def main() -> None:
