@@ -42,9 +42,9 @@ def test_the_allowance_is_the_slowdown_of_a_decode_step_in_charged_tokens() -> N
     assert pacer.allowance(64) == 40
 
 
-def test_the_decode_time_follows_the_batch_size() -> None:
-    # Decode steps of 5 ms + 1 ms a sequence, batches of 4 to 16; a charged token 0.1 ms.
-    pacer = PrefillPacer(1.0)
+def learn_batch_sizes(pacer: PrefillPacer) -> None:
+    """Decode steps of 5 ms + 1 ms a sequence over batches of 4 to 16, then steps beside prompt
+    work at the allowance given, a charged token 0.1 ms."""
     for i in range(200):
         decodes = 4 + i % 13
         pacer.observe(decodes, 0, 0.005 + 0.001 * decodes)
@@ -53,6 +53,11 @@ def test_the_decode_time_follows_the_batch_size() -> None:
         allowed = pacer.allowance(decodes)
         assert allowed is not None
         pacer.observe(decodes, allowed, 0.005 + 0.001 * decodes + 0.0001 * allowed)
+
+
+def test_the_decode_time_follows_the_batch_size() -> None:
+    pacer = PrefillPacer(1.0)
+    learn_batch_sizes(pacer)
     # A whole decode step's worth (slowdown 1.0): 9 ms / 0.1 ms at 4, 13 ms at 8, 21 at 16,
     # within the fit's shrinkage of the slope (which the baseline's lean towards the faster
     # steps compounds at the largest batch: it errs low, never high).
@@ -63,17 +68,8 @@ def test_the_decode_time_follows_the_batch_size() -> None:
 
 
 def test_sequences_about_to_join_buy_the_step_of_the_batch_they_will_make() -> None:
-    # Decode steps of 5 ms + 1 ms a sequence (batches of 4 to 16 teach the slope), a charged
-    # token 0.1 ms beside them.
     pacer = PrefillPacer(0.25)
-    for i in range(200):
-        decodes = 4 + i % 13
-        pacer.observe(decodes, 0, 0.005 + 0.001 * decodes)
-    for i in range(60):
-        decodes = 4 + i % 13
-        allowed = pacer.allowance(decodes, 0)
-        assert allowed is not None
-        pacer.observe(decodes, allowed, 0.005 + 0.001 * decodes + 0.0001 * allowed)
+    learn_batch_sizes(pacer)
     alone = pacer.allowance(4)
     assert alone == pacer.allowance(4, 0)
     # 4 streams decoding, 12 more about to join: the step may take 1.25 x the 21 ms step of

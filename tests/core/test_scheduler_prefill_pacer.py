@@ -137,6 +137,17 @@ def test_when_the_step_costs_change_a_few_decode_only_steps_relearn_the_baseline
     assert [out.prefill_allowance for out in outputs[-10:]] == [2] * 10
 
 
+def learn_batch_sizes(scheduler: Scheduler) -> None:
+    """Teaches the scheduler's pacer decode steps of 5 ms + 1 ms a sequence over batches of 1
+    to 16, and 0.5 ms a charged prompt token beside them."""
+    pacer = scheduler.pacer
+    assert pacer is not None
+    for i in range(200):
+        decodes = 1 + i % 16
+        pacer.observe(decodes, 0, 0.005 + 0.001 * decodes)
+        pacer.observe(decodes, 8, 0.005 + 0.001 * decodes + 0.004)
+
+
 def test_a_burst_of_arrivals_is_paced_to_the_batch_it_will_make() -> None:
     # Decode steps of 5 ms + 1 ms a sequence, 0.5 ms a charged prompt token, learned over
     # batches of 1 to 16. One stream decodes when 15 requests of 40-token prompts arrive.
@@ -144,12 +155,7 @@ def test_a_burst_of_arrivals_is_paced_to_the_batch_it_will_make() -> None:
         return 0.005 + 0.001 * out.num_decodes + 0.0005 * out.charged_prefill_tokens
 
     scheduler = paced(0.25, cap=64, max_num_seqs=32)
-    pacer = scheduler.pacer
-    assert pacer is not None
-    for i in range(200):
-        decodes = 1 + i % 16
-        pacer.observe(decodes, 0, 0.005 + 0.001 * decodes)
-        pacer.observe(decodes, 8, 0.005 + 0.001 * decodes + 0.004)
+    learn_batch_sizes(scheduler)
     (stream,) = start_decoding(scheduler, 1)
     burst = [make_request(f"b{i}", [7 + i] * 40, max_tokens=1000)[0] for i in range(15)]
     for seq in burst:
@@ -176,12 +182,7 @@ def test_only_the_seats_left_count_as_joining() -> None:
     # the allowance that 2 waiting ones do.
     def allowance_with(waiting: int, seats: int) -> int | None:
         scheduler = paced(0.25, cap=None, max_num_seqs=seats)
-        pacer = scheduler.pacer
-        assert pacer is not None
-        for i in range(200):
-            decodes = 1 + i % 16
-            pacer.observe(decodes, 0, 0.005 + 0.001 * decodes)
-            pacer.observe(decodes, 8, 0.005 + 0.001 * decodes + 0.004)
+        learn_batch_sizes(scheduler)
         start_decoding(scheduler, 2)
         for i in range(waiting):
             (seq,) = make_request(f"w{i}", [9] * 200, max_tokens=4)
