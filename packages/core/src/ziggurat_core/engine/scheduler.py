@@ -133,7 +133,7 @@ class Scheduler:
         budget = self._schedule_running_decodes(budget, out)
         # Phase 1 schedules decodes only: anything scheduled so far is a decode.
         out.num_decodes = len(out.scheduled)
-        out.prefill_allowance = self._prefill_allowance(out.num_decodes, self._num_joining(out))
+        out.prefill_allowance = self._prefill_allowance(out)
         allowance = PrefillAllowance(out.prefill_allowance)
         # A pacer learning its baseline anew needs decode-only steps: the prompts wait a few.
         probing = out.num_decodes > 0 and self.pacer is not None and self.pacer.relearning
@@ -331,21 +331,18 @@ class Scheduler:
 
     # ----- helpers -----
 
-    def _prefill_allowance(self, num_decodes: int, num_joining: int) -> int | None:
-        """The prompt work the step may take beside `num_decodes` decodes, `num_joining` more
-        sequences to join them (None: no limit)."""
-        if num_decodes == 0:
+    def _prefill_allowance(self, out: SchedulerOutput) -> int | None:
+        """The prompt work the step may take beside its decodes (None: no limit). The pacer
+        also counts the sequences that will decode beside them once their prompts are in (the
+        running ones still computing a prompt, the waiting and the held ones) as far as seats
+        allow."""
+        if out.num_decodes == 0:
             return None
-        if self.pacer is not None:
-            return self.pacer.allowance(num_decodes, num_joining)
-        return self._prefill_cap_while_decoding
-
-    def _num_joining(self, out: SchedulerOutput) -> int:
-        """Sequences that will decode beside this step's decodes once their prompts are in:
-        the running ones whose prompt is not computed yet, the waiting and the held ones, as
-        far as seats allow."""
-        pending = len(self._running) - out.num_decodes + len(self._waiting) + self._num_held
-        return max(0, min(pending, self.config.max_num_seqs - out.num_decodes))
+        if self.pacer is None:
+            return self._prefill_cap_while_decoding
+        joining = len(self._running) - out.num_decodes + len(self._waiting) + self._num_held
+        seats = self.config.max_num_seqs - out.num_decodes
+        return self.pacer.allowance(out.num_decodes, max(0, min(joining, seats)))
 
     @staticmethod
     def _is_decode(seq: SequenceState) -> bool:
