@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 DONE = "[DONE]"
@@ -56,3 +57,15 @@ def fresh_prompt(length: int) -> list[int]:
     the prefix cache nor the response cache has seen them."""
     draw = random.Random(f"fresh-prompt-{next(_unique)}")
     return [draw.randrange(10, 290) for _ in range(length)]
+
+
+def thread_nice_values(pid: int) -> dict[int, int]:
+    """Each thread's nice value (field 19 of /proc/<pid>/task/<tid>/stat), by thread id."""
+    values = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        values[int(task.name)] = int(fields[16])
+    return values

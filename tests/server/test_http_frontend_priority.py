@@ -9,23 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 from fixtures_models import TinyModel
+from server_helpers import thread_nice_values
 from server_process import ServerProcess
 from ziggurat_server.thread_priority import NICEST, thread_nice, thread_nice_supported
 
 pytestmark = pytest.mark.skipif(not thread_nice_supported(),
                                 reason="per-thread nice values exist on Linux only")
-
-
-def thread_nice_values(pid: int) -> dict[int, int]:
-    """Each thread's nice value (field 19 of /proc/<pid>/task/<tid>/stat), by thread id."""
-    values = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:  # the thread ended meanwhile
-            continue
-        values[int(task.name)] = int(fields[16])
-    return values
 
 
 @pytest.mark.parametrize("nice, threads", [(3, 2), (0, 1)])

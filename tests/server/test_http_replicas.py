@@ -10,14 +10,13 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 from fixtures_models import TinyModel
-from server_helpers import fresh_prompt, metric_value
+from server_helpers import fresh_prompt, metric_value, thread_nice_values
 from server_process import ServerProcess
 from ziggurat_server.thread_priority import NICEST, thread_nice, thread_nice_supported
 
@@ -109,8 +108,8 @@ def test_two_replicas_serve_32_concurrent_streams(replica_server: ServerProcess)
 
 
 def test_the_frontend_threads_keep_the_servers_priority(replica_server: ServerProcess) -> None:
-    # With replicas the frontend threads only wait on the replicas' tokenisers: niced, they
-    # held a burst of arriving requests back (settings.REPLICA_FRONTEND_NICE).
+    # With replicas the frontend threads only wait on the replicas' tokenisers, so they keep
+    # the server's priority (settings.REPLICA_FRONTEND_NICE).
     if not thread_nice_supported():
         pytest.skip("per-thread nice values exist on Linux only")
     base = thread_nice()  # the server inherits the test's priority
@@ -120,10 +119,7 @@ def test_the_frontend_threads_keep_the_servers_priority(replica_server: ServerPr
                 "model": "tiny", "max_tokens": 2,
                 "messages": [{"role": "user", "content": f"hello {index}"}]})
             assert response.status_code == 200, response.text
-    values = {}
-    for task in Path(f"/proc/{replica_server.process.pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # the thread ended meanwhile
-            values[int(task.name)] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+    values = thread_nice_values(replica_server.process.pid)
     # Only the heap trimmer runs nicer than the server (at the in-process default, the
     # frontend's threads would be at base + 10: test_http_frontend_priority.py).
     assert set(values.values()) <= {base, NICEST}, values
