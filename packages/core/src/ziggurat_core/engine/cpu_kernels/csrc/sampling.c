@@ -171,8 +171,9 @@ void argmax_rows_f32(const float *logits, int64_t rows, int64_t vocab, int64_t *
  * Only those bins' tokens are gathered and sorted (qsort): with top-k about k of them, with
  * top-p the nucleus and part of a bin or two.
  *
- * Scratch per thread (sample_truncated_scratch_bytes): the bin masses and counts, the row's
- * weights and the candidates. Rows are split over threads; a token depends only on its row. */
+ * Scratch per thread (sample_truncated_scratch_bytes): the bin masses and counts (two
+ * histograms), the row's weights and the candidates. Rows are split over threads; a token
+ * depends only on its row. */
 
 #define TRUNC_MANTISSA_BITS 4
 #define TRUNC_BIN_SHIFT (23 - TRUNC_MANTISSA_BITS)
@@ -187,17 +188,60 @@ typedef struct {
 
 static size_t align64(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
 
+/* Two histograms, for even and odd tokens: neighbours often fall into one bin, and a single
+ * histogram's updates then wait on each other through memory. Each has a spare bin past the
+ * last for the tokens that are not candidates, so the loop needs no branch. */
+#define TRUNC_HISTOGRAMS 2
+#define TRUNC_SLOTS (TRUNC_BINS + 1)
+
 int64_t sample_truncated_scratch_bytes(int64_t vocab) {
-    return (int64_t)(align64(TRUNC_BINS * sizeof(double)) + align64(TRUNC_BINS * sizeof(int32_t)) +
+    return (int64_t)(align64(TRUNC_HISTOGRAMS * TRUNC_SLOTS * sizeof(double)) +
+                     align64(TRUNC_HISTOGRAMS * TRUNC_SLOTS * sizeof(int32_t)) +
                      align64((size_t)vocab * sizeof(float)) +
                      align64((size_t)vocab * sizeof(candidate)));
 }
 
-static inline uint32_t weight_bin(float w) {
+/* The bits of 1.0f, the largest weight. A candidate's weight lies in (0, 1], its bits in
+ * [1, ONE_BITS]: zero, NaN and infinity fall outside. The passes over the row test the bits as
+ * unsigned integers and without a branch per token: in a peaked row the zero weights lie
+ * scattered among the others, and a branch on each token was the slowest part of the draw. */
+#define ONE_BITS 0x3f800000u
+
+static inline uint32_t weight_bits(float w) {
     uint32_t bits;
     memcpy(&bits, &w, sizeof bits);
-    const uint32_t bin = bits >> TRUNC_BIN_SHIFT;
-    return bin < TRUNC_BINS ? bin : TRUNC_BINS - 1; /* NaN weights are excluded before this */
+    return bits;
+}
+
+/* The histogram slot of a weight: its bin, or the spare slot for a weight that is no candidate. */
+static inline uint32_t weight_slot(uint32_t bits) {
+    return bits - 1u < ONE_BITS ? bits >> TRUNC_BIN_SHIFT : TRUNC_BINS;
+}
+
+/* Counts and double masses per bin of the weights w[0..vocab), even tokens in the first
+ * histogram and odd ones in the second, then the second added into the first. */
+static void fill_histograms(const float *restrict w, int64_t vocab, double *restrict bin_mass,
+                            int32_t *restrict bin_count) {
+    double *odd_mass = bin_mass + TRUNC_SLOTS;
+    int32_t *odd_count = bin_count + TRUNC_SLOTS;
+    int64_t t = 0;
+    for (; t + 1 < vocab; t += 2) {
+        const uint32_t even = weight_slot(weight_bits(w[t]));
+        const uint32_t odd = weight_slot(weight_bits(w[t + 1]));
+        bin_mass[even] += (double)w[t];
+        bin_count[even]++;
+        odd_mass[odd] += (double)w[t + 1];
+        odd_count[odd]++;
+    }
+    if (t < vocab) {
+        const uint32_t slot = weight_slot(weight_bits(w[t]));
+        bin_mass[slot] += (double)w[t];
+        bin_count[slot]++;
+    }
+    for (int64_t bin = 0; bin < TRUNC_BINS; bin++) {
+        bin_mass[bin] += odd_mass[bin];
+        bin_count[bin] += odd_count[bin];
+    }
 }
 
 /* Weight descending, then token id ascending: a total order, so qsort's result is unique. */
@@ -211,26 +255,22 @@ static int64_t sample_truncated_row(const float *restrict x, int64_t vocab, floa
                                     float min_p, int64_t top_k, double top_p, double uniform,
                                     unsigned char *restrict scratch) {
     double *bin_mass = (double *)scratch;
-    int32_t *bin_count = (int32_t *)(scratch + align64(TRUNC_BINS * sizeof(double)));
-    float *w = (float *)((unsigned char *)bin_count + align64(TRUNC_BINS * sizeof(int32_t)));
+    int32_t *bin_count =
+        (int32_t *)(scratch + align64(TRUNC_HISTOGRAMS * TRUNC_SLOTS * sizeof(double)));
+    float *w = (float *)((unsigned char *)bin_count +
+                         align64(TRUNC_HISTOGRAMS * TRUNC_SLOTS * sizeof(int32_t)));
     candidate *cands = (candidate *)((unsigned char *)w + align64((size_t)vocab * sizeof(float)));
 
     const float max = row_max(x, vocab);
     if (is_minus_inf(max)) return vocab - 1;
-    memset(bin_mass, 0, TRUNC_BINS * sizeof(double));
-    memset(bin_count, 0, TRUNC_BINS * sizeof(int32_t));
+    memset(bin_mass, 0, TRUNC_HISTOGRAMS * TRUNC_SLOTS * sizeof(double));
+    memset(bin_count, 0, TRUNC_HISTOGRAMS * TRUNC_SLOTS * sizeof(int32_t));
     for (int64_t start = 0; start < vocab; start += SAMPLE_BLOCK) {
         const int64_t n = vocab - start < SAMPLE_BLOCK ? vocab - start : SAMPLE_BLOCK;
         block_weights(x + start, n, max, temperature, min_p, w + start);
     }
+    fill_histograms(w, vocab, bin_mass, bin_count);
     double total = 0.0;
-    for (int64_t i = 0; i < vocab; i++) {
-        if (w[i] > 0.0f) {
-            const uint32_t bin = weight_bin(w[i]);
-            bin_mass[bin] += (double)w[i];
-            bin_count[bin]++;
-        }
-    }
     for (int64_t bin = TRUNC_BINS - 1; bin >= 0; bin--) total += bin_mass[bin];
 
     if (top_k < 1) top_k = 1; /* at least one token is kept, whatever the settings */
@@ -249,12 +289,22 @@ static int64_t sample_truncated_row(const float *restrict x, int64_t vocab, floa
             break;
         }
     }
+    /* The candidates: bits in [lowest bin's first, ONE_BITS], one unsigned comparison. Most
+     * blocks hold none, and a vectorised test skips them. */
+    const uint32_t first = lowest > 0 ? (uint32_t)lowest << TRUNC_BIN_SHIFT : 1u;
+    const uint32_t span = ONE_BITS - first;
     int64_t n = 0;
-    for (int64_t i = 0; i < vocab; i++) {
-        if (w[i] > 0.0f && weight_bin(w[i]) >= (uint32_t)lowest) {
-            cands[n].weight = w[i];
-            cands[n].token = (int32_t)i;
-            n++;
+    for (int64_t start = 0; start < vocab; start += SAMPLE_BLOCK) {
+        const int64_t end = vocab - start < SAMPLE_BLOCK ? vocab : start + SAMPLE_BLOCK;
+        int any = 0;
+        for (int64_t i = start; i < end; i++) any |= weight_bits(w[i]) - first <= span;
+        if (!any) continue;
+        for (int64_t i = start; i < end; i++) {
+            if (weight_bits(w[i]) - first <= span) {
+                cands[n].weight = w[i];
+                cands[n].token = (int32_t)i;
+                n++;
+            }
         }
     }
     if (n == 0) return vocab - 1; /* NaN weights: nothing to draw from, as sample_row */
