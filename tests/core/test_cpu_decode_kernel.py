@@ -3,201 +3,53 @@
 Its outputs are checked against a dense float64 reference built with plain torch from each
 sequence's keys/values and `reference_mask`, directly and through PortableAttentionBackend (where it
 must also agree with the pure-torch decode path); then batch and thread-count invariance, the
-fallbacks when it cannot be built, its on-disk build cache, input validation, and an engine run.
+fallbacks when it cannot be built, input validation, and an engine run (loading, building and falling back:
+test_cpu_decode_kernel_loading.py).
 Each for a float32 cache and a float16 one (query and output float32), whose reference is built
 from the same float16 values upcast; and builds of the C file without half-precision support.
 """
 
 from __future__ import annotations
 
-import ctypes
-import logging
 import math
-import os
-import platform
 import random
-import shutil
-import subprocess
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from fixtures_models import TinyModel
+from paged_decode_helpers import (
+    CACHE_DTYPES,
+    CPU,
+    NOISE_SCALE,
+    SENTINEL,
+    TOL,
+    CountingKernel,
+    PagedStep,
+    decode_inputs,
+    dense_reference,
+    loaded_kernel,
+    make_step,
+    mixed_seqs,
+    run_backend,
+    skip_without_half,
+    write_new_tokens,
+)
 from ziggurat_core.engine import InferenceEngine, SamplingParams
 from ziggurat_core.engine.attention import torch_backend
 from ziggurat_core.engine.attention.base import StepLayout
-from ziggurat_core.engine.attention.torch_backend import PortableAttentionBackend, reference_mask
+from ziggurat_core.engine.attention.torch_backend import PortableAttentionBackend
 from ziggurat_core.engine.config import EngineConfig
 from ziggurat_core.engine.cpu_kernels import (
     KernelError,
     PagedAttentionKernel,
     load_paged_attention_kernel,
 )
-from ziggurat_core.engine.cpu_kernels import build as cpu_kernel
-
-CPU = torch.device("cpu")
-SENTINEL = -7777.0
-# Cache slots outside every context hold values this large: a kernel that reads one of them
-# (an off-by-one, a wrong block) is far off the reference, not just slightly.
-NOISE_SCALE = 8.0
-TOL = 1e-5
-CACHE_DTYPES = [torch.float32, torch.float16]
-
-
-# ---- building steps and the reference ----
-
-
-@dataclass
-class PagedStep:
-    layout: StepLayout
-    kv_cache: torch.Tensor  # [2, num_blocks, bs, kvh, d]; cached prefixes written, noise elsewhere
-    keys: list[torch.Tensor]  # per sequence, its whole context [context_len, kvh, d]
-    values: list[torch.Tensor]
-    query: torch.Tensor  # [num_tokens, H, d]
-    new_keys: torch.Tensor  # [num_tokens, kvh, d], the new tokens' keys in batch order
-    new_values: torch.Tensor
-
-    @property
-    def decode_seqs(self) -> list[int]:
-        return [i for i, q_len in enumerate(self.layout.query_lens) if q_len == 1]
-
-    @property
-    def decode_rows(self) -> list[int]:
-        starts = [sum(self.layout.query_lens[:i]) for i in range(len(self.layout.query_lens))]
-        return [starts[i] for i in self.decode_seqs]
-
-
-def make_step(
-    seqs: list[tuple[int, int]],  # (cached prefix length, new tokens) per sequence
-    *,
-    block_size: int,
-    num_heads: int,
-    num_kv_heads: int,
-    head_dim: int,
-    dtype: torch.dtype = torch.float32,
-    cache_dtype: torch.dtype | None = None,
-    spare_blocks: int = 9,
-    seed: int = 0,
-) -> PagedStep:
-    """A step whose sequences own blocks scattered at random over a larger cache.
-
-    Query and new keys/values are in `dtype`; the cache in `cache_dtype` (default `dtype`). The
-    reference's `keys`/`values` are the values as the cache stores them (rounded to
-    `cache_dtype`, back in `dtype`); `new_keys`/`new_values` keep their full precision, since a
-    backend rounds them as it stores them.
-    """
-    cache_dtype = cache_dtype or dtype
-    gen = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
-    needed = [-(-(prefix + new) // block_size) for prefix, new in seqs]
-    num_blocks = sum(needed) + spare_blocks
-    free = list(range(num_blocks))
-    rng.shuffle(free)
-    tables = []
-    for count in needed:
-        tables.append(free[:count])
-        free = free[count:]
-
-    shape = (2, num_blocks, block_size, num_kv_heads, head_dim)
-    kv_cache = torch.randn(shape, generator=gen) * NOISE_SCALE
-    keys, values, queries, new_keys, new_values = [], [], [], [], []
-    for (prefix, new), table in zip(seqs, tables, strict=True):
-        k = torch.randn(prefix + new, num_kv_heads, head_dim, generator=gen)
-        v = torch.randn(prefix + new, num_kv_heads, head_dim, generator=gen)
-        for pos in range(prefix):
-            kv_cache[0, table[pos // block_size], pos % block_size] = k[pos]
-            kv_cache[1, table[pos // block_size], pos % block_size] = v[pos]
-        keys.append(k.to(cache_dtype).to(dtype))
-        values.append(v.to(cache_dtype).to(dtype))
-        new_keys.append(k[prefix:].to(dtype))
-        new_values.append(v[prefix:].to(dtype))
-        queries.append(torch.randn(new, num_heads, head_dim, generator=gen).to(dtype))
-    layout = StepLayout(
-        query_lens=[new for _, new in seqs],
-        context_lens=[prefix + new for prefix, new in seqs],
-        block_tables=tables,
-        block_size=block_size,
-    )
-    return PagedStep(
-        layout,
-        kv_cache.to(cache_dtype),
-        keys,
-        values,
-        torch.cat(queries),
-        torch.cat(new_keys),
-        torch.cat(new_values),
-    )
-
-
-def write_new_tokens(step: PagedStep) -> None:
-    """Store the step's new keys/values in the cache, as a backend's forward does first."""
-    bs = step.layout.block_size
-    row = 0
-    for q_len, ctx, table in zip(
-        step.layout.query_lens, step.layout.context_lens, step.layout.block_tables, strict=True
-    ):
-        for pos in range(ctx - q_len, ctx):
-            step.kv_cache[0, table[pos // bs], pos % bs] = step.new_keys[row]
-            step.kv_cache[1, table[pos // bs], pos % bs] = step.new_values[row]
-            row += 1
-
-
-def dense_reference(step: PagedStep, scale: float) -> torch.Tensor:
-    """float64 [num_tokens, H, d]: every token against all keys of the step under reference_mask."""
-    num_heads = step.query.shape[1]
-    group = num_heads // step.new_keys.shape[1]
-    keys = torch.cat(step.keys).double().repeat_interleave(group, dim=1)  # [sum ctx, H, d]
-    values = torch.cat(step.values).double().repeat_interleave(group, dim=1)
-    scores = torch.einsum("thd,shd->hts", step.query.double(), keys) * scale
-    probs = torch.softmax(scores + reference_mask(step.layout).double(), dim=-1)
-    return torch.einsum("hts,shd->thd", probs, values)
-
-
-def decode_inputs(step: PagedStep) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(block tables padded with 0, context lengths, token rows) of the step's decodes."""
-    seqs = step.decode_seqs
-    tables = [step.layout.block_tables[i] for i in seqs]
-    width = max(len(t) for t in tables)
-    padded = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int64)
-    lens = torch.tensor([step.layout.context_lens[i] for i in seqs], dtype=torch.int64)
-    return padded, lens, torch.tensor(step.decode_rows, dtype=torch.int64)
-
-
-class CountingKernel:
-    """Wraps the real kernel and counts the decode rows it was asked for."""
-
-    def __init__(self, inner: PagedAttentionKernel) -> None:
-        self.inner = inner
-        self.calls = 0
-        self.rows = 0
-        self.writes = 0
-
-    @property
-    def cache_dtypes(self) -> tuple[torch.dtype, ...]:
-        return self.inner.cache_dtypes
-
-    def __call__(self, *args: Any, **kwargs: Any) -> None:
-        self.calls += 1
-        self.rows += int(args[4].numel())  # token_rows
-        self.inner(*args, **kwargs)
-
-    def write_kv(self, *args: Any, **kwargs: Any) -> None:
-        self.writes += 1
-        self.inner.write_kv(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def kernel(cpu_kernels: None) -> PagedAttentionKernel:
-    loaded = load_paged_attention_kernel()
-    assert loaded is not None, "a C compiler is present but the kernel did not build"
-    return loaded
-
-
-def skip_without_half(kernel: PagedAttentionKernel, cache_dtype: torch.dtype) -> None:
-    if cache_dtype == torch.float16 and not kernel.supports_float16:
-        pytest.skip("this compiler/CPU builds the kernel without float16 support")
+    return loaded_kernel()
 
 
 @pytest.fixture
@@ -206,43 +58,6 @@ def spy(kernel: PagedAttentionKernel, monkeypatch: pytest.MonkeyPatch) -> Counti
     counting = CountingKernel(kernel)
     monkeypatch.setattr(torch_backend, "load_paged_attention_kernel", lambda: counting)
     return counting
-
-
-@pytest.fixture
-def fresh_kernel_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No memoised kernel and an empty cache dir (both restored afterwards); returns the dir."""
-    monkeypatch.setattr(cpu_kernel, "_loaded", {})
-    monkeypatch.delenv("ZIGGURAT_CPU_KERNELS", raising=False)
-    # These tests fake or hide the compiler, whose macros decide which variants the CPU runs: a
-    # variant forced for the whole run would be refused there, so they build the native one.
-    monkeypatch.delenv("ZIGGURAT_CPU_ISA", raising=False)
-    monkeypatch.setenv("ZIGGURAT_CACHE_DIR", str(tmp_path))
-    return tmp_path / "kernels"
-
-
-def mixed_seqs(block_size: int) -> list[tuple[int, int]]:
-    """Decodes of context 700, 1, one block, two blocks and just over, between two prefills."""
-    bs = block_size
-    return [
-        (699, 1),
-        (0, 7),  # prefill from scratch
-        (0, 1),  # context 1
-        (bs - 1, 1),  # context exactly one block
-        (bs + 3, 4),  # prefill after a cached prefix
-        (2 * bs, 1),  # context one past a block boundary
-        (2 * bs - 1, 1),  # context exactly two blocks
-    ]
-
-
-def run_backend(
-    step: PagedStep, scale: float, decode_kernel: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(output, cache after the step) of one forward on a copy of the step's cache."""
-    backend = PortableAttentionBackend(decode_kernel=decode_kernel)
-    cache = step.kv_cache.clone()
-    metadata = backend.prepare(step.layout, CPU)
-    out = backend.forward(step.query, step.new_keys, step.new_values, cache, metadata, scale)
-    return out, cache
 
 
 GROUPS = [1, 3, 4]
@@ -476,190 +291,6 @@ def test_same_result_with_one_and_two_threads(
     torch.testing.assert_close(
         results[0].double(), dense_reference(step, 0.125), rtol=TOL, atol=TOL
     )
-
-
-# ---- loading, building and falling back ----
-
-
-def test_disabled_by_environment(
-    kernel: PagedAttentionKernel, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert load_paged_attention_kernel() is kernel  # memoised
-    monkeypatch.setenv("ZIGGURAT_CPU_KERNELS", "0")
-    assert load_paged_attention_kernel() is None  # even with a kernel memoised
-
-    step = make_step(mixed_seqs(16), block_size=16, num_heads=4, num_kv_heads=2, head_dim=32)
-    out, _ = run_backend(step, 0.2, decode_kernel=True)
-    torch.testing.assert_close(out.double(), dense_reference(step, 0.2), rtol=TOL, atol=TOL)
-
-
-@pytest.mark.parametrize("compiler", ["false", "missing", "none"])
-def test_unbuildable_kernel_falls_back_to_torch_with_one_warning(
-    fresh_kernel_state: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    tmp_path: Path,
-    compiler: str,
-) -> None:
-    if compiler == "false":  # a compiler that fails
-        false = shutil.which("false")
-        assert false is not None
-        monkeypatch.setenv("CC", false)
-    elif compiler == "missing":  # $CC names no program
-        monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    else:  # no compiler at all
-        monkeypatch.delenv("CC", raising=False)
-        monkeypatch.setattr(cpu_kernel.shutil, "which", lambda name: None)
-    caplog.set_level(logging.WARNING, logger="ziggurat.engine")
-
-    assert load_paged_attention_kernel() is None
-    assert load_paged_attention_kernel() is None  # memoised: no second attempt, no second warning
-    warnings = [
-        r for r in caplog.records if r.name == "ziggurat.engine" and r.levelno == logging.WARNING
-    ]
-    assert len(warnings) == 1
-    assert "torch ops" in warnings[0].getMessage()
-
-    step = make_step(mixed_seqs(16), block_size=16, num_heads=6, num_kv_heads=2, head_dim=64)
-    out, _ = run_backend(step, 0.125, decode_kernel=True)
-    torch.testing.assert_close(out.double(), dense_reference(step, 0.125), rtol=TOL, atol=TOL)
-
-
-@pytest.mark.parametrize("compiler", ["false", "missing"])
-def test_failed_build_leaves_no_file_behind(
-    fresh_kernel_state: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, compiler: str
-) -> None:
-    false = shutil.which("false")
-    assert false is not None
-    monkeypatch.setenv("CC", false if compiler == "false" else str(tmp_path / "no-such-compiler"))
-    assert load_paged_attention_kernel() is None
-    assert fresh_kernel_state.is_dir()  # the build was attempted there
-    # No library and no half-written temporary file: only the record of the failure.
-    assert [path.suffix for path in fresh_kernel_state.iterdir()] == [".failed"]
-
-
-def test_build_is_cached_on_disk_and_reused(
-    fresh_kernel_state: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    built = load_paged_attention_kernel()
-    assert built is not None
-    files = list(fresh_kernel_state.iterdir())
-    assert len(files) == 1 and files[0].suffix == ".so", files
-    mtime = files[0].stat().st_mtime_ns
-
-    def no_compiling(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"the kernel was rebuilt: {args}")
-
-    monkeypatch.setattr(cpu_kernel, "_loaded", {})  # as in a new process
-    monkeypatch.setattr(cpu_kernel.subprocess, "run", no_compiling)
-    reloaded = load_paged_attention_kernel()
-    assert reloaded is not None and reloaded is not built
-    assert list(fresh_kernel_state.iterdir()) == files
-    assert files[0].stat().st_mtime_ns == mtime
-
-    step = make_step(
-        [(9, 1), (0, 3), (33, 1)], block_size=4, num_heads=4, num_kv_heads=4, head_dim=16
-    )
-    write_new_tokens(step)
-    tables, lens, rows = decode_inputs(step)
-    out = torch.full(step.query.shape, SENTINEL)
-    reloaded(step.query, step.kv_cache, tables, lens, rows, out, 0.25)
-    torch.testing.assert_close(
-        out[rows].double(), dense_reference(step, 0.25)[rows], rtol=TOL, atol=TOL
-    )
-
-
-def test_cache_dir_defaults_to_xdg_cache_home(
-    fresh_kernel_state: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    xdg = tmp_path / "xdg"
-    monkeypatch.delenv("ZIGGURAT_CACHE_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
-    monkeypatch.setenv("CC", "cc")  # never run: the build below is simulated
-    monkeypatch.setattr(cpu_kernel.subprocess, "run", _failing_build)
-    assert load_paged_attention_kernel() is None  # the build is attempted in the XDG location
-    assert (xdg / "ziggurat" / "kernels").is_dir()
-    assert not fresh_kernel_state.exists()
-
-
-def _failing_build(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.CompletedProcess(args, 1, "", "simulated compiler failure")
-
-
-@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 compiler flags")
-@pytest.mark.parametrize(
-    ("flags", "has_half"),
-    [
-        # No F16C or AVX-512: halves converted one at a time through the compiler's _Float16.
-        (["-mno-avx512f", "-mno-f16c"], True),
-        # As a compiler without _Float16 would see it: no float16 entry point at all.
-        (["-mno-avx512f", "-mno-f16c", "-U__FLT16_MAX__"], False),
-    ],
-    ids=["scalar-float16", "no-float16"],
-)
-def test_kernel_builds_with_and_without_half_support(
-    kernel: PagedAttentionKernel,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    flags: list[str],
-    has_half: bool,
-) -> None:
-    """The C file built without F16C/AVX-512 (and without _Float16): the float32 kernel always
-    works, the float16 one exists exactly when the build says so, and the backend takes the
-    torch path for a float16 cache the build cannot read."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    assert compiler is not None  # the `kernel` fixture skips without one
-    if has_half:
-        macros = subprocess.run(
-            [compiler, *flags, "-dM", "-E", "-"], input="", capture_output=True, text=True
-        )
-        if "__FLT16_MAX__" not in macros.stdout:
-            pytest.skip("this compiler has no _Float16")
-    csrc = Path(cpu_kernel.__file__).parent / "csrc"
-    sources = [str(csrc / "paged_decode.c"), str(csrc / "paged_prefill.c")]
-    library = tmp_path / "paged_decode.so"
-    command = [compiler, *cpu_kernel._FLAGS, *flags, *sources, "-o", str(library), "-lm"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0, result.stderr
-    built = PagedAttentionKernel(ctypes.CDLL(str(library)))
-    assert built.supports_float16 is has_half
-    assert built.cache_dtypes == ((torch.float32, torch.float16) if has_half else (torch.float32,))
-
-    for cache_dtype in CACHE_DTYPES:
-        step = make_step(
-            mixed_seqs(16),
-            block_size=16,
-            num_heads=6,
-            num_kv_heads=2,
-            head_dim=64,
-            cache_dtype=cache_dtype,
-            seed=17,
-        )
-        write_new_tokens(step)
-        tables, lens, rows = decode_inputs(step)
-        out = torch.full(step.query.shape, SENTINEL)
-        if cache_dtype in built.cache_dtypes:
-            built(step.query, step.kv_cache, tables, lens, rows, out, 0.125)
-            expected = dense_reference(step, 0.125)[rows]
-            torch.testing.assert_close(out[rows].double(), expected, rtol=TOL, atol=TOL)
-        else:
-            with pytest.raises(KernelError, match="kv_cache"):
-                built(step.query, step.kv_cache, tables, lens, rows, out, 0.125)
-            assert (out == SENTINEL).all()
-
-    counting = CountingKernel(built)
-    monkeypatch.setattr(torch_backend, "load_paged_attention_kernel", lambda: counting)
-    step = make_step(
-        mixed_seqs(16),
-        block_size=16,
-        num_heads=6,
-        num_kv_heads=2,
-        head_dim=64,
-        cache_dtype=torch.float16,
-    )
-    out, _ = run_backend(step, 0.125, decode_kernel=True)
-    assert counting.calls == (1 if has_half else 0)
-    torch.testing.assert_close(out.double(), dense_reference(step, 0.125), rtol=TOL, atol=TOL)
 
 
 # ---- input validation ----
