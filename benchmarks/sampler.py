@@ -5,9 +5,9 @@ Times `Sampler.__call__` on random float32 logits of the default model's vocabul
 each row count, with every row in one mode: greedy (temperature 0); temperature 1 with no top-k
 / top-p (the OpenAI default); temperature 0.7 with top_p 0.9; temperature 0.7 with top_k 40
 (what chat UIs and llama.cpp send): what one engine step spends turning logits into tokens.
-The logits are `randn * 3` by default, whose nucleus is far wider (thousands of tokens at top_p
-0.9) than a real model's usually is: the hard case for top-p, where the most candidates are
-gathered and sorted. `--logit-scale 12` gives peaked rows instead, as a model's are at a low
+The logits are `randn * 3` by default, whose nucleus is wider (the top-p kernel gathers about
+140 candidates a row at top_p 0.9 and temperature 0.7) than a real model's usually is: the hard
+case for top-p, where the most candidates are gathered and sorted. `--logit-scale 12` gives peaked rows instead, as a model's are at a low
 temperature: a few tokens hold the mass, and the weights of most of the vocabulary are tiny or
 underflow to zero.
 The torch path runs in a child process with ZIGGURAT_CPU_KERNELS=0, the kernel path in another,
