@@ -27,8 +27,8 @@ def assert_413(response: httpx.Response) -> None:
 
 
 def padded_body(size: int) -> bytes:
-    """A valid completions body of exactly `size` bytes (the padding is a vendor extra)."""
-    head = b'{"prompt": "Hi", "max_tokens": 1, "pad": "'
+    """A valid completions body of exactly `size` bytes (the padding is the `user` field)."""
+    head = b'{"prompt": "Hi", "max_tokens": 1, "user": "'
     return head + b"x" * (size - len(head) - 2) + b'"}'
 
 

@@ -91,3 +91,18 @@ def test_cache_and_timings_through_the_sdk(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="prediction"):
         sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
                                     prediction={"type": "content", "content": "Hi"})
+
+
+def test_a_returned_message_goes_back_as_the_sdk_sends_it(sdk: openai.OpenAI) -> None:
+    """The SDK's usual loop appends the response's message object to the conversation; a
+    misspelt parameter in extra_body is refused by name rather than dropped."""
+    messages: list[Any] = [{"role": "user", "content": "Hi"}]
+    first = sdk.chat.completions.create(model="tiny", messages=messages, max_tokens=2)
+    messages += [first.choices[0].message, {"role": "user", "content": "And again?"}]
+    again = sdk.chat.completions.create(model="tiny", messages=messages, max_tokens=2)
+    assert again.choices[0].message.role == "assistant"
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.chat.completions.create(model="tiny", messages=messages, max_tokens=2,
+                                    extra_body={"max_token": 2})
+    assert bad.value.code == "unknown_parameter"
+    assert bad.value.param == "max_token"

@@ -17,6 +17,8 @@ from typing import Any
 from fastapi import FastAPI
 from ziggurat_core.protocol import ErrorResponse, ResponseModel
 
+from .unsupported_fields import document_unimplemented_fields
+
 Responses = dict[int | str, dict[str, Any]]
 
 _ERRORS = {
@@ -111,6 +113,7 @@ def install_openapi(app: FastAPI, model_bounds: Callable[[], ModelBounds | None]
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
         _add_streamed_models(document)
+        document_unimplemented_fields(schemas)
         bounds = model_bounds()
         if bounds is None:
             return document

@@ -8,7 +8,6 @@ from ziggurat_core.protocol.common import SamplingFields
 
 from .errors import bad_request, model_not_found
 from .structured_output import structured_outputs_params
-from .unsupported_fields import reject_unsupported_fields
 
 # OpenAI's legacy completions endpoint stops after 16 tokens when max_tokens is not given.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -27,11 +26,6 @@ def _build(fields: SamplingFields, *, max_tokens: int | None, logprobs: int | No
            structured_outputs: StructuredOutputsParams | None = None) -> SamplingParams:
     """Out-of-range values raise the engine's SamplingParamsError (a RequestValidationError
     naming the param); the app's error handler answers it with a 400."""
-    reject_unsupported_fields(fields)
-    # vLLM's extension; silently dropping it would hand back a response without what was asked.
-    if (fields.model_extra or {}).get("prompt_logprobs") is not None:
-        raise bad_request("prompt_logprobs is not supported (the engine does not compute "
-                          "prompt logprobs)", param="prompt_logprobs")
     return SamplingParams(
         n=fields.n,
         temperature=1.0 if fields.temperature is None else fields.temperature,

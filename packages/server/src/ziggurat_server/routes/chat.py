@@ -20,6 +20,7 @@ from ..serving_engine import ServingEngine
 from ..sse import SSEResponse
 from ..streaming import sse_events, stream_chunks
 from ..tool_calls import constrain_to_tool_calls, tool_plan
+from ..unsupported_fields import reject_unimplemented_fields
 from ..wire import ModelResponse
 from . import server_state
 
@@ -40,6 +41,7 @@ async def chat_prompt(pool: FrontendPool, engine: ServingEngine, body: ChatCompl
 @router.post("/v1/chat/completions", responses={
     **ok(ChatCompletion, streamed=ChatCompletionChunk), **errors(400, 404, 413, 429, 503)})
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    reject_unimplemented_fields(body)
     state = server_state(request)
     engine = state.require_engine()
     check_model_name(body.model, engine.model_name)

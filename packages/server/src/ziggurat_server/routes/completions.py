@@ -20,6 +20,7 @@ from ..sampling import check_model_name, completion_sampling_params
 from ..serving_engine import ServingEngine
 from ..sse import SSEResponse
 from ..streaming import sse_events, stream_chunks
+from ..unsupported_fields import reject_unimplemented_fields
 from ..wire import ModelResponse
 from . import server_state
 
@@ -42,6 +43,7 @@ async def _echo_text(pool: FrontendPool, engine: ServingEngine, prompt: str | li
 @router.post("/v1/completions", responses={
     **ok(Completion, streamed=Completion), **errors(400, 404, 413, 429, 503)})
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    reject_unimplemented_fields(body)
     state = server_state(request)
     engine = state.require_engine()
     check_model_name(body.model, engine.model_name)

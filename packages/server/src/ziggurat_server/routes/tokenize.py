@@ -14,6 +14,7 @@ from ..errors import bad_request
 from ..openapi import errors, ok
 from ..prompts import decode_tokens, encode_chat, encode_text
 from ..sampling import check_model_name
+from ..unsupported_fields import reject_unimplemented_fields
 from ..wire import ModelResponse
 from . import server_state
 
@@ -22,6 +23,7 @@ router = APIRouter()
 
 @router.post("/tokenize", responses={**ok(TokenizeResponse), **errors(400, 404, 413, 503)})
 async def tokenize(body: TokenizeRequest, request: Request) -> ModelResponse:
+    reject_unimplemented_fields(body)
     state = server_state(request)
     engine = state.require_engine()
     check_model_name(body.model, engine.model_name)
@@ -40,6 +42,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> ModelResponse:
 @router.post("/detokenize", responses={**ok(DetokenizeResponse),
                                           **errors(400, 404, 413, 503)})
 async def detokenize(body: DetokenizeRequest, request: Request) -> ModelResponse:
+    reject_unimplemented_fields(body)
     state = server_state(request)
     engine = state.require_engine()
     check_model_name(body.model, engine.model_name)
