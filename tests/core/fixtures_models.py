@@ -28,7 +28,10 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qw
 
 TINY_VOCAB_SIZE = 300
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# `system_note`, when a caller sets it, shows that extra template variables reach the template.
 CHAT_TEMPLATE = (
+    "{% if system_note is defined %}<|im_start|>system\n{{ system_note }}<|im_end|>\n"
+    "{% endif %}"
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

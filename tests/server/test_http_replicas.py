@@ -84,6 +84,18 @@ def test_info_lists_each_replica(replica_server: ServerProcess) -> None:
     assert [r["tensor_parallel_size"] for r in replicas] == [1, 1]
 
 
+def test_the_replicas_render_chats_as_asked(replica_server: ServerProcess) -> None:
+    """The template options cross to the replica that renders the conversation."""
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "The quick"}]
+    options = {"add_generation_prompt": False, "continue_final_message": True,
+               "chat_template_kwargs": {"system_note": "be brief"}}
+    base = replica_server.base_url
+    tokens = httpx.post(f"{base}/tokenize", json={"messages": messages, **options},
+                        timeout=30.0).json()["tokens"]
+    text = httpx.post(f"{base}/detokenize", json={"tokens": tokens}, timeout=30.0).json()["prompt"]
+    assert text.startswith("system\nbe brief") and text.endswith("assistant\nThe quick")
+
+
 def test_two_replicas_serve_32_concurrent_streams(replica_server: ServerProcess) -> None:
     _wait_for(lambda: _all_up_and_idle(replica_server), "idle replicas")
     before = [r["generation_tokens"] for r in _replicas(replica_server)]

@@ -75,7 +75,7 @@ def test_non_text_content_parts_are_refused_by_type(client: httpx.Client,
 
 # Vendor extensions of other servers and misspellings: each would otherwise change nothing.
 UNKNOWN: list[tuple[str, Any]] = [
-    ("chat_template_kwargs", {"enable_thinking": False}),  # vLLM
+    ("skip_special_tokens", False),  # vLLM
     ("n_predict", 8),  # llama.cpp's max_tokens
     ("grammar", "root ::= \"a\""),  # llama.cpp
     ("max_token", 8),  # misspelt

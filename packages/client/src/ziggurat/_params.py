@@ -80,6 +80,8 @@ class ChatCompletionParams(SamplingParams, StructuredOutputParams, total=False):
     functions: Sequence[FunctionDefinition | Mapping[str, Any]] | None  # legacy form of tools
     function_call: str | NamedFunction | Mapping[str, Any] | None  # legacy form of tool_choice
     add_generation_prompt: bool | None
+    continue_final_message: bool | None  # continue the last message (add_generation_prompt=False)
+    chat_template_kwargs: Mapping[str, Any] | None  # further chat template variables
 
 
 class CompletionParams(SamplingParams, StructuredOutputParams, total=False):

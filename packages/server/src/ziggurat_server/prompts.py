@@ -11,6 +11,7 @@ while it encodes, so a worker thread runs beside both, at a lower CPU priority t
 from __future__ import annotations
 
 from ziggurat_core.engine.inputs import ChatMessage, ToolDefinition
+from ziggurat_core.protocol.chat import ChatTemplateFields
 
 from .errors import bad_request
 from .frontend_pool import FrontendPool
@@ -27,17 +28,19 @@ async def encode_text(pool: FrontendPool, engine: ServingEngine, text: str, *,
     return await pool.run(lambda: engine.encode(text, add_special_tokens=add_special_tokens))
 
 
-async def encode_chat(pool: FrontendPool, engine: ServingEngine, messages: list[ChatMessage], *,
-                      add_generation_prompt: bool, tools: list[ToolDefinition] | None = None,
-                      ) -> list[int]:
-    """The token ids of a conversation rendered by the model's chat template; a template that
-    refuses the messages is a 400 naming `messages`."""
+async def encode_chat(pool: FrontendPool, engine: ServingEngine, messages: list[ChatMessage],
+                      template: ChatTemplateFields, *, tools: list[ToolDefinition] | None = None,
+                      add_special_tokens: bool = False) -> list[int]:
+    """The token ids of a conversation rendered by the model's chat template as `template`
+    asks; a template that refuses the messages is a 400 naming `messages`."""
 
     def render_and_encode() -> list[int]:
-        text = engine.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                          tools=tools)
-        # The template writes any BOS it wants.
-        return engine.encode(text, add_special_tokens=False)
+        text = engine.apply_chat_template(
+            messages, add_generation_prompt=template.add_generation_prompt, tools=tools,
+            continue_final_message=template.continue_final_message,
+            template_kwargs=template.chat_template_kwargs)
+        # The template writes any BOS it wants, unless asked otherwise.
+        return engine.encode(text, add_special_tokens=add_special_tokens)
 
     try:
         return await pool.run(render_and_encode)

@@ -7,7 +7,7 @@ what it needs (tokenizer operations, logprob bytes, counters, hardware) comes th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
 from ziggurat_core.engine.config import EngineConfig, ModelConfig
@@ -43,7 +43,9 @@ class ServingEngine(Protocol):
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str: ...
 
     def apply_chat_template(self, messages: list[ChatMessage], *, add_generation_prompt: bool,
-                            tools: list[ToolDefinition] | None = None) -> str:
+                            tools: list[ToolDefinition] | None = None,
+                            continue_final_message: bool = False,
+                            template_kwargs: Mapping[str, object] | None = None) -> str:
         """The prompt text of a conversation (raises ValueError when the template fails)."""
         ...
 

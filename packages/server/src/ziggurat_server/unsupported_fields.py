@@ -4,7 +4,7 @@ that pretends it was honoured.
 OpenAI fields with no implementation here are refused with the reason (`unsupported_parameter`).
 Any other field the request models do not declare, at any depth, is refused as OpenAI refuses it
 (`unknown_parameter`): a vendor extension meant for another server (vLLM's
-`chat_template_kwargs`, llama.cpp's `n_predict`), or a misspelt name, would otherwise change
+`skip_special_tokens`, llama.cpp's `n_predict`), or a misspelt name, would otherwise change
 nothing without a word.
 
 Accepted and ignored: fields that only concern OpenAI's own platform and cannot change a

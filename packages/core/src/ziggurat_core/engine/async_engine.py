@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,10 +109,15 @@ class AsyncEngine:
         return self.engine.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(self, messages: list[ChatMessage], *, add_generation_prompt: bool,
-                            tools: list[ToolDefinition] | None = None) -> str:
-        """The prompt text of a conversation; encode it with `add_special_tokens=False`."""
+                            tools: list[ToolDefinition] | None = None,
+                            continue_final_message: bool = False,
+                            template_kwargs: Mapping[str, Any] | None = None) -> str:
+        """The prompt text of a conversation; encode it with `add_special_tokens=False`.
+        `continue_final_message` leaves the last message open for the model to continue;
+        `template_kwargs` are further template variables."""
         return self.engine.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt, tools=tools)
+            messages, add_generation_prompt=add_generation_prompt, tools=tools,
+            continue_final_message=continue_final_message, **(template_kwargs or {}))
 
     # ------------------------------------------------------------------ public API
     async def generate(

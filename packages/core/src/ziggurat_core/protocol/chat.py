@@ -98,7 +98,47 @@ def _template_tool_call(call: ToolCallParam) -> dict[str, Any]:
             "function": {"name": call.function.name, "arguments": arguments}}
 
 
-class ChatCompletionRequest(SamplingFields, StructuredOutputFields):
+# Variables the server itself gives the chat template; `chat_template_kwargs` may not set them.
+RESERVED_TEMPLATE_VARIABLES = ("messages", "tools", "add_generation_prompt",
+                               "continue_final_message")
+
+
+# Said in the schema as well as checked: an open last message needs no new assistant turn.
+TEMPLATE_ENDING_RULE: JsonDict = {
+    "if": {"required": ["continue_final_message"],
+           "properties": {"continue_final_message": {"const": True}}},
+    "then": {"required": ["add_generation_prompt"],
+             "properties": {"add_generation_prompt": {"const": False}}},
+}
+
+
+class ChatTemplateFields(RequestModel):
+    """How the conversation is rendered into a prompt (vLLM's fields): `add_generation_prompt`
+    opens the assistant's turn; `continue_final_message` leaves the last message open instead,
+    so the model continues it (a prefilled answer); `chat_template_kwargs` are further template
+    variables (such as `enable_thinking`), passed through whether or not the template reads them."""
+
+    model_config = {**RequestModel.model_config, "json_schema_extra": TEMPLATE_ENDING_RULE}
+
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, JsonValue] | None = Field(default=None, json_schema_extra={
+        "propertyNames": {"not": {"enum": list(RESERVED_TEMPLATE_VARIABLES)}}})
+
+    @model_validator(mode="after")
+    def _one_way_to_end(self) -> ChatTemplateFields:
+        if self.continue_final_message and self.add_generation_prompt:
+            raise field_error("conflicting_fields", "continue_final_message",
+                              "needs add_generation_prompt set to false: the last message "
+                              "cannot stay open under a new assistant turn")
+        for name in RESERVED_TEMPLATE_VARIABLES:
+            if name in (self.chat_template_kwargs or {}):
+                raise field_error("reserved_template_variable", f"chat_template_kwargs.{name}",
+                                  "set by the request itself, not through chat_template_kwargs")
+        return self
+
+
+class ChatCompletionRequest(SamplingFields, StructuredOutputFields, ChatTemplateFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
@@ -109,7 +149,6 @@ class ChatCompletionRequest(SamplingFields, StructuredOutputFields):
     parallel_tool_calls: bool | None = None
     functions: list[FunctionDefinition] | None = Field(default=None, min_length=1)  # legacy: tools of type function
     function_call: LegacyFunctionChoice | None = None  # legacy: tool_choice
-    add_generation_prompt: bool = True
 
     def effective_max_tokens(self) -> int | None:
         """`max_completion_tokens` is OpenAI's newer name; it wins when both are given."""

@@ -32,9 +32,7 @@ async def chat_prompt(pool: FrontendPool, engine: ServingEngine, body: ChatCompl
     """The conversation rendered and tokenised off the event loop (see prompts.py), with the
     tools the plan puts in the prompt."""
     messages = [message.to_template_dict() for message in body.messages]
-    token_ids = await encode_chat(pool, engine, messages,
-                                  add_generation_prompt=body.add_generation_prompt,
-                                  tools=plan.prompt_tools())
+    token_ids = await encode_chat(pool, engine, messages, body, tools=plan.prompt_tools())
     return {"prompt_token_ids": token_ids}
 
 

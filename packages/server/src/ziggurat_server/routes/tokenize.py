@@ -29,12 +29,12 @@ async def tokenize(body: TokenizeRequest, request: Request) -> ModelResponse:
     check_model_name(body.model, engine.model_name)
     if body.messages is not None:
         messages = [message.to_template_dict() for message in body.messages]
-        tokens = await encode_chat(state.frontend, engine, messages,
-                                   add_generation_prompt=body.add_generation_prompt)
+        tokens = await encode_chat(state.frontend, engine, messages, body,
+                                   add_special_tokens=body.special_tokens_added())
     else:
         assert body.prompt is not None
         tokens = await encode_text(state.frontend, engine, body.prompt,
-                                   add_special_tokens=body.add_special_tokens)
+                                   add_special_tokens=body.special_tokens_added())
     return ModelResponse(TokenizeResponse(tokens=list(tokens), count=len(tokens),
                                           max_model_len=engine.max_model_len))
 

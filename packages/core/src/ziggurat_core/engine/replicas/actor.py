@@ -8,8 +8,9 @@ import contextlib
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import EngineConfig, ModelConfig
 from ..inputs import ChatMessage, ToolDefinition
@@ -168,9 +169,11 @@ class ReplicaActor:
         return self.engine.decode(token_ids, skip_special_tokens)
 
     def apply_chat_template(self, messages: list[ChatMessage], add_generation_prompt: bool,
-                            tools: list[ToolDefinition] | None) -> str:
-        return self.engine.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                               tools=tools)
+                            tools: list[ToolDefinition] | None, continue_final_message: bool,
+                            template_kwargs: Mapping[str, Any] | None) -> str:
+        return self.engine.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tools=tools,
+            continue_final_message=continue_final_message, template_kwargs=template_kwargs)
 
     def shutdown(self) -> None:
         self.engine.shutdown()

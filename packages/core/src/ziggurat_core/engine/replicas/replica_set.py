@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,9 +173,11 @@ class ReplicaSet:
         return self._call_any(lambda actor: actor.decode.remote(token_ids, skip_special_tokens))
 
     def apply_chat_template(self, messages: list[ChatMessage], *, add_generation_prompt: bool,
-                            tools: list[ToolDefinition] | None = None) -> str:
+                            tools: list[ToolDefinition] | None = None,
+                            continue_final_message: bool = False,
+                            template_kwargs: Mapping[str, Any] | None = None) -> str:
         return self._call_any(lambda actor: actor.apply_chat_template.remote(
-            messages, add_generation_prompt, tools))
+            messages, add_generation_prompt, tools, continue_final_message, template_kwargs))
 
     def _call_any(self, call: Callable[[Any], Any]) -> Any:
         tried: set[int] = set()
