@@ -33,6 +33,18 @@ async def test_chat_completion() -> None:
     assert client.is_closed
 
 
+async def test_tokenize_and_detokenize() -> None:
+    with respx.mock(base_url=BASE) as router:
+        tokenize = router.post("/tokenize").respond(200, json={"tokens": [7], "count": 1})
+        router.post("/detokenize").respond(200, json={"prompt": "hi"})
+        async with AsyncClient(base_url=BASE) as client:
+            counted = await client.tokenize(prompt="hi", add_special_tokens=False)
+            text = await client.detokenize(counted.tokens)
+    assert counted.tokens == [7] and text.prompt == "hi"
+    assert json.loads(tokenize.calls.last.request.content) == {
+        "prompt": "hi", "add_special_tokens": False}
+
+
 async def test_retries_keep_request_id_and_count_attempts(sleeps: list[float]) -> None:
     with respx.mock(base_url=API) as router:
         route = router.post("/completions")

@@ -162,6 +162,15 @@ def test_breaking_a_stream_leaves_the_server_usable(client: Client, model: str) 
     assert after.choices[0].text is not None
 
 
+def test_tokenize_counts_what_a_chat_request_runs(client: Client, model: str) -> None:
+    counted = client.tokenize(model=model, messages=GREETING)
+    reply = client.chat.completions.create(model, GREETING, max_tokens=1)
+    assert reply.usage is not None and counted.count == reply.usage.prompt_tokens
+    assert counted.max_model_len is not None and counted.max_model_len > counted.count
+    words = client.tokenize(model=model, prompt="Red, green and blue.")
+    assert client.detokenize(words.tokens, model=model).prompt == "Red, green and blue."
+
+
 def test_unknown_model_is_not_found_with_the_servers_message(client: Client) -> None:
     with pytest.raises(NotFoundError) as caught:
         client.chat.completions.create("no-such-model", GREETING, max_tokens=2)

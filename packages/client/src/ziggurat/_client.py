@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Self, TypeVar, Unpack
 
 import httpx
 import tenacity
 from pydantic import BaseModel
-from ziggurat_core.protocol import HealthStatus, ServerInfo
+from ziggurat_core.protocol import DetokenizeResponse, HealthStatus, ServerInfo, TokenizeResponse
 
 from . import _retry
 from ._base_client import BaseClient
 from ._constants import DEFAULT_CONNECTION_LIMITS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
 from ._exceptions import InternalServerError
+from ._params import DetokenizeKwargs, TokenizeKwargs
 from ._request import RequestOptions, Timeout
 from ._streaming import Stream
 from .resources.chat import Chat
 from .resources.completions import Completions
 from .resources.models import Models
+from .resources.tokenization import detokenize_request, tokenize_request
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -98,6 +100,17 @@ class Client(BaseClient):
             if isinstance(error.body, dict) and "status" in error.body:
                 return HealthStatus.model_validate(error.body)
             raise
+
+    def tokenize(self, **kwargs: Unpack[TokenizeKwargs]) -> TokenizeResponse:
+        """POST /tokenize (outside /v1): the token ids of `prompt`, or of `messages` rendered by
+        the model's chat template as a chat request with the same options would render them."""
+        return self._request(tokenize_request(kwargs), TokenizeResponse)
+
+    def detokenize(
+        self, tokens: Sequence[int], **kwargs: Unpack[DetokenizeKwargs]
+    ) -> DetokenizeResponse:
+        """POST /detokenize (outside /v1): the text of `tokens`."""
+        return self._request(detokenize_request(tokens, kwargs), DetokenizeResponse)
 
     # -- I/O ----------------------------------------------------------------------------------
 

@@ -99,5 +99,32 @@ class CompletionCreateKwargs(CompletionParams, RequestOptionParams, total=False)
     """Everything `completions.create` accepts besides model, prompt and stream."""
 
 
+class TokenizeParams(TypedDict, total=False):
+    """POST /tokenize (vLLM's route): exactly one of `prompt` and `messages`; the template
+    options apply to messages, rendered as a chat request with the same options would be."""
+
+    model: str | None
+    prompt: str | None
+    messages: Sequence[MessageParam] | None
+    add_special_tokens: bool | None
+    add_generation_prompt: bool | None
+    continue_final_message: bool | None
+    chat_template_kwargs: Mapping[str, Any] | None
+
+
+class TokenizeKwargs(TokenizeParams, RequestOptionParams, total=False):
+    """Everything `tokenize` accepts."""
+
+
+class DetokenizeParams(TypedDict, total=False):
+    model: str | None
+
+
+class DetokenizeKwargs(DetokenizeParams, RequestOptionParams, total=False):
+    """Everything `detokenize` accepts besides the tokens."""
+
+
 CHAT_COMPLETION_PARAM_NAMES = frozenset(ChatCompletionParams.__optional_keys__)
 COMPLETION_PARAM_NAMES = frozenset(CompletionParams.__optional_keys__)
+TOKENIZE_PARAM_NAMES = frozenset(TokenizeParams.__optional_keys__)
+DETOKENIZE_PARAM_NAMES = frozenset(DetokenizeParams.__optional_keys__)

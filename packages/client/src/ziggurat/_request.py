@@ -81,10 +81,10 @@ def split_request_options(
 
 def create_request(
     path: str, required: dict[str, Any], kwargs: Mapping[str, Any], known: frozenset[str],
-    method_name: str, stream: bool,
+    method_name: str, stream: bool, *, under_api_prefix: bool = True,
 ) -> RequestOptions:
-    """The POST for one `create` call: checks the parameter names, builds the body, applies the
-    per-call options (shared by every resource, sync and async)."""
+    """The POST for one call with typed keyword arguments: checks the parameter names, builds
+    the body, applies the per-call options (shared by every resource, sync and async)."""
     params, options = split_request_options(kwargs)
     check_known_params(params, known, method_name)
     if params.get("response_format") is not None:
@@ -94,6 +94,7 @@ def create_request(
     return RequestOptions(
         "POST",
         path,
+        under_api_prefix=under_api_prefix,
         json_body=build_body(required, params, options.get("extra_body")),
         extra_headers=options.get("extra_headers"),
         timeout=options.get("timeout"),
