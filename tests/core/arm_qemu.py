@@ -17,7 +17,10 @@ CC = "aarch64-linux-gnu-gcc"
 NM = "aarch64-linux-gnu-nm"
 QEMU = "qemu-aarch64"
 SYSROOT = "/usr/aarch64-linux-gnu"
-PACKAGES = ("gcc-aarch64-linux-gnu", "qemu-user")
+# The C library's headers too: apt-get without recommends installs the compiler without them.
+PACKAGES = ("gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "qemu-user")
+# A header the compiler needs from libc6-dev-arm64-cross (glibc's own, included by stdio.h).
+LIBC_HEADER = Path(SYSROOT) / "include" / "bits" / "wordsize.h"
 # Target flags per variant, in place of build.py's -mcpu=native: an AArch64 CPU with the
 # dot-product extension, a baseline ARMv8 CPU (NEON without sdot), and the forced scalar build.
 TARGETS = {
@@ -34,8 +37,9 @@ def run_command(command: list[str], timeout: float = 600) -> subprocess.Complete
 
 
 def install_arm_toolchain() -> None:
-    """aarch64-linux-gnu-gcc and qemu-aarch64 on PATH, installed through apt-get if missing."""
-    if all(shutil.which(tool) for tool in (CC, NM, QEMU)):
+    """aarch64-linux-gnu-gcc, its C library headers and qemu-aarch64, installed through apt-get
+    if missing."""
+    if _toolchain_present():
         return
     if shutil.which("apt-get") is None:
         pytest.skip(f"{CC} / {QEMU} missing and no apt-get to install {' '.join(PACKAGES)}")
@@ -48,7 +52,11 @@ def install_arm_toolchain() -> None:
         subprocess.run(["apt-get", "update"], capture_output=True, env=env, check=False)
         result = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
     assert result.returncode == 0, f"apt-get could not install {PACKAGES}:\n{result.stderr[-3000:]}"
-    assert all(shutil.which(tool) for tool in (CC, NM, QEMU)), result.stdout[-3000:]
+    assert _toolchain_present(), result.stdout[-3000:]
+
+
+def _toolchain_present() -> bool:
+    return all(shutil.which(tool) for tool in (CC, NM, QEMU)) and LIBC_HEADER.is_file()
 
 
 def library_flags() -> list[str]:
