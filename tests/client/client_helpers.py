@@ -1,4 +1,5 @@
-"""Canned response bodies and trackable streamed bodies for the client tests."""
+"""Canned response bodies, trackable streamed bodies and the sent request's JSON for the client
+tests."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import respx
 
 BASE = "http://testserver"
 API = f"{BASE}/v1"
+
+
+def sent_json(route: respx.Route) -> Any:
+    """The JSON body of the last request `route` received."""
+    return json.loads(route.calls.last.request.content)
 
 
 def chat_completion_body(content: str = "Hello!", **overrides: Any) -> dict[str, Any]:

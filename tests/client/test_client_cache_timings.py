@@ -3,12 +3,18 @@ responses and on the last stream chunk, for the sync and async clients."""
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
 import respx
-from client_helpers import API, BASE, chat_chunk, chat_completion_body, completion_body, sse
+from client_helpers import (
+    API,
+    BASE,
+    chat_chunk,
+    chat_completion_body,
+    completion_body,
+    sent_json,
+    sse,
+)
 from ziggurat import AsyncClient, Client
 from ziggurat.types import Timings
 
@@ -20,9 +26,6 @@ TIMINGS = {"prompt_n": 3, "prompt_ms": 12.5, "prompt_per_token_ms": 4.167,
 USAGE = {"prompt_tokens": 19, "completion_tokens": 2, "total_tokens": 21,
          "prompt_tokens_details": {"cached_tokens": 16}}
 
-
-def sent_json(route: respx.Route) -> dict:
-    return json.loads(route.calls.last.request.content)
 
 
 def test_cache_is_sent_and_cached_timings_come_back_typed() -> None:

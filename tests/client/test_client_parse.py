@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import respx
-from client_helpers import API, BASE, chat_completion_body, completion_body
+from client_helpers import API, BASE, chat_completion_body, completion_body, sent_json
 from pydantic import BaseModel, ValidationError
 from ziggurat import AsyncClient, Client
 from ziggurat.types import ParsedChatCompletion
@@ -29,9 +27,6 @@ CITY_FORMAT = {
         "required": ["name", "population"]}},
 }
 
-
-def sent_json(route: respx.Route) -> dict:
-    return json.loads(route.calls.last.request.content)
 
 
 def test_parse_sends_the_model_schema_and_returns_the_parsed_object() -> None:

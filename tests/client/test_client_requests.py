@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import httpx
 import pytest
 import respx
-from client_helpers import API, BASE, chat_completion_body, completion_body
+from client_helpers import API, BASE, chat_completion_body, completion_body, sent_json
 from ziggurat import Client, NotFoundError
 from ziggurat._params import CHAT_COMPLETION_PARAM_NAMES, COMPLETION_PARAM_NAMES
 from ziggurat.types import ChatMessage, HealthStatus, StreamOptions
@@ -16,9 +15,6 @@ from ziggurat_core.protocol import ChatCompletionRequest, CompletionRequest
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
-
-def sent_json(route: respx.Route) -> dict:
-    return json.loads(route.calls.last.request.content)
 
 
 # -- URLs -----------------------------------------------------------------------------------

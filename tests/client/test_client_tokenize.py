@@ -3,19 +3,13 @@ the real server)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import respx
-from client_helpers import BASE
+from client_helpers import BASE, sent_json
 from ziggurat import Client
 from ziggurat._params import DETOKENIZE_PARAM_NAMES, TOKENIZE_PARAM_NAMES
 from ziggurat.types import ChatMessage
 from ziggurat_core.protocol import DetokenizeRequest, TokenizeRequest
-
-
-def sent_json(route: respx.Route) -> dict:
-    return json.loads(route.calls.last.request.content)
 
 
 def test_tokenize_and_detokenize_post_outside_the_api_prefix() -> None:
